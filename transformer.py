@@ -1,0 +1,1114 @@
+"""The 2017 transformer in NumPy, every forward next to its hand-written backward.
+
+Read this file top to bottom; each section uses only what came before it.
+
+    1. Tokenizing          characters, words, byte-pair encoding (Rohrer, "Byte pair encoding")
+    2. Modules             the small base class: parameters, gradients, zero_grad
+    3. Embedding           one-hot times a matrix is a table lookup; backward scatters
+    4. Positions           sinusoidal encoding (Vaswani et al. 2017, section 3.5)
+    5. Elementwise layers  Linear, ReLU, GELU; stable softmax and log-softmax
+    6. Layer norm          (Ba et al. 2016), the backward written out
+    7. Attention           scaled dot-product with causal and padding masks (section 3.2.1),
+                           multi-head attention (3.2.2) used for self- and cross-attention
+    8. Feed-forward        position-wise two-layer network (3.3)
+    9. Blocks              residual connections, Post-LN (the paper) or Pre-LN (GPT-2)
+   10. Models              DecoderOnlyTransformer (a GPT) and Transformer (encoder-decoder)
+                           with their decoding: greedy, temperature, top-k, beam search and a
+                           key/value cache
+   11. Loss                softmax cross-entropy with padding and label smoothing
+   12. Optimizers          SGD, Adam with decoupled weight decay, clipping, the warm-up schedule
+   13. Saving and loading  np.savez / np.load(allow_pickle=False)
+   14. Gradient checking   central differences, as used by the tests
+
+Conventions, used everywhere in this file:
+    * Tokens are rows. An activation has shape (B, T, d_model): batch, position, feature.
+      A weight maps rows to rows, y = x @ W, so W has shape (d_in, d_out). (Papers on circuits
+      write tokens as columns; circuits.py translates, in one place.)
+    * Attention tensors carry heads as a separate axis: (B, H, T, d_head).
+    * A mask is boolean and True where attention is allowed; it broadcasts to (B, H, T_q, T_k).
+    * Every layer is a class: forward(x) keeps what backward needs; backward(dout) returns the
+      gradient of the input and adds (+=) parameter gradients into self.grads.
+    * Randomness only through a np.random.Generator passed in (models take a seed).
+    * float64 for checking gradients, float32 for speed: parameters have the model's dtype and
+      nothing in a forward or backward pass changes it.
+"""
+
+import json
+import math
+import re
+from collections import Counter
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Tokenizing
+# ----------------------------------------------------------------------------------------------
+# A model sees integers, not text. A tokenizer cuts text into pieces and numbers them. Special
+# tokens carry meaning the text does not: <pad> fills short sequences in a batch, <bos> and <eos>
+# mark the beginning and end of a sequence, <unk> stands for anything not in the vocabulary.
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+class Tokenizer:
+    """Vocabulary of pieces built from a text; subclasses say how text is cut and glued.
+
+    Ids 0..3 are the special tokens <pad>, <bos>, <eos>, <unk>; the pieces of the training text
+    follow in sorted order, so the same text always gives the same ids.
+    """
+
+    def __init__(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        pieces = sorted(set(self.split(text)) - set(SPECIAL_TOKENS))
+        self.itos = list(SPECIAL_TOKENS) + pieces
+        self.stoi = {piece: i for i, piece in enumerate(self.itos)}
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(4)
+
+    @property
+    def vocab_size(self):
+        return len(self.itos)
+
+    def encode(self, text, bos=False, eos=False):
+        """str -> list of ids; pieces never seen in training become <unk>."""
+        ids = [self.stoi.get(piece, self.unk_id) for piece in self.split(text)]
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def decode(self, ids, skip_special=True):
+        """list of ids -> str; special tokens are dropped unless skip_special is False."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids must lie in [0, {self.vocab_size}), got {bad[:5]}")
+        pieces = [self.itos[i] for i in ids if not (skip_special and i < len(SPECIAL_TOKENS))]
+        return self.join(pieces)
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character: tiny vocabulary, long sequences."""
+
+    def split(self, text):
+        return list(text)
+
+    def join(self, pieces):
+        return "".join(pieces)
+
+
+class WordTokenizer(Tokenizer):
+    """One token per word or punctuation mark (Rohrer's examples are word-level)."""
+
+    def split(self, text):
+        return re.findall(r"\w+|[^\w\s]", text)
+
+    def join(self, pieces):
+        return re.sub(r" ([^\w\s])", r"\1", " ".join(pieces))  # no space before punctuation
+
+
+class BPETokenizer:
+    """Byte-pair encoding on UTF-8 bytes, trained to a requested vocabulary size.
+
+    Start from the 256 single bytes, so every string, in any script, can be written down. Then
+    repeatedly find the most frequent adjacent pair of tokens in the training text, give it a new
+    id, and replace it everywhere (Rohrer, "Byte pair encoding"; Sennrich et al. 2016). Encoding
+    a new string replays the learned merges in the order they were learned; decoding concatenates
+    the bytes each id stands for, so decode(encode(s)) == s for every s.
+    """
+
+    def __init__(self, text, vocab_size):
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not isinstance(vocab_size, int) or vocab_size < 256:
+            raise ValueError(f"vocab_size must be an int >= 256 (the byte alphabet), got {vocab_size!r}")
+        self.merges = {}                              # (id, id) -> new id, in order of creation
+        self.pieces = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
+        # Merges never cross a word boundary: count pairs inside each distinct word only.
+        words = Counter(tuple(w.encode("utf-8")) for w in self._words(text))
+        while len(self.pieces) < vocab_size:
+            pairs = Counter()
+            for word, count in words.items():
+                for pair in zip(word, word[1:]):
+                    pairs[pair] += count
+            if not pairs:
+                break                                  # every word is already a single token
+            best = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))  # ties: smallest ids
+            new_id = len(self.pieces)
+            self.merges[best] = new_id
+            self.pieces.append(self.pieces[best[0]] + self.pieces[best[1]])
+            words = Counter({self._merge(w, best, new_id): c for w, c in words.items()})
+        self._cache = {}
+
+    @property
+    def vocab_size(self):
+        return len(self.pieces)
+
+    @staticmethod
+    def _words(text):
+        # a word keeps the single space in front of it; runs of whitespace stand alone
+        return re.findall(r" ?\S+|\s+", text)
+
+    @staticmethod
+    def _merge(word, pair, new_id):
+        out, i = [], 0
+        while i < len(word):
+            if word[i:i + 2] == pair:
+                out.append(new_id)
+                i += 2
+            else:
+                out.append(word[i])
+                i += 1
+        return tuple(out)
+
+    def _encode_word(self, word):
+        if word not in self._cache:
+            ids = tuple(word.encode("utf-8"))
+            while len(ids) > 1:
+                # apply the earliest-learned merge present in the word, as training did
+                pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, math.inf))
+                if pair not in self.merges:
+                    break
+                ids = self._merge(ids, pair, self.merges[pair])
+            self._cache[word] = list(ids)
+        return self._cache[word]
+
+    def encode(self, text):
+        """str -> list of ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return [i for word in self._words(text) for i in self._encode_word(word)]
+
+    def decode(self, ids):
+        """list of ids -> str (bytes that do not form valid UTF-8 become U+FFFD)."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids must lie in [0, {self.vocab_size}), got {bad[:5]}")
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Modules
+# ----------------------------------------------------------------------------------------------
+
+class Module:
+    """Base class: a layer owns `params` and `grads` (same names, same shapes) and child modules.
+
+    parameters() walks the module tree in the order attributes were set and yields
+    (dotted_name, value, grad). Values and grads are the arrays themselves, so an optimizer
+    updates them in place. Attributes whose name starts with "_" are references, not children
+    (a tied output layer keeps its embedding that way), so every array is yielded once.
+    """
+
+    def __init__(self):
+        self.params, self.grads = {}, {}
+
+    def add_param(self, name, value):
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def children(self):
+        for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def parameters(self, prefix=""):
+        for name, value in self.params.items():
+            yield prefix + name, value, self.grads[name]
+        for name, child in self.children():
+            yield from child.parameters(prefix + name + ".")
+
+    def zero_grad(self):
+        for _, _, grad in self.parameters():
+            grad[...] = 0
+
+    def _saved(self):
+        """What forward kept for backward; a backward before any forward is an error."""
+        if getattr(self, "cache", None) is None:
+            raise ValueError(f"{type(self).__name__}.backward called before forward")
+        return self.cache
+
+
+def _normal(rng, shape, std, dtype):
+    return (rng.standard_normal(shape) * std).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Embedding
+# ----------------------------------------------------------------------------------------------
+# A one-hot vector has a single 1 at the token's id. Multiplying it by a matrix E (vocab, d)
+# picks out one row: onehot(i) @ E == E[i]. So an embedding is a table lookup, and its backward
+# is the transpose of the lookup: each output gradient is added to the row it came from. A
+# token seen twice gets both gradients, hence np.add.at (a plain `grad[ids] += dout` would keep
+# only one of them).
+
+def one_hot(ids, n):
+    """(...,) int -> (..., n) float64 with a single 1 per row."""
+    ids = np.asarray(ids)
+    return (ids[..., None] == np.arange(n)).astype(np.float64)
+
+
+class Embedding(Module):
+    def __init__(self, vocab_size, d_model, rng, dtype=np.float64):
+        super().__init__()
+        self.add_param("W", _normal(rng, (vocab_size, d_model), d_model ** -0.5, dtype))
+        self.cache = None
+
+    def forward(self, ids):
+        """(B, T) int -> (B, T, d_model)"""
+        self.cache = ids
+        return self.params["W"][ids]
+
+    def backward(self, dout):
+        """(B, T, d_model) -> None: ids have no gradient."""
+        ids = self._saved()
+        np.add.at(self.grads["W"], ids.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Positional encoding
+# ----------------------------------------------------------------------------------------------
+# Attention is blind to order, so position is added to each embedding (Vaswani et al. 3.5):
+#     PE(pos, 2i) = sin(pos / 10000^(2i/d)),   PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+# The wavelengths grow geometrically from 2*pi to 10000*2*pi, and PE(pos + k) is a rotation of
+# PE(pos) for every fixed k, so relative offsets are linear functions of the code. An odd d
+# works too: the last column is a sine with no cosine partner.
+
+def sinusoidal_encoding(max_len, d_model):
+    """-> (max_len, d_model) float64"""
+    pos = np.arange(max_len)[:, None]
+    two_i = (np.arange(d_model) // 2 * 2)[None, :]        # 0, 0, 2, 2, 4, 4, ...
+    angle = pos / 10000.0 ** (two_i / d_model)
+    return np.where(np.arange(d_model) % 2 == 0, np.sin(angle), np.cos(angle))
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Linear, activations, softmax
+# ----------------------------------------------------------------------------------------------
+
+class Linear(Module):
+    """y = x @ W + b, applied to the last axis of x of any rank."""
+
+    def __init__(self, d_in, d_out, rng, dtype=np.float64, bias=True):
+        super().__init__()
+        self.add_param("W", _normal(rng, (d_in, d_out), d_in ** -0.5, dtype))
+        if bias:
+            self.add_param("b", np.zeros(d_out, dtype))
+        self.cache = None
+
+    def forward(self, x):
+        """(..., d_in) -> (..., d_out)"""
+        self.cache = x
+        y = x @ self.params["W"]
+        return y + self.params["b"] if "b" in self.params else y
+
+    def backward(self, dout):
+        """(..., d_out) -> (..., d_in).  dW = xᵀ dout summed over all rows, db = Σ dout."""
+        x = self._saved()
+        x2, d2 = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
+        self.grads["W"] += x2.T @ d2
+        if "b" in self.params:
+            self.grads["b"] += d2.sum(axis=0)
+        return dout @ self.params["W"].T
+
+
+class ReLU(Module):
+    def forward(self, x):
+        self.cache = x > 0
+        return np.where(self.cache, x, 0)
+
+    def backward(self, dout):
+        return np.where(self._saved(), dout, 0)
+
+
+class GELU(Module):
+    """GELU(x) = x Φ(x), in the tanh approximation GPT-2 uses (Hendrycks & Gimpel 2016):
+    0.5 x (1 + tanh(u)),  u = √(2/π) (x + 0.044715 x³)."""
+
+    C = math.sqrt(2 / math.pi)
+
+    def forward(self, x):
+        t = np.tanh(self.C * (x + 0.044715 * x ** 3))
+        self.cache = (x, t)
+        return 0.5 * x * (1 + t)
+
+    def backward(self, dout):
+        # d/dx = 0.5 (1 + t) + 0.5 x (1 - t²) du/dx,  du/dx = √(2/π) (1 + 3·0.044715 x²)
+        x, t = self._saved()
+        du = self.C * (1 + 3 * 0.044715 * x * x)
+        return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+
+
+ACTIVATIONS = {"relu": ReLU, "gelu": GELU}
+
+
+def softmax(x, axis=-1, mask=None):
+    """Numerically stable softmax. Masked-out entries (mask False) get probability 0, and a row
+    whose entries are all masked is all zeros, not NaN: its max is -inf, which we replace by 0
+    so that exp(-inf - 0) = 0 and the empty sum is divided by 1."""
+    if mask is not None:
+        x = np.where(mask, x, -np.inf)
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - np.where(np.isfinite(m), m, 0))
+    s = np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(s == 0, 1, s)
+
+
+def log_softmax(x, axis=-1):
+    """log softmax(x) = x - max - log Σ exp(x - max): finite for any finite x."""
+    z = x - np.max(x, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def softmax_backward(p, dp, axis=-1):
+    """Given p = softmax(s) and dL/dp, return dL/ds = p ⊙ (dp - Σ_j p_j dp_j).
+    (The Jacobian is diag(p) - p pᵀ.) Masked entries have p = 0 and get no gradient."""
+    return p * (dp - np.sum(p * dp, axis=axis, keepdims=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Layer normalization
+# ----------------------------------------------------------------------------------------------
+# y = g ⊙ (x - μ) / √(σ² + eps) + b over the last axis, with the biased variance σ² and eps
+# inside the square root. Forward keeps only x̂ and 1/√(σ² + eps); the backward rebuilds the
+# rest. With x̂ = (x - μ) r and upstream gradient dy:
+#     dx̂ = dy ⊙ g
+#     dx = r (dx̂ - mean(dx̂) - x̂ ⊙ mean(dx̂ ⊙ x̂))
+# (the two means are the gradient flowing back through μ and through σ).
+
+class LayerNorm(Module):
+    def __init__(self, d_model, dtype=np.float64, eps=1e-5):
+        super().__init__()
+        self.add_param("g", np.ones(d_model, dtype))
+        self.add_param("b", np.zeros(d_model, dtype))
+        self.eps = eps
+        self.cache = None
+
+    def forward(self, x):
+        """(..., d) -> (..., d)"""
+        mu = x.mean(axis=-1, keepdims=True)
+        xc = x - mu
+        r = 1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + self.eps)
+        xhat = xc * r
+        self.cache = (xhat, r)
+        return xhat * self.params["g"] + self.params["b"]
+
+    def backward(self, dout):
+        xhat, r = self._saved()
+        d = dout.shape[-1]
+        self.grads["g"] += (dout * xhat).reshape(-1, d).sum(axis=0)
+        self.grads["b"] += dout.reshape(-1, d).sum(axis=0)
+        dxhat = dout * self.params["g"]
+        return r * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                    - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+
+
+class Identity(Module):
+    """Stands in for LayerNorm when a model is built without normalisation."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Attention
+# ----------------------------------------------------------------------------------------------
+# Scaled dot-product attention (Vaswani et al. eq. 1):  Attention(Q, K, V) = softmax(QKᵀ/√d_k) V.
+# Each query row scores every key row; the softmax turns the scores into weights that sum to
+# one; the output is the weighted average of the value rows. Masked keys get weight 0.
+
+def causal_mask(t_q, t_k=None):
+    """(t_q, t_k) bool, True where query i may look at key j. Queries are the last t_q of the
+    t_k positions (t_k > t_q while decoding with a cache), so query i sits at t_k - t_q + i."""
+    t_k = t_q if t_k is None else t_k
+    return np.arange(t_k)[None, :] <= np.arange(t_k - t_q, t_k)[:, None]
+
+
+def padding_mask(tokens, pad_id):
+    """(B, T) int -> (B, 1, 1, T) bool, False on padding keys."""
+    return (tokens != pad_id)[:, None, None, :]
+
+
+class ScaledDotProductAttention(Module):
+    def forward(self, q, k, v, mask=None):
+        """q (B, H, Tq, dk), k (B, H, Tk, dk), v (B, H, Tk, dv) -> (B, H, Tq, dv)"""
+        scale = 1 / math.sqrt(q.shape[-1])
+        p = softmax((q @ k.swapaxes(-1, -2)) * scale, mask=mask)   # (B, H, Tq, Tk)
+        self.cache = (q, k, v, p, scale)
+        return p @ v
+
+    @property
+    def pattern(self):
+        """The attention weights (B, H, Tq, Tk) of the last forward, for plots and circuits."""
+        return self._saved()[3]
+
+    def backward(self, dout):
+        """-> dq, dk, dv.  With S = QKᵀ·scale, P = softmax(S), O = PV:
+        dV = Pᵀ dO,  dP = dO Vᵀ,  dS = softmax_backward(P, dP),  dQ = dS K·scale,  dK = dSᵀ Q·scale."""
+        q, k, v, p, scale = self._saved()
+        dv = p.swapaxes(-1, -2) @ dout
+        ds = softmax_backward(p, dout @ v.swapaxes(-1, -2)) * scale
+        return ds @ k, ds.swapaxes(-1, -2) @ q, dv
+
+
+class MultiHeadAttention(Module):
+    """Multi-head attention (Vaswani et al. 3.2.2).
+
+    W_Q, W_K, W_V are (d_model, d_model); head h uses columns h·d_k .. (h+1)·d_k of each, so the
+    H heads attend independently in d_k = d_model / H dimensions. Their outputs are concatenated
+    and mixed by W_O.
+
+    Self-attention: forward(x). Cross-attention: forward(x, context), queries from x (the
+    decoder), keys and values from context (the encoder output). backward returns (dx, dcontext);
+    for self-attention dcontext is None and both paths are already summed into dx.
+
+    The key projection has no bias: q·(k + b) = q·k + q·b adds the same number to every score
+    of a query's row, and softmax ignores such a shift, so a key bias could never be learned.
+
+    A key/value cache (a dict, one per layer) lets a decoder feed one new token at a time: the
+    keys and values of earlier positions are kept and the new ones appended.
+    """
+
+    def __init__(self, d_model, n_heads, rng, dtype=np.float64, bias=True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, "
+                             f"n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.query = Linear(d_model, d_model, rng, dtype, bias)
+        self.key = Linear(d_model, d_model, rng, dtype, bias=False)   # see the note above
+        self.value = Linear(d_model, d_model, rng, dtype, bias)
+        self.out = Linear(d_model, d_model, rng, dtype, bias)
+        self.attention = ScaledDotProductAttention()
+        self.cross = None
+
+    def split_heads(self, x):
+        """(B, T, d_model) -> (B, H, T, d_k)"""
+        B, T, D = x.shape
+        return x.reshape(B, T, self.n_heads, D // self.n_heads).transpose(0, 2, 1, 3)
+
+    @staticmethod
+    def merge_heads(x):
+        """(B, H, T, d_k) -> (B, T, H·d_k): the concatenation of the heads."""
+        B, H, T, dk = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(B, T, H * dk)
+
+    def forward(self, x, context=None, mask=None, cache=None):
+        """x (B, T, d) queries; context (B, S, d) or None -> (B, T, d)"""
+        self.cross = context is not None
+        source = context if self.cross else x
+        q = self.split_heads(self.query.forward(x))
+        k = self.split_heads(self.key.forward(source))
+        v = self.split_heads(self.value.forward(source))
+        if cache is not None:
+            if "k" in cache:
+                k = np.concatenate([cache["k"], k], axis=2)
+                v = np.concatenate([cache["v"], v], axis=2)
+            cache["k"], cache["v"] = k, v
+        return self.out.forward(self.merge_heads(self.attention.forward(q, k, v, mask)))
+
+    def backward(self, dout):
+        if self.cross is None:
+            raise ValueError("MultiHeadAttention.backward called before forward")
+        dq, dk, dv = self.attention.backward(self.split_heads(self.out.backward(dout)))
+        dx = self.query.backward(self.merge_heads(dq))
+        dsource = self.key.backward(self.merge_heads(dk)) + self.value.backward(self.merge_heads(dv))
+        return (dx, dsource) if self.cross else (dx + dsource, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Position-wise feed-forward network
+# ----------------------------------------------------------------------------------------------
+
+class FeedForward(Module):
+    """FFN(x) = act(x W1 + b1) W2 + b2, the same two-layer network at every position (3.3)."""
+
+    def __init__(self, d_model, d_ff, rng, dtype=np.float64, activation="relu", bias=True):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.fc1 = Linear(d_model, d_ff, rng, dtype, bias)
+        self.act = ACTIVATIONS[activation]()
+        self.fc2 = Linear(d_ff, d_model, rng, dtype, bias)
+
+    def forward(self, x):
+        """(B, T, d_model) -> (B, T, d_model); the hidden activations (B, T, d_ff) are kept
+        in self.hidden for readers who want to look at the neurons (superposition.py does)."""
+        self.hidden = self.act.forward(self.fc1.forward(x))
+        return self.fc2.forward(self.hidden)
+
+    def backward(self, dout):
+        return self.fc1.backward(self.act.backward(self.fc2.backward(dout)))
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Blocks: residual connections and where the layer norm goes
+# ----------------------------------------------------------------------------------------------
+# Every sublayer f (attention or feed-forward) is wrapped in a residual connection.
+#   Post-LN (Vaswani et al. 2017):  y = LN(x + f(x))
+#       backward: dz = LN'(dy),  dx = dz + f'(dz)
+#   Pre-LN (GPT-2, Xiong et al. 2020):  y = x + f(LN(x)), with one more LN after the last block
+#       backward: dx = dy + LN'(f'(dy))
+# Pre-LN leaves an identity path from input to output, which makes deep stacks train without
+# the careful warm-up that Post-LN needs.
+
+class Block(Module):
+    """Self-attention, optional cross-attention, optional feed-forward; each with a residual.
+
+    Encoder block: Block(...) used with a padding mask. Decoder-only block: the same with a
+    causal mask. Decoder block of the encoder-decoder model: Block(..., cross_attention=True).
+    attention_only=True drops the feed-forward sublayer and layer_norm=False the norms, which
+    gives the simplified transformer that circuits.py reads from its weights.
+    """
+
+    def __init__(self, d_model, n_heads, d_ff, rng, dtype=np.float64, norm_first=True,
+                 activation="relu", cross_attention=False, attention_only=False,
+                 layer_norm=True, bias=True):
+        super().__init__()
+        self.norm_first = norm_first
+
+        def norm():
+            return LayerNorm(d_model, dtype) if layer_norm else Identity()
+
+        self.self_attn = MultiHeadAttention(d_model, n_heads, rng, dtype, bias)
+        self.norm1 = norm()
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, rng, dtype, bias) if cross_attention else None
+        self.norm2 = norm() if cross_attention else None
+        self.ffn = None if attention_only else FeedForward(d_model, d_ff, rng, dtype, activation, bias)
+        self.norm3 = None if attention_only else norm()
+
+    def _residual(self, norm, f, x):
+        if self.norm_first:
+            return x + f(norm.forward(x))
+        return norm.forward(x + f(x))
+
+    def _residual_backward(self, norm, f_backward, dy):
+        if self.norm_first:
+            return dy + norm.backward(f_backward(dy))
+        dz = norm.backward(dy)
+        return dz + f_backward(dz)
+
+    def forward(self, x, mask=None, memory=None, memory_mask=None, cache=None):
+        """x (B, T, d); memory (B, S, d) is the encoder output for cross-attention."""
+        x = self._residual(self.norm1, lambda h: self.self_attn.forward(h, mask=mask, cache=cache), x)
+        if self.cross_attn is not None:
+            x = self._residual(self.norm2, lambda h: self.cross_attn.forward(h, memory, memory_mask), x)
+        if self.ffn is not None:
+            x = self._residual(self.norm3, self.ffn.forward, x)
+        return x
+
+    def backward(self, dout):
+        """-> (dx, dmemory); dmemory is None without cross-attention."""
+        dmemory = None
+        if self.ffn is not None:
+            dout = self._residual_backward(self.norm3, self.ffn.backward, dout)
+        if self.cross_attn is not None:
+            def cross_backward(d):
+                nonlocal dmemory
+                dx, dmemory = self.cross_attn.backward(d)
+                return dx
+            dout = self._residual_backward(self.norm2, cross_backward, dout)
+        dout = self._residual_backward(self.norm1, lambda d: self.self_attn.backward(d)[0], dout)
+        return dout, dmemory
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. Models
+# ----------------------------------------------------------------------------------------------
+# Input: embedding · √d_model + positional encoding (Vaswani et al. 3.4 scale the embedding so
+# it is not drowned by the encoding; our table starts at std 1/√d, so the product has unit
+# scale). Output: a linear "de-embedding" to one logit per vocabulary entry, optionally tied to
+# the embedding: logits = h Eᵀ, so the same table turns ids into vectors and vectors into ids.
+
+class TiedUnembedding(Module):
+    """logits = h @ Eᵀ using the embedding table E (vocab, d); gradients go into E's grad."""
+
+    def __init__(self, embedding):
+        super().__init__()
+        self._embedding = embedding      # a reference, not a child: E is listed once
+        self.cache = None
+
+    def forward(self, h):
+        self.cache = h
+        return h @ self._embedding.params["W"].T
+
+    def backward(self, dout):
+        h = self._saved()
+        W, dW = self._embedding.params["W"], self._embedding.grads["W"]
+        dW += dout.reshape(-1, dout.shape[-1]).T @ h.reshape(-1, h.shape[-1])
+        return dout @ W
+
+
+def check_tokens(tokens, name, vocab_size, max_len):
+    """Validate a (B, T) integer array of ids; returns it as an ndarray."""
+    tokens = np.asarray(tokens)
+    if tokens.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {tokens.dtype}")
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (B, T) with B, T >= 1, got shape {tokens.shape}")
+    if tokens.shape[1] > max_len:
+        raise ValueError(f"{name} has length {tokens.shape[1]}, longer than max_len={max_len}")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"{name} must hold ids in [0, {vocab_size}), got values in "
+                         f"[{tokens.min()}, {tokens.max()}]")
+    return tokens
+
+
+def sample_next(logits, temperature=0.0, top_k=None, rng=None):
+    """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
+    softmax(logits / temperature), keeping only the top_k largest logits if top_k is given."""
+    if temperature == 0:
+        return np.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
+        logits = np.where(logits >= kth, logits, -np.inf)
+    cdf = np.cumsum(softmax(logits), axis=-1)
+    u = rng.random((logits.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
+
+
+def _check_decoding(temperature, top_k, vocab_size):
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k must be None or an int in [1, {vocab_size}], got {top_k!r}")
+
+
+def _check_config(d_model, n_heads, n_layers, d_ff, max_len, activation, vocab_sizes):
+    for name, value in [("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff),
+                        ("max_len", max_len)] + vocab_sizes:
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(n_layers, (int, np.integer)) or n_layers < 0:
+        raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
+    if d_model % n_heads:
+        raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, n_heads={n_heads}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+
+
+class DecoderOnlyTransformer(Module):
+    """A GPT: tokens -> embedding + position -> causal blocks -> logits for the next token.
+
+    attention_only, layer_norm=False and bias=False build the simplified model of "A
+    Mathematical Framework for Transformer Circuits" (n_layers=0 is the zero-layer model).
+    """
+
+    def __init__(self, vocab_size, d_model, n_heads, n_layers, d_ff, max_len, norm_first=True,
+                 activation="relu", tie_weights=False, attention_only=False, layer_norm=True,
+                 bias=True, dtype=np.float64, seed=0):
+        super().__init__()
+        _check_config(d_model, n_heads, n_layers, d_ff, max_len, activation,
+                      [("vocab_size", vocab_size)])
+        self.config = dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads,
+                           n_layers=n_layers, d_ff=d_ff, max_len=max_len, norm_first=norm_first,
+                           activation=activation, tie_weights=tie_weights,
+                           attention_only=attention_only, layer_norm=layer_norm, bias=bias,
+                           dtype=np.dtype(dtype).name, seed=seed)
+        rng = np.random.default_rng(seed)
+        self.vocab_size, self.max_len, self.dtype = vocab_size, max_len, np.dtype(dtype)
+        self.embed_scale = math.sqrt(d_model)
+        self.embed = Embedding(vocab_size, d_model, rng, dtype)
+        self.pos = sinusoidal_encoding(max_len, d_model).astype(dtype)
+        self.blocks = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation,
+                             attention_only=attention_only, layer_norm=layer_norm, bias=bias)
+                       for _ in range(n_layers)]
+        self.norm = LayerNorm(d_model, dtype) if norm_first and layer_norm else Identity()
+        self.unembed = TiedUnembedding(self.embed) if tie_weights else Linear(d_model, vocab_size, rng, dtype, bias)
+        self.cache = None
+
+    def _run(self, tokens, start=0, caches=None):
+        """Forward pass without checks; start is the position of tokens[:, 0] (nonzero only
+        when feeding new tokens to a filled cache)."""
+        T = tokens.shape[1]
+        x = self.embed.forward(tokens) * self.embed_scale + self.pos[start:start + T]
+        mask = causal_mask(T, start + T)
+        for i, block in enumerate(self.blocks):
+            x = block.forward(x, mask, cache=None if caches is None else caches[i])
+        self.cache = True
+        return self.unembed.forward(self.norm.forward(x))
+
+    def forward(self, tokens):
+        """(B, T) int -> (B, T, vocab_size) logits; position t predicts token t + 1."""
+        tokens = check_tokens(tokens, "tokens", self.vocab_size, self.max_len)
+        return self._run(tokens)
+
+    def backward(self, dlogits):
+        """(B, T, vocab_size) -> None; adds into every parameter's grad."""
+        self._saved()
+        dx = self.norm.backward(self.unembed.backward(dlogits))
+        for block in reversed(self.blocks):
+            dx, _ = block.backward(dx)
+        self.embed.backward(dx * self.embed_scale)
+
+    def generate(self, prompt, max_new_tokens, temperature=0.0, top_k=None, use_cache=True,
+                 seed=0, return_logits=False):
+        """Extend prompt (T0,) or (B, T0) by max_new_tokens tokens, one at a time.
+
+        With use_cache the prompt is run once (prefill) and then each new token alone, reusing
+        the keys and values of earlier positions; without it, the whole sequence is recomputed
+        every step. Both give the same tokens and logits. return_logits also returns the
+        (B, max_new_tokens, vocab) logits each new token was chosen from.
+        """
+        tokens = np.asarray(prompt)
+        squeeze = tokens.ndim == 1
+        tokens = check_tokens(tokens[None] if squeeze else tokens, "prompt", self.vocab_size, self.max_len)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0 or tokens.shape[1] + max_new_tokens > self.max_len:
+            raise ValueError(f"max_new_tokens must be an int in [0, {self.max_len - tokens.shape[1]}] "
+                             f"(prompt length {tokens.shape[1]}, max_len {self.max_len}), got {max_new_tokens!r}")
+        _check_decoding(temperature, top_k, self.vocab_size)
+        rng = np.random.default_rng(seed)
+        caches = [{} for _ in self.blocks] if use_cache else None
+        logits = self._run(tokens, 0, caches)[:, -1]
+        chosen = []
+        for step in range(max_new_tokens):
+            chosen.append(logits)
+            nxt = sample_next(logits, temperature, top_k, rng)
+            tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+            if step + 1 < max_new_tokens:
+                new = self._run(nxt[:, None], tokens.shape[1] - 1, caches) if use_cache else self._run(tokens)
+                logits = new[:, -1]
+        out = tokens[0] if squeeze else tokens
+        if return_logits:
+            stacked = np.stack(chosen, axis=1) if chosen else np.zeros((tokens.shape[0], 0, self.vocab_size))
+            return out, (stacked[0] if squeeze else stacked)
+        return out
+
+    def save(self, path):
+        save(self, path)
+
+
+class Transformer(Module):
+    """The encoder-decoder of Vaswani et al.: the encoder reads src with self-attention, the
+    decoder reads the target so far with masked self-attention and looks at the encoder output
+    with cross-attention. pad_id marks padding in both src and tgt; padded keys are masked.
+    tie_weights ties the target embedding to the output layer."""
+
+    def __init__(self, src_vocab_size, tgt_vocab_size, d_model, n_heads, n_layers, d_ff, max_len,
+                 norm_first=True, activation="relu", pad_id=None, tie_weights=False,
+                 dtype=np.float64, seed=0):
+        super().__init__()
+        _check_config(d_model, n_heads, n_layers, d_ff, max_len, activation,
+                      [("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)])
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1 for the encoder-decoder, got {n_layers!r}")
+        self.config = dict(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+                           d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
+                           max_len=max_len, norm_first=norm_first, activation=activation,
+                           pad_id=pad_id, tie_weights=tie_weights, dtype=np.dtype(dtype).name,
+                           seed=seed)
+        rng = np.random.default_rng(seed)
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
+        self.max_len, self.pad_id, self.dtype = max_len, pad_id, np.dtype(dtype)
+        self.embed_scale = math.sqrt(d_model)
+        self.pos = sinusoidal_encoding(max_len, d_model).astype(dtype)
+
+        def norm():
+            return LayerNorm(d_model, dtype) if norm_first else Identity()
+
+        self.src_embed = Embedding(src_vocab_size, d_model, rng, dtype)
+        self.encoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation)
+                        for _ in range(n_layers)]
+        self.encoder_norm = norm()
+        self.tgt_embed = Embedding(tgt_vocab_size, d_model, rng, dtype)
+        self.decoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation,
+                              cross_attention=True) for _ in range(n_layers)]
+        self.decoder_norm = norm()
+        self.unembed = TiedUnembedding(self.tgt_embed) if tie_weights else Linear(d_model, tgt_vocab_size, rng, dtype)
+        self.cache = None
+
+    def _key_mask(self, tokens):
+        return None if self.pad_id is None else padding_mask(tokens, self.pad_id)
+
+    def encode(self, src):
+        """(B, S) int -> memory (B, S, d), and the key mask for attending to it."""
+        src_mask = self._key_mask(src)
+        x = self.src_embed.forward(src) * self.embed_scale + self.pos[:src.shape[1]]
+        for block in self.encoder:
+            x = block.forward(x, src_mask)
+        return self.encoder_norm.forward(x), src_mask
+
+    def decode(self, tgt_in, memory, src_mask):
+        """(B, T) int, memory (B, S, d) -> (B, T, tgt_vocab_size) logits."""
+        T = tgt_in.shape[1]
+        mask = causal_mask(T)
+        if self.pad_id is not None:
+            mask = mask & padding_mask(tgt_in, self.pad_id)
+        x = self.tgt_embed.forward(tgt_in) * self.embed_scale + self.pos[:T]
+        for block in self.decoder:
+            x = block.forward(x, mask, memory, src_mask)
+        return self.unembed.forward(self.decoder_norm.forward(x))
+
+    def _check_pair(self, src, tgt_in):
+        src = check_tokens(src, "src", self.src_vocab_size, self.max_len)
+        tgt_in = check_tokens(tgt_in, "tgt_in", self.tgt_vocab_size, self.max_len)
+        if src.shape[0] != tgt_in.shape[0]:
+            raise ValueError(f"src and tgt_in must have the same batch size, got {src.shape[0]} "
+                             f"and {tgt_in.shape[0]}")
+        return src, tgt_in
+
+    def forward(self, src, tgt_in):
+        """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
+        src, tgt_in = self._check_pair(src, tgt_in)
+        logits = self.decode(tgt_in, *self.encode(src))
+        self.cache = True
+        return logits
+
+    def backward(self, dlogits):
+        """Backward through the decoder, collecting the gradient of the encoder output from every
+        cross-attention, then through the encoder."""
+        self._saved()
+        dx = self.decoder_norm.backward(self.unembed.backward(dlogits))
+        dmemory = 0
+        for block in reversed(self.decoder):
+            dx, dm = block.backward(dx)
+            dmemory = dmemory + dm
+        self.tgt_embed.backward(dx * self.embed_scale)
+        dx = self.encoder_norm.backward(dmemory)
+        for block in reversed(self.encoder):
+            dx, _ = block.backward(dx)
+        self.src_embed.backward(dx * self.embed_scale)
+
+    def _check_decode_args(self, src, bos_id, eos_id, max_len):
+        src = check_tokens(src, "src", self.src_vocab_size, self.max_len)
+        for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+            if not (isinstance(value, (int, np.integer)) and 0 <= value < self.tgt_vocab_size):
+                raise ValueError(f"{name} must be an id in [0, {self.tgt_vocab_size}), got {value!r}")
+        if not (isinstance(max_len, int) and 1 <= max_len < self.max_len):
+            raise ValueError(f"max_len must be an int in [1, {self.max_len - 1}] (the model's "
+                             f"max_len minus the <bos>), got {max_len!r}")
+        return src
+
+    def greedy_decode(self, src, bos_id, eos_id, max_len):
+        """(B, S) -> (B, L) int, L <= max_len: the most likely token at every step. The encoder
+        runs once. A sequence that has emitted eos_id is padded with eos_id afterwards."""
+        src = self._check_decode_args(src, bos_id, eos_id, max_len)
+        memory, src_mask = self.encode(src)
+        out = np.full((src.shape[0], 1), bos_id)
+        done = np.zeros(src.shape[0], bool)
+        for _ in range(max_len):
+            nxt = np.argmax(self.decode(out, memory, src_mask)[:, -1], axis=-1)
+            nxt = np.where(done, eos_id, nxt)
+            out = np.concatenate([out, nxt[:, None]], axis=1)
+            done |= nxt == eos_id
+            if done.all():
+                break
+        return out[:, 1:]
+
+    def beam_search(self, src, bos_id, eos_id, max_len, beam_size):
+        """(B, S) -> (B, L) int: keep the beam_size most likely partial targets (sum of
+        log-probabilities) at every step, and return the best. Finished beams are extended by
+        eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
+        b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
+        src = self._check_decode_args(src, bos_id, eos_id, max_len)
+        if not (isinstance(beam_size, int) and beam_size >= 1):
+            raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
+        B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
+        memory, src_mask = self.encode(src)
+        memory = np.repeat(memory, K, axis=0)
+        src_mask = None if src_mask is None else np.repeat(src_mask, K, axis=0)
+        seqs = np.full((B, K, 1), bos_id)
+        scores = np.full((B, K), -np.inf)
+        scores[:, 0] = 0                       # all beams start equal: only one is alive
+        done = np.zeros((B, K), bool)
+        rows = np.arange(B)[:, None]
+        for _ in range(max_len):
+            logits = self.decode(seqs.reshape(B * K, -1), memory, src_mask)[:, -1]
+            logp = log_softmax(logits).reshape(B, K, V)
+            stay = np.full(V, -np.inf)
+            stay[eos_id] = 0
+            logp = np.where(done[..., None], stay, logp)
+            cand = (scores[..., None] + logp).reshape(B, K * V)
+            top = np.argsort(-cand, axis=1, kind="stable")[:, :K]
+            scores = np.take_along_axis(cand, top, axis=1)
+            beam, tok = top // V, top % V
+            seqs = np.concatenate([seqs[rows, beam], tok[..., None]], axis=2)
+            done = done[rows, beam] | (tok == eos_id)
+            if done.all():
+                break
+        return seqs[np.arange(B), np.argmax(scores, axis=1), 1:]
+
+    def save(self, path):
+        save(self, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. Loss
+# ----------------------------------------------------------------------------------------------
+# Cross-entropy of the softmax: L = -Σ_v q_v log p_v averaged over counted positions, where q is
+# the target distribution: one-hot, or with label smoothing ε (Vaswani et al. 5.4, Szegedy et al.
+# 2016) (1 - ε) one-hot + ε / V. Its gradient with respect to the logits is the famous
+# dL/dz = (p - q) / N. Positions whose target is ignore_index (padding) count for nothing.
+
+def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
+    """logits (..., V), targets (...) int -> (loss, dlogits of the same shape as logits)."""
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have shape {logits.shape[:-1]} (logits without the last "
+                         f"axis), got {targets.shape}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    V = logits.shape[-1]
+    keep = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
+    if keep.any() and (targets[keep].min() < 0 or targets[keep].max() >= V):
+        raise ValueError(f"targets must hold ids in [0, {V}) (or ignore_index), got values in "
+                         f"[{targets[keep].min()}, {targets[keep].max()}]")
+    safe = np.where(keep, targets, 0)[..., None]
+    logp = log_softmax(logits)
+    n = max(int(keep.sum()), 1)
+    per_token = -(1 - label_smoothing) * np.take_along_axis(logp, safe, -1)[..., 0] \
+        - label_smoothing * logp.mean(axis=-1)
+    loss = float(np.sum(per_token * keep)) / n
+    dlogits = np.exp(logp)
+    np.put_along_axis(dlogits, safe, np.take_along_axis(dlogits, safe, -1) - (1 - label_smoothing), -1)
+    dlogits -= label_smoothing / V
+    dlogits *= keep[..., None] / np.asarray(n, logits.dtype)
+    return loss, dlogits
+
+
+# ----------------------------------------------------------------------------------------------
+# 12. Optimizers
+# ----------------------------------------------------------------------------------------------
+# An optimizer holds the (name, value, grad) triples of parameters() and updates the values in
+# place. lr is a plain attribute, so a schedule just sets it before each step.
+
+class SGD:
+    """v = μ v + g;  w -= lr (v + λ w)."""
+
+    def __init__(self, parameters, lr, momentum=0.0, weight_decay=0.0):
+        self.params = list(parameters)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
+
+    def step(self):
+        for (_, p, g), v in zip(self.params, self.velocity):
+            v *= self.momentum
+            v += g
+            p -= self.lr * (v + self.weight_decay * p)
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with decoupled weight decay (AdamW, Loshchilov & Hutter 2019):
+        m = β1 m + (1-β1) g,  v = β2 v + (1-β2) g²,  m̂ = m / (1-β1ᵗ),  v̂ = v / (1-β2ᵗ)
+        w -= lr (m̂ / (√v̂ + eps) + λ w)
+    The decay acts on the weight directly instead of being added to the gradient, so it is not
+    rescaled by √v̂."""
+
+    def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        self.params = list(parameters)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.m = [np.zeros_like(p) for _, p, _ in self.params]
+        self.v = [np.zeros_like(p) for _, p, _ in self.params]
+        self.t = 0
+
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for (_, p, g), m, v in zip(self.params, self.m, self.v):
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * (g * g)
+            if self.weight_decay:
+                p -= (self.lr * self.weight_decay) * p
+            p -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+
+
+def clip_grad_norm(parameters, max_norm):
+    """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
+    before clipping."""
+    grads = [g for _, _, g in parameters]
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
+    if norm > max_norm:
+        for g in grads:
+            g *= max_norm / norm
+    return norm
+
+
+def noam_lr(step, d_model, warmup=4000, factor=1.0):
+    """Vaswani et al. 5.3: lr = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5):
+    a linear warm-up for `warmup` steps, then decay as 1/√step. step counts from 1."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step!r}")
+    return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# 13. Saving and loading
+# ----------------------------------------------------------------------------------------------
+# One .npz file: the constructor arguments as a JSON string, then every parameter by its dotted
+# name. np.load(allow_pickle=False) never runs code from the file.
+
+MODELS = {"DecoderOnlyTransformer": DecoderOnlyTransformer, "Transformer": Transformer}
+
+
+def save(model, path):
+    config = json.dumps({"class": type(model).__name__, **model.config})
+    np.savez(path, __config__=np.array(config), **{n: v for n, v, _ in model.parameters()})
+
+
+def load(path):
+    """Rebuild a model saved with save(); raises ValueError for a file that is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        config = json.loads(str(arrays.pop("__config__")))
+        cls = MODELS[config.pop("class")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
+        raise ValueError(f"path {str(path)!r} is not a model saved by transformer.save ({err})") from None
+    model = cls(**config)
+    expected = {n: v for n, v, _ in model.parameters()}
+    if set(expected) != set(arrays) or any(expected[n].shape != arrays[n].shape for n in arrays):
+        raise ValueError(f"path {str(path)!r} holds parameters that do not match its config")
+    for name, value in expected.items():
+        value[...] = arrays[name]
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# 14. Gradient checking
+# ----------------------------------------------------------------------------------------------
+# The proof that a hand-written backward is right: nudge one number by ±eps, recompute the loss
+# and compare (L(w + eps) - L(w - eps)) / 2eps with the analytic gradient. Central differences
+# have O(eps²) error; in float64 with eps = 1e-5 the two agree to about 1e-9 relative error.
+
+def relative_error(analytic, numeric):
+    """‖a - n‖ / (‖a‖ + ‖n‖): 0 when they agree, 1 when they are unrelated. Measured over a
+    whole set of entries, so one entry whose true gradient happens to be ~0 (where the
+    difference quotient is all rounding noise) does not decide the verdict alone."""
+    a, n = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
+    return float(np.linalg.norm(a - n) / max(1e-12, np.linalg.norm(a) + np.linalg.norm(n)))
+
+
+def gradient_check(loss_fn, parameters, num_checks=10, eps=1e-5, seed=0):
+    """loss_fn() -> float recomputes the loss from the current values. parameters yields
+    (name, value, grad) with grad already holding the analytic gradient (an input can be checked
+    the same way, as ("x", x, dx)). Compares num_checks random entries of each array (all of
+    them if it is smaller) and returns {name: relative error}."""
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, value, grad in parameters:
+        picked = rng.choice(value.size, min(num_checks, value.size), replace=False)
+        numeric = []
+        for i in picked:
+            old = value.flat[i]
+            value.flat[i] = old + eps
+            plus = loss_fn()
+            value.flat[i] = old - eps
+            minus = loss_fn()
+            value.flat[i] = old
+            numeric.append((plus - minus) / (2 * eps))
+        errors[name] = relative_error(grad.flat[picked], numeric)
+    return errors
