@@ -1037,6 +1037,20 @@ def clip_grad_norm(parameters, max_norm):
     return norm
 
 
+def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoothing=0.0,
+               max_grad_norm=None):
+    """One step of training: zero the grads, forward, loss, backward, clip, update.
+    inputs is the tuple of forward's arguments: (tokens,) for the decoder-only model, (src,
+    tgt_in) for the encoder-decoder. Returns the loss (before the update)."""
+    model.zero_grad()
+    loss, dlogits = cross_entropy(model.forward(*inputs), targets, ignore_index, label_smoothing)
+    model.backward(dlogits)
+    if max_grad_norm is not None:
+        clip_grad_norm(optimizer.params, max_grad_norm)
+    optimizer.step()
+    return loss
+
+
 def noam_lr(step, d_model, warmup=4000, factor=1.0):
     """Vaswani et al. 5.3: lr = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5):
     a linear warm-up for `warmup` steps, then decay as 1/√step. step counts from 1."""

@@ -1,0 +1,502 @@
+"""The proof that the math is right: run with `python3 -m pytest -q test_all.py`.
+
+Sections follow the files they check, in reading order:
+    transformer.py   tokenizers; gradient checks of every layer and of both models (float64,
+                     central differences, random upstream gradients); identities (one-hot lookup,
+                     positional encoding, masks, causality); training runs that must reach an
+                     exact target; decoding, the KV cache, save/load; every kind of bad input.
+"""
+
+import numpy as np
+import pytest
+
+import transformer as T
+
+TOL = 1e-6   # the largest relative error a hand-written gradient may show against central differences
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _check_layer(layer, inputs, forward, seed=0):
+    """Gradient-check a layer: loss = Σ forward(*inputs) ⊙ R with a random upstream gradient R
+    (an all-ones R would let a wrong softmax backward pass). Checks every input array and every
+    parameter of the layer; returns {name: relative error}."""
+    R = _rng(seed + 1).standard_normal(forward(*inputs).shape)
+    layer.zero_grad()
+    out = forward(*inputs)
+    dinputs = layer.backward(R)
+    dinputs = dinputs if isinstance(dinputs, tuple) else (dinputs,)
+    arrays = [(f"input{i}", x, dx) for i, (x, dx) in enumerate(zip(inputs, dinputs)) if dx is not None]
+    errors = T.gradient_check(lambda: float(np.sum(forward(*inputs) * R)),
+                              arrays + list(layer.parameters()), num_checks=15)
+    assert out.dtype == np.float64
+    return errors
+
+
+def _assert_small(errors):
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOL, f"{worst}: relative error {errors[worst]:.2e}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+# ----------------------------------------------------------------------------------------------
+
+ROHRER = ["Check the program log and find out whether it ran please.",
+          "Check the battery log and find out whether it ran down please."]
+
+
+def test_word_and_char_tokenizers_round_trip_and_mark_unknowns():
+    words = T.WordTokenizer(" ".join(ROHRER))
+    ids = words.encode(ROHRER[1], bos=True, eos=True)
+    assert ids[0] == words.bos_id and ids[-1] == words.eos_id
+    assert words.decode(ids) == ROHRER[1]
+    assert words.encode("Check the cat")[-1] == words.unk_id
+    chars = T.CharTokenizer("hello world")
+    assert chars.decode(chars.encode("hello")) == "hello"
+    assert chars.vocab_size == 4 + len(set("hello world"))
+    assert chars.encode("z") == [chars.unk_id]
+
+
+def test_bpe_reaches_its_vocabulary_and_round_trips_any_string():
+    text = "the transformer transforms the tokens; the tokens attend to the tokens. " * 20
+    bpe = T.BPETokenizer(text, vocab_size=280)
+    assert bpe.vocab_size == 280
+    # merges compress the text they were trained on: fewer tokens than bytes
+    assert len(bpe.encode(text)) < len(text.encode("utf-8")) / 3
+    # the longest piece is a whole frequent word
+    assert max(bpe.pieces, key=len).strip() in (b"tokens", b"the tokens", b"transformer")
+    for s in ["unseen words zxqv", "naïve café — 東京 😀", "", "  spaces\n\tand tabs  "]:
+        assert bpe.decode(bpe.encode(s)) == s
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient checks, layer by layer
+# ----------------------------------------------------------------------------------------------
+
+def test_embedding_is_a_one_hot_product_and_scatters_repeated_ids():
+    emb = T.Embedding(7, 5, _rng())
+    ids = np.array([[1, 3, 1], [6, 1, 0]])
+    assert np.array_equal(T.one_hot(ids, 7) @ emb.params["W"], emb.forward(ids))
+    R = _rng(1).standard_normal((2, 3, 5))
+    emb.zero_grad()
+    emb.forward(ids)
+    emb.backward(R)
+    assert np.allclose(emb.grads["W"][1], R[0, 0] + R[0, 2] + R[1, 1])   # id 1 used three times
+    _assert_small(T.gradient_check(lambda: float(np.sum(emb.forward(ids) * R)), emb.parameters()))
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: T.Linear(6, 4, rng),
+    lambda rng: T.Linear(6, 4, rng, bias=False),
+    lambda rng: T.ReLU(),
+    lambda rng: T.GELU(),
+    lambda rng: T.LayerNorm(6),
+    lambda rng: T.FeedForward(6, 10, rng, activation="gelu"),
+    lambda rng: T.FeedForward(6, 10, rng, activation="relu"),
+], ids=["linear", "linear-nobias", "relu", "gelu", "layernorm", "ffn-gelu", "ffn-relu"])
+def test_pointwise_layers_gradients(make):
+    layer = make(_rng())
+    x = _rng(2).standard_normal((2, 3, 6))
+    if isinstance(layer, T.LayerNorm):   # give the gain and bias values that are not 1 and 0
+        layer.params["g"][:] = _rng(3).standard_normal(6)
+        layer.params["b"][:] = _rng(4).standard_normal(6)
+    _assert_small(_check_layer(layer, (x,), layer.forward))
+
+
+def test_layernorm_normalises_with_biased_variance():
+    x = _rng().standard_normal((4, 9)) * 3 + 2
+    y = T.LayerNorm(9, eps=0.0).forward(x)
+    assert np.allclose(y.mean(-1), 0, atol=1e-12)
+    assert np.allclose(y.var(-1), 1, atol=1e-12)     # np.var is the biased variance
+
+
+def test_softmax_is_stable_and_a_fully_masked_row_is_zero():
+    x = np.array([[1000.0, 1001.0, 999.0], [-1e4, 0.0, 1e4]])
+    p = T.softmax(x)
+    assert np.all(np.isfinite(p)) and np.allclose(p.sum(-1), 1)
+    assert np.allclose(np.exp(T.log_softmax(x)), p)
+    mask = np.array([[True, False, True], [False, False, False]])
+    p = T.softmax(x, mask=mask)
+    assert p[0, 1] == 0 and np.isclose(p[0].sum(), 1)
+    assert np.array_equal(p[1], np.zeros(3))
+
+
+def test_softmax_backward_matches_central_differences():
+    s = _rng().standard_normal((3, 5))
+    R = _rng(1).standard_normal((3, 5))
+    ds = T.softmax_backward(T.softmax(s), R)
+    _assert_small(T.gradient_check(lambda: float(np.sum(T.softmax(s) * R)), [("s", s, ds)]))
+
+
+def test_attention_gradients_with_causal_and_padding_masks():
+    B, H, T_, dk = 2, 2, 5, 3
+    q, k, v = (_rng(i).standard_normal((B, H, T_, dk)) for i in range(3))
+    pad = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    mask = T.causal_mask(T_) & T.padding_mask(pad, 0)
+    att = T.ScaledDotProductAttention()
+    _assert_small(_check_layer(att, (q, k, v), lambda *a: att.forward(*a, mask=mask)))
+    p = att.pattern
+    assert np.allclose(p.sum(-1), 1)
+    assert np.all(p[..., np.triu_indices(T_, 1)[0], np.triu_indices(T_, 1)[1]] == 0)  # no future
+    assert np.all(p[1, :, :, 3:] == 0)                                                 # no padding
+
+
+def test_attention_row_with_every_key_masked_gives_zeros_not_nan():
+    att = T.ScaledDotProductAttention()
+    q, k, v = (_rng(i).standard_normal((1, 1, 2, 3)) for i in range(3))
+    mask = np.array([[True, True], [False, False]])
+    out = att.forward(q, k, v, mask)
+    assert np.array_equal(out[0, 0, 1], np.zeros(3))
+    dq, dk, dv = att.backward(np.ones_like(out))
+    assert all(np.all(np.isfinite(d)) for d in (dq, dk, dv))
+
+
+def test_multi_head_self_attention_gradients():
+    mha = T.MultiHeadAttention(8, 2, _rng())
+    x = _rng(5).standard_normal((2, 4, 8))
+    _assert_small(_check_layer(mha, (x,), lambda x: mha.forward(x, mask=T.causal_mask(4))))
+
+
+def test_cross_attention_gradients_flow_into_both_inputs():
+    mha = T.MultiHeadAttention(8, 2, _rng())
+    x = _rng(5).standard_normal((2, 3, 8))          # decoder side: queries
+    memory = _rng(6).standard_normal((2, 5, 8))     # encoder side: keys and values
+    mask = T.padding_mask(np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]), 0)
+    errors = _check_layer(mha, (x, memory), lambda x, m: mha.forward(x, m, mask))
+    assert {"input0", "input1"} <= set(errors)
+    _assert_small(errors)
+    # the roles are not swapped: the output has one row per query, not per key
+    assert mha.forward(x, memory, mask).shape == (2, 3, 8)
+
+
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-ln", "post-ln"])
+def test_decoder_block_with_cross_attention_gradients(norm_first):
+    block = T.Block(8, 2, 12, _rng(), norm_first=norm_first, activation="gelu", cross_attention=True)
+    x = _rng(5).standard_normal((2, 3, 8))
+    memory = _rng(6).standard_normal((2, 4, 8))
+    mask = T.padding_mask(np.array([[1, 1, 1, 1], [1, 1, 1, 0]]), 0)
+    _assert_small(_check_layer(block, (x, memory),
+                               lambda x, m: block.forward(x, T.causal_mask(3), m, mask)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient checks, whole models
+# ----------------------------------------------------------------------------------------------
+
+def _check_model(model, inputs, targets, **loss_kwargs):
+    def loss():
+        return T.cross_entropy(model.forward(*inputs), targets, **loss_kwargs)[0]
+    model.zero_grad()
+    model.backward(T.cross_entropy(model.forward(*inputs), targets, **loss_kwargs)[1])
+    errors = T.gradient_check(loss, model.parameters(), num_checks=8)
+    _assert_small(errors)
+    return errors
+
+
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-ln", "post-ln"])
+@pytest.mark.parametrize("activation,tie", [("relu", False), ("gelu", True)], ids=["relu", "gelu-tied"])
+def test_decoder_only_model_gradients(norm_first, activation, tie):
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, norm_first=norm_first,
+                                  activation=activation, tie_weights=tie)
+    x, y = _rng(1).integers(1, 11, (3, 7)), _rng(2).integers(1, 11, (3, 7))
+    y[0, :2] = 0                                   # padding targets are ignored
+    errors = _check_model(lm, (x,), y, ignore_index=0, label_smoothing=0.1)
+    assert ("unembed.W" in errors) != tie           # a tied model has no separate output matrix
+
+
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-ln", "post-ln"])
+def test_encoder_decoder_model_gradients_with_padding_and_tied_weights(norm_first):
+    mt = T.Transformer(9, 12, 8, 2, 2, 16, 10, norm_first=norm_first, activation="gelu",
+                       pad_id=0, tie_weights=True)
+    src, tgt = _rng(1).integers(1, 9, (3, 6)), _rng(2).integers(1, 12, (3, 6))
+    src[1, 4:] = 0
+    tgt[2, 4:] = 0
+    errors = _check_model(mt, (src, tgt[:, :-1]), tgt[:, 1:], ignore_index=0)
+    assert any(name.startswith("encoder.0") for name in errors)   # reached through cross-attention
+
+
+def test_attention_only_model_without_norms_or_biases_gradients():
+    lm = T.DecoderOnlyTransformer(7, 8, 2, 2, 16, 9, attention_only=True, layer_norm=False, bias=False)
+    names = [n for n, _, _ in lm.parameters()]
+    assert not any("ffn" in n or "norm" in n or n.endswith(".b") for n in names)
+    _check_model(lm, (_rng(1).integers(0, 7, (2, 6)),), _rng(2).integers(0, 7, (2, 6)))
+
+
+def test_cross_entropy_gradient_and_extreme_logits():
+    logits = _rng().standard_normal((2, 3, 5))
+    y = np.array([[0, 4, 2], [1, 1, -1]])
+    loss, d = T.cross_entropy(logits, y, ignore_index=-1, label_smoothing=0.2)
+    _assert_small(T.gradient_check(
+        lambda: T.cross_entropy(logits, y, ignore_index=-1, label_smoothing=0.2)[0],
+        [("logits", logits, d)], num_checks=30))
+    assert np.all(d[1, 2] == 0)                     # the ignored position gets no gradient
+    huge = np.array([[1e4, -1e4, 0.0]])
+    loss, d = T.cross_entropy(huge, np.array([1]))
+    assert np.isfinite(loss) and np.all(np.isfinite(d)) and np.isclose(loss, 2e4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Identities
+# ----------------------------------------------------------------------------------------------
+
+def test_sinusoidal_encoding_matches_the_paper_and_shifts_by_rotation():
+    d = 16
+    pe = T.sinusoidal_encoding(50, d)
+    pos, i = 7, 3
+    assert np.isclose(pe[pos, 2 * i], np.sin(pos / 10000 ** (2 * i / d)))
+    assert np.isclose(pe[pos, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / d)))
+    # PE(pos + k) = M_k PE(pos) for a fixed block rotation M_k (Vaswani et al. 3.5)
+    k = 5
+    w = 1 / 10000 ** (np.arange(0, d, 2) / d)
+    rotated = np.empty_like(pe[:-k])
+    c, s = np.cos(k * w), np.sin(k * w)
+    rotated[:, 0::2] = pe[:-k, 0::2] * c + pe[:-k, 1::2] * s
+    rotated[:, 1::2] = pe[:-k, 1::2] * c - pe[:-k, 0::2] * s
+    assert np.allclose(rotated, pe[k:], atol=1e-12)
+    assert T.sinusoidal_encoding(4, 5).shape == (4, 5)      # odd d: a last sine column
+
+
+def test_decoder_is_causal_and_encoder_ignores_padding():
+    lm = T.DecoderOnlyTransformer(10, 8, 2, 2, 16, 8)
+    x = _rng().integers(0, 10, (1, 6))
+    y = x.copy()
+    y[0, 4] = (x[0, 4] + 1) % 10
+    a, b = lm.forward(x), lm.forward(y)
+    assert np.allclose(a[:, :4], b[:, :4]) and not np.allclose(a[:, 4:], b[:, 4:])
+    mt = T.Transformer(10, 10, 8, 2, 1, 16, 8, pad_id=0)
+    src = np.array([[3, 4, 5, 0, 0]])
+    tgt = np.array([[1, 6, 7]])
+    other = src.copy()
+    other[0, 1] = 9
+    assert not np.allclose(mt.forward(src, tgt), mt.forward(other, tgt))
+    # padding positions do not matter (their embedding is never attended to)
+    mt.src_embed.params["W"][0] += 1.0
+    before = mt.forward(src, tgt)
+    mt.src_embed.params["W"][0] -= 3.0
+    assert np.allclose(before, mt.forward(src, tgt))
+
+
+def test_noam_schedule_peaks_at_warmup_and_decays_as_inverse_sqrt():
+    lrs = [T.noam_lr(s, 512, warmup=100) for s in range(1, 400)]
+    assert int(np.argmax(lrs)) + 1 == 100
+    assert np.isclose(T.noam_lr(400, 512, 100) / T.noam_lr(100, 512, 100), 0.5)
+
+
+def test_adam_weight_decay_is_decoupled_and_clipping_scales_globally():
+    w = np.array([2.0, -4.0])
+    g = np.zeros(2)
+    opt = T.Adam([("w", w, g)], lr=0.1, weight_decay=0.5)
+    opt.step()
+    assert np.allclose(w, [2.0 * 0.95, -4.0 * 0.95])   # zero gradient: only the decay acts
+    g1, g2 = np.array([3.0]), np.array([4.0])
+    norm = T.clip_grad_norm([("a", np.zeros(1), g1), ("b", np.zeros(1), g2)], 1.0)
+    assert norm == 5.0 and np.isclose(np.hypot(g1, g2), 1.0) and np.isclose(g1 / g2, 0.75)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training runs with exact targets
+# ----------------------------------------------------------------------------------------------
+
+def _rohrer_batch():
+    tok = T.WordTokenizer(" ".join(ROHRER))
+    seqs = [tok.encode(s, bos=True) for s in ROHRER]
+    width = max(map(len, seqs))
+    batch = np.array([s + [tok.pad_id] * (width - len(s)) for s in seqs])
+    return tok, batch
+
+
+def _train_rohrer(seed=0, steps=150):
+    tok, batch = _rohrer_batch()
+    lm = T.DecoderOnlyTransformer(tok.vocab_size, 16, 2, 1, 32, 16, seed=seed)
+    opt = T.Adam(lm.parameters(), lr=1e-2)
+    losses = [T.train_step(lm, opt, (batch[:, :-1],), batch[:, 1:], ignore_index=tok.pad_id)
+              for _ in range(steps)]
+    return tok, lm, losses
+
+
+def test_decoder_learns_rohrers_eight_word_dependency():
+    tok, lm, losses = _train_rohrer()
+    predictions = []
+    for sentence in ROHRER:
+        prefix = tok.encode(sentence.split(" ran")[0] + " ran", bos=True)
+        predictions.append(tok.itos[lm.generate(prefix, 1)[-1]])
+    assert predictions == ["please", "down"]
+    # a bigram model sees only "ran" in both cases, so it must predict the same word twice:
+    # the seven words between "program"/"battery" and "ran" are identical
+    words = [s.split() for s in ROHRER]
+    assert words[0][3:words[0].index("ran") + 1] == words[1][3:words[1].index("ran") + 1]
+
+
+def test_same_seed_gives_the_same_losses_bit_for_bit():
+    assert _train_rohrer(seed=3, steps=5)[2] == _train_rohrer(seed=3, steps=5)[2]
+    assert _train_rohrer(seed=3, steps=5)[2] != _train_rohrer(seed=4, steps=5)[2]
+
+
+def test_encoder_decoder_learns_to_reverse_held_out_sequences():
+    PAD, BOS, EOS, V, L = 0, 1, 2, 13, 6
+    rng = _rng(0)
+
+    def batch(n, rng):
+        src = rng.integers(3, V, (n, L))
+        tgt = np.concatenate([np.full((n, 1), BOS), src[:, ::-1], np.full((n, 1), EOS)], axis=1)
+        return src, tgt
+
+    mt = T.Transformer(V, V, 32, 4, 1, 64, L + 2, pad_id=PAD, dtype=np.float32, seed=0)
+    opt = T.Adam(mt.parameters(), lr=3e-3)
+    for _ in range(300):
+        src, tgt = batch(64, rng)
+        T.train_step(mt, opt, (src, tgt[:, :-1]), tgt[:, 1:])
+    src, tgt = batch(300, _rng(123))             # unseen sequences
+    exact = np.mean(np.all(mt.greedy_decode(src, BOS, EOS, L + 1) == tgt[:, 1:], axis=1))
+    assert exact >= 0.99
+    beams = mt.beam_search(src[:50], BOS, EOS, L + 1, beam_size=3)
+    assert np.mean(np.all(beams == tgt[:50, 1:], axis=1)) >= 0.99
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding, the KV cache, saving
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (0.8, 3)])
+def test_kv_cache_gives_the_same_tokens_and_logits_as_recomputing(temperature, top_k):
+    lm = T.DecoderOnlyTransformer(12, 16, 4, 2, 32, 20, norm_first=False, activation="gelu", seed=1)
+    prompt = _rng().integers(0, 12, (2, 5))
+    a, la = lm.generate(prompt, 10, temperature, top_k, use_cache=True, seed=7, return_logits=True)
+    b, lb = lm.generate(prompt, 10, temperature, top_k, use_cache=False, seed=7, return_logits=True)
+    assert np.array_equal(a, b) and np.abs(la - lb).max() < 1e-12
+    assert la.shape == (2, 10, 12) and np.array_equal(a[:, :5], prompt)
+    full = lm.forward(a[:, :-1])[:, 4:]            # the logits each new token was drawn from
+    assert np.abs(full - la).max() < 1e-12
+
+
+def test_top_k_sampling_only_draws_from_the_k_best():
+    logits = np.tile(np.arange(10.0), (2000, 1))
+    drawn = T.sample_next(logits, 1.0, 3, _rng())
+    assert set(np.unique(drawn)) == {7, 8, 9}
+    assert np.array_equal(T.sample_next(logits, 0.0), np.full(2000, 9))
+
+
+def test_beam_search_with_beam_one_is_greedy_and_wider_beams_score_no_worse():
+    mt = T.Transformer(9, 9, 16, 2, 2, 32, 12, seed=2)
+    src = _rng().integers(3, 9, (5, 6))
+    greedy = mt.greedy_decode(src, 1, 2, 8)
+    assert np.array_equal(mt.beam_search(src, 1, 2, 8, beam_size=1), greedy)
+
+    def logprob(out):
+        tgt_in = np.concatenate([np.full((len(out), 1), 1), out[:, :-1]], axis=1)
+        logp = T.log_softmax(mt.forward(src, tgt_in))
+        picked = np.take_along_axis(logp, out[..., None], -1)[..., 0]
+        after_eos = np.cumsum(out == 2, axis=1) - (out == 2) > 0    # count up to the first eos
+        return np.sum(np.where(after_eos, 0, picked), axis=1)
+
+    assert np.all(logprob(mt.beam_search(src, 1, 2, 8, beam_size=4)) >= logprob(greedy) - 1e-12)
+
+
+def test_save_and_load_round_trip_bit_for_bit(tmp_path):
+    for model in (T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, tie_weights=True, dtype=np.float32),
+                  T.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=0)):
+        path = tmp_path / f"{type(model).__name__}.npz"
+        model.save(path)
+        again = T.load(path)
+        assert type(again) is type(model) and again.config == model.config
+        for (n1, v1, _), (n2, v2, _) in zip(model.parameters(), again.parameters()):
+            assert n1 == n2 and v1.dtype == v2.dtype and np.array_equal(v1, v2)
+
+
+def test_parameter_names_are_unique_and_gradients_accumulate():
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, tie_weights=True)
+    names = [n for n, _, _ in lm.parameters()]
+    assert len(names) == len(set(names)) and "embed.W" in names
+    x, y = _rng().integers(0, 11, (2, 5)), _rng(1).integers(0, 11, (2, 5))
+    lm.zero_grad()
+    for _ in range(2):
+        lm.backward(T.cross_entropy(lm.forward(x), y)[1])
+    twice = lm.embed.grads["W"].copy()
+    lm.zero_grad()
+    lm.backward(T.cross_entropy(lm.forward(x), y)[1])
+    assert np.allclose(twice, 2 * lm.embed.grads["W"])
+
+
+def test_float32_model_stays_float32():
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, activation="gelu", dtype=np.float32)
+    x = _rng().integers(0, 11, (2, 5))
+    logits = lm.forward(x)
+    loss, d = T.cross_entropy(logits, x)
+    lm.zero_grad()
+    lm.backward(d)
+    opt = T.Adam(lm.parameters(), lr=1e-3, weight_decay=0.01)
+    opt.step()
+    assert logits.dtype == d.dtype == np.float32
+    assert all(v.dtype == g.dtype == np.float32 for _, v, g in lm.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument, and nothing modified
+# ----------------------------------------------------------------------------------------------
+
+def _snapshot(model):
+    return [v.copy() for _, v, _ in model.parameters()]
+
+
+@pytest.mark.parametrize("tokens,error,words", [
+    (np.array([[1, 2, 11]]), ValueError, ["tokens", "[0, 11)"]),
+    (np.array([[1, -1]]), ValueError, ["tokens", "[0, 11)"]),
+    (np.array([[1.0, 2.0]]), TypeError, ["tokens", "integer"]),
+    (np.array([1, 2]), ValueError, ["tokens", "(B, T)"]),
+    (np.zeros((1, 11), int), ValueError, ["tokens", "max_len=10"]),
+])
+def test_decoder_rejects_bad_tokens(tokens, error, words):
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
+    before = _snapshot(lm)
+    with pytest.raises(error) as info:
+        lm.forward(tokens)
+    assert all(w in str(info.value) for w in words)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _snapshot(lm)))
+
+
+def test_bad_configurations_and_arguments_are_rejected():
+    with pytest.raises(ValueError, match="d_model must be divisible by n_heads"):
+        T.DecoderOnlyTransformer(11, 10, 3, 1, 16, 10)
+    with pytest.raises(ValueError, match="activation"):
+        T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, activation="tanh")
+    with pytest.raises(ValueError, match="vocab_size"):
+        T.DecoderOnlyTransformer(0, 8, 2, 1, 16, 10)
+    mt = T.Transformer(9, 12, 8, 2, 1, 16, 10)
+    with pytest.raises(ValueError, match="same batch size"):
+        mt.forward(np.zeros((2, 3), int), np.zeros((3, 3), int))
+    with pytest.raises(ValueError, match="tgt_in"):
+        mt.forward(np.zeros((2, 3), int), np.full((2, 3), 12))
+    with pytest.raises(ValueError, match="beam_size"):
+        mt.beam_search(np.zeros((1, 3), int), 1, 2, 5, beam_size=0)
+    with pytest.raises(ValueError, match="max_len"):
+        mt.greedy_decode(np.zeros((1, 3), int), 1, 2, 10)
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        lm.generate([1, 2, 3], 8)
+    with pytest.raises(ValueError, match="top_k"):
+        lm.generate([1, 2, 3], 2, temperature=1.0, top_k=0)
+    with pytest.raises(ValueError, match="targets"):
+        T.cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 4), int))
+    with pytest.raises(ValueError, match="vocab_size"):
+        T.BPETokenizer("abc", 100)
+
+
+def test_backward_before_forward_is_an_error():
+    for model, dlogits in ((T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10), np.zeros((1, 2, 11))),
+                           (T.Transformer(9, 12, 8, 2, 1, 16, 10), np.zeros((1, 2, 12)))):
+        with pytest.raises(ValueError, match="before forward"):
+            model.backward(dlogits)
+    with pytest.raises(ValueError, match="before forward"):
+        T.LayerNorm(4).backward(np.zeros((1, 4)))
+
+
+def test_loading_a_file_that_is_not_a_model_fails_clearly(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file at all")
+    np.savez(tmp_path / "arrays.npz", a=np.zeros(3))
+    for path in (junk, tmp_path / "arrays.npz", tmp_path / "missing.npz"):
+        with pytest.raises(ValueError, match="not a model saved"):
+            T.load(path)
