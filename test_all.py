@@ -491,6 +491,10 @@ def test_backward_before_forward_is_an_error():
             model.backward(dlogits)
     with pytest.raises(ValueError, match="before forward"):
         T.LayerNorm(4).backward(np.zeros((1, 4)))
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
+    lm.forward(np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match=r"dlogits must have the shape .*\(2, 3, 11\)"):
+        lm.backward(np.zeros((2, 3, 5)))
 
 
 def test_loading_a_file_that_is_not_a_model_fails_clearly(tmp_path):

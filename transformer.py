@@ -16,7 +16,8 @@ Read this file top to bottom; each section uses only what came before it.
                            with their decoding: greedy, temperature, top-k, beam search and a
                            key/value cache
    11. Loss                softmax cross-entropy with padding and label smoothing
-   12. Optimizers          SGD, Adam with decoupled weight decay, clipping, the warm-up schedule
+   12. Optimizers          SGD, Adam with decoupled weight decay, clipping, one training step,
+                           the warm-up schedule
    13. Saving and loading  np.savez / np.load(allow_pickle=False)
    14. Gradient checking   central differences, as used by the tests
 
@@ -662,6 +663,14 @@ def check_tokens(tokens, name, vocab_size, max_len):
     return tokens
 
 
+def _check_dlogits(model, dlogits):
+    """A model's backward takes the gradient of the logits of its last forward, same shape."""
+    shape = model._saved()
+    if np.shape(dlogits) != shape:
+        raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
+                         f"got {np.shape(dlogits)}")
+
+
 def sample_next(logits, temperature=0.0, top_k=None, rng=None):
     """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
     softmax(logits / temperature), keeping only the top_k largest logits if top_k is given."""
@@ -734,8 +743,9 @@ class DecoderOnlyTransformer(Module):
         mask = causal_mask(T, start + T)
         for i, block in enumerate(self.blocks):
             x = block.forward(x, mask, cache=None if caches is None else caches[i])
-        self.cache = True
-        return self.unembed.forward(self.norm.forward(x))
+        logits = self.unembed.forward(self.norm.forward(x))
+        self.cache = logits.shape
+        return logits
 
     def forward(self, tokens):
         """(B, T) int -> (B, T, vocab_size) logits; position t predicts token t + 1."""
@@ -744,7 +754,7 @@ class DecoderOnlyTransformer(Module):
 
     def backward(self, dlogits):
         """(B, T, vocab_size) -> None; adds into every parameter's grad."""
-        self._saved()
+        _check_dlogits(self, dlogits)
         dx = self.norm.backward(self.unembed.backward(dlogits))
         for block in reversed(self.blocks):
             dx, _ = block.backward(dx)
@@ -860,13 +870,13 @@ class Transformer(Module):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
         src, tgt_in = self._check_pair(src, tgt_in)
         logits = self.decode(tgt_in, *self.encode(src))
-        self.cache = True
+        self.cache = logits.shape
         return logits
 
     def backward(self, dlogits):
         """Backward through the decoder, collecting the gradient of the encoder output from every
         cross-attention, then through the encoder."""
-        self._saved()
+        _check_dlogits(self, dlogits)
         dx = self.decoder_norm.backward(self.unembed.backward(dlogits))
         dmemory = 0
         for block in reversed(self.decoder):
