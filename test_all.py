@@ -5,12 +5,25 @@ Sections follow the files they check, in reading order:
                      central differences, random upstream gradients); identities (one-hot lookup,
                      positional encoding, masks, causality); training runs that must reach an
                      exact target; decoding, the KV cache, save/load; every kind of bad input.
+    circuits.py      the Kronecker identities; one head computed three ways; the path expansion
+                     equal to the logits term by term; QK/OV circuits; planted skip-trigrams
+                     recovered; an induction head grown in two layers and not in one.
 """
 
-import numpy as np
-import pytest
+import os
 
-import transformer as T
+# The tests use small matrices, where OpenBLAS's threads cost more than they save (several
+# times slower on a busy two-core machine). Must be set before NumPy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from contextlib import ExitStack  # noqa: E402  (imports after the thread setting, on purpose)
+from functools import lru_cache  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import circuits as C  # noqa: E402
+import transformer as T  # noqa: E402
 
 TOL = 1e-6   # the largest relative error a hand-written gradient may show against central differences
 
@@ -504,3 +517,282 @@ def test_loading_a_file_that_is_not_a_model_fails_clearly(tmp_path):
     for path in (junk, tmp_path / "arrays.npz", tmp_path / "missing.npz"):
         with pytest.raises(ValueError, match="not a model saved"):
             T.load(path)
+
+
+# ==============================================================================================
+# circuits.py: the Kronecker identities, path expansion, QK/OV circuits, skip-trigrams, induction heads
+# ==============================================================================================
+
+@lru_cache(maxsize=None)
+def _ci_skip_model():
+    """One-layer model trained on planted skip-trigrams (float32, ~1.5 s), shared by tests."""
+    return C.train_skip_trigram_model(seed=0)[0]
+
+
+@lru_cache(maxsize=None)
+def _ci_induction_models():
+    """Two-layer and one-layer models trained identically on repeated segments, plus an
+    evaluation batch drawn separately (float32, ~3 s together)."""
+    two = C.train_induction_model(n_layers=2, seed=0)[0]
+    one = C.train_induction_model(n_layers=1, seed=0)[0]
+    tokens, inside = C.repeated_segment_batch(np.random.default_rng(123), 256, 17, 16, 4, 8)
+    return two, one, tokens, inside
+
+
+def _ci_random_simplified(n_layers, seed=0):
+    return C.attention_only_model(11, 12, 3, n_layers, 9, np.float64, seed)
+
+
+# ---- 1-2: the Kronecker product and one head three ways -------------------------------------
+
+def test_kronecker_identities_hold_to_machine_precision():
+    for seed in (0, 1):
+        errors = C.kronecker_identity_errors(seed)
+        assert len(errors) == 8
+        for name, err in errors.items():
+            assert err < 1e-12, (name, err)
+
+
+def test_kron_reproduces_the_papers_example_and_acts_as_q_x_pt():
+    A, B = np.array([[1, 2], [3, 4]]), np.array([[0, 5], [6, 7]])
+    paper = np.array([[0, 5, 0, 10], [6, 7, 12, 14], [0, 15, 0, 20], [18, 21, 24, 28]])
+    assert np.array_equal(np.kron(A, B), paper)                       # seed 003, Example 15
+    X = np.arange(6.0).reshape(2, 3)
+    P = np.arange(12.0).reshape(4, 3) - 5
+    assert np.allclose(C.kron_apply(P, B, X), C.unvec(np.kron(P, B) @ C.vec(X), (2, 4)), atol=1e-12)
+    # the other reading, P X Qᵀ, is a different operator: the convention matters
+    assert not np.allclose(C.kron_apply(A, B, X[:, :2]), A @ X[:, :2] @ B.T)
+    assert np.array_equal(C.unvec(C.vec(X), X.shape), X)
+
+
+def test_head_output_three_ways_agree_with_and_without_causal_mask():
+    rng = np.random.default_rng(3)
+    d, d_head, n = 7, 2, 6
+    X = rng.standard_normal((d, n))
+    W_Q, W_K, W_V, W_O = (rng.standard_normal(s) for s in [(d_head, d)] * 3 + [(d, d_head)])
+    for causal in (True, False):
+        A = C.attention_pattern(X, W_Q, W_K, causal=causal)
+        assert np.allclose(A.sum(axis=1), 1)
+        assert causal == bool(np.all(np.triu(A, 1) == 0))
+        H = C.head_output(X, A, W_V, W_O)
+        assert np.max(np.abs(H - C.head_output_kronecker(X, A, W_V, W_O))) < 1e-12
+        assert np.max(np.abs(H - C.head_output_kronecker(X, A, W_V, W_O, explicit=True))) < 1e-12
+
+
+def test_translation_to_columns_reproduces_the_models_attention_patterns():
+    model = _ci_random_simplified(1)
+    tokens = np.random.default_rng(0).integers(0, 11, (2, 9))
+    _, (pattern,) = C.run_with_patterns(model, tokens)
+    W_E, _, P = C.embedding_weights(model)
+    for b in range(2):
+        X0 = W_E[:, tokens[b]] + P[:, :9]
+        for h in range(3):
+            W_Q, W_K, _, _ = C.head_weights(model, 0, h)
+            assert np.max(np.abs(C.attention_pattern(X0, W_Q, W_K) - pattern[b, h])) < 1e-12
+
+
+# ---- 3: zero layers --------------------------------------------------------------------------
+
+def test_zero_layer_model_learns_the_bigram_table():
+    model, corpus, losses = C.train_bigram_model(seed=0)
+    corr = C.bigram_correlation(model, corpus)
+    assert losses[-20:].mean() < 0.5 * losses[:5].mean()
+    assert corr["W_U (W_E + mean P)"] >= 0.95
+    # and the path expansion is the bigram path and the position path, nothing else
+    tokens = corpus[:3, :-1]
+    terms = C.path_expansion(C.to_float64(model), tokens)
+    assert list(terms) == ["tok", "pos"]
+    W_E, W_U, _ = C.embedding_weights(model)
+    onehot = T.one_hot(tokens[0], 16).T                              # (V, n): tokens as columns
+    assert np.allclose(terms["tok"][0].T, C.kron_apply(np.eye(16), W_U @ W_E, onehot), atol=1e-12)
+
+
+# ---- 4: one layer: path expansion, circuits, skip-trigrams ------------------------------------
+
+def test_path_expansion_equals_the_logits_term_by_term_for_one_layer():
+    model = C.to_float64(_ci_skip_model())
+    tokens = C.skip_trigram_corpus(np.random.default_rng(5), C.PLANTED_TRIPLES, 16, 4, 8)
+    logits = model.forward(tokens)
+    terms = C.path_expansion(model, tokens)
+    assert len(terms) == 2 + 2 * 4
+    assert np.max(np.abs(sum(terms.values()) - logits)) < 1e-10
+    heads = range(4)
+
+    def _ci_logits_with_only(kept):
+        with ExitStack() as stack:
+            for g in heads:
+                if g not in kept:
+                    stack.enter_context(C.ablated(model, 0, g))
+            return model.forward(tokens)
+
+    # the direct path is what the model computes with every head silenced ...
+    direct = _ci_logits_with_only(())
+    assert np.max(np.abs(terms["tok"] + terms["pos"] - direct)) < 1e-10
+    # ... and each head's term is what that head alone adds (one layer: patterns do not change)
+    for h in heads:
+        alone = _ci_logits_with_only((h,))
+        head_terms = terms[f"tok > L0H{h}"] + terms[f"pos > L0H{h}"]
+        assert np.max(np.abs(head_terms - (alone - direct))) < 1e-10
+    # the token part of head h is (A^h ⊗ W_U W_OV^h W_E) acting on the one-hot tokens
+    _, (A,) = C.run_with_patterns(model, tokens)
+    onehot = T.one_hot(tokens[1], 16).T
+    for h in heads:
+        expected = C.kron_apply(A[1, h], C.ov_circuit(model, 0, h), onehot)
+        assert np.max(np.abs(terms[f"tok > L0H{h}"][1].T - expected)) < 1e-10
+
+
+def test_path_expansion_two_layers_sums_all_chains_of_heads():
+    model = _ci_random_simplified(2, seed=4)
+    tokens = np.random.default_rng(1).integers(0, 11, (3, 9))
+    terms = C.path_expansion(model, tokens)
+    assert len(terms) == 2 * (1 + 3) ** 2
+    assert "pos > L0H2 > L1H1" in terms
+    assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < 1e-10
+
+
+def test_qk_and_ov_circuits_are_the_weight_products():
+    model = _ci_random_simplified(1)
+    W_E, W_U, _ = C.embedding_weights(model)
+    _, _, W_V, W_O = C.head_weights(model, 0, 2)
+    # one source token a attended alone: the head adds W_U W_OV W_E[:, a] to the logits
+    a, b = 3, 7
+    assert np.allclose(C.ov_circuit(model, 0, 2)[:, a], W_U @ W_O @ W_V @ W_E[:, a])
+    # the QK entry is the attention score (before softmax) of destination b on source a
+    attn = model.blocks[0].self_attn
+    d_k = 4
+    row_q = model.embed.params["W"][b] * model.embed_scale @ attn.query.params["W"][:, 8:12]
+    row_k = model.embed.params["W"][a] * model.embed_scale @ attn.key.params["W"][:, 8:12]
+    assert np.isclose(C.qk_circuit(model, 0, 2)[b, a], row_q @ row_k / np.sqrt(d_k))
+
+
+def test_planted_skip_trigrams_are_the_top_of_the_table():
+    rows = C.skip_trigrams(_ci_skip_model(), top_k=6)
+    scores = [r[0] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert {r[2:] for r in rows[:4]} == set(C.PLANTED_TRIPLES)
+    assert all(0 < r[0] <= 1 for r in rows[:4])
+
+
+# ---- 5: two layers: induction heads ------------------------------------------------------------
+
+def test_induction_head_forms_in_two_layers_and_not_in_one():
+    two, one, tokens, inside = _ci_induction_models()
+    inputs = tokens[:, :-1]
+    induction = C.induction_scores(two, inputs, inside)
+    previous = C.previous_token_scores(two, inputs)
+    assert induction.shape == previous.shape == (2, 2)
+    assert induction[1].max() >= 0.6                       # a layer-1 head attends to j + 1
+    assert C.induction_scores(one, inputs, inside).max() < 0.4    # measured 0.28-0.30
+    loss_in, loss_out = C.repeat_losses(two, tokens, inside)
+    assert loss_in < 1.2 < loss_out - 1                    # repeats are predicted, the rest is not
+    assert C.repeat_losses(one, tokens, inside)[0] > 1.8   # one layer does not get there
+    # the previous-token information comes from the layer-0 head with the highest
+    # previous-token score: ablating it undoes induction, ablating the other head does not
+    prev_head = int(np.argmax(previous[0]))
+    ablation = C.ablation_losses(two, tokens, inside, layer=0)
+    assert ablation[prev_head, 0] > loss_in + 0.8
+    assert ablation[1 - prev_head, 0] < loss_in + 0.3
+    # K-composition with that head beats the other layer-0 head for the best induction head
+    best = int(np.argmax(induction[1]))
+    k_comp = C.composition_scores(two)["K"]
+    assert k_comp[best, prev_head] > k_comp[best, 1 - prev_head]
+    # layer-1 heads copy: attending to token a raises a's own logit
+    assert C.copying_score(C.ov_circuit(two, 1, best)) > 0.8
+
+
+def test_induction_and_previous_token_scores_on_hand_made_patterns():
+    tokens = np.array([[1, 2, 3, 4, 1, 2, 3, 4, 5]])          # positions 4..7 repeat 0..3
+    n = tokens.shape[1]
+    previous = np.eye(n, k=-1)
+    previous[0, 0] = 1
+    induction = np.eye(n)                                       # attend to self, except ...
+    induction[4:7] = np.eye(n)[1:4]                             # ... i -> i - 3 at 4, 5, 6
+    patterns = np.stack([previous, induction])[:, None, None]   # (L=2, B=1, H=1, n, n)
+    assert np.allclose(C.score_previous_token(patterns)[:, 0], [1, 0])
+    # destinations 4..7 have an earlier copy; 3 of the 4 attend to the token after it
+    assert np.allclose(C.score_induction(patterns, tokens)[:, 0], [0, 0.75])
+    where = np.zeros((1, n), bool)
+    where[0, 5] = True
+    assert np.allclose(C.score_induction(patterns, tokens, where)[:, 0], [0, 1])
+
+
+def test_composition_and_copying_scores_on_known_matrices():
+    e = np.eye(4)
+    u = np.outer(e[0], e[0])
+    assert C.composition_score(u, u) == pytest.approx(1.0)
+    assert C.composition_score(u, np.outer(e[1], e[1])) == 0.0
+    assert C.copying_score(np.eye(3)) == pytest.approx(1.0)
+    assert C.copying_score(-np.eye(3)) == pytest.approx(-1.0)
+    rotation = np.array([[0.0, -1.0], [1.0, 0.0]])           # eigenvalues ±i: neither copies
+    assert abs(C.copying_score(rotation)) < 1e-12
+    base = C.random_composition_baseline(32, 16, np.random.default_rng(0))
+    assert 0 < base < 1
+
+
+def test_ablation_restores_the_weights_even_after_an_error():
+    model = _ci_random_simplified(2)
+    before = model.blocks[1].self_attn.out.params["W"].copy()
+    with pytest.raises(RuntimeError):
+        with C.ablated(model, 1, 2):
+            assert np.all(model.blocks[1].self_attn.out.params["W"][8:12] == 0)
+            assert np.any(model.blocks[1].self_attn.out.params["W"][:8] != 0)
+            raise RuntimeError("boom")
+    assert np.array_equal(model.blocks[1].self_attn.out.params["W"], before)
+
+
+def test_to_float64_copy_is_equal_and_independent():
+    model = C.attention_only_model(5, 8, 2, 1, 6, np.float32, 1)
+    copy = C.to_float64(model)
+    for (_, a, _), (_, b, _) in zip(model.parameters(), copy.parameters()):
+        assert b.dtype == np.float64 and np.array_equal(a, b)
+    copy.embed.params["W"][0, 0] += 1
+    assert model.embed.params["W"][0, 0] != copy.embed.params["W"][0, 0]
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def test_circuits_bad_inputs_raise_value_errors_that_name_the_argument():
+    X = np.ones((2, 3))
+    with pytest.raises(ValueError, match="Q has 4 columns but X has 2 rows"):
+        C.kron_apply(np.eye(3), np.ones((2, 4)), X)
+    with pytest.raises(ValueError, match="P has 2 columns but X has 3 columns"):
+        C.kron_apply(np.eye(2), np.eye(2), X)
+    with pytest.raises(ValueError, match="P must be a 2-D matrix"):
+        C.kron_apply(np.ones(3), np.eye(2), X)
+    with pytest.raises(ValueError, match="A must be"):
+        C.head_output(X, np.eye(2), np.ones((1, 2)), np.ones((2, 1)))
+    with pytest.raises(ValueError, match="W_Q and W_K must both be"):
+        C.attention_pattern(X, np.ones((1, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="W_V must be"):
+        C.head_output_kronecker(X, np.eye(3), np.ones((1, 3)), np.ones((2, 1)))
+    full = T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6)
+    with pytest.raises(ValueError, match="attention_only=True, layer_norm=False, bias=False"):
+        C.path_expansion(full, np.zeros((1, 3), int))
+    with pytest.raises(ValueError, match="DecoderOnlyTransformer"):
+        C.qk_circuit("not a model", 0, 0)
+    model = _ci_random_simplified(2)
+    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 1\]"):
+        C.ov_circuit(model, 2, 0)
+    with pytest.raises(ValueError, match=r"head must be an int in \[0, 2\]"):
+        C.qk_circuit(model, 0, 3)
+    with pytest.raises(ValueError, match="head must be"):
+        with C.ablated(model, 0, -1):
+            pass
+    with pytest.raises(ValueError, match="no layers"):
+        C.head_weights(C.attention_only_model(5, 4, 1, 0, 4), 0, 0)
+    with pytest.raises(ValueError, match="exactly 1 layer"):
+        C.skip_trigrams(model, 3)
+    with pytest.raises(ValueError, match="top_k"):
+        C.skip_trigrams(_ci_random_simplified(1), 0)
+    with pytest.raises(ValueError, match="no destination"):
+        C.induction_scores(model, np.arange(9)[None])
+    with pytest.raises(ValueError, match="where must be"):
+        C.induction_scores(model, np.zeros((1, 9), int), np.ones((1, 8), bool))
+    with pytest.raises(ValueError, match="min_len"):
+        C.repeated_segment_batch(np.random.default_rng(0), 2, 10, 5, 3, 6)
+    with pytest.raises(ValueError, match="A has 3 columns but B has 2 rows"):
+        C.composition_score(np.ones((2, 3)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="M must be square"):
+        C.copying_score(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="tokens"):
+        C.path_expansion(model, np.full((1, 3), 11))

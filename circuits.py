@@ -1,0 +1,669 @@
+"""Reading a transformer's algorithm from its weights: attention as a Kronecker product, the QK
+and OV circuits, the path expansion, skip-trigrams and induction heads.
+
+Every identity of "A Mathematical Framework for Transformer Circuits" (Elhage et al. 2021) that
+this file uses is computed and checked to machine precision, then applied to small
+attention-only models trained with transformer.py. Read top to bottom:
+
+    1. The Kronecker product      (P ⊗ Q) X = Q X Pᵀ as an operator on matrices; np.kron on
+                                  the column-stacked vec(X); the mixed-product property
+    2. One head, three ways       H = W_O (W_V X) Aᵀ = (A ⊗ W_O W_V) X = the explicit
+                                  (n·d × n·d) matrix; "move" (A ⊗ I) and "process" (I ⊗ W_OV);
+                                  virtual weights I ⊗ W
+    3. From rows to columns       the ONE place where transformer.py's weights (tokens are
+                                  rows) become the paper's matrices (tokens are columns)
+    4. Training                   the simplified transformer built from transformer.py's parts
+                                  and trained with its Adam; no attention written here
+    5. Zero layers                W_U W_E is a bigram table
+    6. One layer                  the path expansion, the QK and OV circuits, skip-trigrams
+    7. Two layers                 induction heads: data with repeats, induction and
+                                  previous-token scores, composition, copying, ablation
+
+Shapes. Sections 1-2 and every circuit use the paper's convention: a sequence is a matrix
+X (d, n) whose n columns are tokens, a weight acts on the left, W_Q, W_K, W_V (d_head, d),
+W_O (d, d_head), W_E (d, V), W_U (V, d). An attention pattern A (n, n) has A[i, j] = how much
+destination (query) i attends to source (key) j, so each row sums to one: this is the same
+matrix as transformer.py's `pattern`, (B, H, n, n). Batches in the paper's convention are
+(B, d, n). Anything handed back to be compared with model.forward (logits, losses) is in
+transformer.py's layout (B, n, V). Section 3 does both translations.
+"""
+
+from contextlib import contextmanager
+
+import numpy as np
+
+import transformer as T
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The Kronecker product as an operator on matrices
+# ----------------------------------------------------------------------------------------------
+# For P (p, n) and Q (q, d), P ⊗ Q is the (p·q, n·d) block matrix whose block (i, j) is
+# P[i, j] Q. Acting on a matrix X (d, n) the framework reads it as
+#     (P ⊗ Q) X = Q X Pᵀ,
+# Q mixes the features inside every column (every token) and P mixes the columns (the
+# positions). The same statement in plain vectors: with vec(X) stacking the columns of X,
+#     np.kron(P, Q) @ vec(X) == vec(Q X Pᵀ).
+# Two consequences carry the whole file (Elhage et al., "Notation"; seed 003, Lemmas 16-17):
+#     mixed product   (A ⊗ B)(C ⊗ D) = (AC) ⊗ (BD)
+#     sandwich        M X N = (Nᵀ ⊗ M) X
+
+def vec(X):
+    """(d, n) -> (n·d,): the columns of X stacked, first column first."""
+    return np.asarray(X).reshape(-1, order="F")
+
+
+def unvec(x, shape):
+    """(n·d,) -> (d, n): the inverse of vec."""
+    return np.asarray(x).reshape(shape, order="F")
+
+
+def _check_matrix(M, name):
+    M = np.asarray(M)
+    if M.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {M.shape}")
+    return M
+
+
+def kron_apply(P, Q, X):
+    """(P ⊗ Q) X = Q X Pᵀ without building P ⊗ Q.
+    P (p, n) acts on positions, Q (q, d) on features, X (d, n) -> (q, p)."""
+    P, Q, X = _check_matrix(P, "P"), _check_matrix(Q, "Q"), _check_matrix(X, "X")
+    if Q.shape[1] != X.shape[0]:
+        raise ValueError(f"Q has {Q.shape[1]} columns but X has {X.shape[0]} rows; (P ⊗ Q) X = "
+                         f"Q X Pᵀ needs Q.shape[1] == X.shape[0]")
+    if P.shape[1] != X.shape[1]:
+        raise ValueError(f"P has {P.shape[1]} columns but X has {X.shape[1]} columns; (P ⊗ Q) X "
+                         f"= Q X Pᵀ needs P.shape[1] == X.shape[1]")
+    return Q @ X @ P.T
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. One attention head, three ways
+# ----------------------------------------------------------------------------------------------
+# The simplified transformer of the framework has no MLP, no layer norm and no biases:
+#     Attn(X) = X + Σ_h W_O^h (W_V^h X) A^hᵀ,   A^h = softmax_rows((W_Q^h X)ᵀ (W_K^h X) / √d_head)
+# (the 1/√d_head is optional in the paper; transformer.py always applies it, so we do too).
+# One head's output is H = W_O W_V X Aᵀ, which by the sandwich rule is
+#     H = (A ⊗ W_O W_V) X = (A ⊗ I)(I ⊗ W_O W_V) X
+# and the mixed-product property splits it into "process every token with W_OV = W_O W_V" and
+# "move information between positions with A". The factors commute: (I ⊗ W_OV)(A ⊗ I) is the
+# same operator, because mixing positions and mixing features act on different axes.
+# "Virtual weights" lift a per-token matrix W (d', d) to the whole sequence as I_n ⊗ W.
+
+def attention_pattern(X, W_Q, W_K, causal=True):
+    """A = softmax over each row of (W_Q X)ᵀ (W_K X) / √d_head, X (d, n) -> A (n, n).
+    A[i, j] is the weight destination i puts on source j; causal masks j > i."""
+    X, W_Q, W_K = _check_matrix(X, "X"), _check_matrix(W_Q, "W_Q"), _check_matrix(W_K, "W_K")
+    if W_Q.shape != W_K.shape or W_Q.shape[1] != X.shape[0]:
+        raise ValueError(f"W_Q and W_K must both be (d_head, {X.shape[0]}) for X of shape "
+                         f"{X.shape}, got W_Q {W_Q.shape} and W_K {W_K.shape}")
+    scores = (W_Q @ X).T @ (W_K @ X) / np.sqrt(W_Q.shape[0])
+    return T.softmax(scores, axis=-1, mask=T.causal_mask(X.shape[1]) if causal else None)
+
+
+def _check_head(X, A, W_V, W_O):
+    X, A = _check_matrix(X, "X"), _check_matrix(A, "A")
+    W_V, W_O = _check_matrix(W_V, "W_V"), _check_matrix(W_O, "W_O")
+    d, n = X.shape
+    if A.shape != (n, n):
+        raise ValueError(f"A must be (n, n) = ({n}, {n}) for X of shape {X.shape}, got {A.shape}")
+    if W_V.shape[1] != d or W_O.shape != (d, W_V.shape[0]):
+        raise ValueError(f"W_V must be (d_head, {d}) and W_O ({d}, d_head) for X with d = {d}, "
+                         f"got W_V {W_V.shape} and W_O {W_O.shape}")
+    return X, A, W_V, W_O
+
+
+def head_output(X, A, W_V, W_O):
+    """Plain matrix products: H = W_O (W_V X) Aᵀ.  X (d, n), A (n, n) -> H (d, n)."""
+    X, A, W_V, W_O = _check_head(X, A, W_V, W_O)
+    return W_O @ (W_V @ X) @ A.T
+
+
+def head_output_kronecker(X, A, W_V, W_O, explicit=False):
+    """The same head as one Kronecker operator: H = (A ⊗ W_O W_V) X.
+    explicit=False applies it with kron_apply; explicit=True builds the (n·d × n·d) matrix
+    np.kron(A, W_O W_V) and multiplies vec(X), as a check that the operator reading is right.
+    X (d, n) -> H (d, n)."""
+    X, A, W_V, W_O = _check_head(X, A, W_V, W_O)
+    W_OV = W_O @ W_V
+    if explicit:
+        return unvec(np.kron(A, W_OV) @ vec(X), X.shape)
+    return kron_apply(A, W_OV, X)
+
+
+def virtual_weight(W, n):
+    """I_n ⊗ W (n·d', n·d): the per-token matrix W applied at every one of n positions."""
+    return np.kron(np.eye(n), _check_matrix(W, "W"))
+
+
+def kronecker_identity_errors(seed=0):
+    """Check every identity of sections 1-2 on random matrices of different shapes.
+    Returns {identity: largest absolute difference between its two sides}; each is ~1e-15."""
+    rng = np.random.default_rng(seed)
+
+    def r(*shape):
+        return rng.standard_normal(shape)
+
+    P, Q, X = r(3, 4), r(5, 2), r(2, 4)
+    A, B, C, D = r(2, 3), r(4, 2), r(3, 5), r(2, 3)
+    M, Y, N = r(3, 2), r(2, 4), r(4, 5)
+    d, d_head, n = 6, 3, 5
+    Xh = r(d, n)
+    W_Q, W_K, W_V, W_O = r(d_head, d), r(d_head, d), r(d_head, d), r(d, d_head)
+    Ah = attention_pattern(Xh, W_Q, W_K)
+    H = head_output(Xh, Ah, W_V, W_O)
+    W_OV, I_n, I_d = W_O @ W_V, np.eye(n), np.eye(d)
+    move, process = np.kron(Ah, I_d), np.kron(I_n, W_OV)
+    errors = {
+        "(P⊗Q)X = Q X Pᵀ vs np.kron on vec(X)":
+            vec(kron_apply(P, Q, X)) - np.kron(P, Q) @ vec(X),
+        "(A⊗B)(C⊗D) = (AC)⊗(BD)": np.kron(A, B) @ np.kron(C, D) - np.kron(A @ C, B @ D),
+        "M X N = (Nᵀ⊗M) X, np.kron on vec(X)": vec(M @ Y @ N) - np.kron(N.T, M) @ vec(Y),
+        "head: W_O W_V X Aᵀ vs (A⊗W_O W_V) X": H - head_output_kronecker(Xh, Ah, W_V, W_O),
+        "head: W_O W_V X Aᵀ vs np.kron(A, W_OV) vec(X)":
+            H - head_output_kronecker(Xh, Ah, W_V, W_O, explicit=True),
+        "move·process: (A⊗I)(I⊗W_OV) = A⊗W_OV": move @ process - np.kron(Ah, W_OV),
+        "process·move: (I⊗W_OV)(A⊗I) = A⊗W_OV": process @ move - np.kron(Ah, W_OV),
+        "virtual weight: (I⊗W) vec(X) = vec(W X)": virtual_weight(W_OV, n) @ vec(Xh) - vec(W_OV @ Xh),
+    }
+    return {name: float(np.max(np.abs(diff))) for name, diff in errors.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. From transformer.py's rows to the paper's columns (the only translation in this file)
+# ----------------------------------------------------------------------------------------------
+# transformer.py keeps tokens as rows and multiplies weights on the right: y = x @ W, with
+# W (d_in, d_out). The paper keeps tokens as columns and multiplies on the left: y = W x. So
+# every paper matrix is the transpose of a transformer.py matrix:
+#     W_Q^h = query.W[:, h·d_k:(h+1)·d_k]ᵀ   (d_k, d)     W_O^h = out.W[h·d_k:(h+1)·d_k, :]ᵀ (d, d_k)
+#     W_E   = (embed.W · embed_scale)ᵀ         (d, V)     W_U   = unembed.Wᵀ                  (V, d)
+# and the positional code enters the residual stream as a matrix P = posᵀ (d, max_len):
+#     X_0 = W_E[:, tokens] + P[:, :n]        (the model's x = embed.W[tok]·√d + pos[t]).
+# Attention patterns need no translation: pattern[b, h, i, j] is already "destination i reads
+# source j". Results meant to be compared with model.forward go back to rows with to_rows.
+
+def check_simplified(model):
+    """Raise ValueError unless model is a DecoderOnlyTransformer built as the simplified
+    transformer (attention_only=True, layer_norm=False, bias=False): only then are the circuits
+    below exact."""
+    if not isinstance(model, T.DecoderOnlyTransformer):
+        raise ValueError(f"model must be a transformer.DecoderOnlyTransformer, got "
+                         f"{type(model).__name__}")
+    c = model.config
+    if not c["attention_only"] or c["layer_norm"] or c["bias"]:
+        raise ValueError("model must be the simplified transformer (attention_only=True, "
+                         "layer_norm=False, bias=False), got attention_only="
+                         f"{c['attention_only']}, layer_norm={c['layer_norm']}, bias={c['bias']}")
+
+
+def _check_layer_head(model, layer, head):
+    check_simplified(model)
+    n_layers, n_heads = len(model.blocks), model.config["n_heads"]
+    if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
+        allowed = f"an int in [0, {n_layers - 1}]" if n_layers else "nothing: the model has no layers"
+        raise ValueError(f"layer must be {allowed} for this {n_layers}-layer model, got {layer!r}")
+    if not (isinstance(head, (int, np.integer)) and 0 <= head < n_heads):
+        raise ValueError(f"head must be an int in [0, {n_heads - 1}], got {head!r}")
+
+
+def head_weights(model, layer, head):
+    """Paper-convention (float64) weights of one head: W_Q, W_K, W_V (d_k, d) and W_O (d, d_k)."""
+    _check_layer_head(model, layer, head)
+    attn = model.blocks[layer].self_attn
+    d_k = model.config["d_model"] // model.config["n_heads"]
+    cols = slice(head * d_k, (head + 1) * d_k)
+    W_Q, W_K, W_V = (lin.params["W"][:, cols].T for lin in (attn.query, attn.key, attn.value))
+    W_O = attn.out.params["W"][cols, :].T
+    return tuple(np.asarray(W, np.float64) for W in (W_Q, W_K, W_V, W_O))
+
+
+def embedding_weights(model):
+    """Paper-convention (float64) W_E (d, V) with the embedding scale folded in, W_U (V, d),
+    and the positional code P (d, max_len)."""
+    check_simplified(model)
+    W_E = model.embed.params["W"].T * model.embed_scale
+    if isinstance(model.unembed, T.TiedUnembedding):
+        W_U = model.embed.params["W"]                    # logits = h Eᵀ: E itself is W_U
+    else:
+        W_U = model.unembed.params["W"].T
+    return np.asarray(W_E, np.float64), np.asarray(W_U, np.float64), np.asarray(model.pos.T, np.float64)
+
+
+def run_with_patterns(model, tokens):
+    """One forward pass; returns the logits (B, n, V) and a list with every layer's attention
+    pattern (B, H, n, n), read from block.self_attn.attention.pattern."""
+    logits = model.forward(tokens)
+    return logits, [block.self_attn.attention.pattern for block in model.blocks]
+
+
+def to_rows(Y):
+    """(B, V, n) paper layout -> (B, n, V), the layout of model.forward's logits."""
+    return np.swapaxes(Y, -1, -2)
+
+
+@contextmanager
+def ablated(model, layer, head):
+    """Inside `with ablated(model, layer, head):` that head writes nothing: its rows of out.W,
+    the only way its output reaches the residual stream, are zero. They are restored on exit,
+    even after an exception."""
+    _check_layer_head(model, layer, head)
+    d_k = model.config["d_model"] // model.config["n_heads"]
+    W_out = model.blocks[layer].self_attn.out.params["W"]
+    rows = slice(head * d_k, (head + 1) * d_k)
+    saved = W_out[rows].copy()
+    W_out[rows] = 0
+    try:
+        yield model
+    finally:
+        W_out[rows] = saved
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Training the simplified transformer (transformer.py's parts and optimizer)
+# ----------------------------------------------------------------------------------------------
+# Attention-only, no layer norm, no biases: DecoderOnlyTransformer has switches for all three,
+# so nothing here re-implements attention or Adam. d_ff is unused without an MLP.
+
+def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=np.float64, seed=0):
+    """The simplified transformer of the framework, built by transformer.py."""
+    return T.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, d_ff=1, max_len=max_len,
+                                    attention_only=True, layer_norm=False, bias=False,
+                                    dtype=dtype, seed=seed)
+
+
+def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
+    """Next-token training with transformer.Adam.
+
+    sample(rng) -> (B, n + 1) int tokens; the model reads tokens[:, :-1] and predicts
+    tokens[:, 1:]. Every `every` steps (and after the last) monitor(step, model) is called and
+    its result kept. Returns (losses (steps,), records)."""
+    rng = np.random.default_rng(seed)
+    optimizer = T.Adam(list(model.parameters()), lr=lr)
+    losses, records = np.empty(steps), []
+    for step in range(steps):
+        tokens = sample(rng)
+        losses[step] = T.train_step(model, optimizer, (tokens[:, :-1],), tokens[:, 1:])
+        if every and (step % every == 0 or step == steps - 1):
+            records.append(monitor(step, model))
+    return losses, records
+
+
+def to_float64(model):
+    """A float64 copy of a model (train in float32 for speed, check identities in float64)."""
+    copy = T.DecoderOnlyTransformer(**{**model.config, "dtype": np.float64})
+    for (_, value, _), (_, source, _) in zip(copy.parameters(), model.parameters()):
+        value[...] = source
+    return copy
+
+
+def next_token_losses(logits, targets):
+    """logits (B, n, V), targets (B, n) -> (B, n) float64: -log p(target) at every position."""
+    logp = T.log_softmax(np.asarray(logits, np.float64))
+    return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def token_losses(model, tokens):
+    """(B, n + 1) tokens -> (B, n) float64: -log p(tokens[:, t+1] | tokens[:, :t+1])."""
+    return next_token_losses(model.forward(tokens[:, :-1]), tokens[:, 1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Zero layers: the bigram model
+# ----------------------------------------------------------------------------------------------
+# With no attention, logits = (I ⊗ W_U W_E) x (plus the positional term W_U P): every position
+# predicts the next token from the current one alone. The best such model is the corpus's
+# bigram table, so W_U W_E, read column by column through a softmax, should approximate
+# log p(next | current) (Elhage et al., "Zero-Layer Transformers"). One catch, measured below:
+# a model without biases borrows the positional code as its bias, so the reading that matches
+# the corpus adds the average position to every token.
+
+def markov_corpus(rng, vocab_size, n_seqs, length, successors=3):
+    """A corpus from a random bigram chain: each token is followed by one of `successors`
+    tokens drawn for it, with random (Dirichlet) probabilities. -> (n_seqs, length) int."""
+    nxt = np.argsort(rng.random((vocab_size, vocab_size)), axis=1)[:, :successors]
+    probs = np.zeros((vocab_size, vocab_size))
+    np.put_along_axis(probs, nxt, rng.dirichlet(np.ones(successors), vocab_size), axis=1)
+    cdf = np.cumsum(probs, axis=1)
+    tokens = np.empty((n_seqs, length), np.int64)
+    tokens[:, 0] = rng.integers(0, vocab_size, n_seqs)
+    for t in range(1, length):                       # a chain: each step needs the previous one
+        u = rng.random((n_seqs, 1)) * cdf[tokens[:, t - 1], -1:]
+        tokens[:, t] = (cdf[tokens[:, t - 1]] < u).sum(axis=1)
+    return tokens
+
+
+def bigram_log_probs(tokens, vocab_size):
+    """Empirical log p(next | current) (V_cur, V_next) of a corpus; -inf where never seen."""
+    counts = np.zeros((vocab_size, vocab_size))
+    np.add.at(counts, (tokens[:, :-1].ravel(), tokens[:, 1:].ravel()), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(counts / counts.sum(axis=1, keepdims=True))
+
+
+def bigram_correlation(model, tokens):
+    """Pearson correlations, over the bigrams seen in the corpus tokens (n_seqs, n + 1), between
+    the corpus's log p(next | current) and two readings of the zero-layer model:
+        "W_U W_E"            log softmax of W_U W_E alone, the paper's bigram table;
+        "W_U (W_E + mean P)" the same with the positional code averaged over the n input
+                             positions added to every token.
+    The model has no biases, so it uses the positional code as one (a per-output-token offset,
+    such as how common each token is); the second reading includes that, the first does not."""
+    W_E, W_U, P = embedding_weights(model)
+    table = bigram_log_probs(tokens, model.vocab_size)
+    seen = np.isfinite(table)
+    mean_position = P[:, :tokens.shape[1] - 1].mean(axis=1, keepdims=True)
+    readings = {"W_U W_E": W_U @ W_E, "W_U (W_E + mean P)": W_U @ (W_E + mean_position)}
+    return {name: float(np.corrcoef(table[seen], T.log_softmax(logits, axis=0).T[seen])[0, 1])
+            for name, logits in readings.items()}
+
+
+def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=300, lr=1e-2,
+                       batch=64, seed=0, dtype=np.float32):
+    """A zero-layer model trained on a random bigram chain (about 0.3 s).
+    Returns (model, corpus (n_seqs, length + 1), losses)."""
+    corpus = markov_corpus(np.random.default_rng(seed), vocab_size, n_seqs, length + 1)
+    model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed)
+    losses, _ = train(model, lambda rng: corpus[rng.integers(0, n_seqs, batch)], steps, lr, seed)
+    return model, corpus, losses
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. One layer: path expansion, QK and OV circuits, skip-trigrams
+# ----------------------------------------------------------------------------------------------
+# With the attention patterns held at the values the forward pass computed, the model is linear
+# in its input, so the logits split into a sum over paths (Elhage et al., "Path Expansion"):
+#     logits = W_U X_0 + Σ_h W_U W_OV^h X_0 A^hᵀ + Σ_{h, h'} W_U W_OV^h' W_OV^h X_0 A^hᵀ A^h'ᵀ + ...
+# one term per chain of heads at increasing layers. X_0 = W_E x + P splits each term into a
+# token part and a position part. For one layer in the Kronecker notation, on one-hot tokens x:
+#     logits = (I ⊗ W_U W_E) x + Σ_h (A^h ⊗ W_U W_OV^h W_E) x        (+ the same with P for x)
+# the direct path is the bigram table of section 5 and each head adds skip-trigrams.
+
+def path_expansion(model, tokens):
+    """Split model.forward(tokens) into the paths through the residual stream.
+
+    Returns a dict {path name: (B, n, V) logits}, in the order: "tok", "pos" (the direct path
+    from token embedding and from positions), then "tok > L0H1", "pos > L0H1", ..., and for
+    deeper models chains such as "tok > L0H1 > L1H3". The terms sum to model.forward(tokens)
+    up to rounding (within 1e-10 for a float64 model; the tests check it), because the
+    attention patterns are the ones that forward computed. The model must be the simplified
+    transformer."""
+    check_simplified(model)
+    _, patterns = run_with_patterns(model, tokens)              # L arrays (B, H, n, n)
+    tokens = np.asarray(tokens)
+    W_E, W_U, P = embedding_weights(model)
+    n = tokens.shape[1]
+    paths = {"tok": W_E[:, tokens].transpose(1, 0, 2),           # (B, d, n)
+             "pos": np.broadcast_to(P[:, :n], (tokens.shape[0], *P[:, :n].shape))}
+    H = model.config["n_heads"]
+    for layer, A in enumerate(np.asarray(patterns, np.float64)):
+        W_OV = np.stack([W_O @ W_V for _, _, W_V, W_O in
+                         (head_weights(model, layer, h) for h in range(H))])      # (H, d, d)
+        new = {}
+        for name, X in paths.items():       # every path so far is in the residual stream
+            # head h processes X with W_OV^h and moves it with A^h: W_OV^h X A^hᵀ, all heads at once
+            out = (W_OV @ X[:, None]) @ A.swapaxes(-1, -2)                       # (B, H, d, n)
+            new.update({f"{name} > L{layer}H{h}": out[:, h] for h in range(H)})
+        paths.update(new)
+    return {name: to_rows(np.einsum("vd,bdn->bvn", W_U, X)) for name, X in paths.items()}
+
+
+def qk_circuit(model, layer, head):
+    """W_Eᵀ W_Qᵀ W_K W_E / √d_k (V_dest, V_src): the attention score destination token b gives
+    source token a, from token embeddings alone (positions left out). For heads above layer 0
+    this is only the part that reads the embeddings directly."""
+    W_Q, W_K, _, _ = head_weights(model, layer, head)
+    W_E, _, _ = embedding_weights(model)
+    return (W_Q @ W_E).T @ (W_K @ W_E) / np.sqrt(W_Q.shape[0])
+
+
+def ov_circuit(model, layer, head):
+    """W_U W_O W_V W_E (V_out, V_src): how attending to source token a changes the logit of
+    every out token, if the head attends to a alone."""
+    _, _, W_V, W_O = head_weights(model, layer, head)
+    W_E, W_U, _ = embedding_weights(model)
+    return W_U @ W_O @ W_V @ W_E
+
+
+def skip_trigram_corpus(rng, triples, vocab_size, n_seqs, length):
+    """Random sequences with planted skip-trigrams "a ... b -> c". Each sequence draws one
+    triple (a, b, c): b sits at a random position j >= 1, and with probability 1/2 the source a
+    sits somewhere before it and c right after b; otherwise there is no a and a random token
+    follows b. So b alone does not predict c (no bigram can), only a earlier and b now do. The
+    filler is every token except the destinations b, so sources and outs also turn up where
+    they mean nothing, and the model has to tie them to b. -> (n_seqs, length) int."""
+    triples = np.asarray(triples)
+    filler = np.setdiff1d(np.arange(vocab_size), triples[:, 1])
+    tokens = rng.choice(filler, (n_seqs, length))
+    a, b, c = triples[rng.integers(0, len(triples), n_seqs)].T
+    j = rng.integers(1, length - 1, n_seqs)                 # b at j, the next token at j + 1
+    i = rng.integers(0, j)                                  # a at i < j
+    rows, planted = np.arange(n_seqs), rng.random(n_seqs) < 0.5
+    tokens[rows, j] = b
+    tokens[rows[planted], i[planted]] = a[planted]
+    tokens[rows[planted], j[planted] + 1] = c[planted]
+    return tokens
+
+
+PLANTED_TRIPLES = ((0, 4, 6), (1, 4, 7), (2, 5, 8), (3, 5, 9))   # (a, b, c): two sources per b
+
+
+def train_skip_trigram_model(triples=PLANTED_TRIPLES, vocab_size=16, d_model=32, n_heads=4,
+                             length=8, steps=800, lr=3e-3, batch=32, seed=0, dtype=np.float32):
+    """A one-layer model trained on skip_trigram_corpus (about 1.5 s). Measured: with these
+    settings skip_trigrams' top 4 rows were exactly the 4 planted triples for seeds 0-9.
+    Returns (model, losses)."""
+    model = attention_only_model(vocab_size, d_model, n_heads, 1, length, dtype, seed)
+
+    def sample(rng):
+        return skip_trigram_corpus(rng, triples, vocab_size, batch, length + 1)
+
+    losses, _ = train(model, sample, steps, lr, seed)
+    return model, losses
+
+
+def skip_trigrams(model, top_k=10):
+    """The strongest "source ... destination -> out" triples of a one-layer model, read off the
+    weights, in the form of the paper's Table 1.
+
+    Read each triple on the smallest context that holds it: source a, then destination b, with
+    positions left out. Head h splits its attention between a and b itself with the two-token
+    softmax s_h = σ(QK^h[b, a] - QK^h[b, b]), so the logits after "a b" are
+        with(a, b) = W_U W_E[:, b] + Σ_h OV^h[:, b] + Σ_h s_h (OV^h[:, a] - OV^h[:, b])
+    and after b alone (every head on b) the first two terms. The triple's score is how much more
+    probable out token c becomes because a came earlier:
+        score(a, b, c) = softmax(with(a, b))[c] - softmax(with(b, b))[c]       (in [-1, 1]).
+    A triple with a == b scores 0 by construction. Returns the top_k as a list of
+    (score, head, source a, destination b, out c), best first, where head is the one whose
+    term raises c's logit most."""
+    check_simplified(model)
+    if len(model.blocks) != 1:
+        raise ValueError(f"model must have exactly 1 layer for skip-trigrams, got {len(model.blocks)}")
+    V, H = model.vocab_size, model.config["n_heads"]
+    if not (isinstance(top_k, (int, np.integer)) and 1 <= top_k <= V ** 3):
+        raise ValueError(f"top_k must be an int in [1, {V ** 3}], got {top_k!r}")
+    W_E, W_U, _ = embedding_weights(model)
+    qk = np.stack([qk_circuit(model, 0, h) for h in range(H)])                  # (H, b, a)
+    ov = np.stack([ov_circuit(model, 0, h) for h in range(H)])                  # (H, c, a)
+    alone = W_U @ W_E + ov.sum(axis=0)                                          # (c, b)
+    self_score = np.diagonal(qk, axis1=1, axis2=2)[:, :, None]                  # QK^h[b, b]
+    share = 0.5 * (1 + np.tanh((qk - self_score) / 2))     # σ(z) = (1 + tanh(z/2)) / 2, s_h (H, b, a)
+    moved = share[:, None] * (ov[:, :, None, :] - ov[:, :, :, None])             # (H, c, b, a)
+    with_a = T.softmax(alone[:, :, None] + moved.sum(axis=0), axis=0)          # (c, b, a)
+    score = (with_a - T.softmax(alone, axis=0)[:, :, None]).transpose(2, 1, 0)  # (a, b, c)
+    best = np.argsort(-score, axis=None, kind="stable")[:top_k]
+    rows = []
+    for i in best:
+        a, b, c = np.unravel_index(i, score.shape)
+        rows.append((float(score[a, b, c]), int(np.argmax(moved[:, c, b, a])), int(a), int(b), int(c)))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Two layers: induction heads
+# ----------------------------------------------------------------------------------------------
+# An induction head completes "[A][B] ... [A] -> [B]": at the second [A] it attends to the
+# token after the first [A] and copies it (Olsson et al. 2022). It needs two layers: a
+# layer-0 head writes "the previous token was A" into each position, and a layer-1 head's keys
+# read that (K-composition), so the query "A" matches the position after an earlier A.
+# The training data repeat a random segment at a random later offset. With a fixed offset
+# (say, "the second half repeats the first") position alone would tell a head where to look,
+# and a model can solve it with positional attention instead of an induction circuit.
+
+def repeated_segment_batch(rng, batch, length, vocab_size, min_len, max_len):
+    """Uniform random tokens (batch, length) in which a segment of random length L in
+    [min_len, max_len] starting at s1 is copied to a random later start s2 >= s1 + L.
+    Returns (tokens, inside): inside (batch, length - 1) is True at input positions t whose
+    target t + 1 continues the copy (s2 <= t < s2 + L - 1), i.e. predictable by induction."""
+    if not 2 <= min_len <= max_len <= length // 2:
+        raise ValueError(f"need 2 <= min_len <= max_len <= length // 2 = {length // 2}, got "
+                         f"min_len={min_len}, max_len={max_len}")
+    L = rng.integers(min_len, max_len + 1, batch)[:, None]
+    s1 = rng.integers(0, length - 2 * L + 1)
+    s2 = rng.integers(s1 + L, length - L + 1)
+    t = np.arange(length)[None, :]
+    copy = (t >= s2) & (t < s2 + L)
+    source = np.where(copy, t - (s2 - s1), t)                  # the copy reads the first segment
+    tokens = np.take_along_axis(rng.integers(0, vocab_size, (batch, length)), source, axis=1)
+    inside = (t[:, :-1] >= s2) & (t[:, :-1] < s2 + L - 1)
+    return tokens, inside
+
+
+def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_heads=2, steps=600,
+                          lr=1e-2, batch=32, seed=0, dtype=np.float32, every=0, monitor=None):
+    """A model trained on repeated_segment_batch (segments of length//4 .. length//2 tokens).
+
+    The defaults are the smallest setting found that reliably grows induction heads: 600 steps
+    in about 2 s on two cores; measured for seeds 0-4, the best layer-1 head's induction score
+    inside repeats was 0.78-0.86 and the loss inside repeats 0.88-0.98 nats (2.9 elsewhere),
+    while one layer trained the same way stayed at 2.0-2.2 nats. A lower learning rate and a
+    larger vocabulary (3e-3, 24 tokens, as demo.py's full run) show a plateau before the jump.
+    The issue's setting (vocabulary and length 32, d_model 64, 4 heads, lr 3e-3, batch 64) also
+    works here: the loss inside repeats fell below 1 nat by step 500, at ~15x the cost per step.
+    monitor/every as in train. Returns (model, losses, records)."""
+    model = attention_only_model(vocab_size, d_model, n_heads, n_layers, length, dtype, seed)
+
+    def sample(rng):
+        return repeated_segment_batch(rng, batch, length + 1, vocab_size, length // 4, length // 2)[0]
+
+    losses, records = train(model, sample, steps, lr, seed, every, monitor)
+    return model, losses, records
+
+
+def repeat_losses(model, tokens, inside):
+    """Mean next-token loss inside repeats and elsewhere: tokens (B, n + 1) and inside (B, n)
+    from repeated_segment_batch -> (loss_inside, loss_outside)."""
+    return split_losses(token_losses(model, tokens), inside)
+
+
+def split_losses(losses, inside):
+    """(B, n) per-token losses -> (mean where inside, mean elsewhere)."""
+    return float(losses[inside].mean()), float(losses[~inside].mean())
+
+
+def ablation_losses(model, tokens, inside, layer):
+    """(H, 2): repeat_losses with each head of `layer` ablated in turn."""
+    losses = np.empty((model.config["n_heads"], 2))
+    for head in range(len(losses)):
+        with ablated(model, layer, head):
+            losses[head] = repeat_losses(model, tokens, inside)
+    return losses
+
+
+def _all_patterns(model, tokens):
+    check_simplified(model)
+    if not model.blocks:
+        raise ValueError("model must have at least one layer to have attention patterns")
+    return np.asarray(run_with_patterns(model, tokens)[1], np.float64)     # (L, B, H, n, n)
+
+
+def induction_scores(model, tokens, where=None):
+    """(n_layers, H): score_induction of the attention patterns the model computes on tokens."""
+    tokens = np.asarray(tokens)
+    return score_induction(_all_patterns(model, tokens), tokens, where)
+
+
+def previous_token_scores(model, tokens):
+    """(n_layers, H): score_previous_token of the attention patterns the model computes."""
+    return score_previous_token(_all_patterns(model, tokens))
+
+
+def score_induction(patterns, tokens, where=None):
+    """patterns (L, B, H, n, n), tokens (B, n) -> (L, H): for every head, the attention a
+    destination i puts on the positions right after earlier occurrences of its own token
+    (j + 1 for j < i with tokens[j] == tokens[i]), averaged over the destinations where (B, n)
+    is True (default: every destination that has an earlier occurrence; pass
+    repeated_segment_batch's `inside` to score inside repeats only)."""
+    n = tokens.shape[1]
+    earlier = (tokens[:, :, None] == tokens[:, None, :]) & np.tri(n, k=-1, dtype=bool)   # (B, i, j)
+    target = np.zeros_like(earlier)
+    target[:, :, 1:] = earlier[:, :, :-1]                        # source s = j + 1
+    has = target.any(axis=2)
+    if where is not None:
+        where = np.asarray(where, bool)
+        if where.shape != tokens.shape:
+            raise ValueError(f"where must be a bool mask of the tokens' shape {tokens.shape}, "
+                             f"got shape {where.shape}")
+        has &= where
+    if not has.any():
+        raise ValueError("no destination (in `where`) has an earlier occurrence of its token, "
+                         "so induction cannot be measured")
+    return np.einsum("lbhis,bis->lh", patterns, target * has[:, :, None]) / has.sum()
+
+
+def score_previous_token(patterns):
+    """patterns (L, B, H, n, n) -> (L, H): mean attention of positions i >= 1 on i - 1."""
+    return np.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean(axis=(1, 3))
+
+
+def composition_score(A, B):
+    """‖A B‖_F / (‖A‖_F ‖B‖_F), in [0, 1]: how much of what B writes A reads (Elhage et al.,
+    "Virtual Weights and Composition")."""
+    A, B = _check_matrix(A, "A"), _check_matrix(B, "B")
+    if A.shape[1] != B.shape[0]:
+        raise ValueError(f"A has {A.shape[1]} columns but B has {B.shape[0]} rows; "
+                         f"the product A B needs them equal")
+    return float(np.linalg.norm(A @ B) / (np.linalg.norm(A) * np.linalg.norm(B)))
+
+
+def composition_scores(model):
+    """Q-, K- and V-composition of every layer-1 head (rows) with every layer-0 head (columns):
+        Q: comp(W_QKᵀ, W_OV^0)   K: comp(W_QK, W_OV^0)   V: comp(W_OV^1, W_OV^0)
+    with W_QK = W_Qᵀ W_K (d, d) of the layer-1 head (score = x_destᵀ W_QK x_src) and W_OV^0 the
+    layer-0 head's W_O W_V. -> {"Q": (H, H), "K": (H, H), "V": (H, H)}."""
+    _check_layer_head(model, 1, 0)
+    H = model.config["n_heads"]
+    first = [head_weights(model, 0, h) for h in range(H)]
+    second = [head_weights(model, 1, h) for h in range(H)]
+    W_OV0 = [W_O @ W_V for _, _, W_V, W_O in first]
+    scores = {kind: np.empty((H, H)) for kind in "QKV"}
+    for i, (W_Q, W_K, W_V, W_O) in enumerate(second):
+        W_QK, W_OV1 = W_Q.T @ W_K, W_O @ W_V
+        for j, ov in enumerate(W_OV0):
+            scores["Q"][i, j] = composition_score(W_QK.T, ov)
+            scores["K"][i, j] = composition_score(W_QK, ov)
+            scores["V"][i, j] = composition_score(W_OV1, ov)
+    return scores
+
+
+def random_composition_baseline(d_model, d_head, rng, samples=200):
+    """Mean composition score of two random Gaussian rank-d_head products W_1ᵀ W_2 and
+    W_3 W_4 (d_model, d_model): the value that means "no more than chance"."""
+    W = rng.standard_normal((samples, 4, d_head, d_model))
+    first = W[:, 0].swapaxes(1, 2) @ W[:, 1]
+    second = W[:, 2].swapaxes(1, 2) @ W[:, 3]
+    norms = np.linalg.norm(first @ second, axis=(1, 2)) / (
+        np.linalg.norm(first, axis=(1, 2)) * np.linalg.norm(second, axis=(1, 2)))
+    return float(norms.mean())
+
+
+def copying_score(M):
+    """Σλ / Σ|λ| over the eigenvalues λ of a square circuit matrix such as ov_circuit(...):
+    near +1 when the head copies (attending to token a raises a's own logit), near -1 when it
+    suppresses, near 0 for anything else (Elhage et al., "Copying / Primarily Positive
+    Eigenvalues")."""
+    M = _check_matrix(M, "M")
+    if M.shape[0] != M.shape[1]:
+        raise ValueError(f"M must be square to have eigenvalues, got shape {M.shape}")
+    lam = np.linalg.eigvals(M)
+    return float(np.sum(lam).real / np.sum(np.abs(lam)))

@@ -1,0 +1,881 @@
+"""A guided tour of the transformer: run it, read what it prints, keep the figures.
+
+    python demo.py                        every chapter, about a minute on two cores
+    python demo.py --quick                the same chapters with smaller runs, about 15 seconds
+    python demo.py --chapter rohrer       one chapter (repeat the flag for more)
+    python demo.py --list                 the chapters and what each shows
+    python demo.py --no-plots             text only; matplotlib is never imported
+    python demo.py --outdir DIR --seed N  where figures go (default figures/out), which seed
+
+Read this file top to bottom; the chapters come in the order a learner needs them.
+
+    0. Plumbing        the Context every chapter receives, figure helpers, the training loop
+    1. onehot          Rohrer's one-hot vectors, lookups, transition matrices, votes and masking,
+                       all with plain NumPy and no learning
+    2. rohrer          a one-layer decoder-only transformer learns Rohrer's two sentences,
+                       and its attention looks back to "battery" / "program"
+    3. translate       an encoder-decoder learns to reverse digit strings; greedy and beam
+                       decoding; the cross-attention heatmap
+    4. charlm          a character-level language model trained on TEXT (below); sampling at
+                       several temperatures and with top-k; the key/value cache's speed-up
+    5. circuits        (circuits.py)       <!-- lead: pasted from demo_circuits_part.py -->
+    6. superposition   (superposition.py)  <!-- lead: pasted from demo_superposition_part.py -->
+    7. polysemantic    neurons of the chapter-4 model  <!-- lead: as above -->
+    8. Command line    the chapter registry, argparse, the per-chapter timing line
+
+Conventions are those of transformer.py: tokens are rows, activations are (B, T, d_model), a
+weight maps rows to rows (y = x @ W). Every chapter is a function chapter_xxx(ctx); its
+docstring's first line is the title the tour prints. Randomness comes only from ctx.seed.
+Models train in float32 here, for speed; the tests check gradients in float64.
+"""
+
+import os
+
+# The tour's matrices are small. On a two-core machine, BLAS threads then cost more in hand-offs
+# than they save, and crawl when the other core is busy. One thread each, unless the caller
+# chose otherwise; this must happen before NumPy is imported.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import argparse  # noqa: E402  (imports after the thread settings above, on purpose)
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import circuits as C  # noqa: E402
+import transformer as T  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# 0. Plumbing: the context, figures, training with a progress line
+# ----------------------------------------------------------------------------------------------
+
+FIGURE_STYLE = {
+    "figure.dpi": 150, "savefig.dpi": 150, "font.size": 11, "axes.titlesize": 13,
+    "axes.labelsize": 12, "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10,
+    "axes.spines.top": False, "axes.spines.right": False, "image.cmap": "viridis",
+}
+
+
+class Context:
+    """What every chapter receives: outdir (pathlib.Path), quick (bool), seed (int), plots
+    (bool), plt (matplotlib.pyplot, or None when plots is False) and save(fig, name).
+    charlm holds the chapter-4 model once trained, so chapter 7 can reuse it."""
+
+    def __init__(self, outdir, quick=False, seed=0, plots=True):
+        self.outdir, self.quick, self.seed, self.plots = pathlib.Path(outdir), quick, seed, plots
+        self.plt = None
+        self.charlm = None
+        if plots:
+            import matplotlib
+            matplotlib.use("Agg")               # files only, no window: works without a display
+            import matplotlib.pyplot as plt
+            plt.rcParams.update(FIGURE_STYLE)
+            self.plt = plt
+
+    def save(self, fig, name):
+        """Write fig as outdir/name.png at 150 dpi, close it, print and return the path."""
+        path = self.outdir / f"{name}.png"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        self.plt.close(fig)
+        print(f"  figure: {path}")
+        return path
+
+
+def heatmap(ax, matrix, xlabels, ylabels, xlabel, ylabel, title, colorbar_label,
+            annotate=False, vmin=0.0, vmax=1.0, cmap="viridis"):
+    """Draw a (rows, cols) matrix with a label on every row and column and a colour bar."""
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(xlabels)), xlabels, rotation=60, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(ylabels)), ylabels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.figure.colorbar(image, ax=ax, label=colorbar_label, fraction=0.046, pad=0.04)
+    if annotate:
+        for (i, j), value in np.ndenumerate(matrix):
+            if value:
+                dark = value > vmin + 0.6 * (vmax - vmin)
+                ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=9,
+                        color="black" if dark else "white")
+    return image
+
+
+def draw_loss(ax, losses, title, floor=None, floor_label=None, log=True):
+    """Training loss per step, optionally with the lowest loss the data allows."""
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=1.5, label="training loss")
+    if floor is not None:
+        ax.axhline(floor, color="grey", ls="--", lw=1, label=floor_label)
+        ax.legend(loc="center right")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def plot_loss(ctx, losses, name, title, floor=None, floor_label=None, log=True):
+    fig, ax = ctx.plt.subplots(figsize=(6, 3.6))
+    draw_loss(ax, losses, title, floor, floor_label, log)
+    return ctx.save(fig, name)
+
+
+def train(model, next_batch, steps, peak_lr, label, **loss_options):
+    """Adam for `steps` steps; returns the loss of every step (float64 array).
+
+    next_batch() -> (inputs, targets), with inputs the tuple forward takes. The learning rate
+    rises linearly over the first tenth of the steps and then falls linearly to zero: the warm-up
+    keeps Adam's first, badly estimated steps small, and the decay lets the last steps settle
+    into the minimum instead of rattling around it. Progress is one line, rewritten with "\\r".
+    """
+    optimizer = T.Adam(list(model.parameters()), lr=peak_lr)
+    warmup = max(1, steps // 10)
+    losses = np.empty(steps)
+    start = time.perf_counter()
+    for step in range(steps):
+        optimizer.lr = peak_lr * min((step + 1) / warmup, (steps - step) / (steps - warmup + 1))
+        inputs, targets = next_batch()
+        losses[step] = T.train_step(model, optimizer, inputs, targets, **loss_options)
+        if step % 10 == 0 or step == steps - 1:
+            rate = (step + 1) / (time.perf_counter() - start)
+            print(f"\r  {label}: step {step + 1}/{steps}  loss {losses[step]:.4f}  "
+                  f"{rate:.0f} steps/s", end="", flush=True)
+    print()
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. From one-hot vectors to attention (Rohrer, "Transformers from Scratch")
+# ----------------------------------------------------------------------------------------------
+# No learning yet: every number below is counted from a handful of sentences. Words are
+# lower-case and the full stop dropped, so the vocabularies are exactly Rohrer's (7 and 13 words,
+# in alphabetical order).
+
+# Rohrer's first-order example: users ask about photos half the time, files 30%, directories 20%.
+COMMANDS = {"show me my photos please": 5, "show me my files please": 3,
+            "show me my directories please": 2}
+
+# Rohrer's second-order-with-skips example: the word after "ran" depends on a word eight back.
+ROHRER_SENTENCES = ("Check the program log and find out whether it ran please.",
+                    "Check the battery log and find out whether it ran down please.")
+
+
+def words(sentence):
+    return sentence.lower().rstrip(".").split()
+
+
+def row_shares(counts):
+    """Divide each row of counts by its sum (rows that never occur stay zero)."""
+    totals = counts.sum(axis=1, keepdims=True)
+    return counts / np.where(totals == 0, 1, totals)
+
+
+def transition_matrix(sentences, vocab):
+    """First-order Markov model: M[a, b] = P(next word b | current word a), counted from a dict
+    {sentence: how often it is said}. (V, V); each row with any successor sums to one."""
+    index = {w: i for i, w in enumerate(vocab)}
+    counts = np.zeros((len(vocab), len(vocab)))
+    for sentence, times in sentences.items():
+        ids = [index[w] for w in words(sentence)]
+        np.add.at(counts, (ids[:-1], ids[1:]), times)
+    return row_shares(counts)
+
+
+def skip_transition_matrix(sentences, vocab):
+    """Second order with skips: one row per word pair (earlier word e, most recent word r), at
+    row e·V + r, holding the share of times each word came next when e appeared anywhere before
+    r. (V², V). The rows are votes, not probabilities: a prediction sums many of them."""
+    V = len(vocab)
+    index = {w: i for i, w in enumerate(vocab)}
+    counts = np.zeros((V * V, V))
+    for sentence in sentences:
+        ids = [index[w] for w in words(sentence)]
+        for t in range(1, len(ids) - 1):
+            earlier = np.array(ids[:t])
+            np.add.at(counts, (earlier * V + ids[t], ids[t + 1]), 1)
+    return row_shares(counts)
+
+
+def active_features(prefix, vocab):
+    """(V²,) 0/1 vector: the pairs (earlier word, last word of prefix) present in the prefix."""
+    V = len(vocab)
+    ids = [vocab.index(w) for w in words(prefix)]
+    features = np.zeros(V * V)
+    features[np.array(ids[:-1]) * V + ids[-1]] = 1
+    return features
+
+
+def chapter_onehot(ctx):
+    """From one-hot vectors to attention, by hand (Rohrer)"""
+    # One-hot vectors, and multiplication by a one-hot matrix as a table lookup.
+    vocab = sorted({w for s in COMMANDS for w in words(s)})
+    V = len(vocab)
+    print(f"  vocabulary ({V} words): {vocab}")
+    sentence = "show me my files please"
+    ids = [vocab.index(w) for w in words(sentence)]
+    onehot = T.one_hot(ids, V)                                   # (5, V): one row per word
+    print(f"  '{sentence}' as one-hot rows (5, {V}):")
+    for w, row in zip(words(sentence), onehot):
+        print(f"    {w:>11} {row.astype(int)}")
+    M = transition_matrix(COMMANDS, vocab)                        # (V, V)
+    print(f"  one_hot(ids) @ M equals the rows M[ids]: "
+          f"{np.array_equal(onehot @ M, M[ids])} (a matrix product is a table lookup)")
+    after_my = T.one_hot([vocab.index("my")], V) @ M
+    print("  first-order model, one_hot('my') @ M: "
+          + ", ".join(f"{w} {p:.1f}" for w, p in zip(vocab, after_my[0]) if p))
+
+    # Second order with skips: sum the votes of every (earlier word, "ran") pair.
+    vocab2 = sorted({w for s in ROHRER_SENTENCES for w in words(s)})
+    V2 = len(vocab2)
+    W = skip_transition_matrix(ROHRER_SENTENCES, vocab2)          # (V2², V2)
+    # Rohrer's mask keeps only the features that decide the next word on their own: rows whose
+    # votes all go to one word. Every other feature votes 0.5 / 0.5 and only blurs the sum.
+    decisive = W.max(axis=1) == 1
+    down, please = vocab2.index("down"), vocab2.index("please")
+    print(f"  second order with skips ({V2} words, {V2 * V2} word-pair features); votes for the "
+          f"word after 'ran':")
+    votes = {}
+    for s in ROHRER_SENTENCES:
+        prefix = s[:s.index(" ran") + 4]
+        features = active_features(prefix, vocab2)                # (V2²,)
+        before, after = features @ W, (features * decisive) @ W   # masking: zero, then look up
+        votes[prefix] = (before, after)
+        print(f"    '{prefix}'\n      before masking: down {before[down]:g}, please "
+              f"{before[please]:g}    after masking: down {after[down]:g}, "
+              f"please {after[please]:g}")
+    if not ctx.plots:
+        return
+
+    fig, ax = ctx.plt.subplots(figsize=(6.2, 5))
+    heatmap(ax, M, vocab, vocab, "next word", "current word",
+            "First-order transition matrix of\n\"show me my {photos, files, directories} please\"",
+            "probability of the next word", annotate=True)
+    ctx.save(fig, "onehot_transition")
+
+    # Rohrer's view of the table: only the rows (earlier word, "ran") that hold any vote.
+    ran = vocab2.index("ran")
+    earlier = [w for i, w in enumerate(vocab2) if W[i * V2 + ran].any()]
+    rows = np.array([vocab2.index(w) * V2 + ran for w in earlier])
+    fig, axes = ctx.plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, masked in zip(axes, (False, True)):
+        table = W[rows] * (decisive[rows, None] if masked else 1)
+        heatmap(ax, table, vocab2, [f"{w}, ran" for w in earlier], "next word",
+                "feature (earlier word, most recent word)" if not masked else "",
+                "after masking: only decisive features" if masked else "before masking",
+                "vote", annotate=True)
+    fig.suptitle("Second-order-with-skips votes for the word after \"ran\"", y=1.02)
+    ctx.save(fig, "onehot_skip_votes")
+
+    fig, ax = ctx.plt.subplots(figsize=(7.5, 3.8))
+    labels = ["program ... ran", "battery ... ran"]
+    x = np.arange(2)
+    for k, (stage, shift) in enumerate((("before masking", -0.3), ("after masking", 0.1))):
+        for j, (word, column) in enumerate((("down", down), ("please", please))):
+            heights = [votes[p][k][column] for p in votes]
+            bars = ax.bar(x + shift + 0.2 * j, heights, width=0.18, color=f"C{j}",
+                          alpha=0.45 if k == 0 else 1.0, label=f"{word}, {stage}")
+            ax.bar_label(bars, fmt="%g")
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 7)
+    ax.set_xlabel("sentence, cut after \"ran\"")
+    ax.set_ylabel("vote total (sum of feature rows)")
+    ax.set_title("Masking turns 4 vs 5 into 0 vs 1")
+    ax.legend(ncol=2, loc="upper center")
+    ctx.save(fig, "onehot_masking")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. A decoder-only transformer learns Rohrer's sentences
+# ----------------------------------------------------------------------------------------------
+# The same two sentences, now learned. One layer is enough, and with one layer the only way for
+# the position of "ran" to know which sentence it is in is to attend to position 3, where
+# "battery" or "program" stands: every other earlier token is the same in both.
+
+def padded_batch(sequences, pad_id):
+    """list of id lists -> (B, max length) int array, padded at the end."""
+    batch = np.full((len(sequences), max(map(len, sequences))), pad_id)
+    for row, ids in zip(batch, sequences):
+        row[:len(ids)] = ids
+    return batch
+
+
+def chapter_rohrer(ctx):
+    """A decoder-only transformer learns Rohrer's two sentences"""
+    tok = T.WordTokenizer(" ".join(ROHRER_SENTENCES))
+    batch = padded_batch([tok.encode(s, bos=True, eos=True) for s in ROHRER_SENTENCES], tok.pad_id)
+    inputs, targets = batch[:, :-1], batch[:, 1:]                   # (2, 14): predict the next id
+    model = T.DecoderOnlyTransformer(tok.vocab_size, d_model=32, n_heads=4, n_layers=1, d_ff=128,
+                                     max_len=16, dtype=np.float32, seed=ctx.seed)
+    print(f"  {tok.vocab_size} tokens (13 words, '.', 4 specials); one layer, 4 heads, "
+          f"{sum(v.size for _, v, _ in model.parameters())} parameters")
+    losses = train(model, lambda: ((inputs,), targets), steps=200 if ctx.quick else 300,
+                   peak_lr=1e-2, label="rohrer", ignore_index=tok.pad_id)
+    # After "Check the" either word may follow: a coin toss the model cannot beat, ln 2 each time.
+    floor = 2 * np.log(2) / np.sum(targets != tok.pad_id)
+    print(f"  final loss {losses[-1]:.4f}; the floor is {floor:.4f} (after 'Check the' the next "
+          f"word is a coin toss)")
+
+    logits = model.forward(inputs)                                  # (2, 14, V)
+    probs = T.softmax(logits.astype(np.float64))
+    ran = [list(row).index(tok.stoi["ran"]) for row in inputs]
+    keyword = int(np.argmax(inputs[0] != inputs[1]))                # where the sentences differ
+    for b in range(len(ROHRER_SENTENCES)):
+        best = int(np.argmax(probs[b, ran[b]]))
+        print(f"  '{tok.itos[inputs[b, keyword]]} ... ran' -> '{tok.itos[best]}' "
+              f"(p = {probs[b, ran[b], best]:.3f})")
+
+    # Which head carries the long-range information, and how hard does "ran" look back?
+    pattern = model.blocks[0].self_attn.attention.pattern          # (2, H, T, T)
+    looks = pattern[np.arange(2), :, ran, keyword]                  # (2, H): ran -> keyword
+    head = int(np.argmax(looks.max(axis=0)))
+    print(f"  head {head}: attention from 'ran' to 'program' {looks[0, head]:.2f}, to 'battery' "
+          f"{looks[1, head]:.2f} (seeing one of the two words is enough to tell the sentences "
+          f"apart)")
+    if not ctx.plots:
+        return
+
+    fig, axes = ctx.plt.subplots(1, 2, figsize=(13, 5.8), layout="constrained")
+    for b, ax in enumerate(axes):
+        n = int(np.sum(inputs[b] != tok.pad_id))
+        labels = [tok.itos[i] for i in inputs[b, :n]]
+        word = tok.itos[inputs[b, keyword]]
+        heatmap(ax, pattern[b, head, :n, :n], labels, labels, "key (earlier token)",
+                "query (current token)" if b == 0 else "",
+                f"\"{word}\" sentence: ran \u2192 {word} {looks[b, head]:.2f}", "attention weight")
+        ax.add_patch(ctx.plt.Rectangle((-0.5, ran[b] - 0.5), ran[b] + 1, 1, fill=False,
+                                       edgecolor="red", lw=2))
+    strong = int(np.argmax(looks[:, head]))
+    fig.suptitle(f"Head {head}: \"ran\" (red box) looks back to "
+                 f"\"{tok.itos[inputs[strong, keyword]]}\"\nIn the other sentence it looks "
+                 f"elsewhere: one of the two words is enough to choose \"down\" or \"please\"")
+    ctx.save(fig, "rohrer_attention")
+    plot_loss(ctx, losses, "rohrer_loss", "Learning Rohrer's two sentences", floor,
+              "floor: 2 ln 2 / tokens (the coin toss)")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Encoder-decoder: reversing digit strings, with cross-attention
+# ----------------------------------------------------------------------------------------------
+# "Translate" a string of 3 to 8 digits into the same digits backwards. The encoder reads the
+# source; at each step the decoder's cross-attention (queries from the decoder, keys and values
+# from the encoder output) must find the source digit to copy: output i is source digit
+# len - 1 - i, so the attention should form an anti-diagonal.
+
+DIGITS = "0123456789"
+MIN_DIGITS, MAX_DIGITS = 3, 8
+
+
+def reversal_batch(rng, batch_size, tok):
+    """-> src (B, 8), tgt_in (B, 9), tgt_out (B, 9), lengths (B,); pad_id after each string.
+    tgt_out is the reversed string then <eos>; tgt_in is <bos> then the reversed string."""
+    lengths = rng.integers(MIN_DIGITS, MAX_DIGITS + 1, batch_size)
+    digits = np.array(tok.encode(DIGITS))[rng.integers(0, 10, (batch_size, MAX_DIGITS))]
+    position = np.arange(MAX_DIGITS)
+    inside = position < lengths[:, None]                            # (B, 8)
+    src = np.where(inside, digits, tok.pad_id)
+    # position i of the reversed string holds digit len - 1 - i (wrapped indices land on
+    # positions past the end, which become padding)
+    backwards = np.take_along_axis(digits, (lengths[:, None] - 1 - position) % MAX_DIGITS, axis=1)
+    reversed_ = np.where(inside, backwards, tok.pad_id)
+    tgt_out = np.concatenate([reversed_, np.full((batch_size, 1), tok.pad_id)], axis=1)
+    tgt_out[np.arange(batch_size), lengths] = tok.eos_id
+    tgt_in = np.concatenate([np.full((batch_size, 1), tok.bos_id), reversed_], axis=1)
+    return src, tgt_in, tgt_out, lengths
+
+
+def exact_matches(decoded, tgt_out, lengths):
+    """(B,) bool: the decode is the reversed string followed by <eos>, nothing missing."""
+    return np.array([list(d[:n + 1]) == list(t[:n + 1])
+                     for d, t, n in zip(decoded, tgt_out, lengths)])
+
+
+def chapter_translate(ctx):
+    """Encoder-decoder: reverse a digit string, decode greedily and with a beam"""
+    tok = T.CharTokenizer(DIGITS)
+    rng = np.random.default_rng(ctx.seed)
+    n_held_out = 200 if ctx.quick else 500
+    held_out = reversal_batch(rng, n_held_out, tok)
+    # Strings are numbered in base vocab_size (padding included), so a training batch can drop
+    # any held-out string it draws by accident: the test set stays unseen.
+    base = tok.vocab_size ** np.arange(MAX_DIGITS)
+    held_out_keys = held_out[0] @ base
+
+    def next_batch():
+        src, tgt_in, tgt_out, _ = reversal_batch(rng, 64, tok)
+        fresh = ~np.isin(src @ base, held_out_keys)
+        return (src[fresh], tgt_in[fresh]), tgt_out[fresh]
+
+    model = T.Transformer(tok.vocab_size, tok.vocab_size, d_model=32, n_heads=4, n_layers=1,
+                          d_ff=64, max_len=MAX_DIGITS + 2, pad_id=tok.pad_id, dtype=np.float32,
+                          seed=ctx.seed)
+    print(f"  {MIN_DIGITS}-{MAX_DIGITS} digits, one encoder and one decoder block, "
+          f"{sum(v.size for _, v, _ in model.parameters())} parameters")
+    losses = train(model, next_batch, steps=250 if ctx.quick else 600, peak_lr=1e-2,
+                   label="translate", ignore_index=tok.pad_id, max_grad_norm=1.0)
+
+    src, _, tgt_out, lengths = held_out
+    greedy = model.greedy_decode(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1)
+    beam = model.beam_search(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1, beam_size=4)
+    for name, decoded in (("greedy", greedy), ("beam 4", beam)):
+        ok = exact_matches(decoded, tgt_out, lengths)
+        print(f"  held-out exact match, {name}: {ok.mean():.1%} ({ok.sum()}/{n_held_out})")
+    for i in range(3):
+        print(f"    {tok.decode(src[i]):>8} -> greedy {tok.decode(greedy[i]):<8} "
+              f"beam {tok.decode(beam[i])}")
+    if not ctx.plots:
+        return
+
+    longest = int(np.argmax(lengths))                               # a full-length example
+    n = lengths[longest]
+    one_src = src[longest:longest + 1, :n]
+    one_in = np.concatenate([[[tok.bos_id]], tgt_out[longest:longest + 1, :n]], axis=1)
+    model.forward(one_src, one_in)
+    cross = model.decoder[-1].cross_attn.attention.pattern[0]       # (H, n + 1, n)
+    source_labels = list(tok.decode(one_src[0]))
+    output_labels = [tok.itos[i] for i in tgt_out[longest, :n + 1]]
+    fig, axes = ctx.plt.subplots(1, 2, figsize=(11, 4.8))
+    heatmap(axes[0], cross.mean(axis=0), source_labels, output_labels,
+            "source digit (encoder position)", "decoder step (token it outputs)",
+            f"Cross-attention, mean of {cross.shape[0]} heads", "attention weight")
+    draw_loss(axes[1], losses, "Training loss")
+    fig.suptitle(f"Reversing \"{tok.decode(one_src[0])}\": each output digit looks at its mirror "
+                 f"position", y=1.02)
+    fig.tight_layout()
+    ctx.save(fig, "translate_cross_attention")
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. A character-level language model, sampling, and the key/value cache
+# ----------------------------------------------------------------------------------------------
+# The model learns to continue TEXT one character at a time. Generating is the model run again
+# and again, one new token per step. Without a cache, step t recomputes all t positions; with
+# the cache the keys and values of earlier positions are kept, and step t computes one row.
+
+TEXT = """\
+A transformer reads a sentence as a row of tokens. Each token is turned into a vector by looking \
+up one row of a table, the embedding. A second vector that depends only on the position is added, \
+so the model can tell the first word from the fifth.
+
+Then comes attention. Every token asks a question, its query, and every earlier token offers a key \
+and a value. The query is compared with each key by a dot product; the scores are turned into \
+weights that add up to one; and the token receives the weighted average of the values. In this way \
+a token can look back at the one word that matters, even if it stood eight words earlier.
+
+After attention, each token passes alone through a small feed forward network: a wide layer, a \
+rectifier that sets negative numbers to zero, and a narrow layer again. Attention moves information \
+between tokens; the feed forward layer works on what each token now holds. Both add their result to \
+the running sum that flows through the model, the residual stream, and a layer norm keeps its scale \
+steady.
+
+Several such blocks are stacked. At the top, the vector of every token is multiplied by one more \
+matrix to give a score for every token in the vocabulary, and a softmax turns the scores into \
+probabilities for the next token. Training nudges every weight a little, again and again, so that \
+the probability of the token that really came next goes up. The gradient that tells each weight \
+which way to move is found by the chain rule, working backward from the loss.
+
+To write new text, the model picks a next token, appends it, and runs again. A low temperature \
+makes it pick the likeliest token nearly every time; a high temperature lets it take chances. \
+Because earlier tokens never change, their keys and values can be kept in a cache, and each new \
+step only has to compute one new row.
+
+Nothing in this is magic. It is table lookups, dot products, sums and one bend in a line, repeated \
+many times and tuned by many small steps downhill.
+"""
+
+CONTEXT = 128        # characters per training window, and the model's max_len
+
+
+def charlm(ctx):
+    """The chapter-4 model, trained on first use and kept on ctx (chapter 7 reuses it).
+    -> namespace with model, tokenizer, data (N,) ids of TEXT, losses."""
+    if ctx.charlm is None:
+        tok = T.CharTokenizer(TEXT)
+        data = np.array(tok.encode(TEXT))
+        model = T.DecoderOnlyTransformer(tok.vocab_size, d_model=64, n_heads=4, n_layers=2,
+                                         d_ff=256, max_len=CONTEXT, dtype=np.float32,
+                                         seed=ctx.seed)
+        rng = np.random.default_rng(ctx.seed)
+
+        def next_batch():
+            starts = rng.integers(0, len(data) - CONTEXT, 8)
+            windows = data[starts[:, None] + np.arange(CONTEXT + 1)]   # (8, CONTEXT + 1)
+            return (windows[:, :-1],), windows[:, 1:]
+
+        print(f"  {len(TEXT)} characters, {tok.vocab_size} tokens; d_model 64, 2 layers, "
+              f"{sum(v.size for _, v, _ in model.parameters())} parameters")
+        losses = train(model, next_batch, steps=100 if ctx.quick else 400, peak_lr=1e-2,
+                       label="charlm")
+        ctx.charlm = SimpleNamespace(model=model, tokenizer=tok, data=data, losses=losses)
+    return ctx.charlm
+
+
+def charlm_activations(ctx):
+    """-> hidden (N, d_ff) activations of the last feed-forward layer of the chapter-4 model
+    over TEXT (cut into windows of CONTEXT characters), and the N characters they belong to."""
+    lm = charlm(ctx)
+    n = len(lm.data) // CONTEXT * CONTEXT
+    lm.model.forward(lm.data[:n].reshape(-1, CONTEXT))
+    hidden = lm.model.blocks[-1].ffn.hidden                           # (windows, CONTEXT, d_ff)
+    return hidden.reshape(n, -1), list(TEXT[:n])
+
+
+def chapter_charlm(ctx):
+    """A character-level language model: sampling and the key/value cache"""
+    lm = charlm(ctx)
+    model, tok = lm.model, lm.tokenizer
+    print(f"  final loss {lm.losses[-1]:.3f} nats per character "
+          f"({lm.losses[-1] / np.log(2):.2f} bits; a uniform guess is "
+          f"{np.log2(tok.vocab_size):.2f} bits)")
+    prompt = np.array(tok.encode("Each token "))
+    new = 60
+    for temperature, top_k in ((0.0, None), (0.5, None), (1.0, None), (1.0, 5)):
+        sample = model.generate(prompt, new, temperature=temperature, top_k=top_k, seed=ctx.seed)
+        setting = "greedy" if temperature == 0 else f"temperature {temperature:.1f}"
+        setting += f", top-{top_k}" if top_k else ""
+        print(f"    {setting + ':':<23} {tok.decode(sample)!r}")
+
+    # The cache's speed-up, measured: the same tokens generated both ways, for longer and longer
+    # runs. Without the cache step t recomputes all t positions, so the time grows like n²; with
+    # it each step computes one row, so it grows like n.
+    short = prompt[:4]
+    lengths = [16, 32, 64, 96, CONTEXT - len(short)]
+    seconds = {True: [], False: []}
+    for n_new in lengths:
+        runs = {}
+        for use_cache in (True, False):
+            start = time.perf_counter()
+            runs[use_cache] = model.generate(short, n_new, use_cache=use_cache, return_logits=True)
+            seconds[use_cache].append(time.perf_counter() - start)
+    (cached_tokens, cached_logits), (tokens, logits) = runs[True], runs[False]
+    fast, slow = seconds[True][-1], seconds[False][-1]
+    print(f"  key/value cache: {lengths[-1]} tokens in {fast * 1000:.0f} ms with the cache, "
+          f"{slow * 1000:.0f} ms recomputing everything: {slow / fast:.1f}x faster "
+          f"({lengths[0]} tokens: {seconds[False][0] / seconds[True][0]:.1f}x)")
+    print(f"    same tokens: {np.array_equal(tokens, cached_tokens)}; largest logit difference "
+          f"{np.max(np.abs(logits - cached_logits)):.1e} (float32 rounding)")
+    hidden, _ = charlm_activations(ctx)
+    print(f"  feed-forward layer {len(model.blocks)}: on average "
+          f"{np.mean(np.sum(hidden > 0, axis=1)):.0f} of {hidden.shape[1]} neurons fire per "
+          f"character (chapter 7 asks what they stand for)")
+    if not ctx.plots:
+        return
+
+    plot_loss(ctx, lm.losses, "charlm_loss", "Character-level language model on TEXT",
+              np.log(tok.vocab_size), "uniform guess, ln(vocabulary size)", log=False)
+    fig, ax = ctx.plt.subplots(figsize=(6, 3.6))
+    for use_cache, label in ((False, "recompute every position"), (True, "key/value cache")):
+        ax.plot(lengths, np.array(seconds[use_cache]) * 1000, "o-", label=label)
+    ax.set_xlabel("tokens generated")
+    ax.set_ylabel("time (ms)")
+    ax.set_title(f"Generating with the cache: {slow / fast:.1f}x faster at {lengths[-1]} tokens")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ctx.save(fig, "charlm_kv_cache")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Circuits: reading the algorithm from the weights (circuits.py)
+# ----------------------------------------------------------------------------------------------
+# Three attention-only models, each small enough to train in seconds, each read through its
+# weights: zero layers (a bigram table), one layer (skip-trigrams, planted in the data and found
+# again in the QK and OV circuits), two layers (an induction head, and the previous-token head
+# it is built on). The identities behind the reading are checked first, to machine precision.
+
+LETTERS = [chr(ord("a") + i) for i in range(26)]
+
+
+def chapter_circuits(ctx):
+    """Circuits: Kronecker products, skip-trigrams and induction heads read from the weights"""
+    print("  Kronecker identities, largest |left side - right side| on random matrices:")
+    for name, err in C.kronecker_identity_errors(ctx.seed).items():
+        print(f"    {name:<48} {err:.1e}")
+
+    # zero layers: W_U W_E against the corpus's bigram table
+    bigram, corpus, losses = C.train_bigram_model(seed=ctx.seed)
+    corr = C.bigram_correlation(bigram, corpus)
+    print(f"  zero layers (16 tokens, a random bigram chain, {len(losses)} steps): loss "
+          f"{losses[-20:].mean():.3f}; correlation with the corpus's log p(next | current) over "
+          f"the {int(np.isfinite(C.bigram_log_probs(corpus, 16)).sum())} bigrams seen:")
+    for name, r in corr.items():
+        print(f"    log softmax {name:<22} r = {r:.3f}")
+    print("    (no biases: the model uses the positional code as one, so W_U W_E alone misses "
+          "how common each token is)")
+
+    skip_model, table = _circuits_skip_trigrams(ctx)
+    runs = _circuits_induction(ctx)
+    if ctx.plots:
+        _circuits_qk_ov_figure(ctx, skip_model, table)
+        _circuits_induction_figures(ctx, runs)
+
+
+def _circuits_skip_trigrams(ctx):
+    """One layer: the path expansion on a trained model, then the skip-trigram table."""
+    model, losses = C.train_skip_trigram_model(seed=ctx.seed)
+    planted = set(C.PLANTED_TRIPLES)
+    print(f"  one layer, 4 heads, planted skip-trigrams "
+          + ", ".join(f"{LETTERS[a]}…{LETTERS[b]}→{LETTERS[c]}" for a, b, c in C.PLANTED_TRIPLES)
+          + f" ({len(losses)} steps, loss {losses[-50:].mean():.3f})")
+    exact = C.to_float64(model)
+    tokens = C.skip_trigram_corpus(np.random.default_rng(ctx.seed), C.PLANTED_TRIPLES, 16, 8, 8)
+    terms = C.path_expansion(exact, tokens)
+    error = np.max(np.abs(sum(terms.values()) - exact.forward(tokens)))
+    print(f"  path expansion: {len(terms)} terms (direct path and 4 heads, each from tokens and "
+          f"from positions) sum to the logits within {error:.1e}")
+    print("  skip-trigram table read from the QK and OV circuits (the paper's Table 1):")
+    print("    source … destination → out   gain in p(out)   head")
+    table = C.skip_trigrams(model, top_k=8)
+    for score, head, a, b, c in table:
+        mark = "planted" if (a, b, c) in planted else ""
+        print(f"    {LETTERS[a]:>6} … {LETTERS[b]:<11} → {LETTERS[c]:<3} {score:>+13.3f}   "
+              f"{head:>4}   {mark}")
+    return model, table
+
+
+def _circuits_induction(ctx):
+    """Two layers against one, trained identically on random tokens with a repeated segment."""
+    # Full: a larger vocabulary and a lower learning rate, so the plateau before the jump shows.
+    # Quick: circuits.py's defaults, the fastest setting that reliably grows the head.
+    if ctx.quick:
+        config, every = dict(vocab_size=16, length=16, lr=1e-2, steps=600), 50
+    else:
+        config, every = dict(vocab_size=24, length=24, lr=3e-3, steps=1200), 50
+    V, n = config["vocab_size"], config["length"]
+    tokens, inside = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 1), 256, n + 1, V,
+                                              n // 4, n // 2)
+
+    def monitor(step, model):
+        """(step, loss inside repeats, loss elsewhere, best induction score in the last layer,
+        best previous-token score in layer 0), from one forward pass on 128 held-out sequences"""
+        seen, where = tokens[:128], inside[:128]
+        logits, patterns = C.run_with_patterns(model, seen[:, :-1])
+        patterns = np.asarray(patterns)
+        induction = C.score_induction(patterns, seen[:, :-1], where)
+        return (step, *C.split_losses(C.next_token_losses(logits, seen[:, 1:]), where),
+                induction[-1].max(), C.score_previous_token(patterns)[0].max())
+
+    print(f"  induction: vocabulary {V}, {n} tokens, a segment of {n // 4}-{n // 2} tokens "
+          f"repeated at a random later offset; d_model 32, 2 heads, Adam lr {config['lr']}, "
+          f"batch 32, {config['steps']} steps" + (" (quick: hardly a plateau at this learning rate)"
+                                                  if ctx.quick else ""))
+    two, _, two_log = C.train_induction_model(n_layers=2, seed=ctx.seed, every=every,
+                                              monitor=monitor, **config)
+    one, _, one_log = C.train_induction_model(n_layers=1, seed=ctx.seed, every=every,
+                                              monitor=monitor, **config)
+
+    induction = C.induction_scores(two, tokens[:, :-1], inside)
+    previous = C.previous_token_scores(two, tokens[:, :-1])
+    two_in, two_out = C.repeat_losses(two, tokens, inside)
+    one_in, one_out = C.repeat_losses(one, tokens, inside)
+    print(f"    loss inside repeats / elsewhere (ln V = {np.log(V):.2f}): two layers "
+          f"{two_in:.2f} / {two_out:.2f}, one layer {one_in:.2f} / {one_out:.2f}")
+    log = np.array(two_log)
+    jump = int(np.argmax(np.diff(log[:, 3])))
+    print(f"    the best induction score rose fastest between steps {log[jump, 0]:.0f} and "
+          f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside repeats "
+          f"then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
+    print("    induction score of each layer-1 head:   " + _circuits_row(induction[1]))
+    print("    previous-token score of each layer-0 head: " + _circuits_row(previous[0]))
+    print("    one layer, its heads' induction scores: "
+          + _circuits_row(C.induction_scores(one, tokens[:, :-1], inside)[0]))
+    ablation = C.ablation_losses(two, tokens, inside, layer=0)
+    print("    ablate one layer-0 head -> loss inside / elsewhere: " + ", ".join(
+        f"L0H{h} {i:.2f} / {o:.2f}" for h, (i, o) in enumerate(ablation)))
+    baseline = C.random_composition_baseline(32, 16, np.random.default_rng(ctx.seed))
+    print(f"    composition scores, layer-1 head (rows) with layer-0 head (columns); random "
+          f"matrices give {baseline:.3f}:")
+    composition = C.composition_scores(two)
+    for kind, scores in composition.items():
+        print(f"      {kind}: " + "  ".join(f"L1H{i} [{_circuits_row(row)}]"
+                                          for i, row in enumerate(scores)))
+    print("    OV copying score Σλ/Σ|λ|: " + ", ".join(
+        f"L{layer}H{h} {C.copying_score(C.ov_circuit(two, layer, h)):+.2f}"
+        for layer in range(2) for h in range(2)))
+    exact = C.to_float64(two)
+    paths = C.path_expansion(exact, tokens[:64, :-1])
+    error = np.max(np.abs(sum(paths.values()) - exact.forward(tokens[:64, :-1])))
+    gain = {name: _circuits_target_logit(term, tokens[:64, 1:], inside[:64])
+            for name, term in paths.items()}
+    top = sorted(gain, key=gain.get, reverse=True)[:3]
+    print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} of "
+          f"the logits; the paths that raise the right token's logit most inside repeats: "
+          + ", ".join(f"{name} {gain[name]:+.1f}" for name in top))
+    prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
+    k_scores = composition["K"][best]
+    partner = int(np.argmax(k_scores))
+    print(f"    reading: L0H{prev_head} has the highest previous-token score "
+          f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
+          f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}. "
+          f"The induction head L1H{best} K-composes most with L0H{partner} ({k_scores[partner]:.2f}, "
+          f"{k_scores[partner] / baseline:.1f}x the random value: at this size the composition "
+          f"score is a weak signal, the ablation a clear one).")
+    return SimpleNamespace(two=two, one=one, two_log=np.array(two_log), one_log=np.array(one_log),
+                           tokens=tokens, inside=inside)
+
+
+def _circuits_row(values):
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def _circuits_target_logit(term, targets, inside):
+    """Mean, over positions inside repeats, of how far a path's logit for the right next token
+    sits above that path's average logit (softmax only sees such differences)."""
+    right = np.take_along_axis(term, targets[..., None], axis=-1)[..., 0]
+    return float((right - term.mean(axis=-1))[inside].mean())
+
+
+def _circuits_qk_ov_figure(ctx, model, table):
+    """QK and OV circuits of the (at most two) heads that carry the top rows of the table."""
+    heads = list(dict.fromkeys(head for _, head, *_ in table[:len(C.PLANTED_TRIPLES)]))[:2]
+    labels = LETTERS[:model.vocab_size]
+    fig, axes = ctx.plt.subplots(2, len(heads), figsize=(6 * len(heads), 10), squeeze=False)
+    for col, h in enumerate(heads):
+        qk, ov = C.qk_circuit(model, 0, h), C.ov_circuit(model, 0, h)
+        for ax, matrix, ylabel, title in ((axes[0, col], qk, "destination (query) token", "QK"),
+                                          (axes[1, col], ov - ov.mean(axis=0), "out token", "OV")):
+            m = np.abs(matrix).max()
+            heatmap(ax, matrix, labels, labels, "source token", ylabel,
+                    f"head {h}: {title} circuit", "score" if title == "QK" else "logit boost",
+                    vmin=-m, vmax=m, cmap="RdBu_r")
+    fig.suptitle("Planted a…e→g, b…e→h, c…f→i, d…f→j: QK says where to look,\n"
+                 "OV what to write (centred per source)")
+    fig.tight_layout()
+    ctx.save(fig, "circuits_qk_ov")
+
+
+def _circuits_induction_figures(ctx, runs):
+    plt = ctx.plt
+    two, one, tokens, inside = runs.two, runs.one, runs.tokens, runs.inside
+    V, n = two.vocab_size, two.max_len
+    previous = C.previous_token_scores(two, tokens[:, :-1])[0]
+    induction = C.induction_scores(two, tokens[:, :-1], inside)[1]
+    prev_head, ind_head = int(np.argmax(previous)), int(np.argmax(induction))
+
+    # attention on one sequence whose second half repeats its first half: the induction stripe
+    probe = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 2), 1, n, V, n // 2, n // 2)[0]
+    patterns = C.run_with_patterns(two, probe)[1]
+    labels = [LETTERS[t] for t in probe[0]]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.8))
+    for ax, layer, head, what in (
+            (axes[0], 0, prev_head, f"previous-token score {previous[prev_head]:.2f}"),
+            (axes[1], 1, ind_head, f"induction score {induction[ind_head]:.2f}")):
+        heatmap(ax, patterns[layer][0, head], labels, labels, "source (key) token",
+                "destination (query) token", f"layer {layer} head {head}: {what}", "attention weight")
+    fig.suptitle("A random half repeated: the induction head attends to the token after the "
+                 "earlier copy (the stripe below the diagonal)")
+    fig.tight_layout()
+    ctx.save(fig, "circuits_induction_stripe")
+
+    # loss at every position of such sequences, two layers against one
+    repeats = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 3), 256, n, V, n // 2, n // 2)[0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for model, label in ((two, "two layers"), (one, "one layer")):
+        ax.plot(np.arange(n - 1), C.token_losses(model, repeats).mean(axis=0), marker="o", ms=3,
+                label=label)
+    ax.axhline(np.log(V), color="grey", ls="--", lw=1, label="ln V (a uniform guess)")
+    ax.axvline(n // 2 - 0.5, color="grey", ls=":", lw=1)
+    ax.set_xlabel("position (tokens n/2 .. n-1 repeat tokens 0 .. n/2-1)")
+    ax.set_ylabel("loss of the next token (nats)")
+    ax.set_title("Per-position loss on repeated random sequences\n(one layer can only favour every "
+                 "earlier token, and guess the offset by position)", fontsize=11)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ctx.save(fig, "circuits_position_loss")
+
+    # the phase change: loss and scores over training
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    for log, label, style in ((runs.two_log, "two layers", "-"), (runs.one_log, "one layer", "--")):
+        axes[0].plot(log[:, 0], log[:, 1], style, color="C0", label=f"{label}: inside repeats")
+        axes[0].plot(log[:, 0], log[:, 2], style, color="C1", label=f"{label}: elsewhere")
+    axes[0].set_ylabel("loss (nats)")
+    axes[0].set_title("Loss on held-out sequences")
+    for log, column, style, color, label in (
+            (runs.two_log, 3, "-", "C2", "best layer-1 induction score"),
+            (runs.two_log, 4, "-", "C3", "best layer-0 previous-token score"),
+            (runs.one_log, 3, "--", "C2", "one layer: best induction score")):
+        axes[1].plot(log[:, 0], log[:, column], style, color=color, label=label)
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("Attention scores")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.legend(fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("The induction head forms and the loss inside repeats drops" +
+                 ("" if ctx.quick else ", after a plateau"))
+    fig.tight_layout()
+    ctx.save(fig, "circuits_training")
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Command line
+# ----------------------------------------------------------------------------------------------
+# <!-- lead: chapters 5-7 are pasted above from demo_circuits_part.py and
+# demo_superposition_part.py; add them here, in this order:
+#     "circuits": chapter_circuits,
+#     "superposition": chapter_superposition,
+#     "polysemantic": lambda ctx: chapter_polysemantic(ctx, *charlm_activations(ctx)),
+# (chapter_polysemantic takes the chapter-4 activations; charlm() trains the model if chapter 4
+# has not run.) -->
+
+CHAPTERS = {
+    "onehot": chapter_onehot,
+    "rohrer": chapter_rohrer,
+    "translate": chapter_translate,
+    "charlm": chapter_charlm,
+    "circuits": chapter_circuits,
+}
+
+
+def title(name):
+    return CHAPTERS[name].__doc__.strip().splitlines()[0]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="A guided tour of the transformer, from one-hot vectors to superposition.")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller training runs, same chapters (about 15 s)")
+    parser.add_argument("--chapter", action="append", metavar="NAME", choices=list(CHAPTERS),
+                        help=f"run only this chapter; repeatable; one of: {', '.join(CHAPTERS)}")
+    parser.add_argument("--list", action="store_true", help="list the chapters and exit")
+    parser.add_argument("--outdir", default="figures/out",
+                        help="folder for the PNG figures, created if missing (default figures/out)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for every model and data set")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="text only: no figures (--outdir unused), matplotlib is not imported")
+    args = parser.parse_args(argv)
+    if not args.no_plots and not args.list:
+        try:                                        # fail now, not after a minute of training
+            pathlib.Path(args.outdir).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=args.outdir).close()
+        except OSError as err:
+            parser.error(f"--outdir {args.outdir!r} is not a writable folder ({err.strerror})")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list:
+        for i, name in enumerate(CHAPTERS, 1):
+            print(f"{i}. {name:<14} {title(name)}")
+        return
+    ctx = Context(args.outdir, quick=args.quick, seed=args.seed, plots=not args.no_plots)
+    chosen = args.chapter or list(CHAPTERS)
+    times = {}
+    for i, name in enumerate(CHAPTERS, 1):
+        if name not in chosen:
+            continue
+        print(f"\n== {i}. {title(name)} [{name}] ==")
+        start = time.perf_counter()
+        CHAPTERS[name](ctx)
+        times[name] = time.perf_counter() - start
+    print("\ntimes: " + " | ".join(f"{name} {s:.1f} s" for name, s in times.items())
+          + f" | total {sum(times.values()):.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
