@@ -18,9 +18,12 @@ Read this file top to bottom; the chapters come in the order a learner needs the
                        decoding; the cross-attention heatmap
     4. charlm          a character-level language model trained on TEXT (below); sampling at
                        several temperatures and with top-k; the key/value cache's speed-up
-    5. circuits        (circuits.py)       <!-- lead: pasted from demo_circuits_part.py -->
-    6. superposition   (superposition.py)  <!-- lead: pasted from demo_superposition_part.py -->
-    7. polysemantic    neurons of the chapter-4 model  <!-- lead: as above -->
+    5. circuits        circuits.py: Kronecker identities, a zero-layer bigram table, skip-trigrams
+                       read from a one-layer model, induction heads in two layers
+    6. superposition   superposition.py: the toy model's sparsity sweep, five features in two
+                       dimensions, the phase diagram, the pentagon network, Johnson-Lindenstrauss,
+                       a sparse autoencoder
+    7. polysemantic    how many things one neuron of the chapter-4 model's feed-forward layer means
     8. Command line    the chapter registry, argparse, the per-chapter timing line
 
 Conventions are those of transformer.py: tokens are rows, activations are (B, T, d_model), a
@@ -47,6 +50,7 @@ from types import SimpleNamespace  # noqa: E402
 import numpy as np  # noqa: E402
 
 import circuits as C  # noqa: E402
+import superposition as S  # noqa: E402
 import transformer as T  # noqa: E402
 
 
@@ -811,22 +815,332 @@ def _circuits_induction_figures(ctx, runs):
 
 
 # ----------------------------------------------------------------------------------------------
+# 6. Superposition (superposition.py)
+# ----------------------------------------------------------------------------------------------
+
+def _sweep_figure(plt, models, titles):
+    """Per model: WᵀW as a heatmap above the bar chart of ‖W_i‖ coloured by superposition."""
+    fig, axes = plt.subplots(2, len(models), figsize=(2.3 * len(models) + 1.5, 7.2),
+                             gridspec_kw={"height_ratios": [1, 1.25]})
+    bar_colours = plt.get_cmap("viridis")
+    for col, (W, title) in enumerate(zip(models, titles)):
+        n = W.shape[1]
+        image = axes[0, col].imshow(W.T @ W, cmap="RdBu", vmin=-1, vmax=1)
+        axes[0, col].set_title(title)
+        axes[0, col].set_xticks([])
+        axes[0, col].set_yticks([])
+        shown = np.clip(S.superposition(W), 0, 1)
+        axes[1, col].barh(np.arange(n), S.feature_norms(W), color=bar_colours(shown))
+        axes[1, col].invert_yaxis()
+        axes[1, col].set_xlim(0, 1.3)
+        axes[1, col].set_xlabel("‖W_i‖")
+        axes[1, col].set_yticks([] if col else [0, n - 1])
+    axes[0, 0].set_ylabel("WᵀW")
+    axes[1, 0].set_ylabel("feature i (importance 0.9^i)")
+    fig.colorbar(image, ax=axes[0, :], fraction=0.015, pad=0.01, label="Wᵀ W")
+    mappable = plt.cm.ScalarMappable(cmap=bar_colours, norm=plt.Normalize(0, 1))
+    fig.colorbar(mappable, ax=axes[1, :], fraction=0.015, pad=0.01,
+                 label="Σ_j≠i (Ŵ_i·W_j)², clipped at 1")
+    fig.suptitle("n = 20 features in m = 5 dimensions: sparser features, more superposition",
+                 fontsize=15)
+    return fig
+
+
+def _dimensions_figure(plt, inverse_density, dims, sticky=None):
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.plot(inverse_density, dims, "o-", label="n = 20, m = 5 (this sweep)")
+    if sticky is not None:
+        ax.plot(*sticky, "s-", label="n = 200, m = 20 (long run)")
+    for y, label in [(1, "1"), (1 / 2, "1/2"), (2 / 5, "2/5"), (1 / 4, "1/4")]:
+        ax.axhline(y, color="grey", lw=0.8, ls="--")
+        ax.text(1.05, y, label, va="bottom", color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("1 / (1 - S)   (one over feature density)")
+    ax.set_ylabel("dimensions per feature  m / ‖W‖_F²")
+    ax.set_title("Dimensions per feature fall as features get sparser")
+    ax.legend()
+    return fig
+
+
+def _describe(w, bias):
+    """Name the arrangement of the columns of w (2, 5)."""
+    if S.is_regular_pentagon(w, bias):
+        return "regular pentagon"
+    shown = w[:, S.represented(w)]
+    unit = shown / S.feature_norms(shown)
+    cos = unit.T @ unit
+    k = shown.shape[1]
+    if k == 2 and abs(cos[0, 1]) < 0.1:
+        return "2 orthogonal features"
+    if k and k % 2 == 0 and np.all(cos.min(axis=1) < -0.95):
+        return f"{k // 2} antipodal pairs"
+    return f"{k} features"
+
+
+def _pentagon_row_figure(plt, probabilities, W, b):
+    fig, axes = plt.subplots(1, len(probabilities), figsize=(2.4 * len(probabilities), 3.2))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, 5))
+    for ax, p, w, bias in zip(axes, probabilities, W, b):
+        for i in range(5):
+            ax.plot([0, w[0, i]], [0, w[1, i]], color=colours[i], lw=2.5)
+            ax.plot(w[0, i], w[1, i], "o", color=colours[i], ms=6)
+        ax.set_xlim(-1.4, 1.4)
+        ax.set_ylim(-1.4, 1.4)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"p = {p:.3f}\n{_describe(w, bias)}", fontsize=11)
+    fig.suptitle("5 features in 2 dimensions: columns W_i (colour: importance 0.9^i, "
+                 "dark = most important)", fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def _phase_figure(plt, densities, importances, phases):
+    from matplotlib.colors import ListedColormap
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    cmap = ListedColormap(["#dddddd", "#ffffff", "#3b6fb6", "#d6604d"])   # -1, 0, 1, 2
+    image = ax.pcolormesh(densities, importances, phases, cmap=cmap, vmin=-1.5, vmax=2.5,
+                          shading="nearest", edgecolors="#bbbbbb", linewidth=0.3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("feature density p = 1 - S")
+    ax.set_ylabel("relative importance of feature 2")
+    ax.set_title("n = 2 features in m = 1 dimension: three phases")
+    bar = fig.colorbar(image, ax=ax, ticks=[-1, 0, 1, 2])
+    bar.ax.set_yticklabels(["other", "feature 2\nnot learned", "feature 2\ntakes the\ndimension",
+                            "antipodal\npair"])
+    return fig
+
+
+def _jl_figure(plt, ms, distortion, bound, dims, counts, eps):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    ax1.plot(ms, distortion, "o-", label="measured worst pair")
+    ax1.plot(ms, bound, "k--", label="JL bound (Achlioptas, prob ≥ 1 - 1/N)")
+    ax1.set_xscale("log")
+    ax1.set_xticks(ms, [str(m) for m in ms])
+    ax1.minorticks_off()
+    ax1.set_xlabel("target dimension m")
+    ax1.set_ylabel("max |‖f(x)-f(y)‖² / ‖x-y‖² - 1|")
+    ax1.set_title("Random ±1/√m projection of N = 100 points")
+    ax1.legend()
+    ax2.plot(dims, counts, "o-", label=f"kept with |cos| < {eps}")
+    ax2.plot(dims, dims, "k--", label="m (exactly orthogonal)")
+    ax2.set_yscale("log")
+    ticks = [t for t in (5, 10, 20, 50, 100, 200, 500) if t <= max(counts) * 1.5]
+    ax2.set_yticks(ticks, [str(t) for t in ticks])
+    ax2.minorticks_off()
+    ax2.set_xlabel("dimension m")
+    ax2.set_ylabel("number of directions")
+    ax2.set_title("Nearly orthogonal directions outnumber dimensions")
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _sae_figure(plt, sae_cos, random_cos, mmcs, random_mmcs):
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.plot(np.sort(sae_cos)[::-1], "o-", ms=3, label=f"SAE dictionary (MMCS {mmcs:.3f})")
+    ax.plot(np.sort(random_cos)[::-1], "o-", ms=3, color="grey",
+            label=f"random dictionary (MMCS {random_mmcs:.3f})")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("true feature (sorted)")
+    ax.set_ylabel("max cosine with any dictionary row")
+    ax.set_title("A sparse autoencoder finds the features in superposition")
+    ax.legend(loc="lower left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter
+# ----------------------------------------------------------------------------------------------
+
+def chapter_superposition(ctx):
+    """Superposition: toy models, the pentagon, Johnson-Lindenstrauss, a sparse autoencoder"""
+    quick, seed, plt = ctx.quick, ctx.seed, ctx.plt
+    # 1. The three results on n = 20, m = 5, I_i = 0.9^i.
+    steps, lr = (600, 3e-2) if quick else (1500, 1.5e-2)
+    relu, _ = S.sparsity_sweep(steps=steps, lr=lr, seed=seed)
+    linear, _ = S.sparsity_sweep(sparsities=(0.0,), activation="linear", steps=steps, lr=lr, seed=seed)
+    summary, lin = S.summarize(relu.W), S.summarize(linear.W)
+    print(f"n=20, m=5, {steps} Adam steps per model, all sparsities trained at once")
+    print(f"  linear      : {lin['represented'][0]} features represented, "
+          f"max superposition {lin['max_superposition'][0]:.3f}")
+    for s, k, sp, d in zip(S.SWEEP_SPARSITIES, summary["represented"],
+                           summary["max_superposition"], summary["dimensions_per_feature"]):
+        print(f"  ReLU S={s:<6}: {k:2d} features represented, max superposition {sp:5.2f}, "
+              f"dims/feature {d:.3f}")
+    inverse_density = 1 / (1 - np.array(S.SWEEP_SPARSITIES))
+
+    sticky = None
+    if getattr(ctx, "long", False):
+        print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
+        sticky = S.sticky_half(seed=seed)
+        print("  dims/feature:", np.round(sticky[1], 3).tolist())
+
+    # 2. Five features in two dimensions.
+    probabilities = S.pentagon_probabilities(8)
+    n_seeds = 4
+    model, best = S.five_in_two(probabilities, n_seeds=n_seeds, steps=800 if quick else 1500,
+                                batch_size=256 if quick else 512, lr=3e-2 if quick else 2e-2,
+                                seed=seed)
+    W5, b5 = model.W[best], model.b[best]
+    pentagon_seeds = [sum(S.is_regular_pentagon(model.W[k], model.b[k])
+                          for k in range(i * n_seeds, (i + 1) * n_seeds)) for i in range(len(probabilities))]
+    print("5 features in 2 dimensions (best of 4 seeds per probability):")
+    for p, w, bias, count in zip(probabilities, W5, b5, pentagon_seeds):
+        print(f"  p={p:.3f}: {_describe(w, bias):22s} seeds forming a pentagon: {count}/{n_seeds}")
+    sparsest = W5[-1], b5[-1]
+    rounded = lambda values, digits: np.round(np.asarray(values, np.float64), digits).tolist()
+    print(f"  at p={probabilities[-1]:.3f}: neighbour angles {rounded(S.polygon_angles(sparsest[0]), 1)}"
+          f" deg, norms {rounded(S.feature_norms(sparsest[0]), 2)}, biases {rounded(sparsest[1], 2)}")
+    print("  (seeds that miss the pentagon stop in local minima such as antipodal pairs)")
+
+    # 3. The n = 2, m = 1 phase diagram.
+    grid = 6 if quick else 10
+    densities, importances = np.logspace(-2, 0, grid), np.logspace(-1, 1, grid)
+    phases, _ = S.phase_diagram(densities, importances, n_seeds=2,
+                                steps=500 if quick else 800, batch_size=128 if quick else 256,
+                                lr=3e-2, seed=seed)
+    counts = {name: int(np.sum(phases == i)) for i, name in enumerate(S.PHASES)}
+    print(f"phase diagram n=2, m=1 ({grid}x{grid} cells): {counts}, other: {int(np.sum(phases < 0))}")
+
+    # 4. The hand-built pentagon network (Example 26).
+    net = S.pentagon_network()
+    eye = np.eye(5)
+    z = net.preactivation(eye)
+    both = net.preactivation((eye[0] + eye[2])[None])[0]
+    print("pentagon network (Example 26): b1 =", np.round(net.b1, 3).tolist())
+    print(f"  single features come back exactly: {np.allclose(net(eye), eye)}; "
+          f"largest interference pre-activation {z[~np.eye(5, dtype=bool)].max():.4f}")
+    print(f"  e1 + e3: feature 1 pre-activation {both[0]:.4f} -> output {max(both[0], 0):.1f} (erased)")
+
+    # 5. Johnson-Lindenstrauss.
+    rng = np.random.default_rng(seed)
+    points = rng.standard_normal((100, 1000))
+    ms = np.array([200, 400, 800])
+    distortion = [S.jl_distortion(points, m, rng) for m in ms]
+    bound = S.jl_epsilon(100, ms)
+    eps = 0.3
+    dims = np.array([5, 10, 20, 30, 40]) if quick else np.array([5, 10, 20, 30, 40, 50, 60])
+    counts_orth = [len(S.nearly_orthogonal_directions(m, eps, 1500 if quick else 4000, rng)) for m in dims]
+    print("Johnson-Lindenstrauss, N=100 points:")
+    for m, d, e in zip(ms, distortion, bound):
+        print(f"  m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
+    print(f"  directions with |cos| < {eps} (greedy, random): "
+          + ", ".join(f"m={m}: {c}" for m, c in zip(dims, counts_orth)))
+
+    # 6. A sparse autoencoder on a toy model in superposition.
+    sae_run = S.sae_experiment(toy_steps=800 if quick else 2000, sae_steps=800 if quick else 3000,
+                               seed=seed)
+    print(f"sparse autoencoder on n=64 features in m=32 dims ({sae_run['represented']} represented):"
+          f" MMCS {sae_run['mmcs']:.3f} vs random dictionary {sae_run['random_mmcs']:.3f},"
+          f" dead latents {sae_run['dead_latents']}")
+
+    if ctx.plots:
+        titles = ["linear\nS = 0"] + [f"ReLU\nS = {s:g}" for s in S.SWEEP_SPARSITIES]
+        ctx.save(_sweep_figure(plt, [linear.W[0]] + list(relu.W), titles), "superposition_sweep")
+        ctx.save(_dimensions_figure(plt, inverse_density, summary["dimensions_per_feature"], sticky),
+             "superposition_dimensions_per_feature")
+        ctx.save(_pentagon_row_figure(plt, probabilities, W5, b5), "superposition_five_in_two")
+        ctx.save(_phase_figure(plt, densities, importances, phases), "superposition_phase_diagram")
+        ctx.save(_jl_figure(plt, ms, distortion, bound, dims, counts_orth, eps), "johnson_lindenstrauss")
+        true = sae_run["true_directions"]
+        ctx.save(_sae_figure(plt, S.max_cosine_similarity(sae_run["sae"].params["W_dec"], true),
+                         S.max_cosine_similarity(sae_run["random_dictionary"], true),
+                         sae_run["mmcs"], sae_run["random_mmcs"]), "sae_recovery")
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Polysemantic neurons of a real MLP layer
+# ----------------------------------------------------------------------------------------------
+
+def polysemanticity_report(ctx, activations, token_labels):
+    """activations (tokens, neurons): the feed-forward hidden layer on some text; token_labels:
+    one string per token. Prints the measurements, draws the four figures of Borovoy (2024)."""
+    a = np.asarray(activations, dtype=np.float64)
+    if a.ndim != 2 or len(token_labels) != a.shape[0]:
+        raise ValueError(f"activations must be (tokens, neurons) with one token label per row; "
+                         f"got shape {a.shape} and {len(token_labels)} labels")
+    n_tokens, n_neurons = a.shape
+    distance = S.cosine_distance_matrix(a)
+    pairs = distance[np.triu_indices(n_neurons, k=1)]
+    sums = a.sum(axis=0)
+    dead = int(np.sum(~np.any(a != 0, axis=0)))
+    active_per_token = np.mean(np.sum(a > 0, axis=1))
+    # A neuron's "meanings": distinct tokens among those where it fires above half its maximum.
+    strong = (a > 0) & (a >= 0.5 * a.max(axis=0, keepdims=True))
+    labels = np.asarray(token_labels, dtype=object)
+    meanings = [len(set(labels[strong[:, j]])) for j in range(n_neurons) if strong[:, j].any()]
+    print(f"{n_tokens} tokens x {n_neurons} neurons; {dead} neurons never fire")
+    print(f"  cosine distance between neurons: mean {pairs.mean():.3f}, median {np.median(pairs):.3f};"
+          f" {np.mean(pairs < 0.5):.1%} of pairs below 0.5 (similar), {np.mean(pairs > 1.5):.1%} above 1.5")
+    print(f"  neurons active per token: {active_per_token:.1f} of {n_neurons}")
+    print(f"  distinct tokens a neuron fires strongly on: median {np.median(meanings):.0f}")
+    print(f"  summed activation per neuron: mean {sums.mean():.2f}, std {sums.std():.2f}")
+    if a.min() >= 0:
+        print("  (ReLU activations are >= 0, so no two neurons point in opposite directions: every"
+              " distance is <= 1; GELU, as in BERT, allows the small negatives behind distances near 2)")
+    if not ctx.plots:
+        return
+    plt = ctx.plt
+    rng = np.random.default_rng(ctx.seed)
+
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    image = ax.imshow(distance, cmap="RdBu_r", vmin=0, vmax=2)
+    fig.colorbar(image, ax=ax, label="cosine distance 1 - cos")
+    ax.set_xlabel("neuron")
+    ax.set_ylabel("neuron")
+    ax.set_title("Cosine distance between neurons\n(each neuron: its activations over the tokens)")
+    ctx.save(fig, "polysemantic_cosine_heatmap")
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.hist(pairs, bins=50, range=(0, 2), color="#3b6fb6")
+    ax.axvline(1, color="k", ls="--", lw=1, label="orthogonal (1)")
+    ax.set_xlabel("cosine distance between two neurons")
+    ax.set_ylabel("number of neuron pairs")
+    ax.set_title("Histogram of neuron-neuron cosine distances")
+    ax.legend()
+    ctx.save(fig, "polysemantic_cosine_histogram")
+
+    sampled = rng.choice(n_neurons, size=min(50, n_neurons), replace=False)
+    shown = min(n_tokens, 80)
+    fig, ax = plt.subplots(figsize=(12, 4.8))
+    for j in sampled:
+        ax.plot(np.arange(shown), a[:shown, j], lw=1, alpha=0.6)
+    ax.set_xticks(np.arange(shown))
+    ax.set_xticklabels([repr(t)[1:-1] if t.strip() else "␣" for t in token_labels[:shown]],
+                       fontsize=10, family="monospace")
+    ax.set_xlabel("token")
+    ax.set_ylabel("activation")
+    ax.set_title(f"Activations of {len(sampled)} randomly sampled neurons across the first "
+                 f"{shown} tokens")
+    ctx.save(fig, "polysemantic_sampled_neurons")
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.hist(sums, bins=40, color="#d6604d")
+    ax.set_xlabel(f"activation summed over all {n_tokens} tokens")
+    ax.set_ylabel("number of neurons")
+    ax.set_title("Summed activation per neuron")
+    ctx.save(fig, "polysemantic_summed_activations")
+
+
+def chapter_polysemantic(ctx):
+    """Polysemantic neurons in the feed-forward layer of the chapter-4 character model"""
+    polysemanticity_report(ctx, *charlm_activations(ctx))
+
+
+# ----------------------------------------------------------------------------------------------
 # 8. Command line
 # ----------------------------------------------------------------------------------------------
-# <!-- lead: chapters 5-7 are pasted above from demo_circuits_part.py and
-# demo_superposition_part.py; add them here, in this order:
-#     "circuits": chapter_circuits,
-#     "superposition": chapter_superposition,
-#     "polysemantic": lambda ctx: chapter_polysemantic(ctx, *charlm_activations(ctx)),
-# (chapter_polysemantic takes the chapter-4 activations; charlm() trains the model if chapter 4
-# has not run.) -->
-
 CHAPTERS = {
     "onehot": chapter_onehot,
     "rohrer": chapter_rohrer,
     "translate": chapter_translate,
     "charlm": chapter_charlm,
     "circuits": chapter_circuits,
+    "superposition": chapter_superposition,
+    "polysemantic": chapter_polysemantic,
 }
 
 

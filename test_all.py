@@ -8,6 +8,10 @@ Sections follow the files they check, in reading order:
     circuits.py      the Kronecker identities; one head computed three ways; the path expansion
                      equal to the logits term by term; QK/OV circuits; planted skip-trigrams
                      recovered; an induction head grown in two layers and not in one.
+    superposition.py gradient checks of the toy model and the sparse autoencoder; the paper's
+                     three results; exact dimensionalities of known geometries; the pentagon,
+                     trained and hand-built; Johnson-Lindenstrauss; recovery of features by an SAE.
+    demo.py          the tour runs every chapter it lists, in order, and prints its story.
 """
 
 import os
@@ -16,13 +20,20 @@ import os
 # times slower on a busy two-core machine). Must be set before NumPy is imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from contextlib import ExitStack  # noqa: E402  (imports after the thread setting, on purpose)
+import functools  # noqa: E402  (imports after the thread setting, on purpose)
+import math  # noqa: E402
+import pathlib  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
 from functools import lru_cache  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import circuits as C  # noqa: E402
+import superposition as S  # noqa: E402
 import transformer as T  # noqa: E402
 
 TOL = 1e-6   # the largest relative error a hand-written gradient may show against central differences
@@ -796,3 +807,441 @@ def test_circuits_bad_inputs_raise_value_errors_that_name_the_argument():
         C.copying_score(np.ones((2, 3)))
     with pytest.raises(ValueError, match="tokens"):
         C.path_expansion(model, np.full((1, 3), 11))
+
+
+# ==============================================================================================
+# superposition.py: the toy model's gradients and three results, exact geometries, the pentagon, JL, the SAE
+# ==============================================================================================
+
+# ----------------------------------------------------------------------------------------------
+# Gradients, checked by central differences in float64
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", S.ACTIVATIONS)
+def test_toy_model_gradients(activation):
+    # Three instances with their own probabilities and importances: the instance axis must not
+    # mix them. A random bias makes some ReLUs cut and some pass.
+    model = S.ToyModel(6, 3, n_instances=3, feature_probability=[1.0, 0.5, 0.2],
+                       importance=np.random.default_rng(1).uniform(0.1, 1, (3, 6)),
+                       activation=activation, seed=1)
+    model.b[...] = np.random.default_rng(2).normal(0, 0.3, model.b.shape)
+    x = model.sample(7)
+    target = x.copy()               # x is both input and target; check the input path alone
+
+    def loss():
+        return float(model.loss(target, model.forward(x))[0].sum())
+
+    model.zero_grad()
+    _, dx_hat = model.loss(target, model.forward(x))
+    dx = model.backward(dx_hat)
+    errors = T.gradient_check(loss, list(model.parameters()) + [("x", x, dx)], num_checks=30)
+    assert max(errors.values()) < 1e-7, errors
+
+
+def test_toy_model_instances_are_independent():
+    # The gradient of instance 0 must not change when instance 1's weights change.
+    model = S.ToyModel(5, 2, n_instances=2, seed=3)
+    x = model.sample(16)
+
+    def grad_of_instance_0():
+        model.zero_grad()
+        model.backward(model.loss(x, model.forward(x))[1])
+        return model.grads["W"][0].copy()
+
+    before = grad_of_instance_0()
+    model.W[1] += 1.0
+    assert np.array_equal(before, grad_of_instance_0())
+
+
+def test_sae_gradients():
+    sae = S.SparseAutoencoder(5, 8, l1=0.1, seed=0)
+    sae.params["b_dec"][...] = 0.1
+    sae.params["b_enc"][...] = np.random.default_rng(4).normal(0, 0.2, 8)
+    h = np.random.default_rng(5).normal(size=(9, 5))
+    target = h.copy()
+
+    def loss():
+        return sae.loss(target, sae.forward(h))[0]
+
+    sae.zero_grad()
+    _, dh_hat, dz = sae.loss(target, sae.forward(h))
+    dh = sae.backward(dh_hat, dz)
+    errors = T.gradient_check(loss, list(sae.parameters()) + [("h", h, dh)], num_checks=30)
+    assert max(errors.values()) < 1e-7, errors
+
+
+# ----------------------------------------------------------------------------------------------
+# The data
+# ----------------------------------------------------------------------------------------------
+
+def test_sparse_features_distribution():
+    p = np.array([1.0, 0.3, 0.01, 0.0])
+    model = S.ToyModel(50, 5, n_instances=4, feature_probability=p, seed=0)
+    x = model.sample(4000)                                      # (4, 4000, 50)
+    active = x > 0
+    n = active[0].size
+    # Fraction present within 5 standard deviations of p; p = 0 is never present.
+    assert np.all(np.abs(active.mean(axis=(1, 2)) - p) <= 5 * np.sqrt(p * (1 - p) / n))
+    assert not active[3].any()
+    # Present values are uniform on [0, 1): mean 1/2, variance 1/12.
+    values = x[1][active[1]]
+    assert values.max() < 1
+    assert abs(values.mean() - 0.5) < 5 * math.sqrt(1 / 12 / values.size)
+    assert abs(values.var() - 1 / 12) < 0.01
+    # float32 stays float32, and the same seed gives the same numbers bit for bit.
+    a = S.ToyModel(20, 5, feature_probability=0.1, seed=7, dtype=np.float32).sample(64)
+    b = S.ToyModel(20, 5, feature_probability=0.1, seed=7, dtype=np.float32).sample(64)
+    assert a.dtype == np.float32 and np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements
+# ----------------------------------------------------------------------------------------------
+
+def test_known_geometries_exact():
+    for name, (W, expected) in S.known_geometries().items():
+        m, n = W.shape
+        assert np.allclose(S.feature_norms(W), 1, atol=1e-12), name
+        assert np.allclose(S.feature_dimensionality(W), expected, rtol=0, atol=1e-12), name
+        assert math.isclose(S.dimensions_per_feature(W), expected, abs_tol=1e-12), name
+        # Tight frame: Σ_j (W_i·W_j)² = n/m, so superposition = n/m - 1.
+        assert np.allclose(S.superposition(W), n / m - 1, atol=1e-12), name
+
+
+def test_measurements_match_their_definitions():
+    W = np.random.default_rng(0).normal(size=(3, 7))
+    W[:, 4] = 0                                                 # one feature not represented
+    norms = [np.linalg.norm(W[:, i]) for i in range(7)]
+    for i in range(7):
+        unit = W[:, i] / norms[i] if norms[i] > 0 else np.zeros(3)
+        overlaps = [(unit @ W[:, j]) ** 2 for j in range(7)]
+        assert math.isclose(S.superposition(W)[i], sum(overlaps) - overlaps[i], abs_tol=1e-12)
+        expected_d = norms[i] ** 2 / sum(overlaps) if norms[i] > 0 else 0.0
+        assert math.isclose(S.feature_dimensionality(W)[i], expected_d, abs_tol=1e-12)
+    assert math.isclose(S.dimensions_per_feature(W), 3 / np.sum(W ** 2))
+    # The instance axis gives the same numbers as one model at a time.
+    stack = np.stack([W, 2 * W])
+    assert np.allclose(S.superposition(stack)[1], 4 * S.superposition(W))
+    assert np.allclose(S.feature_dimensionality(stack)[1], S.feature_dimensionality(W))
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's three results on n = 20, m = 5, I_i = 0.9^i
+# ----------------------------------------------------------------------------------------------
+
+def test_three_results():
+    linear, _ = S.sparsity_sweep(sparsities=(0.0, 0.99), activation="linear", steps=2000, lr=1e-2)
+    relu, _ = S.sparsity_sweep(sparsities=(0.0, 0.99, 0.999), steps=2000, lr=1e-2)
+    top5 = np.arange(20) < 5
+    # (a) linear: the 5 most important features, orthogonal, at any sparsity.
+    assert np.array_equal(S.represented(linear.W), np.stack([top5, top5]))
+    assert np.all(S.summarize(linear.W)["max_superposition"] < 0.02)
+    # (b) dense ReLU: the same 5 features, nearly orthogonal.
+    assert np.array_equal(S.represented(relu.W[0]), top5)
+    assert S.summarize(relu.W[:1])["max_superposition"][0] < 0.02
+    # (c) sparse ReLU: at least 18 of 20 represented, in superposition.
+    summary = S.summarize(relu.W[1:])
+    assert np.all(summary["represented"] >= 18)
+    assert np.all(summary["max_superposition"] > 1)
+    assert np.all(summary["dimensions_per_feature"] < 0.3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Five features in two dimensions, and the n = 2, m = 1 phase diagram
+# ----------------------------------------------------------------------------------------------
+
+def test_five_in_two_dense_orthogonal_sparse_pentagon():
+    model, best = S.five_in_two([1.0, 0.05], n_seeds=4, steps=3000)
+    W, b = model.W[best], model.b[best]
+    # Dense: the two most important features, orthogonal.
+    assert np.array_equal(S.represented(W[0]), [True, True, False, False, False])
+    cos = W[0][:, 0] @ W[0][:, 1] / np.prod(S.feature_norms(W[0][:, :2]))
+    assert abs(math.degrees(math.acos(cos)) - 90) < 5
+    # Sparse: a regular pentagon with norms ≈ 1.1 and negative biases.
+    assert S.is_regular_pentagon(W[1], b[1])
+    assert np.all(np.abs(S.polygon_angles(W[1]) - 72) < 5)
+    assert np.all((S.feature_norms(W[1]) > 1.0) & (S.feature_norms(W[1]) < 1.25))
+    assert np.all(b[1] < 0)
+
+
+def test_is_regular_pentagon_rejects_other_shapes():
+    pentagon = S.regular_polygon(5) * 1.1
+    assert S.is_regular_pentagon(pentagon, -0.2 * np.ones(5))
+    assert not S.is_regular_pentagon(pentagon, 0.1 * np.ones(5))           # positive bias
+    squashed = pentagon * np.array([[1.0], [0.6]])
+    assert not S.is_regular_pentagon(squashed, -0.2 * np.ones(5))
+
+
+def test_phase_diagram_three_regions():
+    # Columns: density 1 (dense) and 0.02 (sparse); rows: relative importance 0.3 and 3.
+    phases, W = S.phase_diagram([1.0, 0.02], [0.3, 3.0], n_seeds=3, steps=1500, batch_size=256,
+                                lr=3e-2)
+    assert W.shape == (2, 2, 1, 2)
+    assert phases[0, 0] == S.PHASES.index("feature 2 not learned")
+    assert phases[1, 0] == S.PHASES.index("feature 2 takes the dimension")
+    assert phases[0, 1] == S.PHASES.index("antipodal pair")
+    assert phases[1, 1] == S.PHASES.index("antipodal pair")
+
+
+def test_classify_phase():
+    W = np.array([[[1.0, 0.0]], [[0.0, -1.0]], [[1.0, -1.0]], [[1.0, 1.0]]])
+    assert S.classify_phase(W).tolist() == [0, 1, 2, -1]
+
+
+# ----------------------------------------------------------------------------------------------
+# The pentagon network of Example 26
+# ----------------------------------------------------------------------------------------------
+
+def test_pentagon_network():
+    net = S.pentagon_network()
+    eye = np.eye(5)
+    assert np.all(net.hidden(eye) > 0)                          # the hidden ReLU never cuts
+    assert np.allclose(net.b1, [0.819017, 0.961057], atol=1e-6)
+    assert np.allclose(net(eye), eye, atol=1e-12)               # every single feature exact
+    z = net.preactivation(eye)
+    assert np.allclose(np.diag(z), 1, atol=1e-12)
+    off = z[~np.eye(5, dtype=bool)]
+    assert math.isclose(off.max(), 1.5 * math.cos(2 * math.pi / 5) - 0.5, abs_tol=1e-12)
+    # e1 + e3: 144° apart, feature 1's pre-activation 1.5 (1 + cos 144°) - 0.5 ≈ -0.2135.
+    both = (eye[0] + eye[2])[None, :]
+    assert np.all(net.hidden(both) > 0)
+    z13 = net.preactivation(both)[0, 0]
+    assert math.isclose(z13, 1.5 * (1 + math.cos(4 * math.pi / 5)) - 0.5, abs_tol=1e-12)
+    assert round(z13, 2) == -0.21
+    assert net(both)[0, 0] == 0                                 # feature 1 erased
+
+
+# ----------------------------------------------------------------------------------------------
+# Johnson-Lindenstrauss
+# ----------------------------------------------------------------------------------------------
+
+def test_jl_distortion_within_bound():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(40, 1000))
+    eps = S.jl_epsilon(40, [150, 300, 600])
+    # ε solves ε²/2 - ε³/3 = 6 ln N / m and shrinks as m grows.
+    assert np.allclose(eps ** 2 / 2 - eps ** 3 / 3, 6 * math.log(40) / np.array([150, 300, 600]))
+    assert np.all(np.diff(eps) < 0) and np.all(eps < 1)
+    for m, bound in zip([150, 300, 600], eps):
+        assert S.jl_distortion(points, m, rng) <= bound
+    assert S.jl_epsilon(40, 10) == np.inf                       # too few dimensions: no bound
+
+
+def test_random_projection_preserves_norms_on_average():
+    rng = np.random.default_rng(1)
+    P = S.random_projection(300, 200, rng)
+    assert set(np.unique(P * math.sqrt(200))) == {-1.0, 1.0}
+    # E[PPᵀ] = Id: each row of P has squared norm exactly 1.
+    assert np.allclose(np.sum(P * P, axis=1), 1)
+
+
+def test_nearly_orthogonal_directions():
+    rng = np.random.default_rng(2)
+    counts = []
+    for m in (5, 20, 40):
+        kept = S.nearly_orthogonal_directions(m, 0.3, 2000, rng)
+        cos = kept @ kept.T
+        assert np.all(np.abs(cos[~np.eye(len(kept), dtype=bool)]) < 0.3)
+        counts.append(len(kept))
+    assert counts[0] < counts[1] < counts[2] and counts[2] > 40   # more directions than dims
+
+
+# ----------------------------------------------------------------------------------------------
+# Polysemanticity measures
+# ----------------------------------------------------------------------------------------------
+
+def test_cosine_distance_matrix():
+    a = np.array([[1.0, 2.0, 0.0, -1.0, 0.0],
+                  [0.0, 0.0, 3.0, 0.0, 0.0]])                   # (tokens 2, neurons 5)
+    d = S.cosine_distance_matrix(a)
+    assert d.shape == (5, 5) and np.allclose(d, d.T)
+    assert math.isclose(d[0, 1], 0, abs_tol=1e-12)              # same direction
+    assert math.isclose(d[0, 2], 1, abs_tol=1e-12)              # orthogonal
+    assert math.isclose(d[0, 3], 2, abs_tol=1e-12)              # opposite
+    assert np.allclose(d[4, :4], 1) and d[4, 4] == 0            # a neuron that never fires
+    assert np.all(np.diag(d) == 0)
+
+
+def test_mean_max_cosine_similarity():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(10, 6))
+    dictionary = 3 * features[rng.permutation(10)]              # same directions, any order
+    assert math.isclose(S.mean_max_cosine_similarity(dictionary, features), 1)
+    assert S.mean_max_cosine_similarity(rng.normal(size=(10, 6)), features) < 0.95
+
+
+# ----------------------------------------------------------------------------------------------
+# Sparse autoencoder
+# ----------------------------------------------------------------------------------------------
+
+def test_sae_recovers_features_from_superposition():
+    result = S.sae_experiment()
+    assert result["represented"] >= 60                          # the toy model superposes
+    assert result["random_mmcs"] <= 0.5
+    assert result["mmcs"] >= 0.95
+    assert 0 <= result["dead_latents"] <= 64
+    W_dec = result["sae"].params["W_dec"]
+    assert np.allclose(np.linalg.norm(W_dec, axis=1), 1, atol=1e-5)   # unit dictionary rows
+
+
+def test_sae_resamples_dead_latents():
+    sae = S.SparseAutoencoder(4, 6, l1=0.01, seed=0)
+    h = np.random.default_rng(6).normal(size=(64, 4))
+    sae.params["b_enc"][2] = -100.0                             # latent 2 can never fire
+    assert sae.dead_latents(h) >= 1
+    optimizer = T.Adam(sae.parameters(), lr=1e-3)
+    optimizer.m[0][...] = 1.0
+    sae.resample_dead(h, np.array([2]), optimizer)
+    assert sae.params["b_enc"][2] == 0
+    assert math.isclose(np.linalg.norm(sae.params["W_dec"][2]), 1)
+    assert np.all(optimizer.m[0][:, 2] == 0) and np.all(optimizer.m[0][:, 1] == 1)
+    assert np.any(sae.encode(h)[:, 2] > 0)                      # alive again
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input, divergence, reproducibility
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(n_features=0), "n_features"),
+    (dict(n_hidden=2.5), "n_hidden"),
+    (dict(n_instances=True), "n_instances"),
+    (dict(feature_probability=1.5), "feature_probability"),
+    (dict(feature_probability=[0.5, -0.1], n_instances=2), "feature_probability"),
+    (dict(feature_probability=[0.5, 0.1, 0.2]), "feature_probability"),
+    (dict(importance=[1.0, 0.5]), "importance"),
+    (dict(importance=-np.ones(6)), "importance"),
+    (dict(importance=np.nan), "importance"),
+    (dict(activation="tanh"), "activation"),
+    (dict(dtype=np.int32), "dtype"),
+])
+def test_toy_model_bad_input(kwargs, name):
+    args = dict(n_features=6, n_hidden=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        S.ToyModel(**args)
+
+
+def test_fit_bad_input_and_divergence():
+    model = S.ToyModel(6, 2, seed=0)
+    before = model.W.copy()
+    for kwargs, name in [(dict(steps=0, batch_size=8), "steps"),
+                         (dict(steps=5, batch_size=-1), "batch_size"),
+                         (dict(steps=5, batch_size=8, lr=0), "lr"),
+                         (dict(steps=5, batch_size=8, lr=float("nan")), "lr")]:
+        with pytest.raises(ValueError, match=name):
+            model.fit(**kwargs)
+    assert np.array_equal(model.W, before)                      # nothing changed
+    with pytest.raises(FloatingPointError, match="not finite"):
+        model.fit(steps=50, batch_size=8, lr=1e100)
+    with pytest.raises(ValueError, match="x must have shape"):
+        model.forward(np.zeros((2, 3, 6)))
+    with pytest.raises(ValueError, match="sparsities"):
+        S.sparsity_sweep(sparsities=(0.5, 1.2))
+    with pytest.raises(ValueError, match="probabilities"):
+        S.five_in_two([])
+    with pytest.raises(ValueError, match="densities"):
+        S.phase_diagram([0.1, -0.2], [1.0])
+    with pytest.raises(ValueError, match="relative_importances"):
+        S.phase_diagram([0.1], [-1.0])
+
+
+def test_other_bad_input():
+    with pytest.raises(ValueError, match="l1"):
+        S.SparseAutoencoder(4, 8, l1=-1)
+    with pytest.raises(ValueError, match="n_latents"):
+        S.SparseAutoencoder(4, 0)
+    with pytest.raises(ValueError, match="h must have shape"):
+        S.SparseAutoencoder(4, 8).forward(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="activations"):
+        S.cosine_distance_matrix(np.zeros(5))
+    with pytest.raises(ValueError, match="eps"):
+        S.nearly_orthogonal_directions(5, 1.5, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="scale"):
+        S.pentagon_network(scale=0)
+    with pytest.raises(ValueError, match="n_points"):
+        S.jl_epsilon(1, 10)
+
+
+def test_training_is_reproducible():
+    def run():
+        model = S.ToyModel(8, 3, n_instances=2, feature_probability=[1.0, 0.1], seed=5)
+        return model.fit(20, 16, lr=1e-2), model.W.copy()
+    (h1, w1), (h2, w2) = run(), run()
+    assert np.array_equal(h1, h2) and np.array_equal(w1, w2)
+    assert np.all(h1[-5:].mean(axis=0) < h1[:5].mean(axis=0))   # and it learns
+
+
+# ==============================================================================================
+# demo.py: the tour runs, in order, and tells its story
+# ==============================================================================================
+
+DEMO = pathlib.Path(__file__).resolve().parent / "demo.py"
+
+
+def _demo_run(*args, importtime=False):
+    """Run demo.py with args; -> CompletedProcess with text stdout and stderr."""
+    command = [sys.executable] + (["-X", "importtime"] if importtime else []) + [str(DEMO), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=DEMO.parent, timeout=120)
+
+
+@functools.lru_cache(maxsize=None)
+def _demo_quick_run():
+    """The one full quick run shared by the tests below (it is the slow part)."""
+    return _demo_run("--quick", "--no-plots", importtime=True)
+
+
+def _demo_listed_chapters():
+    result = _demo_run("--list")
+    assert result.returncode == 0, result.stderr
+    return [re.match(r"\d+\. (\S+)", line).group(1) for line in result.stdout.splitlines()]
+
+
+def test_demo_quick_no_plots_runs_every_listed_chapter_in_order():
+    result = _demo_quick_run()
+    assert result.returncode == 0, result.stderr[-2000:]
+    times_line = result.stdout.strip().splitlines()[-1]
+    ran = re.findall(r"(\w+) [\d.]+ s", times_line.removeprefix("times: "))
+    assert ran[:-1] == _demo_listed_chapters() and ran[-1] == "total"
+
+
+def test_demo_no_plots_never_imports_matplotlib():
+    # -X importtime lists every module the interpreter imported on stderr
+    result = _demo_quick_run()
+    assert result.returncode == 0
+    assert "import time:" in result.stderr and "matplotlib" not in result.stderr
+
+
+def test_demo_prints_the_story_it_tells():
+    out = _demo_quick_run().stdout
+    # Rohrer's hand-counted votes, before and after masking (chapter 1, no learning involved)
+    assert "before masking: down 4, please 5    after masking: down 0, please 1" in out
+    assert "before masking: down 5, please 4    after masking: down 1, please 0" in out
+    # the trained decoder-only model gets the eight-word-deep dependency right (chapter 2)
+    assert "'program ... ran' -> 'please'" in out and "'battery ... ran' -> 'down'" in out
+    # the key/value cache gives the same tokens as recomputing everything (chapter 4)
+    assert "same tokens: True" in out
+
+
+def test_demo_one_chapter_writes_the_figures_it_names(tmp_path):
+    outdir = tmp_path / "new" / "figures"                  # created by demo.py
+    result = _demo_run("--quick", "--chapter", "onehot", "--outdir", str(outdir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    named = [pathlib.Path(p) for p in re.findall(r"figure: (\S+)", result.stdout)]
+    assert named and sorted(named) == sorted(outdir.iterdir())
+    for path in named:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"times: onehot [\d.]+ s \| total", result.stdout)
+
+
+def test_demo_bad_arguments_fail_fast_with_a_message(tmp_path):
+    unknown = _demo_run("--chapter", "no-such-chapter")
+    assert unknown.returncode == 2 and "no-such-chapter" in unknown.stderr
+    assert "onehot" in unknown.stderr                        # the message lists what is allowed
+    seed = _demo_run("--seed", "zero")
+    assert seed.returncode == 2 and "--seed" in seed.stderr
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    unwritable = _demo_run("--chapter", "onehot", "--outdir", str(blocker / "figures"))
+    assert unwritable.returncode == 2 and "--outdir" in unwritable.stderr
+    assert "==" not in unwritable.stdout                    # failed before any chapter ran

@@ -1,0 +1,769 @@
+"""Superposition: why one neuron can mean several things, shown with the smallest models that do it.
+
+Read this file top to bottom; each section uses only what came before it.
+
+    1. Sparse features       the synthetic data of "Toy Models of Superposition" (Elhage et al.
+                             2022, section "Demonstrating Superposition")
+    2. The toy models        linear  x' = WᵀWx + b  and ReLU output  x' = ReLU(WᵀWx + b),
+                             forward and backward written by hand
+    3. Many models at once   an instance axis, so a sweep over sparsities is one computation;
+                             training with transformer.Adam
+    4. Measuring it          feature norms, superposition, dimensions per feature, feature
+                             dimensionality; checked exactly on known geometries
+    5. The three results     n = 20 features in m = 5 dimensions, a sweep over sparsity
+    6. Five features in two  the pentagon, the n = 2, m = 1 phase diagram, the "sticky" 1/2
+    7. A pentagon by hand    the superposition network of Example 26 of the Kronecker paper
+    8. Johnson-Lindenstrauss why so many nearly orthogonal directions fit in few dimensions
+    9. Polysemantic neurons  cosine distances between the neurons of a real MLP layer
+                             (Borovoy, "Investigating Polysemantic Neurons", 2024)
+   10. Sparse autoencoder    taking features back out of superposition (dictionary learning),
+                             scored by mean max cosine similarity against the true features
+
+Conventions:
+    * Papers write features as columns, h = W x with W of shape (m, n); so does this file.
+      Column W[:, i] is feature i's direction in the hidden space. With an instance axis the
+      weights are W (I, m, n) and biases b (I, n): I independent models trained side by side.
+    * A batch has rows as examples, as tokens are rows in transformer.py: x (I, B, n) with the
+      instance axis first so np.matmul batches over it. Then h = x @ Wᵀ is (I, B, m).
+    * Every layer keeps in forward what backward needs; backward(dout) returns the input's
+      gradient and adds (+=) into self.grads, as in transformer.py. The optimizer is
+      transformer.Adam.
+    * Randomness only through np.random.default_rng(seed). float64 for gradient checks,
+      float32 for speed: nothing in a forward or backward pass changes the dtype.
+    * No plotting here; demo.py draws the figures.
+"""
+
+import math
+
+import numpy as np
+
+import transformer as T
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking arguments
+# ----------------------------------------------------------------------------------------------
+# Every public entry point checks its input before it changes any state, and names the argument.
+
+DTYPES = (np.float32, np.float64)
+
+
+def _check_count(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_dtype(dtype):
+    if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
+        raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
+    return np.dtype(dtype).type
+
+
+def _check_unit_interval(name, values):
+    """A non-empty 1-D list of numbers in [0, 1] -> float64 array."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0 or not np.all((a >= 0) & (a <= 1)):
+        raise ValueError(f"{name} must be a non-empty list of numbers in [0, 1], got {values!r}")
+    return a
+
+
+def _instance_feature_array(name, value, n_instances, n_features, vector_means):
+    """Broadcast a number, a vector or an (I, n) array to (I, n). A vector is read as one value
+    per instance or one per feature, as vector_means says ("instance" or "feature")."""
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim == 1:
+        expected = n_instances if vector_means == "instance" else n_features
+        if a.shape[0] != expected:
+            raise ValueError(f"{name} as a vector needs one value per {vector_means} "
+                             f"({expected}), got length {a.shape[0]}")
+        a = a[:, None] if vector_means == "instance" else a[None, :]
+    elif a.ndim > 2 or (a.ndim == 2 and a.shape != (n_instances, n_features)):
+        raise ValueError(f"{name} must be a number, a vector of one value per {vector_means}, "
+                         f"or an array of shape {(n_instances, n_features)}; got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return np.broadcast_to(a, (n_instances, n_features)).copy()
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Sparse features
+# ----------------------------------------------------------------------------------------------
+# The data is made up so that we know the true features. There are n of them. In each example
+# feature i is present with probability p_i = 1 - S_i (S is the sparsity) and then takes a value
+# uniform in [0, 1]; otherwise it is 0. Each feature has an importance I_i that weights its
+# error in the loss; the paper uses I_i = 0.9^i, so feature 0 matters most.
+#
+# Sampling is a large part of the training time, so it uses one uniform draw per entry, not two:
+# u ~ U[0, 1) is below p with probability p, and given that it is, u / p is uniform on [0, 1).
+# So x = u / p where u / p < 1, and 0 elsewhere, is exactly the distribution above (up to
+# rounding: u/p is computed as u · (1/p), which may round a u just below p up to 1).
+
+def sparse_features(rng, inverse_probability, batch_size, dtype):
+    """inverse_probability (I, 1, n) holds 1/p (0 where p = 0) -> x (I, batch_size, n)."""
+    n_instances, _, n_features = inverse_probability.shape
+    x = rng.random((n_instances, batch_size, n_features), dtype=dtype)
+    x *= inverse_probability
+    x *= x < 1                      # u >= p: the feature is absent in this example
+    return x
+
+
+def importance_decay(n_features, base=0.9):
+    """I_i = base^i: the paper's importances, (n,)."""
+    return base ** np.arange(n_features, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The toy models, and 3. many of them at once
+# ----------------------------------------------------------------------------------------------
+# Squeeze n features into m < n hidden dimensions and read them back with the same matrix:
+#     h = W x              (m,)   the hidden representation
+#     x' = Wᵀh + b         (n,)   the linear model
+#     x' = ReLU(Wᵀh + b)   (n,)   the ReLU output model
+# Loss, per model: the importance-weighted squared error, summed over features and averaged over
+# the batch, L = (1/B) Σ_b Σ_i I_i (x_i - x'_i)².
+#
+# Backward, by hand, for one example (columns, as in the paper). With z = Wᵀh + b and
+# g = ∂L/∂z = (2/B) I ⊙ (x' - x) ⊙ 1[z > 0] (drop the indicator for the linear model):
+#     ∂L/∂b = Σ_batch g
+#     ∂L/∂h = W g                                   (m,)
+#     ∂L/∂W = h gᵀ + (W g) xᵀ   summed over the batch: W is used twice, as the decoder in
+#             z = Wᵀh and as the encoder in h = W x, and the two gradients add.
+# With rows as examples the same lines read dh = g @ Wᵀ and dW = hᵀ g + dhᵀ x.
+# The instance axis is just a leading batch axis of np.matmul, so I models cost one computation.
+# The instances share nothing: the total loss is Σ_instances L, whose gradient with respect to
+# one instance's weights is that instance's own gradient.
+
+ACTIVATIONS = ("relu", "linear")
+
+
+class ToyModel(T.Module):
+    """I toy models of n_features in n_hidden dimensions, trained side by side.
+
+    feature_probability (1 - sparsity): a number, one per instance (I,), or (I, n).
+    importance: a number, one per feature (n,), or (I, n); must be >= 0.
+    activation: "relu" (x' = ReLU(WᵀWx + b)) or "linear" (x' = WᵀWx + b).
+    n_hidden >= n_features is allowed (every feature then fits in its own dimension and there is
+    nothing to superpose); superposition is about n_hidden < n_features.
+
+    Parameters: W (I, n_hidden, n_features), Xavier-normal; b (I, n_features), zeros.
+    """
+
+    def __init__(self, n_features, n_hidden, n_instances=1, feature_probability=1.0,
+                 importance=1.0, activation="relu", seed=0, dtype=np.float64):
+        super().__init__()
+        n = _check_count("n_features", n_features)
+        m = _check_count("n_hidden", n_hidden)
+        k = _check_count("n_instances", n_instances)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        p = _instance_feature_array("feature_probability", feature_probability, k, n, "instance")
+        if np.any((p < 0) | (p > 1)):
+            raise ValueError(f"feature_probability must lie in [0, 1], got {feature_probability!r}")
+        imp = _instance_feature_array("importance", importance, k, n, "feature")
+        if np.any(imp < 0):
+            raise ValueError(f"importance must be >= 0, got {importance!r}")
+        self.dtype = _check_dtype(dtype)
+        self.activation = activation
+        self.feature_probability = p.astype(self.dtype)         # (I, n)
+        self.importance = imp.astype(self.dtype)                # (I, n)
+        inverse = np.divide(1.0, p, out=np.zeros_like(p), where=p > 0)
+        self._inverse_probability = inverse.astype(self.dtype)[:, None, :]   # (I, 1, n)
+        self._importance = self.importance[:, None, :]                       # (I, 1, n)
+        self.rng = np.random.default_rng(seed)
+        std = math.sqrt(2.0 / (m + n))                          # Xavier (Glorot) normal
+        self.add_param("W", (self.rng.standard_normal((k, m, n)) * std).astype(self.dtype))
+        self.add_param("b", np.zeros((k, n), self.dtype))
+        self.cache = None
+
+    @property
+    def W(self):
+        return self.params["W"]
+
+    @property
+    def b(self):
+        return self.params["b"]
+
+    def sample(self, batch_size):
+        """A fresh batch from each instance's own distribution: (I, batch_size, n)."""
+        return sparse_features(self.rng, self._inverse_probability, batch_size, self.dtype)
+
+    def hidden(self, x):
+        """h = W x for every row: (I, B, n) -> (I, B, m)."""
+        return x @ self.W.transpose(0, 2, 1)
+
+    def forward(self, x):
+        """(I, B, n) -> x' (I, B, n)."""
+        if x.ndim != 3 or x.shape[0] != self.W.shape[0] or x.shape[2] != self.W.shape[2]:
+            raise ValueError(f"x must have shape (n_instances, batch, n_features) = "
+                             f"({self.W.shape[0]}, B, {self.W.shape[2]}), got {x.shape}")
+        h = self.hidden(x)                                      # (I, B, m)
+        out = h @ self.W                                        # (I, B, n)  Wᵀh, one row each
+        out += self.b[:, None, :]
+        if self.activation == "relu":
+            np.maximum(out, 0, out=out)
+        self.cache = (x, h, out)
+        return out
+
+    def loss(self, x, x_hat):
+        """Per-instance loss (I,) and ∂(Σ_instances L)/∂x' (I, B, n)."""
+        batch = x.shape[1]
+        error = x_hat - x
+        weighted = self._importance * error                     # I_i (x'_i - x_i)
+        losses = np.einsum("kbn,kbn->k", weighted, error) / batch
+        weighted *= 2 / batch
+        return losses, weighted
+
+    def backward(self, dout):
+        """(I, B, n) -> ∂L/∂x (I, B, n); adds into grads["W"], grads["b"]."""
+        x, h, out = self._saved()
+        dz = dout * (out > 0) if self.activation == "relu" else dout    # ReLU passes where z > 0
+        self.grads["b"] += np.einsum("kbn->kn", dz)             # Σ over the batch
+        dh = dz @ self.W.transpose(0, 2, 1)                     # (I, B, m)
+        # W as decoder (z = h @ W) and as encoder (h = x @ Wᵀ): the two gradients add.
+        self.grads["W"] += h.transpose(0, 2, 1) @ dz + dh.transpose(0, 2, 1) @ x
+        return dh @ self.W
+
+    def evaluate(self, batch_size=10_000):
+        """Per-instance loss (I,) on one fresh batch, without touching the gradients."""
+        x = self.sample(_check_count("batch_size", batch_size))
+        return self.loss(x, self.forward(x))[0]
+
+    def fit(self, steps, batch_size, lr=1e-3):
+        """Adam on fresh batches (each call starts a new Adam); returns the loss history
+        (steps, I). Stops with FloatingPointError as soon as any instance's loss is not finite."""
+        steps = _check_count("steps", steps)
+        batch_size = _check_count("batch_size", batch_size)
+        optimizer = T.Adam(self.parameters(), lr=_check_positive("lr", lr))
+        history = np.empty((steps, self.W.shape[0]), self.dtype)
+        for step in range(steps):
+            x = self.sample(batch_size)
+            self.zero_grad()
+            history[step], dx_hat = self.loss(x, self.forward(x))
+            if not np.all(np.isfinite(history[step])):
+                bad = np.flatnonzero(~np.isfinite(history[step])).tolist()
+                raise FloatingPointError(f"the loss of instance(s) {bad} is not finite at step "
+                                         f"{step}: training diverged; try a smaller lr than {lr}")
+            self.backward(dx_hat)
+            optimizer.step()
+        return history
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Measuring superposition
+# ----------------------------------------------------------------------------------------------
+# All of these take W of shape (..., m, n): one model (m, n) or many (I, m, n).
+#     ‖W_i‖                         is feature i represented at all? (≈ 1 yes, ≈ 0 no)
+#     Σ_{j≠i} (Ŵ_i · W_j)²          how much of the other features leaks into feature i's
+#                                   direction (Ŵ_i = W_i / ‖W_i‖): 0 when W_i is orthogonal to the
+#                                   rest, ≥ 1 when some other feature activates it as strongly.
+#     m / ‖W‖_F²                    dimensions per feature: 1 for one feature per dimension,
+#                                   1/2 for antipodal pairs, 2/5 for a pentagon.
+#     D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)² feature i's share of a dimension ("Feature Dimensionality");
+#                                   for a feature of norm 0 we set D_i = 0.
+
+def feature_norms(W):
+    """(..., m, n) -> (..., n)."""
+    return np.linalg.norm(W, axis=-2)
+
+
+def _overlaps(W):
+    """(..., m, n) -> (..., n, n) with entry (i, j) = Ŵ_i · W_j. A zero column stays zero."""
+    norms = feature_norms(W)
+    unit = W / np.where(norms > 0, norms, 1)[..., None, :]
+    return np.swapaxes(unit, -1, -2) @ W
+
+
+def superposition(W):
+    """Σ_{j≠i} (Ŵ_i · W_j)²: (..., m, n) -> (..., n)."""
+    squared = _overlaps(W) ** 2
+    return squared.sum(axis=-1) - np.diagonal(squared, axis1=-2, axis2=-1)
+
+
+def dimensions_per_feature(W):
+    """m / ‖W‖_F²: (..., m, n) -> (...)."""
+    return W.shape[-2] / np.sum(W * W, axis=(-2, -1))
+
+
+def feature_dimensionality(W):
+    """D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)²: (..., m, n) -> (..., n); 0 for a zero column."""
+    norms_sq = feature_norms(W) ** 2
+    total = np.sum(_overlaps(W) ** 2, axis=-1)          # includes j = i, which is ‖W_i‖²
+    return np.divide(norms_sq, total, out=np.zeros_like(norms_sq), where=total > 0)
+
+
+def represented(W, threshold=0.5):
+    """Which features have ‖W_i‖ > threshold: (..., m, n) -> bool (..., n)."""
+    return feature_norms(W) > threshold
+
+
+def regular_polygon(k):
+    """k unit vectors at angles 2πj/k: (2, k)."""
+    angles = 2 * np.pi * np.arange(k) / k
+    return np.stack([np.cos(angles), np.sin(angles)])
+
+
+def known_geometries():
+    """{name: (W (m, n) with unit columns, the exact feature dimensionality of every column)}.
+
+    Each is a unit-norm tight frame, Σ_j W_j W_jᵀ = (n/m) Id, so Σ_j (W_i·W_j)² = n/m and
+    D_i = m/n exactly: the fractions the paper finds features "sticking" to."""
+    # Square antiprism: a square at height h and one at -h turned by 45°. It is a tight frame
+    # when x and z carry the same energy, 8 r²/2 = 8 h², with r² + h² = 1: h² = 1/3.
+    h, r = math.sqrt(1 / 3), math.sqrt(2 / 3)
+    turns = np.pi / 2 * np.arange(4)
+    top = np.stack([r * np.cos(turns), r * np.sin(turns), np.full(4, h)])
+    bottom = np.stack([r * np.cos(turns + np.pi / 4), r * np.sin(turns + np.pi / 4), np.full(4, -h)])
+    tetrahedron = np.array([[1, 1, -1, -1], [1, -1, 1, -1], [1, -1, -1, 1]]) / math.sqrt(3)
+    return {
+        "orthogonal": (np.eye(2), 1.0),
+        "antipodal pair": (np.array([[1.0, -1.0]]), 1 / 2),
+        "triangle": (regular_polygon(3), 2 / 3),
+        "tetrahedron": (tetrahedron, 3 / 4),
+        "pentagon": (regular_polygon(5), 2 / 5),
+        "square antiprism": (np.concatenate([top, bottom], axis=1), 3 / 8),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The three results (n = 20 features, m = 5 dimensions, I_i = 0.9^i)
+# ----------------------------------------------------------------------------------------------
+# (a) A linear model keeps the m most important features, orthogonal: no superposition. Its
+#     loss only sees WᵀW, and the best rank-m approximation of the identity (weighted by I) is
+#     the projection on the m most important coordinates.
+# (b) A ReLU model on dense features (S = 0) does the same.
+# (c) As S rises, the ReLU model represents more than m features, in superposition: with sparse
+#     features, a negative bias and the ReLU filter out most of the interference.
+
+SWEEP_SPARSITIES = (0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999, 0.9997)
+
+
+def sparsity_sweep(sparsities=SWEEP_SPARSITIES, n_features=20, n_hidden=5, activation="relu",
+                   steps=10_000, batch_size=1024, lr=1e-3, seed=0, dtype=np.float32):
+    """Train one instance per sparsity at once; returns (model, loss history (steps, I))."""
+    s = _check_unit_interval("sparsities", sparsities)
+    model = ToyModel(n_features, n_hidden, n_instances=s.size, feature_probability=1 - s,
+                     importance=importance_decay(n_features), activation=activation, seed=seed,
+                     dtype=dtype)
+    return model, model.fit(steps, batch_size, lr)
+
+
+def summarize(W, threshold=0.5):
+    """Per model: features represented, largest superposition among the represented ones, and
+    dimensions per feature. W (I, m, n) -> dict of (I,) arrays."""
+    shown = represented(W, threshold)
+    return {"represented": shown.sum(axis=-1),
+            "max_superposition": np.where(shown, superposition(W), 0).max(axis=-1),
+            "dimensions_per_feature": dimensions_per_feature(W)}
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Five features in two dimensions; the phase diagram; sticky 1/2
+# ----------------------------------------------------------------------------------------------
+# In m = 2 dimensions the whole W can be drawn: each feature is an arrow. Dense features: two
+# orthogonal arrows, the rest zero. Sparser: antipodal pairs. Sparse (p ≲ 0.07): five arrows at
+# the vertices of a regular pentagon, with negative biases to cut off the interference
+# (cos 72° ≈ 0.31 from each neighbour). Gradient descent does not always find it: some seeds
+# stop in a local minimum (e.g. pairs plus a lone feature), so we train a few seeds per
+# probability as extra instances and keep the one with the lowest loss.
+
+def pentagon_probabilities(k=8):
+    """p = 20^(-t) for t evenly from 0 to 1: from dense (1) to 0.05."""
+    return 20.0 ** -np.linspace(0, 1, k)
+
+
+def best_of_seeds(model, n_seeds, eval_batch=20_000):
+    """Instances laid out as (setting, seed), seed fastest: the index (settings,) of the
+    instance with the lowest loss on a fresh batch, for every setting."""
+    losses = model.evaluate(eval_batch).reshape(-1, n_seeds)
+    return np.arange(losses.shape[0]) * n_seeds + losses.argmin(axis=1)
+
+
+def five_in_two(probabilities, n_seeds=4, steps=3000, batch_size=512, lr=1e-2, seed=0,
+                dtype=np.float32):
+    """n = 5, m = 2, I_i = 0.9^i, n_seeds instances per probability (instance = probability
+    index * n_seeds + seed). Returns the trained model and the index (k,) of the best seed of
+    each probability: model.W[best] is (k, 2, 5)."""
+    p = _check_unit_interval("probabilities", probabilities)
+    n_seeds = _check_count("n_seeds", n_seeds)
+    model = ToyModel(5, 2, n_instances=p.size * n_seeds, feature_probability=np.repeat(p, n_seeds),
+                     importance=importance_decay(5), seed=seed, dtype=dtype)
+    model.fit(steps, batch_size, lr)
+    return model, best_of_seeds(model, n_seeds)
+
+
+def polygon_angles(W):
+    """Angles between neighbouring feature arrows, in degrees, for W (2, n); they sum to 360."""
+    angles = np.sort(np.degrees(np.arctan2(W[1], W[0])))
+    return np.diff(np.append(angles, angles[0] + 360))
+
+
+def is_regular_pentagon(W, b, tolerance=5.0):
+    """Five arrows 72° ± tolerance apart, all norms within 20% of their mean, all biases < 0."""
+    norms = feature_norms(W)
+    return bool(W.shape == (2, 5) and np.all(np.abs(polygon_angles(W) - 72) <= tolerance)
+                and np.all(np.abs(norms / norms.mean() - 1) <= 0.2) and np.all(b < 0))
+
+
+# The n = 2, m = 1 phase diagram ("Superposition as a Phase Change"): feature 1 has importance 1,
+# feature 2 a relative importance r; both have density p. With one dimension the model can
+# ignore feature 2, give the dimension to feature 2 instead of feature 1, or store both as an
+# antipodal pair W = (w, -w), which the ReLU and a negative bias make work when features are
+# rarely present together. Every (r, p) cell is a few instances of the same computation.
+
+PHASES = ("feature 2 not learned", "feature 2 takes the dimension", "antipodal pair")
+
+
+def classify_phase(W, threshold=0.5):
+    """W (..., 1, 2) -> int (...): index into PHASES, or -1 for none of them."""
+    w1, w2 = W[..., 0, 0], W[..., 0, 1]
+    strong1, strong2 = np.abs(w1) > threshold, np.abs(w2) > threshold
+    return np.select([~strong2, strong2 & ~strong1, strong1 & strong2 & (w1 * w2 < 0)],
+                     [0, 1, 2], default=-1)
+
+
+def phase_diagram(densities, relative_importances, n_seeds=3, steps=4000, batch_size=256, lr=1e-2,
+                  seed=0, dtype=np.float32):
+    """Returns phases (len(relative_importances), len(densities)) as indices into PHASES, and
+    the best W of each cell (R, D, 1, 2)."""
+    p = _check_unit_interval("densities", densities)
+    r = np.asarray(relative_importances, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r) & (r >= 0)):
+        raise ValueError(f"relative_importances must be a non-empty list of numbers >= 0, "
+                         f"got {relative_importances!r}")
+    n_seeds = _check_count("n_seeds", n_seeds)
+    rr, pp = np.meshgrid(r, p, indexing="ij")                         # (R, D), cells row-major
+    importance = np.stack([np.ones(rr.size), rr.ravel()], axis=1)      # (cells, 2)
+    model = ToyModel(2, 1, n_instances=rr.size * n_seeds,
+                     feature_probability=np.repeat(np.stack([pp.ravel()] * 2, axis=1), n_seeds, axis=0),
+                     importance=np.repeat(importance, n_seeds, axis=0), seed=seed, dtype=dtype)
+    model.fit(steps, batch_size, lr)
+    W = model.W[best_of_seeds(model, n_seeds)].reshape(r.size, p.size, 1, 2)
+    return classify_phase(W), W
+
+
+# The paper reports that dimensions per feature "sticks" at 1/2 (antipodal pairs) over a range
+# of sparsities when many features share the space: n = 200, m = 20, equal importance. This takes
+# minutes (about 2.5 on two cores with the defaults), so demo.py runs it only when asked. With
+# these defaults the curve passes 0.56, 0.49, 0.43 between 1/(1-S) = 2 and 4.3: a shoulder at
+# 1/2 rather than a long plateau; longer training may be needed to see the full plateau.
+
+def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, dtype=np.float32):
+    """Returns (1/(1-S) (k,), dimensions per feature (k,)) for n = 200, m = 20."""
+    inverse_density = np.logspace(0, 3, _check_count("n_sparsities", n_sparsities))
+    model = ToyModel(200, 20, n_instances=inverse_density.size,
+                     feature_probability=1 / inverse_density, importance=1.0, seed=seed, dtype=dtype)
+    model.fit(steps, batch_size, lr)
+    return inverse_density, dimensions_per_feature(model.W)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. The pentagon network by hand (Example 26 of the Kronecker-product paper)
+# ----------------------------------------------------------------------------------------------
+# x̂ = ReLU(W₂ ReLU(W₁x + b₁) + b₂), five features in two neurons:
+#   * W₁ (2, 5): column k is v_k = (cos 2πk/5, sin 2πk/5), k = 1..5, a vertex of a pentagon.
+#   * b₁ (2,): large enough that v_k + b₁ > 0 for every k, so the hidden ReLU never cuts:
+#     b₁ = -min_k v_k + 0.01 ≈ (0.82, 0.96).
+#   * W₂ = 1.5 W₁ᵀ and b₂ = -W₂ b₁ - β·1 with β = 0.5: the hidden bias cancels exactly, and
+#     the output pre-activation is z = 1.5 W₁ᵀW₁x - 0.5.
+# One feature e_k: z_k = 1.5·1 - 0.5 = 1, and z_j ≤ 1.5 cos 72° - 0.5 ≈ -0.04 for j ≠ k, which
+# the ReLU removes: x̂ = e_k exactly. Two features e₁ + e₃ (144° apart): z₁ = 1.5(1 + cos 144°)
+# - 0.5 ≈ -0.21, so feature 1 is erased. Superposition works for sparse inputs only.
+
+class PentagonNetwork:
+    """Rows are examples: x (B, 5) -> hidden (B, 2) -> output (B, 5)."""
+
+    def __init__(self, scale=1.5, threshold=0.5):
+        self.W1 = regular_polygon(5)[:, [1, 2, 3, 4, 0]]      # columns v_1..v_5, angles 2πk/5
+        self.b1 = -self.W1.min(axis=1) + 0.01
+        self.W2 = scale * self.W1.T
+        self.b2 = -self.W2 @ self.b1 - threshold
+
+    def hidden(self, x):
+        return np.maximum(x @ self.W1.T + self.b1, 0)
+
+    def preactivation(self, x):
+        """z = W₂ h + b₂ (B, 5), before the output ReLU."""
+        return self.hidden(x) @ self.W2.T + self.b2
+
+    def __call__(self, x):
+        return np.maximum(self.preactivation(x), 0)
+
+
+def pentagon_network(scale=1.5, threshold=0.5):
+    """The hand-built network of Example 26 (see above)."""
+    return PentagonNetwork(_check_positive("scale", scale), _check_positive("threshold", threshold))
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Johnson-Lindenstrauss
+# ----------------------------------------------------------------------------------------------
+# N points in any dimension can be mapped to m ≈ O(log N / ε²) dimensions by a random matrix
+# with every squared distance kept within a factor 1 ± ε. Achlioptas (2003, Theorem 1): entries
+# ±1/√m, each with probability 1/2, give
+#     (1 - ε)‖x - y‖² ≤ ‖f(x) - f(y)‖² ≤ (1 + ε)‖x - y‖²  for all pairs
+# with probability ≥ 1 - N^-β as soon as m ≥ (4 + 2β) ln N / (ε²/2 - ε³/3). We take β = 1.
+# Read backwards, for a given m this is the ε the theorem guarantees. The same geometry says
+# exponentially many directions in m dimensions can be nearly orthogonal, |cos| < ε: room for
+# far more features than dimensions, which is what superposition uses.
+
+def random_projection(n_in, m, rng):
+    """(n_in, m) with entries ±1/√m, each sign with probability 1/2; rows are points, so
+    f(x) = x @ P."""
+    return np.where(rng.random((n_in, m)) < 0.5, -1.0, 1.0) / math.sqrt(m)
+
+
+def squared_distances(points):
+    """(N, d) -> (N, N) of ‖x_i - x_j‖²."""
+    sq = np.sum(points * points, axis=1)
+    return np.maximum(sq[:, None] + sq[None, :] - 2 * points @ points.T, 0)
+
+
+def jl_distortion(points, m, rng):
+    """The worst |‖f(x)-f(y)‖² / ‖x-y‖² - 1| over all pairs, for one random ±1/√m projection."""
+    points = np.asarray(points, dtype=np.float64)
+    m = _check_count("m", m)
+    before = squared_distances(points)
+    after = squared_distances(points @ random_projection(points.shape[1], m, rng))
+    pairs = np.triu_indices(points.shape[0], k=1)
+    return float(np.max(np.abs(after[pairs] / before[pairs] - 1)))
+
+
+def jl_epsilon(n_points, m, beta=1.0):
+    """The ε guaranteed (with probability ≥ 1 - N^-β) in m dimensions: the root in (0, 1) of
+    ε²/2 - ε³/3 = (4 + 2β) ln N / m, by bisection; inf where the bound says nothing (the left
+    side is at most 1/6). m may be an array."""
+    target = (4 + 2 * beta) * math.log(_check_count("n_points", n_points, minimum=2)) \
+        / np.asarray(m, dtype=np.float64)
+    lo, hi = np.zeros_like(target), np.ones_like(target)
+    for _ in range(60):                                  # ε²/2 - ε³/3 increases on [0, 1]
+        mid = (lo + hi) / 2
+        below = mid ** 2 / 2 - mid ** 3 / 3 < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return np.where(target <= 1 / 6, hi, np.inf)
+
+
+def nearly_orthogonal_directions(m, eps, n_candidates, rng):
+    """Greedily keep random unit vectors in m dimensions whose |cos| with every kept one is
+    < eps. Returns the kept ones (k, m); k is a lower bound on how many fit."""
+    m, n_candidates = _check_count("m", m), _check_count("n_candidates", n_candidates)
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+    candidates = rng.standard_normal((n_candidates, m))
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    kept = np.empty_like(candidates)
+    count = 0
+    for v in candidates:                 # greedy: each decision depends on the ones before it
+        if count == 0 or np.max(np.abs(kept[:count] @ v)) < eps:
+            kept[count] = v
+            count += 1
+    return kept[:count]
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Polysemantic neurons
+# ----------------------------------------------------------------------------------------------
+# Borovoy (2024) runs text through BERT and records the first MLP layer: a matrix A (tokens,
+# neurons). Neuron j is the column A[:, j], a vector over tokens. If every neuron stood for one
+# feature, these vectors would be nearly orthogonal (cosine distance ≈ 1). Cosine distance
+# 1 - Â_iᵀÂ_j near 0 means two neurons fire on the same tokens: the features are spread over
+# many neurons, and each neuron takes part in many features. demo.py draws the matrix, its
+# histogram, the activations of sampled neurons across tokens, and the per-neuron sums.
+
+def cosine_distance_matrix(activations):
+    """(tokens, neurons) -> (neurons, neurons) of 1 - cos between neuron columns, in [0, 2].
+    A neuron that never fires has no direction; it gets distance 1 (as if orthogonal) to all
+    others and 0 to itself."""
+    a = np.asarray(activations, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"activations must be a (tokens, neurons) matrix, got shape {a.shape}")
+    norms = np.linalg.norm(a, axis=0)
+    unit = a / np.where(norms > 0, norms, 1)
+    distance = 1 - np.clip(unit.T @ unit, -1, 1)
+    np.fill_diagonal(distance, 0)
+    return distance
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. A sparse autoencoder
+# ----------------------------------------------------------------------------------------------
+# If a layer stores n sparse features in m < n dimensions, a wider autoencoder with a sparsity
+# penalty can find them again ("Towards Monosemanticity", Bricken et al. 2023). For rows h (B, d):
+#     z  = ReLU((h - b_dec) W_enc + b_enc)      (B, F)   latents, F = n_latents
+#     ĥ  = z W_dec + b_dec                      (B, d)   rows of W_dec are the dictionary
+#     L  = (1/B) Σ_b ‖h - ĥ‖² + λ (1/B) Σ_b ‖z‖₁
+# The rows of W_dec are kept at unit norm (renormalised after every step), or the L1 penalty
+# could be dodged by shrinking z and growing W_dec. A latent that stops firing gets no gradient
+# and would stay dead; every `resample_every` steps dead latents are re-aimed at the inputs the
+# autoencoder reconstructs worst.
+#
+# Backward, by hand (dĥ = ∂L/∂ĥ = 2(ĥ - h)/B, dz_L1 = λ/B):
+#     ∂W_dec = zᵀ dĥ,   ∂b_dec = Σ_b dĥ - Σ_b dh_c,
+#     dpre   = (dĥ W_decᵀ + dz_L1) · 1[z > 0],
+#     ∂W_enc = (h - b_dec)ᵀ dpre,   ∂b_enc = Σ_b dpre,   dh_c = dpre W_encᵀ.
+
+LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0}       # where each parameter indexes latents
+
+
+class SparseAutoencoder(T.Module):
+    """d_in inputs, n_latents ReLU latents, L1 coefficient l1."""
+
+    def __init__(self, d_in, n_latents, l1=1e-2, seed=0, dtype=np.float64):
+        super().__init__()
+        d, f = _check_count("d_in", d_in), _check_count("n_latents", n_latents)
+        if isinstance(l1, bool) or not isinstance(l1, (int, float, np.floating)) \
+                or not math.isfinite(l1) or l1 < 0:
+            raise ValueError(f"l1 must be a finite number >= 0, got {l1!r}")
+        self.l1, self.dtype = float(l1), _check_dtype(dtype)
+        self.rng = np.random.default_rng(seed)
+        W_dec = self.rng.standard_normal((f, d))
+        W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
+        self.add_param("W_enc", W_dec.T.astype(self.dtype))       # start as the decoder's transpose
+        self.add_param("b_enc", np.zeros(f, self.dtype))
+        self.add_param("W_dec", W_dec.astype(self.dtype))
+        self.add_param("b_dec", np.zeros(d, self.dtype))
+        self.cache = None
+
+    def encode(self, h):
+        """(B, d) -> z (B, F)."""
+        return np.maximum((h - self.params["b_dec"]) @ self.params["W_enc"] + self.params["b_enc"], 0)
+
+    def forward(self, h):
+        """(B, d) -> ĥ (B, d); the latents z (B, F) are kept in self.cache."""
+        if h.ndim != 2 or h.shape[1] != self.params["b_dec"].shape[0]:
+            raise ValueError(f"h must have shape (B, {self.params['b_dec'].shape[0]}), got {h.shape}")
+        z = self.encode(h)
+        self.cache = (h - self.params["b_dec"], z)
+        return z @ self.params["W_dec"] + self.params["b_dec"]
+
+    def loss(self, h, h_hat):
+        """L, ∂L/∂ĥ (B, d) and the L1 term's ∂L/∂z (B, F), for the last forward."""
+        _, z = self._saved()
+        batch = h.shape[0]
+        error = h_hat - h
+        value = (np.sum(error * error) + self.l1 * np.sum(z)) / batch     # z ≥ 0: ‖z‖₁ = Σ z
+        return float(value), error * (2 / batch), np.full_like(z, self.l1 / batch)
+
+    def backward(self, dh_hat, dz):
+        """dh_hat (B, d), dz (B, F) -> ∂L/∂h (B, d) through the encoder."""
+        h_centred, z = self._saved()
+        p, g = self.params, self.grads
+        g["W_dec"] += z.T @ dh_hat
+        g["b_dec"] += dh_hat.sum(axis=0)
+        dpre = (dh_hat @ p["W_dec"].T + dz) * (z > 0)
+        g["W_enc"] += h_centred.T @ dpre
+        g["b_enc"] += dpre.sum(axis=0)
+        dh_centred = dpre @ p["W_enc"].T
+        g["b_dec"] -= dh_centred.sum(axis=0)                # h - b_dec: the bias enters with -
+        return dh_centred
+
+    def normalize_decoder(self):
+        W_dec = self.params["W_dec"]
+        W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
+
+    def resample_dead(self, h, dead, optimizer):
+        """Point each dead latent at an input the model reconstructs badly (picked with
+        probability ∝ squared error): decoder row = the normalised residual h - ĥ, encoder
+        column = the same direction scaled to 0.2 × the mean encoder norm of live latents,
+        bias 0, and the Adam moments of those entries zeroed."""
+        p = self.params
+        residual = h - self.forward(h)
+        error = np.sum(residual * residual, axis=1).astype(np.float64)
+        if error.sum() == 0:
+            return                      # reconstruction is perfect: nothing to aim them at
+        picked = self.rng.choice(h.shape[0], size=dead.size, p=error / error.sum())
+        direction = residual[picked] / np.linalg.norm(residual[picked], axis=1, keepdims=True)
+        alive = np.setdiff1d(np.arange(p["b_enc"].size), dead)
+        scale = 0.2 * np.linalg.norm(p["W_enc"][:, alive], axis=0).mean() if alive.size else 0.2
+        p["W_dec"][dead] = direction
+        p["W_enc"][:, dead] = direction.T * scale
+        p["b_enc"][dead] = 0
+        for (name, _, _), m, v in zip(optimizer.params, optimizer.m, optimizer.v):
+            if name in LATENT_AXIS:
+                index = (slice(None),) * LATENT_AXIS[name] + (dead,)
+                m[index] = 0
+                v[index] = 0
+
+    def fit(self, sample, steps, batch_size, lr=1e-3, resample_every=1000):
+        """sample(batch_size) -> h (B, d). Adam, decoder renormalised after every step, dead
+        latents resampled every resample_every steps up to the last quarter of training.
+        Returns the loss history (steps,); FloatingPointError if the loss is not finite."""
+        steps = _check_count("steps", steps)
+        batch_size = _check_count("batch_size", batch_size)
+        resample_every = _check_count("resample_every", resample_every)
+        optimizer = T.Adam(self.parameters(), lr=_check_positive("lr", lr))
+        history = np.empty(steps)
+        fired = np.zeros(self.params["b_enc"].size, dtype=bool)
+        for step in range(steps):
+            h = sample(batch_size)
+            self.zero_grad()
+            history[step], dh_hat, dz = self.loss(h, self.forward(h))
+            if not math.isfinite(history[step]):
+                raise FloatingPointError(f"the SAE loss is not finite at step {step}: training "
+                                         f"diverged; try a smaller lr than {lr}")
+            self.backward(dh_hat, dz)
+            optimizer.step()
+            self.normalize_decoder()
+            fired |= np.any(self.cache[1] > 0, axis=0)
+            if (step + 1) % resample_every == 0:
+                dead = np.flatnonzero(~fired)
+                if dead.size and step < 0.75 * steps:
+                    self.resample_dead(h, dead, optimizer)
+                fired[:] = False
+        return history
+
+    def dead_latents(self, h):
+        """How many latents never fire on the rows of h."""
+        return int(np.sum(~np.any(self.encode(h) > 0, axis=0)))
+
+
+def max_cosine_similarity(dictionary, features):
+    """For every true feature (row of features (n, d)), the largest cosine with any dictionary
+    row (F, d): (n,)."""
+    def unit(rows):
+        rows = np.asarray(rows, dtype=np.float64)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.max(unit(features) @ unit(dictionary).T, axis=1)
+
+
+def mean_max_cosine_similarity(dictionary, features):
+    """MMCS: max_cosine_similarity averaged over the true features. 1 means every feature was
+    found exactly."""
+    return float(np.mean(max_cosine_similarity(dictionary, features)))
+
+
+def sae_experiment(n_features=64, n_hidden=32, feature_probability=0.02, n_latents=64, l1=0.2,
+                   toy_steps=2000, sae_steps=3000, batch_size=128, lr=3e-3, seed=0, dtype=np.float32):
+    """Train a ReLU toy model in superposition (equal importances), then an SAE on its hidden
+    activations h = W x. Returns a dict: mmcs of the SAE dictionary against the represented
+    true directions W_i, the same for a random dictionary of the same size (in 32 dimensions
+    a random direction is far from all 64 others, so the baseline is ≈ 0.4, not the ≈ 0.8 of
+    2-D), the number of represented features, and dead latents on a fresh batch.
+
+    Small batches and more steps: matrix products of 128 x 32 x 64 are too small to gain from
+    several BLAS threads, and on a busy machine threads waiting for each other cost more than
+    the products themselves."""
+    toy = ToyModel(n_features, n_hidden, feature_probability=feature_probability, importance=1.0,
+                   seed=seed, dtype=dtype)
+    toy.fit(toy_steps, batch_size, lr=1e-2)
+    W = toy.W[0]                                                    # (m, n)
+    true = W[:, represented(W)].T                                   # (n_represented, m)
+
+    def sample(size):
+        return toy.hidden(toy.sample(size))[0]                      # (size, m)
+
+    sae = SparseAutoencoder(n_hidden, n_latents, l1=l1, seed=seed + 1, dtype=dtype)
+    sae.fit(sample, sae_steps, batch_size, lr=lr)
+    random_dictionary = np.random.default_rng(seed + 2).standard_normal((n_latents, n_hidden))
+    return {"mmcs": mean_max_cosine_similarity(sae.params["W_dec"], true),
+            "random_mmcs": mean_max_cosine_similarity(random_dictionary, true),
+            "represented": true.shape[0],
+            "dead_latents": sae.dead_latents(sample(20_000)),
+            "sae": sae, "toy": toy, "true_directions": true, "random_dictionary": random_dictionary}
