@@ -6,6 +6,7 @@
     python demo.py --list                 the chapters and what each shows
     python demo.py --no-plots             text only; matplotlib is never imported
     python demo.py --outdir DIR --seed N  where figures go (default figures/out), which seed
+    python demo.py --long                 adds the long experiments (a few minutes more)
 
 Read this file top to bottom; the chapters come in the order a learner needs them.
 
@@ -67,11 +68,13 @@ FIGURE_STYLE = {
 
 class Context:
     """What every chapter receives: outdir (pathlib.Path), quick (bool), seed (int), plots
-    (bool), plt (matplotlib.pyplot, or None when plots is False) and save(fig, name).
-    charlm holds the chapter-4 model once trained, so chapter 7 can reuse it."""
+    (bool), long (bool: add the optional long experiments), plt (matplotlib.pyplot, or None
+    when plots is False) and save(fig, name). charlm holds the chapter-4 model once trained,
+    so chapter 7 can reuse it."""
 
-    def __init__(self, outdir, quick=False, seed=0, plots=True):
+    def __init__(self, outdir, quick=False, seed=0, plots=True, long=False):
         self.outdir, self.quick, self.seed, self.plots = pathlib.Path(outdir), quick, seed, plots
+        self.long = long
         self.plt = None
         self.charlm = None
         if plots:
@@ -973,7 +976,7 @@ def chapter_superposition(ctx):
     inverse_density = 1 / (1 - np.array(S.SWEEP_SPARSITIES))
 
     sticky = None
-    if getattr(ctx, "long", False):
+    if ctx.long:
         print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
         sticky = S.sticky_half(seed=seed)
         print("  dims/feature:", np.round(sticky[1], 3).tolist())
@@ -1159,6 +1162,9 @@ def parse_args(argv):
     parser.add_argument("--outdir", default="figures/out",
                         help="folder for the PNG figures, created if missing (default figures/out)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every model and data set")
+    parser.add_argument("--long", action="store_true",
+                        help="also run the long experiments (the 'sticky' 1/2 of the superposition "
+                             "chapter: n=200, m=20, 20 sparsities, a few minutes)")
     parser.add_argument("--no-plots", action="store_true",
                         help="text only: no figures (--outdir unused), matplotlib is not imported")
     args = parser.parse_args(argv)
@@ -1177,7 +1183,8 @@ def main(argv=None):
         for i, name in enumerate(CHAPTERS, 1):
             print(f"{i}. {name:<14} {title(name)}")
         return
-    ctx = Context(args.outdir, quick=args.quick, seed=args.seed, plots=not args.no_plots)
+    ctx = Context(args.outdir, quick=args.quick, seed=args.seed, plots=not args.no_plots,
+                  long=args.long)
     chosen = args.chapter or list(CHAPTERS)
     times = {}
     for i, name in enumerate(CHAPTERS, 1):
