@@ -268,7 +268,12 @@ class Embedding(Module):
     def backward(self, dout):
         """(B, T, d_model) -> None: ids have no gradient."""
         ids = self._saved()
-        np.add.at(self.grads["W"], ids.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+        d = dout.shape[-1]
+        # np.add.at is several times faster on 1-D arrays, so scatter single numbers: entry j
+        # of row i of the table is entry i·d + j of the flattened table (a view of the grad).
+        # (As intp, so that i·d cannot overflow when ids come in a small type such as uint8.)
+        flat_ids = (ids.reshape(-1, 1).astype(np.intp) * d + np.arange(d)).reshape(-1)
+        np.add.at(self.grads["W"].reshape(-1), flat_ids, dout.reshape(-1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,6 +297,13 @@ def sinusoidal_encoding(max_len, d_model):
 # 5. Linear, activations, softmax
 # ----------------------------------------------------------------------------------------------
 
+def matmul_rows(x, W):
+    """x (..., k) @ W (k, n) -> (..., n). Rows are independent, so this is one 2-D product of
+    all rows at once: a 3-D @ 2-D product would make NumPy call BLAS once per batch entry,
+    which is much slower."""
+    return (x.reshape(-1, x.shape[-1]) @ W).reshape(*x.shape[:-1], W.shape[-1])
+
+
 class Linear(Module):
     """y = x @ W + b, applied to the last axis of x of any rank."""
 
@@ -305,8 +317,10 @@ class Linear(Module):
     def forward(self, x):
         """(..., d_in) -> (..., d_out)"""
         self.cache = x
-        y = x @ self.params["W"]
-        return y + self.params["b"] if "b" in self.params else y
+        y = matmul_rows(x, self.params["W"])
+        if "b" in self.params:
+            y += self.params["b"]
+        return y
 
     def backward(self, dout):
         """(..., d_out) -> (..., d_in).  dW = xᵀ dout summed over all rows, db = Σ dout."""
@@ -315,16 +329,18 @@ class Linear(Module):
         self.grads["W"] += x2.T @ d2
         if "b" in self.params:
             self.grads["b"] += d2.sum(axis=0)
-        return dout @ self.params["W"].T
+        return matmul_rows(dout, self.params["W"].T)
 
 
 class ReLU(Module):
     def forward(self, x):
         self.cache = x > 0
-        return np.where(self.cache, x, 0)
+        return np.maximum(x, 0)
 
     def backward(self, dout):
-        return np.where(self._saved(), dout, 0)
+        # multiplying by the boolean mask is the same as np.where(mask, dout, 0), but np.where
+        # is ten times slower on an unpredictable mask like this one
+        return dout * self._saved()
 
 
 class GELU(Module):
@@ -334,7 +350,8 @@ class GELU(Module):
     C = math.sqrt(2 / math.pi)
 
     def forward(self, x):
-        t = np.tanh(self.C * (x + 0.044715 * x ** 3))
+        # x * x * x rather than x ** 3: NumPy sends ** 3 to the general pow(), far slower
+        t = np.tanh(self.C * (x + 0.044715 * (x * x * x)))
         self.cache = (x, t)
         return 0.5 * x * (1 + t)
 
@@ -352,12 +369,15 @@ def softmax(x, axis=-1, mask=None):
     """Numerically stable softmax. Masked-out entries (mask False) get probability 0, and a row
     whose entries are all masked is all zeros, not NaN: its max is -inf, which we replace by 0
     so that exp(-inf - 0) = 0 and the empty sum is divided by 1."""
-    if mask is not None:
-        x = np.where(mask, x, -np.inf)
-    m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - np.where(np.isfinite(m), m, 0))
+    # One fresh array e (x with the masked entries set to -inf), then every step in place: for
+    # attention scores (B, H, T, T), a new array at each step would cost more than the math.
+    e = np.where(True if mask is None else mask, x, -np.inf)
+    m = np.max(e, axis=axis, keepdims=True)
+    e -= np.where(np.isfinite(m), m, 0)
+    np.exp(e, out=e)
     s = np.sum(e, axis=axis, keepdims=True)
-    return e / np.where(s == 0, 1, s)
+    e /= np.where(s == 0, 1, s)
+    return e
 
 
 def log_softmax(x, axis=-1):
@@ -369,7 +389,9 @@ def log_softmax(x, axis=-1):
 def softmax_backward(p, dp, axis=-1):
     """Given p = softmax(s) and dL/dp, return dL/ds = p ⊙ (dp - Σ_j p_j dp_j).
     (The Jacobian is diag(p) - p pᵀ.) Masked entries have p = 0 and get no gradient."""
-    return p * (dp - np.sum(p * dp, axis=axis, keepdims=True))
+    ds = dp - np.sum(p * dp, axis=axis, keepdims=True)
+    ds *= p                                             # in place, as in softmax
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,9 +417,12 @@ class LayerNorm(Module):
         mu = x.mean(axis=-1, keepdims=True)
         xc = x - mu
         r = 1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + self.eps)
-        xhat = xc * r
+        xhat = xc
+        xhat *= r                      # in place (as below): each new (B, T, d) array costs time
         self.cache = (xhat, r)
-        return xhat * self.params["g"] + self.params["b"]
+        y = xhat * self.params["g"]
+        y += self.params["b"]
+        return y
 
     def backward(self, dout):
         xhat, r = self._saved()
@@ -405,8 +430,10 @@ class LayerNorm(Module):
         self.grads["g"] += (dout * xhat).reshape(-1, d).sum(axis=0)
         self.grads["b"] += dout.reshape(-1, d).sum(axis=0)
         dxhat = dout * self.params["g"]
-        return r * (dxhat - dxhat.mean(axis=-1, keepdims=True)
-                    - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
+        dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        dx *= r
+        return dx
 
 
 class Identity(Module):
@@ -442,7 +469,8 @@ class ScaledDotProductAttention(Module):
     def forward(self, q, k, v, mask=None):
         """q (B, H, Tq, dk), k (B, H, Tk, dk), v (B, H, Tk, dv) -> (B, H, Tq, dv)"""
         scale = 1 / math.sqrt(q.shape[-1])
-        p = softmax((q @ k.swapaxes(-1, -2)) * scale, mask=mask)   # (B, H, Tq, Tk)
+        # (q·scale) kᵀ = (q kᵀ)·scale: scale q, which is smaller than the scores when Tk > dk
+        p = softmax((q * scale) @ k.swapaxes(-1, -2), mask=mask)   # (B, H, Tq, Tk)
         self.cache = (q, k, v, p, scale)
         return p @ v
 
@@ -456,8 +484,8 @@ class ScaledDotProductAttention(Module):
         dV = Pᵀ dO,  dP = dO Vᵀ,  dS = softmax_backward(P, dP),  dQ = dS K·scale,  dK = dSᵀ Q·scale."""
         q, k, v, p, scale = self._saved()
         dv = p.swapaxes(-1, -2) @ dout
-        ds = softmax_backward(p, dout @ v.swapaxes(-1, -2)) * scale
-        return ds @ k, ds.swapaxes(-1, -2) @ q, dv
+        ds = softmax_backward(p, dout @ v.swapaxes(-1, -2))
+        return (ds @ k) * scale, (ds.swapaxes(-1, -2) @ q) * scale, dv   # scale the small factors
 
 
 class MultiHeadAttention(Module):
@@ -639,13 +667,13 @@ class TiedUnembedding(Module):
 
     def forward(self, h):
         self.cache = h
-        return h @ self._embedding.params["W"].T
+        return matmul_rows(h, self._embedding.params["W"].T)
 
     def backward(self, dout):
         h = self._saved()
         W, dW = self._embedding.params["W"], self._embedding.grads["W"]
         dW += dout.reshape(-1, dout.shape[-1]).T @ h.reshape(-1, h.shape[-1])
-        return dout @ W
+        return matmul_rows(dout, W)
 
 
 def check_tokens(tokens, name, vocab_size, max_len):

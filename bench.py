@@ -1,0 +1,165 @@
+"""How fast does transformer.py train, and how close does it get to what this machine can do?
+
+A benchmark, not a test: it prints numbers and asserts nothing. Read it in this order:
+
+    1. Configs             the two decoder-only models timed, A (small) and B (larger)
+    2. The ceiling         the float32 matmul peak, measured now, on this machine
+    3. Counting FLOPs      the work in one training step, counted from the shapes
+    4. Timing a step       warm up, then time forward + cross_entropy + backward + Adam
+    5. Benchmarks          the list of things to time; later chapters add theirs here
+    6. Main                python bench.py [--config A|B|all] [--steps N]
+
+Everything is float32: that is the speed setting (float64 is for checking gradients).
+Model FLOPs utilisation = achieved GFLOP/s / peak GFLOP/s. The model cannot reach the peak:
+its matmuls are smaller than the peak's (the per-head attention products much smaller), and
+softmax, layer norm, activations and the optimizer do few FLOPs but still touch every number,
+on one core, while OpenBLAS runs the matmuls on all of them.
+
+A note on OpenBLAS: it picks its kernels from the CPU it detects. The environment variable
+OPENBLAS_CORETYPE (read when NumPy loads) overrides that choice, for example
+OPENBLAS_CORETYPE=Haswell python bench.py; the peak line shows the effect.
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+import transformer as T
+
+# ----------------------------------------------------------------------------------------------
+# 1. Configs
+# ----------------------------------------------------------------------------------------------
+
+CONFIGS = {
+    "A": dict(vocab_size=256, d_model=128, n_heads=4, n_layers=2, d_ff=512, seq_len=64, batch=32),
+    "B": dict(vocab_size=512, d_model=256, n_heads=8, n_layers=4, d_ff=1024, seq_len=128, batch=16),
+}
+TARGETS = {"A": 0.50, "B": 0.70}   # fraction of the peak to reach (issue 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The ceiling: float32 matmul peak
+# ----------------------------------------------------------------------------------------------
+
+def matmul_peak(n=2048, repeats=10):
+    """GFLOP/s of the best of `repeats` (n, n) @ (n, n) float32 products: 2n³ FLOPs each."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Counting FLOPs
+# ----------------------------------------------------------------------------------------------
+# A matmul (m, k) @ (k, n) costs 2mkn FLOPs (a multiply and an add per term). A weight matrix
+# with P entries applied to N token rows costs 2PN forward; backward computes both
+# dX = dY Wᵀ and dW = Xᵀ dY, 4PN. Hence the familiar 6 · params · tokens (Kaplan et al. 2020).
+# The weights that are matmuls: per layer W_Q, W_K, W_V, W_O (4 d²) and the feed-forward
+# (2 d d_ff), plus the unembedding (d V). The embedding is a table lookup: no FLOPs.
+#
+# Attention has no weights but two matmuls per layer, QKᵀ and PV, each 2 · B · H · T · T · d_k
+# = 2 B T² d FLOPs; backward has four (dV = Pᵀ dO, dP = dO Vᵀ, dQ = dS K, dK = dSᵀ Q). So the
+# attention adds (2 + 4) · 2 B T² d = 12 B T² d per layer. We count the full T x T scores
+# although the causal mask zeroes half of them, because the code computes all of them.
+# Biases, softmax, layer norm, activations and Adam do a few FLOPs per number they touch (not
+# counted): cheap in FLOPs, but they are a large part of the time (see the docstring).
+
+def matmul_params(vocab_size, d_model, n_layers, d_ff, **_):
+    """The weights used in matmuls: W_Q, W_K, W_V, W_O and the FFN per layer, the unembedding."""
+    return n_layers * (4 * d_model * d_model + 2 * d_model * d_ff) + d_model * vocab_size
+
+
+def train_step_flops(vocab_size, d_model, n_layers, d_ff, seq_len, batch, **_):
+    """6 · matmul params · tokens + 12 · layers · B · T² · d_model"""
+    tokens = batch * seq_len
+    attention = 12 * n_layers * batch * seq_len ** 2 * d_model
+    return 6 * matmul_params(vocab_size, d_model, n_layers, d_ff) * tokens + attention
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Timing a training step
+# ----------------------------------------------------------------------------------------------
+
+def time_train_step(cfg, steps, warmup=3, seed=0):
+    """Seconds per training step (forward, cross_entropy, backward, Adam) in float32: the median
+    over `steps` timed steps, after `warmup` untimed ones (the first steps allocate memory). The
+    median, not the mean, so that a step slowed by another program on the machine does not count."""
+    model = T.DecoderOnlyTransformer(cfg["vocab_size"], cfg["d_model"], cfg["n_heads"],
+                                     cfg["n_layers"], cfg["d_ff"], cfg["seq_len"],
+                                     dtype=np.float32, seed=seed)
+    optimizer = T.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, cfg["vocab_size"], (cfg["batch"], cfg["seq_len"]))
+    targets = rng.integers(0, cfg["vocab_size"], (cfg["batch"], cfg["seq_len"]))
+    for _ in range(warmup):
+        T.train_step(model, optimizer, (tokens,), targets)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        T.train_step(model, optimizer, (tokens,), targets)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Benchmarks
+# ----------------------------------------------------------------------------------------------
+# Each benchmark takes (args, peak GFLOP/s) and prints its lines.
+
+def bench_training(args, peak):
+    names = sorted(CONFIGS) if args.config == "all" else [args.config]
+    for name in names:
+        cfg = CONFIGS[name]
+        seconds = time_train_step(cfg, args.steps)
+        flops = train_step_flops(**cfg)
+        gflops = flops / seconds / 1e9
+        print(f"config {name}  d_model={cfg['d_model']} heads={cfg['n_heads']} "
+              f"layers={cfg['n_layers']} d_ff={cfg['d_ff']} seq={cfg['seq_len']} "
+              f"batch={cfg['batch']} vocab={cfg['vocab_size']}")
+        print(f"  FLOPs/step = 6 x {matmul_params(**cfg):,} params x {cfg['batch'] * cfg['seq_len']:,} tokens"
+              f" + 12 x {cfg['n_layers']} layers x {cfg['batch']} x {cfg['seq_len']}² x {cfg['d_model']}"
+              f" = {flops / 1e9:.2f} GFLOP")
+        print(f"  {seconds * 1e3:8.1f} ms/step  {cfg['batch'] * cfg['seq_len'] / seconds:9.0f} tokens/s"
+              f"  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of peak (target {TARGETS[name]:.0%})")
+
+
+# The benchmarks main() runs, in order: each is a function (args, peak) that prints its lines.
+# >>> The superposition sweep timing will be added to this list. <<<
+BENCHMARKS = [
+    bench_training,
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Main
+# ----------------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS) + ["all"], default="all",
+                        help="which model config to time (default: all)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per config")
+    args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"note: the load average is {load:.1f}; if other programs are using the CPU, every "
+              f"number below is slower than this machine can do")
+    peak = matmul_peak()
+    print(f"float32 matmul peak on {os.cpu_count()} cores (2048 x 2048, best of 10): {peak:.1f} GFLOP/s")
+    for bench in BENCHMARKS:
+        bench(args, peak)
+
+
+if __name__ == "__main__":
+    main()
