@@ -6,7 +6,8 @@ A benchmark, not a test: it prints numbers and asserts nothing. Read it in this 
     2. The ceiling         the float32 matmul peak, measured now, on this machine
     3. Counting FLOPs      the work in one training step, counted from the shapes
     4. Timing a step       warm up, then time forward + cross_entropy + backward + Adam
-    5. Benchmarks          the list of things to time; later chapters add theirs here
+    5. Benchmarks          the list of things to time: the two transformer configs, then the
+                           superposition sweep of superposition.py
     6. Main                python bench.py [--config A|B|all] [--steps N]
 
 Everything is float32: that is the speed setting (float64 is for checking gradients).
@@ -26,6 +27,7 @@ import time
 
 import numpy as np
 
+import superposition as S
 import transformer as T
 
 # ----------------------------------------------------------------------------------------------
@@ -132,10 +134,23 @@ def bench_training(args, peak):
               f"  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of peak (target {TARGETS[name]:.0%})")
 
 
+def bench_superposition_sweep(args, peak):
+    """The sweep of issue 3: n = 20 features in m = 5 dimensions at 8 sparsities, trained at once
+    along the instance axis (float32, batch 1024, Adam lr 1e-3). Target: 10,000 steps in <= 20 s.
+    Its matmuls are tiny, so the peak means little here; seconds are what count."""
+    steps = args.sweep_steps
+    start = time.perf_counter()
+    model, _ = S.sparsity_sweep(steps=steps, batch_size=1024, lr=1e-3, dtype=np.float32)
+    seconds = time.perf_counter() - start
+    print(f"superposition sweep  8 instances x {steps:,} steps x batch 1024")
+    print(f"  {seconds:8.1f} s  ({1e3 * seconds / steps:.2f} ms/step; target 20 s for 10,000 steps);"
+          f" features represented per sparsity: {S.summarize(model.W)['represented'].tolist()}")
+
+
 # The benchmarks main() runs, in order: each is a function (args, peak) that prints its lines.
-# >>> The superposition sweep timing will be added to this list. <<<
 BENCHMARKS = [
     bench_training,
+    bench_superposition_sweep,
 ]
 
 
@@ -148,9 +163,12 @@ def main():
     parser.add_argument("--config", choices=sorted(CONFIGS) + ["all"], default="all",
                         help="which model config to time (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per config")
+    parser.add_argument("--sweep-steps", type=int, default=10_000,
+                        help="Adam steps of the superposition sweep (default 10,000, as issue 3 times)")
     args = parser.parse_args()
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
+    for flag, value in (("--steps", args.steps), ("--sweep-steps", args.sweep_steps)):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: the load average is {load:.1f}; if other programs are using the CPU, every "
