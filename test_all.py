@@ -309,6 +309,16 @@ def test_noam_schedule_peaks_at_warmup_and_decays_as_inverse_sqrt():
     assert np.isclose(T.noam_lr(400, 512, 100) / T.noam_lr(100, 512, 100), 0.5)
 
 
+def test_sgd_with_momentum_follows_its_update_rule():
+    w, g = np.array([1.0, -2.0]), np.array([0.5, 0.25])
+    opt = T.SGD([("w", w, g)], lr=0.1, momentum=0.9, weight_decay=0.1)
+    opt.step()                                     # v = g;          w -= 0.1 (v + 0.1 w)
+    assert np.allclose(w, [1.0 - 0.1 * (0.5 + 0.1), -2.0 - 0.1 * (0.25 - 0.2)])
+    before = w.copy()
+    opt.step()                                     # v = 0.9 g + g
+    assert np.allclose(w, before - 0.1 * (1.9 * g + 0.1 * before))
+
+
 def test_adam_weight_decay_is_decoupled_and_clipping_scales_globally():
     w = np.array([2.0, -4.0])
     g = np.zeros(2)
