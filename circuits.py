@@ -48,21 +48,29 @@ import transformer as T
 #     mixed product   (A ⊗ B)(C ⊗ D) = (AC) ⊗ (BD)
 #     sandwich        M X N = (Nᵀ ⊗ M) X
 
-def vec(X):
-    """(d, n) -> (n·d,): the columns of X stacked, first column first."""
-    return np.asarray(X).reshape(-1, order="F")
-
-
-def unvec(x, shape):
-    """(n·d,) -> (d, n): the inverse of vec."""
-    return np.asarray(x).reshape(shape, order="F")
-
-
 def _check_matrix(M, name):
     M = np.asarray(M)
     if M.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {M.shape}")
     return M
+
+
+def _is_int(i):
+    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+
+
+def vec(X):
+    """(d, n) -> (n·d,): the columns of X stacked, first column first."""
+    return _check_matrix(X, "X").reshape(-1, order="F")
+
+
+def unvec(x, shape):
+    """(n·d,) -> (d, n): the inverse of vec."""
+    x = np.asarray(x)
+    if len(shape) != 2 or x.ndim != 1 or x.size != shape[0] * shape[1]:
+        raise ValueError(f"x must be a vector of d·n entries for shape = (d, n), got x of shape "
+                         f"{x.shape} and shape = {tuple(shape)}")
+    return x.reshape(shape, order="F")
 
 
 def kron_apply(P, Q, X):
@@ -89,7 +97,10 @@ def kron_apply(P, Q, X):
 # and the mixed-product property splits it into "process every token with W_OV = W_O W_V" and
 # "move information between positions with A". The factors commute: (I ⊗ W_OV)(A ⊗ I) is the
 # same operator, because mixing positions and mixing features act on different axes.
-# "Virtual weights" lift a per-token matrix W (d', d) to the whole sequence as I_n ⊗ W.
+# A per-token matrix W (d', d) acts on the whole sequence as I_n ⊗ W, the "virtual weight" of
+# seed 003 (Definition 19). Elhage et al. use "virtual weights" for products such as W_I W_O of
+# a later layer's input and an earlier layer's output matrix; the same mixed product,
+# (I ⊗ W_I)(I ⊗ W_O) = I ⊗ W_I W_O, turns one into the other (section 7 scores such products).
 
 def attention_pattern(X, W_Q, W_K, causal=True):
     """A = softmax over each row of (W_Q X)ᵀ (W_K X) / √d_head, X (d, n) -> A (n, n).
@@ -134,7 +145,10 @@ def head_output_kronecker(X, A, W_V, W_O, explicit=False):
 
 def virtual_weight(W, n):
     """I_n ⊗ W (n·d', n·d): the per-token matrix W applied at every one of n positions."""
-    return np.kron(np.eye(n), _check_matrix(W, "W"))
+    W = _check_matrix(W, "W")
+    if not (_is_int(n) and n >= 1):
+        raise ValueError(f"n must be a positive int (the number of positions), got {n!r}")
+    return np.kron(np.eye(n), W)
 
 
 def kronecker_identity_errors(seed=0):
@@ -178,6 +192,7 @@ def kronecker_identity_errors(seed=0):
 # every paper matrix is the transpose of a transformer.py matrix:
 #     W_Q^h = query.W[:, h·d_k:(h+1)·d_k]ᵀ   (d_k, d)     W_O^h = out.W[h·d_k:(h+1)·d_k, :]ᵀ (d, d_k)
 #     W_E   = (embed.W · embed_scale)ᵀ         (d, V)     W_U   = unembed.Wᵀ                  (V, d)
+# (with tied weights the unembedding is h embed.Wᵀ, so W_U = embed.W, without the scale),
 # and the positional code enters the residual stream as a matrix P = posᵀ (d, max_len):
 #     X_0 = W_E[:, tokens] + P[:, :n]        (the model's x = embed.W[tok]·√d + pos[t]).
 # Attention patterns need no translation: pattern[b, h, i, j] is already "destination i reads
@@ -200,19 +215,25 @@ def check_simplified(model):
 def _check_layer_head(model, layer, head):
     check_simplified(model)
     n_layers, n_heads = len(model.blocks), model.config["n_heads"]
-    if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
+    if not (_is_int(layer) and 0 <= layer < n_layers):
         allowed = f"an int in [0, {n_layers - 1}]" if n_layers else "nothing: the model has no layers"
         raise ValueError(f"layer must be {allowed} for this {n_layers}-layer model, got {layer!r}")
-    if not (isinstance(head, (int, np.integer)) and 0 <= head < n_heads):
+    if not (_is_int(head) and 0 <= head < n_heads):
         raise ValueError(f"head must be an int in [0, {n_heads - 1}], got {head!r}")
+
+
+def _head_block(model, head):
+    """Head h's block of d_k = d_model / n_heads columns of query.W, key.W, value.W, which is
+    also its block of rows of out.W."""
+    d_k = model.config["d_model"] // model.config["n_heads"]
+    return slice(head * d_k, (head + 1) * d_k)
 
 
 def head_weights(model, layer, head):
     """Paper-convention (float64) weights of one head: W_Q, W_K, W_V (d_k, d) and W_O (d, d_k)."""
     _check_layer_head(model, layer, head)
     attn = model.blocks[layer].self_attn
-    d_k = model.config["d_model"] // model.config["n_heads"]
-    cols = slice(head * d_k, (head + 1) * d_k)
+    cols = _head_block(model, head)
     W_Q, W_K, W_V = (lin.params["W"][:, cols].T for lin in (attn.query, attn.key, attn.value))
     W_O = attn.out.params["W"][cols, :].T
     return tuple(np.asarray(W, np.float64) for W in (W_Q, W_K, W_V, W_O))
@@ -248,9 +269,8 @@ def ablated(model, layer, head):
     the only way its output reaches the residual stream, are zero. They are restored on exit,
     even after an exception."""
     _check_layer_head(model, layer, head)
-    d_k = model.config["d_model"] // model.config["n_heads"]
     W_out = model.blocks[layer].self_attn.out.params["W"]
-    rows = slice(head * d_k, (head + 1) * d_k)
+    rows = _head_block(model, head)
     saved = W_out[rows].copy()
     W_out[rows] = 0
     try:
@@ -265,11 +285,12 @@ def ablated(model, layer, head):
 # Attention-only, no layer norm, no biases: DecoderOnlyTransformer has switches for all three,
 # so nothing here re-implements attention or Adam. d_ff is unused without an MLP.
 
-def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=np.float64, seed=0):
+def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=np.float64, seed=0,
+                         positional=True):
     """The simplified transformer of the framework, built by transformer.py."""
     return T.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, d_ff=1, max_len=max_len,
                                     attention_only=True, layer_norm=False, bias=False,
-                                    dtype=dtype, seed=seed)
+                                    positional=positional, dtype=dtype, seed=seed)
 
 
 def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
@@ -311,12 +332,14 @@ def token_losses(model, tokens):
 # ----------------------------------------------------------------------------------------------
 # 5. Zero layers: the bigram model
 # ----------------------------------------------------------------------------------------------
-# With no attention, logits = (I ⊗ W_U W_E) x (plus the positional term W_U P): every position
-# predicts the next token from the current one alone. The best such model is the corpus's
-# bigram table, so W_U W_E, read column by column through a softmax, should approximate
-# log p(next | current) (Elhage et al., "Zero-Layer Transformers"). One catch, measured below:
-# a model without biases borrows the positional code as its bias, so the reading that matches
-# the corpus adds the average position to every token.
+# With no attention, logits = (I ⊗ W_U W_E) x: every position predicts the next token from the
+# current one alone. The best such model is the corpus's bigram table, so W_U W_E, read column
+# by column through a softmax, should approximate log p(next | current) (Elhage et al.,
+# "Zero-Layer Transformers"). The paper's zero-layer model is embedding then unembedding, with
+# no positional code, and so is ours (positional=False). With the code, its slow cosines hardly
+# change over a short sequence, so W_U P would act as a bias, a per-next-token offset (how
+# common each token is), and training would put that offset there instead of in W_U W_E
+# (measured: the correlation below then drops from about 0.98 to about 0.7).
 
 def markov_corpus(rng, vocab_size, n_seqs, length, successors=3):
     """A corpus from a random bigram chain: each token is followed by one of `successors`
@@ -334,36 +357,30 @@ def markov_corpus(rng, vocab_size, n_seqs, length, successors=3):
 
 
 def bigram_log_probs(tokens, vocab_size):
-    """Empirical log p(next | current) (V_cur, V_next) of a corpus; -inf where never seen."""
+    """Empirical log p(next | current) of a corpus (n_seqs, length), laid out like W_U W_E:
+    (V_next, V_cur), one column per current token. -inf where a pair never occurs, NaN in the
+    column of a current token that never occurs."""
     counts = np.zeros((vocab_size, vocab_size))
-    np.add.at(counts, (tokens[:, :-1].ravel(), tokens[:, 1:].ravel()), 1)
+    np.add.at(counts, (tokens[:, 1:].ravel(), tokens[:, :-1].ravel()), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(counts / counts.sum(axis=1, keepdims=True))
+        return np.log(counts / counts.sum(axis=0, keepdims=True))
 
 
 def bigram_correlation(model, tokens):
-    """Pearson correlations, over the bigrams seen in the corpus tokens (n_seqs, n + 1), between
-    the corpus's log p(next | current) and two readings of the zero-layer model:
-        "W_U W_E"            log softmax of W_U W_E alone, the paper's bigram table;
-        "W_U (W_E + mean P)" the same with the positional code averaged over the n input
-                             positions added to every token.
-    The model has no biases, so it uses the positional code as one (a per-output-token offset,
-    such as how common each token is); the second reading includes that, the first does not."""
-    W_E, W_U, P = embedding_weights(model)
+    """Pearson correlation, over the bigrams seen in the corpus tokens (n_seqs, n + 1), between
+    the corpus's log p(next | current) and log softmax of the zero-layer model's W_U W_E."""
+    W_E, W_U, _ = embedding_weights(model)
     table = bigram_log_probs(tokens, model.vocab_size)
     seen = np.isfinite(table)
-    mean_position = P[:, :tokens.shape[1] - 1].mean(axis=1, keepdims=True)
-    readings = {"W_U W_E": W_U @ W_E, "W_U (W_E + mean P)": W_U @ (W_E + mean_position)}
-    return {name: float(np.corrcoef(table[seen], T.log_softmax(logits, axis=0).T[seen])[0, 1])
-            for name, logits in readings.items()}
+    return float(np.corrcoef(table[seen], T.log_softmax(W_U @ W_E, axis=0)[seen])[0, 1])
 
 
 def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=300, lr=1e-2,
                        batch=64, seed=0, dtype=np.float32):
-    """A zero-layer model trained on a random bigram chain (about 0.3 s).
-    Returns (model, corpus (n_seqs, length + 1), losses)."""
+    """A zero-layer model, without positional code, trained on a random bigram chain (about
+    0.3 s). Returns (model, corpus (n_seqs, length + 1), losses)."""
     corpus = markov_corpus(np.random.default_rng(seed), vocab_size, n_seqs, length + 1)
-    model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed)
+    model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed, positional=False)
     losses, _ = train(model, lambda rng: corpus[rng.integers(0, n_seqs, batch)], steps, lr, seed)
     return model, corpus, losses
 
@@ -376,7 +393,8 @@ def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=
 #     logits = W_U X_0 + Σ_h W_U W_OV^h X_0 A^hᵀ + Σ_{h, h'} W_U W_OV^h' W_OV^h X_0 A^hᵀ A^h'ᵀ + ...
 # one term per chain of heads at increasing layers. X_0 = W_E x + P splits each term into a
 # token part and a position part. For one layer in the Kronecker notation, on one-hot tokens x:
-#     logits = (I ⊗ W_U W_E) x + Σ_h (A^h ⊗ W_U W_OV^h W_E) x        (+ the same with P for x)
+#     logits = (I ⊗ W_U W_E) x + Σ_h (A^h ⊗ W_U W_OV^h W_E) x
+#              + (I ⊗ W_U) P + Σ_h (A^h ⊗ W_U W_OV^h) P                 (P the positional code)
 # the direct path is the bigram table of section 5 and each head adds skip-trigrams.
 
 def path_expansion(model, tokens):
@@ -473,21 +491,23 @@ def skip_trigrams(model, top_k=10):
     and after b alone (every head on b) the first two terms. The triple's score is how much more
     probable out token c becomes because a came earlier:
         score(a, b, c) = softmax(with(a, b))[c] - softmax(with(b, b))[c]       (in [-1, 1]).
-    A triple with a == b scores 0 by construction. Returns the top_k as a list of
+    A triple with a == b scores 0 by construction. Every triple is scored at once, H·V³
+    numbers: fine for a toy vocabulary, not for a real one. Returns the top_k as a list of
     (score, head, source a, destination b, out c), best first, where head is the one whose
     term raises c's logit most."""
     check_simplified(model)
     if len(model.blocks) != 1:
         raise ValueError(f"model must have exactly 1 layer for skip-trigrams, got {len(model.blocks)}")
     V, H = model.vocab_size, model.config["n_heads"]
-    if not (isinstance(top_k, (int, np.integer)) and 1 <= top_k <= V ** 3):
+    if not (_is_int(top_k) and 1 <= top_k <= V ** 3):
         raise ValueError(f"top_k must be an int in [1, {V ** 3}], got {top_k!r}")
     W_E, W_U, _ = embedding_weights(model)
     qk = np.stack([qk_circuit(model, 0, h) for h in range(H)])                  # (H, b, a)
     ov = np.stack([ov_circuit(model, 0, h) for h in range(H)])                  # (H, c, a)
     alone = W_U @ W_E + ov.sum(axis=0)                                          # (c, b)
     self_score = np.diagonal(qk, axis1=1, axis2=2)[:, :, None]                  # QK^h[b, b]
-    share = 0.5 * (1 + np.tanh((qk - self_score) / 2))     # σ(z) = (1 + tanh(z/2)) / 2, s_h (H, b, a)
+    share = 0.5 * (1 + np.tanh((qk - self_score) / 2))   # s_h (H, b, a); σ(z) = (1 + tanh(z/2)) / 2
+                                                          # cannot overflow, unlike 1 / (1 + e^-z)
     moved = share[:, None] * (ov[:, :, None, :] - ov[:, :, :, None])             # (H, c, b, a)
     with_a = T.softmax(alone[:, :, None] + moved.sum(axis=0), axis=0)          # (c, b, a)
     score = (with_a - T.softmax(alone, axis=0)[:, :, None]).transpose(2, 1, 0)  # (a, b, c)
@@ -550,15 +570,15 @@ def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_he
     return model, losses, records
 
 
+def split_losses(losses, inside):
+    """(B, n) per-token losses -> (mean where inside, mean elsewhere)."""
+    return float(losses[inside].mean()), float(losses[~inside].mean())
+
+
 def repeat_losses(model, tokens, inside):
     """Mean next-token loss inside repeats and elsewhere: tokens (B, n + 1) and inside (B, n)
     from repeated_segment_batch -> (loss_inside, loss_outside)."""
     return split_losses(token_losses(model, tokens), inside)
-
-
-def split_losses(losses, inside):
-    """(B, n) per-token losses -> (mean where inside, mean elsewhere)."""
-    return float(losses[inside].mean()), float(losses[~inside].mean())
 
 
 def ablation_losses(model, tokens, inside, layer):
@@ -568,6 +588,49 @@ def ablation_losses(model, tokens, inside, layer):
         with ablated(model, layer, head):
             losses[head] = repeat_losses(model, tokens, inside)
     return losses
+
+
+# The two attention scores, first on any stack of patterns (L, B, H, n, n), such as
+# run_with_patterns gives, then on the patterns a model computes.
+
+def _check_patterns(patterns):
+    patterns = np.asarray(patterns)
+    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2]:
+        raise ValueError(f"patterns must have shape (L, B, H, n, n), got {patterns.shape}")
+    return patterns
+
+
+def score_induction(patterns, tokens, where=None):
+    """patterns (L, B, H, n, n), tokens (B, n) -> (L, H): for every head, the attention a
+    destination i puts on the positions right after earlier occurrences of its own token
+    (j + 1 for j < i with tokens[j] == tokens[i]), averaged over the destinations where (B, n)
+    is True (default: every destination that has an earlier occurrence; pass
+    repeated_segment_batch's `inside` to score inside repeats only)."""
+    patterns, tokens = _check_patterns(patterns), np.asarray(tokens)
+    if tokens.shape != (patterns.shape[1], patterns.shape[-1]):
+        raise ValueError(f"tokens must have shape (B, n) = {(patterns.shape[1], patterns.shape[-1])} "
+                         f"to match patterns of shape {patterns.shape}, got {tokens.shape}")
+    n = tokens.shape[1]
+    earlier = (tokens[:, :, None] == tokens[:, None, :]) & np.tri(n, k=-1, dtype=bool)   # (B, i, j)
+    target = np.zeros_like(earlier)
+    target[:, :, 1:] = earlier[:, :, :-1]                        # source s = j + 1
+    has = target.any(axis=2)
+    if where is not None:
+        where = np.asarray(where, bool)
+        if where.shape != tokens.shape:
+            raise ValueError(f"where must be a bool mask of the tokens' shape {tokens.shape}, "
+                             f"got shape {where.shape}")
+        has &= where
+    if not has.any():
+        raise ValueError("no destination (in `where`) has an earlier occurrence of its token, "
+                         "so induction cannot be measured")
+    return np.einsum("lbhis,bis->lh", patterns, target * has[:, :, None]) / has.sum()
+
+
+def score_previous_token(patterns):
+    """patterns (L, B, H, n, n) -> (L, H): mean attention of positions i >= 1 on i - 1."""
+    patterns = _check_patterns(patterns)
+    return np.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean(axis=(1, 3))
 
 
 def _all_patterns(model, tokens):
@@ -588,34 +651,6 @@ def previous_token_scores(model, tokens):
     return score_previous_token(_all_patterns(model, tokens))
 
 
-def score_induction(patterns, tokens, where=None):
-    """patterns (L, B, H, n, n), tokens (B, n) -> (L, H): for every head, the attention a
-    destination i puts on the positions right after earlier occurrences of its own token
-    (j + 1 for j < i with tokens[j] == tokens[i]), averaged over the destinations where (B, n)
-    is True (default: every destination that has an earlier occurrence; pass
-    repeated_segment_batch's `inside` to score inside repeats only)."""
-    n = tokens.shape[1]
-    earlier = (tokens[:, :, None] == tokens[:, None, :]) & np.tri(n, k=-1, dtype=bool)   # (B, i, j)
-    target = np.zeros_like(earlier)
-    target[:, :, 1:] = earlier[:, :, :-1]                        # source s = j + 1
-    has = target.any(axis=2)
-    if where is not None:
-        where = np.asarray(where, bool)
-        if where.shape != tokens.shape:
-            raise ValueError(f"where must be a bool mask of the tokens' shape {tokens.shape}, "
-                             f"got shape {where.shape}")
-        has &= where
-    if not has.any():
-        raise ValueError("no destination (in `where`) has an earlier occurrence of its token, "
-                         "so induction cannot be measured")
-    return np.einsum("lbhis,bis->lh", patterns, target * has[:, :, None]) / has.sum()
-
-
-def score_previous_token(patterns):
-    """patterns (L, B, H, n, n) -> (L, H): mean attention of positions i >= 1 on i - 1."""
-    return np.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean(axis=(1, 3))
-
-
 def composition_score(A, B):
     """‖A B‖_F / (‖A‖_F ‖B‖_F), in [0, 1]: how much of what B writes A reads (Elhage et al.,
     "Virtual Weights and Composition")."""
@@ -631,7 +666,10 @@ def composition_scores(model):
         Q: comp(W_QKᵀ, W_OV^0)   K: comp(W_QK, W_OV^0)   V: comp(W_OV^1, W_OV^0)
     with W_QK = W_Qᵀ W_K (d, d) of the layer-1 head (score = x_destᵀ W_QK x_src) and W_OV^0 the
     layer-0 head's W_O W_V. -> {"Q": (H, H), "K": (H, H), "V": (H, H)}."""
-    _check_layer_head(model, 1, 0)
+    check_simplified(model)
+    if len(model.blocks) < 2:
+        raise ValueError(f"model must have at least 2 layers for composition scores, got "
+                         f"{len(model.blocks)}")
     H = model.config["n_heads"]
     first = [head_weights(model, 0, h) for h in range(H)]
     second = [head_weights(model, 1, h) for h in range(H)]
@@ -648,7 +686,8 @@ def composition_scores(model):
 
 def random_composition_baseline(d_model, d_head, rng, samples=200):
     """Mean composition score of two random Gaussian rank-d_head products W_1ᵀ W_2 and
-    W_3 W_4 (d_model, d_model): the value that means "no more than chance"."""
+    W_3ᵀ W_4 (d_model, d_model), W_i (d_head, d_model), shaped like W_QK = W_Qᵀ W_K and
+    W_OV = W_O W_V: the value that means "no more than chance"."""
     W = rng.standard_normal((samples, 4, d_head, d_model))
     first = W[:, 0].swapaxes(1, 2) @ W[:, 1]
     second = W[:, 2].swapaxes(1, 2) @ W[:, 3]

@@ -605,13 +605,10 @@ def chapter_circuits(ctx):
     # zero layers: W_U W_E against the corpus's bigram table
     bigram, corpus, losses = C.train_bigram_model(seed=ctx.seed)
     corr = C.bigram_correlation(bigram, corpus)
-    print(f"  zero layers (16 tokens, a random bigram chain, {len(losses)} steps): loss "
-          f"{losses[-20:].mean():.3f}; correlation with the corpus's log p(next | current) over "
-          f"the {int(np.isfinite(C.bigram_log_probs(corpus, 16)).sum())} bigrams seen:")
-    for name, r in corr.items():
-        print(f"    log softmax {name:<22} r = {r:.3f}")
-    print("    (no biases: the model uses the positional code as one, so W_U W_E alone misses "
-          "how common each token is)")
+    print(f"  zero layers (16 tokens, a random bigram chain, no positional code, {len(losses)} "
+          f"steps): loss {losses[-20:].mean():.3f}; log softmax W_U W_E against the corpus's "
+          f"log p(next | current) over the {int(np.isfinite(C.bigram_log_probs(corpus, 16)).sum())}"
+          f" bigrams seen: r = {corr:.3f}")
 
     skip_model, table = _circuits_skip_trigrams(ctx)
     runs = _circuits_induction(ctx)

@@ -616,9 +616,9 @@ def test_translation_to_columns_reproduces_the_models_attention_patterns():
 
 def test_zero_layer_model_learns_the_bigram_table():
     model, corpus, losses = C.train_bigram_model(seed=0)
-    corr = C.bigram_correlation(model, corpus)
+    assert np.all(model.pos == 0)                  # the paper's zero-layer model: no positions
     assert losses[-20:].mean() < 0.5 * losses[:5].mean()
-    assert corr["W_U (W_E + mean P)"] >= 0.95
+    assert C.bigram_correlation(model, corpus) >= 0.95
     # and the path expansion is the bigram path and the position path, nothing else
     tokens = corpus[:3, :-1]
     terms = C.path_expansion(C.to_float64(model), tokens)
@@ -817,6 +817,105 @@ def test_circuits_bad_inputs_raise_value_errors_that_name_the_argument():
         C.copying_score(np.ones((2, 3)))
     with pytest.raises(ValueError, match="tokens"):
         C.path_expansion(model, np.full((1, 3), 11))
+
+
+# ---- second reading: skip-trigram scores against the model, tied weights, each switch ------
+
+def _rc_simplified(n_layers, tie_weights=False, seed=0, positional=True):
+    return T.DecoderOnlyTransformer(11, 12, 3, n_layers, d_ff=1, max_len=9, tie_weights=tie_weights,
+                                    attention_only=True, layer_norm=False, bias=False,
+                                    positional=positional, seed=seed)
+
+
+def test_skip_trigram_scores_are_the_models_own_two_token_predictions():
+    # skip_trigrams reads each triple on the context "a b" with positions left out. Built
+    # without positional code the model itself computes exactly that context, so every score
+    # must equal softmax(forward([a, b]))[c] - softmax(forward([b]))[c].
+    model = _rc_simplified(1, seed=3, positional=False)
+    for block in model.blocks:          # larger weights than at initialisation: sharper softmaxes
+        for lin in (block.self_attn.query, block.self_attn.key, block.self_attn.value):
+            lin.params["W"] *= 4
+    V = model.vocab_size
+    a, b = np.divmod(np.arange(V * V), V)                                   # every pair (a, b)
+    with_a = T.softmax(model.forward(np.stack([a, b], axis=1))[:, 1], axis=-1).reshape(V, V, V)
+    alone = T.softmax(model.forward(np.arange(V)[:, None])[:, 0], axis=-1)  # (b, c)
+    expected = with_a - alone[None]                                         # (a, b, c)
+    rows = C.skip_trigrams(model, top_k=V ** 3)
+    got = np.empty((V, V, V))
+    for score, _, src, dst, out in rows:
+        got[src, dst, out] = score
+    assert len(rows) == V ** 3
+    assert np.max(np.abs(got - expected)) < 1e-12
+    assert np.max(np.abs(expected)) > 0.05                  # the check is not between zeros
+
+
+def test_bigram_table_is_laid_out_like_w_u_w_e():
+    tokens = np.array([[0, 1, 0, 2]])                 # 0 -> 1, 1 -> 0, 0 -> 2; 2 is never current
+    table = C.bigram_log_probs(tokens, 3)             # (V_next, V_cur)
+    assert table[1, 0] == table[2, 0] == np.log(0.5) and table[0, 1] == 0
+    assert np.isneginf(table[0, 0]) and np.all(np.isnan(table[:, 2]))
+    # a zero-layer model whose W_U W_E is exactly the corpus's log table correlates perfectly
+    corpus = C.markov_corpus(np.random.default_rng(0), 6, 50, 9)
+    logp = C.bigram_log_probs(corpus, 6)
+    assert np.isfinite(logp).any(axis=0).all()        # every token occurs as a current token
+    model = T.DecoderOnlyTransformer(6, 6, 1, 0, d_ff=1, max_len=8, attention_only=True,
+                                     layer_norm=False, bias=False)
+    model.embed.params["W"][...] = np.eye(6) / model.embed_scale          # W_E = I
+    model.unembed.params["W"][...] = np.where(np.isfinite(logp), logp, -40).T  # W_U = log table
+    assert C.bigram_correlation(model, corpus) > 1 - 1e-12
+
+
+def test_tied_unembedding_translates_and_the_path_expansion_stays_exact():
+    model = _rc_simplified(2, tie_weights=True, seed=2)
+    W_E, W_U, _ = C.embedding_weights(model)
+    assert np.array_equal(W_U, model.embed.params["W"])         # logits = h Eᵀ: no embed scale
+    assert np.allclose(W_U.T * model.embed_scale, W_E)
+    tokens = np.random.default_rng(0).integers(0, 11, (2, 9))
+    terms = C.path_expansion(model, tokens)
+    assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < 1e-10
+
+
+@pytest.mark.parametrize("switch, value", [("attention_only", False), ("layer_norm", True),
+                                           ("bias", True)])
+def test_each_missing_simplification_is_refused_by_name(switch, value):
+    config = {**dict(attention_only=True, layer_norm=False, bias=False), switch: value}
+    model = T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6, **config)
+    with pytest.raises(ValueError, match=f"{switch}={value}"):
+        C.path_expansion(model, np.zeros((1, 3), int))
+    with pytest.raises(ValueError, match="simplified transformer"):
+        C.ov_circuit(model, 0, 0)
+
+
+def test_kronecker_helpers_and_indices_refuse_bad_shapes_and_types():
+    with pytest.raises(ValueError, match=r"x must be a vector of d·n entries"):
+        C.unvec(np.arange(6.0), (2, 4))
+    with pytest.raises(ValueError, match=r"x must be a vector"):
+        C.unvec(np.ones((2, 3)), (2, 3))
+    with pytest.raises(ValueError, match="X must be a 2-D matrix"):
+        C.vec(np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        C.virtual_weight(np.eye(2), 0)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        C.virtual_weight(np.eye(2), True)
+    with pytest.raises(ValueError, match="W must be a 2-D matrix"):
+        C.virtual_weight(np.ones(3), 2)
+    model = _rc_simplified(1)
+    with pytest.raises(ValueError, match="layer must be an int"):
+        C.qk_circuit(model, True, 0)
+    with pytest.raises(ValueError, match="head must be an int"):
+        C.head_weights(model, 0, 1.0)
+    with pytest.raises(ValueError, match="at least 2 layers for composition"):
+        C.composition_scores(model)
+
+
+def test_attention_scores_refuse_patterns_that_do_not_fit():
+    tokens = np.array([[1, 2, 1, 2]])
+    with pytest.raises(ValueError, match=r"patterns must have shape \(L, B, H, n, n\)"):
+        C.score_previous_token(np.ones((1, 4, 4)))
+    with pytest.raises(ValueError, match=r"patterns must have shape"):
+        C.score_induction(np.ones((1, 1, 1, 4, 3)), tokens)
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, n\) = \(1, 5\)"):
+        C.score_induction(np.ones((1, 1, 1, 5, 5)), tokens)
 
 
 # ==============================================================================================

@@ -414,11 +414,9 @@ class LayerNorm(Module):
 
     def forward(self, x):
         """(..., d) -> (..., d)"""
-        mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        r = 1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + self.eps)
-        xhat = xc
-        xhat *= r                      # in place (as below): each new (B, T, d) array costs time
+        xhat = x - x.mean(axis=-1, keepdims=True)                        # centred: x - μ
+        r = 1 / np.sqrt((xhat * xhat).mean(axis=-1, keepdims=True) + self.eps)
+        xhat *= r        # now (x - μ) r, in place (as below): each new (B, T, d) array costs time
         self.cache = (xhat, r)
         y = xhat * self.params["g"]
         y += self.params["b"]
@@ -737,12 +735,14 @@ class DecoderOnlyTransformer(Module):
     """A GPT: tokens -> embedding + position -> causal blocks -> logits for the next token.
 
     attention_only, layer_norm=False and bias=False build the simplified model of "A
-    Mathematical Framework for Transformer Circuits" (n_layers=0 is the zero-layer model).
+    Mathematical Framework for Transformer Circuits" (n_layers=0 is the zero-layer model);
+    positional=False leaves out the positional encoding (self.pos is then all zeros), as that
+    paper's zero-layer model does.
     """
 
     def __init__(self, vocab_size, d_model, n_heads, n_layers, d_ff, max_len, norm_first=True,
                  activation="relu", tie_weights=False, attention_only=False, layer_norm=True,
-                 bias=True, dtype=np.float64, seed=0):
+                 bias=True, positional=True, dtype=np.float64, seed=0):
         super().__init__()
         _check_config(d_model, n_heads, n_layers, d_ff, max_len, activation,
                       [("vocab_size", vocab_size)])
@@ -750,12 +750,13 @@ class DecoderOnlyTransformer(Module):
                            n_layers=n_layers, d_ff=d_ff, max_len=max_len, norm_first=norm_first,
                            activation=activation, tie_weights=tie_weights,
                            attention_only=attention_only, layer_norm=layer_norm, bias=bias,
-                           dtype=np.dtype(dtype).name, seed=seed)
+                           positional=positional, dtype=np.dtype(dtype).name, seed=seed)
         rng = np.random.default_rng(seed)
         self.vocab_size, self.max_len, self.dtype = vocab_size, max_len, np.dtype(dtype)
         self.embed_scale = math.sqrt(d_model)
         self.embed = Embedding(vocab_size, d_model, rng, dtype)
-        self.pos = sinusoidal_encoding(max_len, d_model).astype(dtype)
+        pe = sinusoidal_encoding(max_len, d_model) if positional else np.zeros((max_len, d_model))
+        self.pos = pe.astype(dtype)
         self.blocks = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation,
                              attention_only=attention_only, layer_norm=layer_norm, bias=bias)
                        for _ in range(n_layers)]
