@@ -976,7 +976,8 @@ def chapter_superposition(ctx):
     if ctx.long:
         print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
         sticky = S.sticky_half(seed=seed)
-        print("  dims/feature:", np.round(sticky[1], 3).tolist())
+        print("  1/(1-S) -> dimensions per feature: " + ", ".join(
+            f"{x:.1f}: {y:.3f}" for x, y in zip(*sticky)))
 
     # 2. Five features in two dimensions.
     probabilities = S.pentagon_probabilities(8)

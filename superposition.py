@@ -450,18 +450,27 @@ def phase_diagram(densities, relative_importances, n_seeds=3, steps=4000, batch_
 
 
 # The paper reports that dimensions per feature "sticks" at 1/2 (antipodal pairs) over a range
-# of sparsities when many features share the space: n = 200, m = 20, equal importance. This takes
-# minutes (about 2.5 on two cores with the defaults), so demo.py runs it only when asked. With
-# these defaults the curve passes 0.56, 0.49, 0.43 between 1/(1-S) = 2 and 4.3: a shoulder at
-# 1/2 rather than a long plateau; longer training may be needed to see the full plateau.
+# of sparsities when many features share the space. Its notebook's setup: n = 200, m = 20, equal
+# importance, 20 instances with p = 20^(-t) for t evenly from 0 to 1 (the same sweep as the
+# pentagon row above: 1/(1-S) from 1 to 20), 10,000 Adam steps, batch 1024, lr 1e-3. Here that
+# takes about 7 minutes on two cores; a batch of 256 at lr 3e-3 (the defaults) gives the same
+# curve in about 3, so demo.py runs it only when asked. Measured (seed 0):
+#     1/(1-S)            1.9   2.2   2.6   3.0   3.5   4.1   4.8
+#     batch 1024, 1e-3   0.59  0.53  0.51  0.50  0.48  0.46  0.37
+#     batch 256,  3e-3   0.60  0.53  0.50  0.49  0.49  0.44  0.38
+# Dense features give 1 and the sparsest (1/(1-S) = 20) about 0.13; in between, the curve
+# flattens at 1/2 for 1/(1-S) from about 2 to 3.5 before it drops on. (The notebook also
+# uses AdamW's default weight decay of 0.01 and averages the loss over features as well as
+# examples; neither is done here.)
 
 def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, dtype=np.float32):
-    """Returns (1/(1-S) (k,), dimensions per feature (k,)) for n = 200, m = 20."""
-    inverse_density = np.logspace(0, 3, _check_count("n_sparsities", n_sparsities))
-    model = ToyModel(200, 20, n_instances=inverse_density.size,
-                     feature_probability=1 / inverse_density, importance=1.0, seed=seed, dtype=dtype)
+    """Returns (1/(1-S) (k,), dimensions per feature (k,)) for n = 200, m = 20, importance 1,
+    feature probabilities pentagon_probabilities(n_sparsities)."""
+    probabilities = pentagon_probabilities(_check_count("n_sparsities", n_sparsities))
+    model = ToyModel(200, 20, n_instances=probabilities.size, feature_probability=probabilities,
+                     importance=1.0, seed=seed, dtype=dtype)
     model.fit(steps, batch_size, lr)
-    return inverse_density, dimensions_per_feature(model.W)
+    return 1 / probabilities, dimensions_per_feature(model.W)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,13 +478,16 @@ def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, 
 # ----------------------------------------------------------------------------------------------
 # x̂ = ReLU(W₂ ReLU(W₁x + b₁) + b₂), five features in two neurons:
 #   * W₁ (2, 5): column k is v_k = (cos 2πk/5, sin 2πk/5), k = 1..5, a vertex of a pentagon.
-#   * b₁ (2,): large enough that v_k + b₁ > 0 for every k, so the hidden ReLU never cuts:
-#     b₁ = -min_k v_k + 0.01 ≈ (0.82, 0.96).
-#   * W₂ = 1.5 W₁ᵀ and b₂ = -W₂ b₁ - β·1 with β = 0.5: the hidden bias cancels exactly, and
-#     the output pre-activation is z = 1.5 W₁ᵀW₁x - 0.5.
+#   * b₁ (2,): large enough that v_k + b₁ > 0 for every k, so the hidden ReLU never cuts a
+#     single feature: b₁ = -min_k v_k + 0.01 ≈ (0.82, 0.96). (Two neighbours can still fall
+#     below zero: e₂ + e₃ gives v₂ + v₃ + b₁ ≈ (-0.80, 0.96).)
+#   * W₂ = 1.5 W₁ᵀ and b₂ = -W₂ b₁ - β·1 with β = 0.5: while the hidden ReLU does not cut, the
+#     hidden bias cancels exactly and the output pre-activation is z = 1.5 W₁ᵀW₁x - 0.5.
 # One feature e_k: z_k = 1.5·1 - 0.5 = 1, and z_j ≤ 1.5 cos 72° - 0.5 ≈ -0.04 for j ≠ k, which
 # the ReLU removes: x̂ = e_k exactly. Two features e₁ + e₃ (144° apart): z₁ = 1.5(1 + cos 144°)
-# - 0.5 ≈ -0.21, so feature 1 is erased. Superposition works for sparse inputs only.
+# - 0.5 ≈ -0.21, so feature 1 is erased (and feature 3 with it), while feature 2, the vertex
+# between them, appears from nowhere: z₂ = 1.5 · 2 cos 72° - 0.5 ≈ 0.43. Superposition works
+# for sparse inputs only.
 
 class PentagonNetwork:
     """Rows are examples: x (B, 5) -> hidden (B, 2) -> output (B, 5)."""
@@ -530,9 +542,13 @@ def jl_distortion(points, m, rng):
     """The worst |‖f(x)-f(y)‖² / ‖x-y‖² - 1| over all pairs, for one random ±1/√m projection."""
     points = np.asarray(points, dtype=np.float64)
     m = _check_count("m", m)
+    if points.ndim != 2 or points.shape[0] < 2:
+        raise ValueError(f"points must be an (N, d) array with N >= 2, got shape {points.shape}")
     before = squared_distances(points)
-    after = squared_distances(points @ random_projection(points.shape[1], m, rng))
     pairs = np.triu_indices(points.shape[0], k=1)
+    if not np.all(before[pairs] > 0):
+        raise ValueError("points must be distinct: a pair at distance 0 has no distortion ratio")
+    after = squared_distances(points @ random_projection(points.shape[1], m, rng))
     return float(np.max(np.abs(after[pairs] / before[pairs] - 1)))
 
 
@@ -540,8 +556,10 @@ def jl_epsilon(n_points, m, beta=1.0):
     """The ε guaranteed (with probability ≥ 1 - N^-β) in m dimensions: the root in (0, 1) of
     ε²/2 - ε³/3 = (4 + 2β) ln N / m, by bisection; inf where the bound says nothing (the left
     side is at most 1/6). m may be an array."""
-    target = (4 + 2 * beta) * math.log(_check_count("n_points", n_points, minimum=2)) \
-        / np.asarray(m, dtype=np.float64)
+    dims = np.asarray(m, dtype=np.float64)
+    if dims.size == 0 or not np.all(np.isfinite(dims) & (dims >= 1)):
+        raise ValueError(f"m must be a number of dimensions >= 1 (or a list of them), got {m!r}")
+    target = (4 + 2 * beta) * math.log(_check_count("n_points", n_points, minimum=2)) / dims
     lo, hi = np.zeros_like(target), np.ones_like(target)
     for _ in range(60):                                  # ε²/2 - ε³/3 increases on [0, 1]
         mid = (lo + hi) / 2
@@ -608,6 +626,14 @@ def cosine_distance_matrix(activations):
 #     ∂W_dec = zᵀ dĥ,   ∂b_dec = Σ_b dĥ - Σ_b dh_c,
 #     dpre   = (dĥ W_decᵀ + dz_L1) · 1[z > 0],
 #     ∂W_enc = (h - b_dec)ᵀ dpre,   ∂b_enc = Σ_b dpre,   dh_c = dpre W_encᵀ.
+#
+# The unit norm is a constraint, so the decoder should move along the unit sphere. For a row d
+# (‖d‖ = 1) with gradient g, the part (g·d) d only changes the row's length, which the
+# renormalisation then undoes; left in, it would still enter Adam's moment estimates and bend or
+# shrink the useful step. So before each step we keep only the tangent part,
+#     g ← g - (g·d) d,
+# which is exactly the gradient of L(d / ‖d‖) at ‖d‖ = 1: the Jacobian of d ↦ d/‖d‖ there is
+# I - d dᵀ (Bricken et al. 2023 do the same).
 
 LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0}       # where each parameter indexes latents
 
@@ -664,7 +690,14 @@ class SparseAutoencoder(T.Module):
         g["b_dec"] -= dh_centred.sum(axis=0)                # h - b_dec: the bias enters with -
         return dh_centred
 
+    def remove_parallel_decoder_gradient(self):
+        """g_j ← g_j - (g_j·d_j) d_j for every decoder row d_j (unit norm): the gradient on the
+        unit sphere (see above)."""
+        W_dec, g = self.params["W_dec"], self.grads["W_dec"]
+        g -= np.sum(g * W_dec, axis=1, keepdims=True) * W_dec
+
     def normalize_decoder(self):
+        """Every decoder row back to unit norm, after the optimizer's step."""
         W_dec = self.params["W_dec"]
         W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
 
@@ -672,7 +705,8 @@ class SparseAutoencoder(T.Module):
         """Point each dead latent at an input the model reconstructs badly (picked with
         probability ∝ squared error): decoder row = the normalised residual h - ĥ, encoder
         column = the same direction scaled to 0.2 × the mean encoder norm of live latents,
-        bias 0, and the Adam moments of those entries zeroed."""
+        bias 0, and the Adam moments of those entries zeroed. (Bricken et al. 2023 aim at the
+        input h itself; the residual aims at the part of h the dictionary is missing.)"""
         p = self.params
         residual = h - self.forward(h)
         error = np.sum(residual * residual, axis=1).astype(np.float64)
@@ -692,8 +726,8 @@ class SparseAutoencoder(T.Module):
                 v[index] = 0
 
     def fit(self, sample, steps, batch_size, lr=1e-3, resample_every=1000):
-        """sample(batch_size) -> h (B, d). Adam, decoder renormalised after every step, dead
-        latents resampled every resample_every steps up to the last quarter of training.
+        """sample(batch_size) -> h (B, d). Adam on the decoder's tangent gradient, decoder
+        renormalised after every step, dead latents resampled every resample_every steps up to the last quarter of training.
         Returns the loss history (steps,); FloatingPointError if the loss is not finite."""
         steps = _check_count("steps", steps)
         batch_size = _check_count("batch_size", batch_size)
@@ -709,6 +743,7 @@ class SparseAutoencoder(T.Module):
                 raise FloatingPointError(f"the SAE loss is not finite at step {step}: training "
                                          f"diverged; try a smaller lr than {lr}")
             self.backward(dh_hat, dz)
+            self.remove_parallel_decoder_gradient()
             optimizer.step()
             self.normalize_decoder()
             fired |= np.any(self.cache[1] > 0, axis=0)
@@ -727,10 +762,18 @@ class SparseAutoencoder(T.Module):
 def max_cosine_similarity(dictionary, features):
     """For every true feature (row of features (n, d)), the largest cosine with any dictionary
     row (F, d): (n,)."""
-    def unit(rows):
+    def unit(name, rows):
         rows = np.asarray(rows, dtype=np.float64)
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    return np.max(unit(features) @ unit(dictionary).T, axis=1)
+        norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+        if rows.ndim != 2 or rows.shape[0] == 0 or not np.all(norms > 0):
+            raise ValueError(f"{name} must be a non-empty 2-D array of non-zero rows, "
+                             f"got shape {rows.shape}")
+        return rows / norms
+    features, dictionary = unit("features", features), unit("dictionary", dictionary)
+    if features.shape[1] != dictionary.shape[1]:
+        raise ValueError(f"dictionary rows ({dictionary.shape[1]}) and features rows "
+                         f"({features.shape[1]}) must have the same length")
+    return np.max(features @ dictionary.T, axis=1)
 
 
 def mean_max_cosine_similarity(dictionary, features):

@@ -1281,6 +1281,125 @@ def test_training_is_reproducible():
     assert np.all(h1[-5:].mean(axis=0) < h1[:5].mean(axis=0))   # and it learns
 
 
+# ---- second reading: the SAE's projected decoder gradient, more bad inputs, every pentagon pair
+
+def _rs_sae_with_gradients(seed=0):
+    """A small SAE (d = 5, F = 8) with its gradients filled for one random batch h (9, 5)."""
+    sae = S.SparseAutoencoder(5, 8, l1=0.1, seed=seed)
+    sae.params["b_dec"][...] = 0.1
+    sae.params["b_enc"][...] = np.random.default_rng(seed + 4).normal(0, 0.2, 8)
+    h = np.random.default_rng(seed + 5).normal(size=(9, 5))
+    sae.zero_grad()
+    _, dh_hat, dz = sae.loss(h, sae.forward(h))
+    sae.backward(dh_hat, dz)
+    return sae, h
+
+
+def test_sae_decoder_gradient_is_the_gradient_on_the_unit_sphere():
+    # With unit rows d_j, the tangent gradient g - (g·d) d must equal the derivative of the loss
+    # of the renormalised decoder, L(d / ‖d‖), checked by central differences.
+    sae, h = _rs_sae_with_gradients()
+    W_dec, g = sae.params["W_dec"], sae.grads["W_dec"]
+    assert np.allclose(np.linalg.norm(W_dec, axis=1), 1, atol=1e-12)
+    raw = g.copy()
+    sae.remove_parallel_decoder_gradient()
+    assert np.allclose(np.sum(g * W_dec, axis=1), 0, atol=1e-12)         # tangent to the sphere
+    assert np.allclose(raw - g, np.sum(raw * W_dec, axis=1, keepdims=True) * W_dec)
+    assert np.max(np.abs(raw - g)) > 1e-3                                  # it did remove something
+
+    def loss_of_renormalised_decoder():
+        perturbed = W_dec.copy()
+        np.divide(W_dec, np.linalg.norm(W_dec, axis=1, keepdims=True), out=W_dec)
+        value = sae.loss(h, sae.forward(h))[0]
+        W_dec[...] = perturbed
+        return value
+
+    errors = T.gradient_check(loss_of_renormalised_decoder, [("W_dec", W_dec, g)], num_checks=40)
+    assert errors["W_dec"] < 1e-7, errors
+
+
+def test_sae_fit_checks_its_arguments_and_stops_on_divergence():
+    sae = S.SparseAutoencoder(4, 6, seed=0)
+    rng = np.random.default_rng(0)
+
+    def sample(size):
+        return rng.normal(size=(size, 4))
+
+    before = {name: value.copy() for name, value, _ in sae.parameters()}
+    for kwargs, name in [(dict(steps=0, batch_size=8), "steps"),
+                         (dict(steps=5, batch_size=0), "batch_size"),
+                         (dict(steps=5, batch_size=8, lr=-1e-3), "lr"),
+                         (dict(steps=5, batch_size=8, resample_every=0), "resample_every")]:
+        with pytest.raises(ValueError, match=name):
+            sae.fit(sample, **kwargs)
+    assert all(np.array_equal(value, before[name]) for name, value, _ in sae.parameters())
+    with pytest.raises(FloatingPointError, match="not finite"):
+        with np.errstate(all="ignore"):
+            sae.fit(sample, steps=50, batch_size=8, lr=1e300)
+
+
+def test_sae_fit_keeps_decoder_rows_unit_and_lowers_the_loss():
+    sae = S.SparseAutoencoder(4, 6, l1=0.01, seed=1)
+    rng = np.random.default_rng(1)
+    history = sae.fit(lambda size: rng.normal(size=(size, 4)), steps=200, batch_size=32, lr=1e-2)
+    assert np.allclose(np.linalg.norm(sae.params["W_dec"], axis=1), 1, atol=1e-12)
+    assert history[-20:].mean() < 0.5 * history[:20].mean()
+
+
+def test_more_hidden_dimensions_than_features_is_allowed_and_needs_no_superposition():
+    # Documented as allowed: with m >= n every feature gets a direction of its own.
+    model = S.ToyModel(3, 5, importance=S.importance_decay(3), seed=0)
+    model.fit(1500, 256, lr=1e-2)
+    W = model.W[0]
+    assert np.all(S.represented(W))
+    assert np.all(S.superposition(W) < 0.01)
+    assert np.allclose(S.feature_dimensionality(W), 1, atol=0.01)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: S.ToyModel(6, 2, importance=-1.0), "importance"),
+    (lambda: S.ToyModel(6, 2, n_instances=2, feature_probability=np.full((2, 5), 0.5)),
+     "feature_probability"),
+    (lambda: S.ToyModel(6, 2).evaluate(batch_size=0), "batch_size"),
+    (lambda: S.ToyModel(6, 2).fit(steps=2.5, batch_size=8), "steps"),
+    (lambda: S.five_in_two([0.5, 1.5]), "probabilities"),
+    (lambda: S.sparsity_sweep(sparsities=(-0.1,)), "sparsities"),
+    (lambda: S.sticky_half(n_sparsities=0), "n_sparsities"),
+    (lambda: S.jl_epsilon(10, 0), "m"),
+    (lambda: S.jl_epsilon(10, [100, -5]), "m"),
+    (lambda: S.jl_distortion(np.ones((3, 4)), 2, np.random.default_rng(0)), "distinct"),
+    (lambda: S.jl_distortion(np.ones(4), 2, np.random.default_rng(0)), "points"),
+    (lambda: S.mean_max_cosine_similarity(np.ones((3, 4)), np.ones((2, 5))), "same length"),
+    (lambda: S.mean_max_cosine_similarity(np.zeros((3, 4)), np.ones((2, 4))), "dictionary"),
+])
+def test_more_bad_input_is_named(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+def test_pentagon_network_on_two_features_at_once():
+    # Example 26 holds while the hidden ReLU does not cut, z = 1.5 W1ᵀ(v_i + v_j) - 0.5. Two
+    # features 144° apart erase each other and light up the vertex between them (v_i + v_j points
+    # at it) at 1.5 · 2 cos 72° - 0.5 ≈ 0.43: a "ghost" feature. The bias b1 only guarantees a
+    # linear hidden layer for one feature at a time: e2 + e3 already falls below zero.
+    net = S.pentagon_network()
+    eye, W1 = np.eye(5), net.W1
+    cos72 = math.cos(math.radians(72))
+    for i in range(5):
+        for j in range(i + 1, 5):
+            x = (eye[i] + eye[j])[None, :]
+            if not np.all(net.hidden(x) > 0):
+                continue
+            z = net.preactivation(x)[0]
+            assert np.allclose(z, 1.5 * W1.T @ (W1[:, i] + W1[:, j]) - 0.5, atol=1e-12)
+            if (j - i) % 5 in (2, 3):                               # 144° apart
+                middle = (i + 4) % 5 if (j - i) == 3 else (i + 1) % 5
+                out = net(x)[0]
+                assert out[i] == 0 and out[j] == 0
+                assert math.isclose(out[middle], 1.5 * 2 * cos72 - 0.5, abs_tol=1e-12)
+    assert not np.all(net.hidden((eye[1] + eye[2])[None, :]) > 0)
+
+
 # ==============================================================================================
 # demo.py: the tour runs, in order, and tells its story
 # ==============================================================================================
