@@ -568,7 +568,7 @@ class FeedForward(Module):
 
     def forward(self, x):
         """(B, T, d_model) -> (B, T, d_model); the hidden activations (B, T, d_ff) are kept
-        in self.hidden for readers who want to look at the neurons (superposition.py does)."""
+        in self.hidden for readers who want to look at the neurons (demo.py's chapter 7 does)."""
         self.hidden = self.act.forward(self.fc1.forward(x))
         return self.fc2.forward(self.hidden)
 
@@ -718,17 +718,15 @@ def _check_decoding(temperature, top_k, vocab_size):
         raise ValueError(f"top_k must be None or an int in [1, {vocab_size}], got {top_k!r}")
 
 
-def _check_config(d_model, n_heads, n_layers, d_ff, max_len, activation, vocab_sizes):
+def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes):
+    """The sizes a model is built from; the layers check the rest (MultiHeadAttention that
+    n_heads divides d_model, FeedForward the activation's name)."""
     for name, value in [("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff),
                         ("max_len", max_len)] + vocab_sizes:
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(n_layers, (int, np.integer)) or n_layers < 0:
         raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
-    if d_model % n_heads:
-        raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, n_heads={n_heads}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
 class DecoderOnlyTransformer(Module):
@@ -744,7 +742,7 @@ class DecoderOnlyTransformer(Module):
                  activation="relu", tie_weights=False, attention_only=False, layer_norm=True,
                  bias=True, positional=True, dtype=np.float64, seed=0):
         super().__init__()
-        _check_config(d_model, n_heads, n_layers, d_ff, max_len, activation,
+        _check_config(d_model, n_heads, n_layers, d_ff, max_len,
                       [("vocab_size", vocab_size)])
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads,
                            n_layers=n_layers, d_ff=d_ff, max_len=max_len, norm_first=norm_first,
@@ -836,7 +834,7 @@ class Transformer(Module):
                  norm_first=True, activation="relu", pad_id=None, tie_weights=False,
                  dtype=np.float64, seed=0):
         super().__init__()
-        _check_config(d_model, n_heads, n_layers, d_ff, max_len, activation,
+        _check_config(d_model, n_heads, n_layers, d_ff, max_len,
                       [("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)])
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1 for the encoder-decoder, got {n_layers!r}")
