@@ -10,7 +10,8 @@
 
 Read this file top to bottom; the chapters come in the order a learner needs them.
 
-    0. Plumbing        the Context every chapter receives, figure helpers, the training loop
+    0. Plumbing        the Context every chapter receives, heatmaps and loss curves, the
+                       training loop with its progress line
     1. onehot          Rohrer's one-hot vectors, lookups, transition matrices, votes and masking,
                        all with plain NumPy and no learning
     2. rohrer          a one-layer decoder-only transformer learns Rohrer's two sentences,
@@ -73,8 +74,8 @@ class Context:
     so chapter 7 can reuse it."""
 
     def __init__(self, outdir, quick=False, seed=0, plots=True, long=False):
-        self.outdir, self.quick, self.seed, self.plots = pathlib.Path(outdir), quick, seed, plots
-        self.long = long
+        self.outdir = pathlib.Path(outdir)
+        self.quick, self.seed, self.plots, self.long = quick, seed, plots, long
         self.plt = None
         self.charlm = None
         if plots:
@@ -127,9 +128,15 @@ def draw_loss(ax, losses, title, floor=None, floor_label=None, log=True):
 
 
 def plot_loss(ctx, losses, name, title, floor=None, floor_label=None, log=True):
+    """draw_loss on a figure of its own, saved as outdir/name.png."""
     fig, ax = ctx.plt.subplots(figsize=(6, 3.6))
     draw_loss(ax, losses, title, floor, floor_label, log)
     return ctx.save(fig, name)
+
+
+def n_parameters(model):
+    """How many numbers training adjusts: the sizes of all parameter arrays, summed."""
+    return sum(value.size for _, value, _ in model.parameters())
 
 
 def train(model, next_batch, steps, peak_lr, label, **loss_options):
@@ -173,6 +180,7 @@ ROHRER_SENTENCES = ("Check the program log and find out whether it ran please.",
 
 
 def words(sentence):
+    """Rohrer's tokens: lower case, full stop dropped, split at spaces."""
     return sentence.lower().rstrip(".").split()
 
 
@@ -319,7 +327,7 @@ def chapter_rohrer(ctx):
     model = T.DecoderOnlyTransformer(tok.vocab_size, d_model=32, n_heads=4, n_layers=1, d_ff=128,
                                      max_len=16, dtype=np.float32, seed=ctx.seed)
     print(f"  {tok.vocab_size} tokens (13 words, '.', 4 specials); one layer, 4 heads, "
-          f"{sum(v.size for _, v, _ in model.parameters())} parameters")
+          f"{n_parameters(model)} parameters")
     losses = train(model, lambda: ((inputs,), targets), steps=200 if ctx.quick else 300,
                    peak_lr=1e-2, label="rohrer", ignore_index=tok.pad_id)
     # After "Check the" either word may follow: a coin toss the model cannot beat, ln 2 each time.
@@ -421,7 +429,7 @@ def chapter_translate(ctx):
                           d_ff=64, max_len=MAX_DIGITS + 2, pad_id=tok.pad_id, dtype=np.float32,
                           seed=ctx.seed)
     print(f"  {MIN_DIGITS}-{MAX_DIGITS} digits, one encoder and one decoder block, "
-          f"{sum(v.size for _, v, _ in model.parameters())} parameters")
+          f"{n_parameters(model)} parameters")
     losses = train(model, next_batch, steps=220 if ctx.quick else 600, peak_lr=1e-2,
                    label="translate", ignore_index=tok.pad_id, max_grad_norm=1.0)
 
@@ -514,7 +522,7 @@ def charlm(ctx):
             return (windows[:, :-1],), windows[:, 1:]
 
         print(f"  {len(TEXT)} characters, {tok.vocab_size} tokens; d_model 64, 2 layers, "
-              f"{sum(v.size for _, v, _ in model.parameters())} parameters")
+              f"{n_parameters(model)} parameters")
         losses = train(model, next_batch, steps=60 if ctx.quick else 400, peak_lr=1e-2,
                        label="charlm")
         ctx.charlm = SimpleNamespace(model=model, tokenizer=tok, data=data, losses=losses)
@@ -596,39 +604,30 @@ def chapter_charlm(ctx):
 LETTERS = [chr(ord("a") + i) for i in range(26)]
 
 
-def chapter_circuits(ctx):
-    """Circuits: Kronecker products, skip-trigrams and induction heads read from the weights"""
-    print("  Kronecker identities, largest |left side - right side| on random matrices:")
-    for name, err in C.kronecker_identity_errors(ctx.seed).items():
-        print(f"    {name:<48} {err:.1e}")
+def _circuits_row(values):
+    return " ".join(f"{v:.2f}" for v in values)
 
-    # zero layers: W_U W_E against the corpus's bigram table
-    bigram, corpus, losses = C.train_bigram_model(seed=ctx.seed)
-    corr = C.bigram_correlation(bigram, corpus)
-    print(f"  zero layers (16 tokens, a random bigram chain, no positional code, {len(losses)} "
-          f"steps): loss {losses[-20:].mean():.3f}; log softmax W_U W_E against the corpus's "
-          f"log p(next | current) over the {int(np.isfinite(C.bigram_log_probs(corpus, 16)).sum())}"
-          f" bigrams seen: r = {corr:.3f}")
 
-    skip_model, table = _circuits_skip_trigrams(ctx)
-    runs = _circuits_induction(ctx)
-    if ctx.plots:
-        _circuits_qk_ov_figure(ctx, skip_model, table)
-        _circuits_induction_figures(ctx, runs)
+def _circuits_target_logit(term, targets, inside):
+    """Mean, over positions inside repeats, of how far a path's logit for the right next token
+    sits above that path's average logit (softmax only sees such differences)."""
+    right = np.take_along_axis(term, targets[..., None], axis=-1)[..., 0]
+    return float((right - term.mean(axis=-1))[inside].mean())
 
 
 def _circuits_skip_trigrams(ctx):
     """One layer: the path expansion on a trained model, then the skip-trigram table."""
     model, losses = C.train_skip_trigram_model(seed=ctx.seed)
-    planted = set(C.PLANTED_TRIPLES)
-    print(f"  one layer, 4 heads, planted skip-trigrams "
-          + ", ".join(f"{LETTERS[a]}…{LETTERS[b]}→{LETTERS[c]}" for a, b, c in C.PLANTED_TRIPLES)
-          + f" ({len(losses)} steps, loss {losses[-50:].mean():.3f})")
+    planted, heads = set(C.PLANTED_TRIPLES), model.config["n_heads"]
+    names = ", ".join(f"{LETTERS[a]}…{LETTERS[b]}→{LETTERS[c]}" for a, b, c in C.PLANTED_TRIPLES)
+    print(f"  one layer, {heads} heads, planted skip-trigrams {names} "
+          f"({len(losses)} steps, loss {losses[-50:].mean():.3f})")
     exact = C.to_float64(model)
-    tokens = C.skip_trigram_corpus(np.random.default_rng(ctx.seed), C.PLANTED_TRIPLES, 16, 8, 8)
+    tokens = C.skip_trigram_corpus(np.random.default_rng(ctx.seed), C.PLANTED_TRIPLES,
+                                   model.vocab_size, 8, 8)        # 8 sequences of 8 tokens
     terms = C.path_expansion(exact, tokens)
     error = np.max(np.abs(sum(terms.values()) - exact.forward(tokens)))
-    print(f"  path expansion: {len(terms)} terms (direct path and 4 heads, each from tokens and "
+    print(f"  path expansion: {len(terms)} terms (direct path and {heads} heads, each from tokens and "
           f"from positions) sum to the logits within {error:.1e}")
     print("  skip-trigram table read from the QK and OV circuits (the paper's Table 1):")
     print("    source … destination → out   gain in p(out)   head")
@@ -645,9 +644,10 @@ def _circuits_induction(ctx):
     # Full: a larger vocabulary and a lower learning rate, so the plateau before the jump shows.
     # Quick: circuits.py's defaults, the fastest setting that reliably grows the head.
     if ctx.quick:
-        config, every = dict(vocab_size=16, length=16, lr=1e-2, steps=600), 50
+        config = dict(vocab_size=16, length=16, lr=1e-2, steps=600)
     else:
-        config, every = dict(vocab_size=24, length=24, lr=3e-3, steps=1200), 50
+        config = dict(vocab_size=24, length=24, lr=3e-3, steps=1200)
+    every = 50                                   # monitor the held-out batch every 50 steps
     V, n = config["vocab_size"], config["length"]
     tokens, inside = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 1), 256, n + 1, V,
                                               n // 4, n // 2)
@@ -677,11 +677,11 @@ def _circuits_induction(ctx):
     one_in, one_out = C.repeat_losses(one, tokens, inside)
     print(f"    loss inside repeats / elsewhere (ln V = {np.log(V):.2f}): two layers "
           f"{two_in:.2f} / {two_out:.2f}, one layer {one_in:.2f} / {one_out:.2f}")
-    log = np.array(two_log)
+    log = np.array(two_log)                    # (records, 5): the monitor's tuples, in order
     jump = int(np.argmax(np.diff(log[:, 3])))
     print(f"    the best induction score rose fastest between steps {log[jump, 0]:.0f} and "
-          f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside repeats "
-          f"then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
+          f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside "
+          f"repeats then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
     print("    induction score of each layer-1 head:   " + _circuits_row(induction[1]))
     print("    previous-token score of each layer-0 head: " + _circuits_row(previous[0]))
     print("    one layer, its heads' induction scores: "
@@ -705,8 +705,8 @@ def _circuits_induction(ctx):
     gain = {name: _circuits_target_logit(term, tokens[:64, 1:], inside[:64])
             for name, term in paths.items()}
     top = sorted(gain, key=gain.get, reverse=True)[:3]
-    print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} of "
-          f"the logits; the paths that raise the right token's logit most inside repeats: "
+    print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} "
+          f"of the logits; the paths that raise the right token's logit most inside repeats: "
           + ", ".join(f"{name} {gain[name]:+.1f}" for name in top))
     prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
     k_scores = composition["K"][best]
@@ -714,22 +714,11 @@ def _circuits_induction(ctx):
     print(f"    reading: L0H{prev_head} has the highest previous-token score "
           f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
           f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}. "
-          f"The induction head L1H{best} K-composes most with L0H{partner} ({k_scores[partner]:.2f}, "
-          f"{k_scores[partner] / baseline:.1f}x the random value: at this size the composition "
-          f"score is a weak signal, the ablation a clear one).")
-    return SimpleNamespace(two=two, one=one, two_log=np.array(two_log), one_log=np.array(one_log),
-                           tokens=tokens, inside=inside)
-
-
-def _circuits_row(values):
-    return " ".join(f"{v:.2f}" for v in values)
-
-
-def _circuits_target_logit(term, targets, inside):
-    """Mean, over positions inside repeats, of how far a path's logit for the right next token
-    sits above that path's average logit (softmax only sees such differences)."""
-    right = np.take_along_axis(term, targets[..., None], axis=-1)[..., 0]
-    return float((right - term.mean(axis=-1))[inside].mean())
+          f"The induction head L1H{best} K-composes most with L0H{partner} "
+          f"({k_scores[partner]:.2f}, {k_scores[partner] / baseline:.1f}x the random value: at "
+          f"this size the composition score is a weak signal, the ablation a clear one).")
+    return SimpleNamespace(two=two, one=one, two_log=log, one_log=np.array(one_log),
+                           tokens=tokens, inside=inside, induction=induction, previous=previous)
 
 
 def _circuits_qk_ov_figure(ctx, model, table):
@@ -739,12 +728,12 @@ def _circuits_qk_ov_figure(ctx, model, table):
     fig, axes = ctx.plt.subplots(2, len(heads), figsize=(6 * len(heads), 10), squeeze=False)
     for col, h in enumerate(heads):
         qk, ov = C.qk_circuit(model, 0, h), C.ov_circuit(model, 0, h)
-        for ax, matrix, ylabel, title in ((axes[0, col], qk, "destination (query) token", "QK"),
-                                          (axes[1, col], ov - ov.mean(axis=0), "out token", "OV")):
+        for ax, matrix, ylabel, kind, unit in (
+                (axes[0, col], qk, "destination (query) token", "QK", "score"),
+                (axes[1, col], ov - ov.mean(axis=0), "out token", "OV", "logit boost")):
             m = np.abs(matrix).max()
             heatmap(ax, matrix, labels, labels, "source token", ylabel,
-                    f"head {h}: {title} circuit", "score" if title == "QK" else "logit boost",
-                    vmin=-m, vmax=m, cmap="RdBu_r")
+                    f"head {h}: {kind} circuit", unit, vmin=-m, vmax=m, cmap="RdBu_r")
     fig.suptitle("Planted a…e→g, b…e→h, c…f→i, d…f→j: QK says where to look,\n"
                  "OV what to write (centred per source)")
     fig.tight_layout()
@@ -752,15 +741,16 @@ def _circuits_qk_ov_figure(ctx, model, table):
 
 
 def _circuits_induction_figures(ctx, runs):
+    """The induction stripe, the loss at every position, and the training curves."""
     plt = ctx.plt
-    two, one, tokens, inside = runs.two, runs.one, runs.tokens, runs.inside
+    two, one = runs.two, runs.one
     V, n = two.vocab_size, two.max_len
-    previous = C.previous_token_scores(two, tokens[:, :-1])[0]
-    induction = C.induction_scores(two, tokens[:, :-1], inside)[1]
+    previous, induction = runs.previous[0], runs.induction[1]     # layer 0 and layer 1 heads
     prev_head, ind_head = int(np.argmax(previous)), int(np.argmax(induction))
 
     # attention on one sequence whose second half repeats its first half: the induction stripe
-    probe = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 2), 1, n, V, n // 2, n // 2)[0]
+    probe = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 2), 1, n, V,
+                                     n // 2, n // 2)[0]
     patterns = C.run_with_patterns(two, probe)[1]
     labels = [LETTERS[t] for t in probe[0]]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.8))
@@ -768,14 +758,16 @@ def _circuits_induction_figures(ctx, runs):
             (axes[0], 0, prev_head, f"previous-token score {previous[prev_head]:.2f}"),
             (axes[1], 1, ind_head, f"induction score {induction[ind_head]:.2f}")):
         heatmap(ax, patterns[layer][0, head], labels, labels, "source (key) token",
-                "destination (query) token", f"layer {layer} head {head}: {what}", "attention weight")
+                "destination (query) token", f"layer {layer} head {head}: {what}",
+                "attention weight")
     fig.suptitle("A random half repeated: the induction head attends to the token after the "
                  "earlier copy (the stripe below the diagonal)")
     fig.tight_layout()
     ctx.save(fig, "circuits_induction_stripe")
 
     # loss at every position of such sequences, two layers against one
-    repeats = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 3), 256, n, V, n // 2, n // 2)[0]
+    repeats = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 3), 256, n, V,
+                                       n // 2, n // 2)[0]
     fig, ax = plt.subplots(figsize=(7, 4))
     for model, label in ((two, "two layers"), (one, "one layer")):
         ax.plot(np.arange(n - 1), C.token_losses(model, repeats).mean(axis=0), marker="o", ms=3,
@@ -803,6 +795,7 @@ def _circuits_induction_figures(ctx, runs):
             (runs.one_log, 3, "--", "C2", "one layer: best induction score")):
         axes[1].plot(log[:, 0], log[:, column], style, color=color, label=label)
     axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("score (0 to 1)")
     axes[1].set_title("Attention scores")
     for ax in axes:
         ax.set_xlabel("training step")
@@ -814,9 +807,35 @@ def _circuits_induction_figures(ctx, runs):
     ctx.save(fig, "circuits_training")
 
 
+def chapter_circuits(ctx):
+    """Circuits: Kronecker products, skip-trigrams and induction heads read from the weights"""
+    print("  Kronecker identities, largest |left side - right side| on random matrices:")
+    for name, err in C.kronecker_identity_errors(ctx.seed).items():
+        print(f"    {name:<48} {err:.1e}")
+
+    # zero layers: W_U W_E against the corpus's bigram table
+    bigram, corpus, losses = C.train_bigram_model(seed=ctx.seed)
+    corr = C.bigram_correlation(bigram, corpus)
+    V = bigram.vocab_size
+    seen = int(np.isfinite(C.bigram_log_probs(corpus, V)).sum())
+    print(f"  zero layers ({V} tokens, a random bigram chain, no positional code, {len(losses)} "
+          f"steps): loss {losses[-20:].mean():.3f}; log softmax W_U W_E against the corpus's "
+          f"log p(next | current) over the {seen} bigrams seen: r = {corr:.3f}")
+
+    skip_model, table = _circuits_skip_trigrams(ctx)
+    runs = _circuits_induction(ctx)
+    if ctx.plots:
+        _circuits_qk_ov_figure(ctx, skip_model, table)
+        _circuits_induction_figures(ctx, runs)
+
+
 # ----------------------------------------------------------------------------------------------
 # 6. Superposition (superposition.py)
 # ----------------------------------------------------------------------------------------------
+# Elhage et al., "Toy Models of Superposition": n sparse features squeezed into m < n dimensions,
+# h = W x, x' = ReLU(Wᵀ h + b). The chapter trains the toy models in superposition.py, prints
+# what they learned, and draws each result with one of the figure functions below; every
+# column W_i of W (m, n) is one feature's direction.
 
 def _sweep_figure(plt, models, titles):
     """Per model: WᵀW as a heatmap above the bar chart of ‖W_i‖ coloured by superposition."""
@@ -951,72 +970,76 @@ def _sae_figure(plt, sae_cos, random_cos, mmcs, random_mmcs):
     return fig
 
 
-# ----------------------------------------------------------------------------------------------
-# The chapter
-# ----------------------------------------------------------------------------------------------
+def _rounded(values, digits):
+    """A float32 array as a short list for printing (float64 first, so 0.2 prints as 0.2)."""
+    return np.round(np.asarray(values, np.float64), digits).tolist()
+
 
 def chapter_superposition(ctx):
     """Superposition: toy models, the pentagon, Johnson-Lindenstrauss, a sparse autoencoder"""
     quick, seed, plt = ctx.quick, ctx.seed, ctx.plt
-    # 1. The three results on n = 20, m = 5, I_i = 0.9^i.
+    # (a) The three results on n = 20, m = 5, I_i = 0.9^i.
     steps, lr = (600, 3e-2) if quick else (1500, 1.5e-2)
     relu, _ = S.sparsity_sweep(steps=steps, lr=lr, seed=seed)
-    linear, _ = S.sparsity_sweep(sparsities=(0.0,), activation="linear", steps=steps, lr=lr, seed=seed)
+    linear, _ = S.sparsity_sweep(sparsities=(0.0,), activation="linear", steps=steps, lr=lr,
+                                 seed=seed)
     summary, lin = S.summarize(relu.W), S.summarize(linear.W)
-    print(f"n=20, m=5, {steps} Adam steps per model, all sparsities trained at once")
-    print(f"  linear      : {lin['represented'][0]} features represented, "
+    print(f"  n=20, m=5, {steps} Adam steps per model, all sparsities trained at once")
+    print(f"    linear      : {lin['represented'][0]} features represented, "
           f"max superposition {lin['max_superposition'][0]:.3f}")
     for s, k, sp, d in zip(S.SWEEP_SPARSITIES, summary["represented"],
                            summary["max_superposition"], summary["dimensions_per_feature"]):
-        print(f"  ReLU S={s:<6}: {k:2d} features represented, max superposition {sp:5.2f}, "
+        print(f"    ReLU S={s:<6}: {k:2d} features represented, max superposition {sp:5.2f}, "
               f"dims/feature {d:.3f}")
-    inverse_density = 1 / (1 - np.array(S.SWEEP_SPARSITIES))
 
     sticky = None
     if ctx.long:
         print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
         sticky = S.sticky_half(seed=seed)
-        print("  1/(1-S) -> dimensions per feature: " + ", ".join(
+        print("    1/(1-S) -> dimensions per feature: " + ", ".join(
             f"{x:.1f}: {y:.3f}" for x, y in zip(*sticky)))
 
-    # 2. Five features in two dimensions.
+    # (b) Five features in two dimensions, several seeds per probability.
     probabilities = S.pentagon_probabilities(8)
     n_seeds = 4
     model, best = S.five_in_two(probabilities, n_seeds=n_seeds, steps=800 if quick else 1500,
                                 batch_size=256 if quick else 512, lr=3e-2 if quick else 2e-2,
                                 seed=seed)
-    W5, b5 = model.W[best], model.b[best]
-    pentagon_seeds = [sum(S.is_regular_pentagon(model.W[k], model.b[k])
-                          for k in range(i * n_seeds, (i + 1) * n_seeds)) for i in range(len(probabilities))]
-    print("5 features in 2 dimensions (best of 4 seeds per probability):")
+    W5, b5 = model.W[best], model.b[best]                          # (8, 2, 5), (8, 5)
+    regular = [S.is_regular_pentagon(w, b) for w, b in zip(model.W, model.b)]
+    pentagon_seeds = np.reshape(regular, (-1, n_seeds)).sum(axis=1)   # instances: seed fastest
+    print(f"  5 features in 2 dimensions (best of {n_seeds} seeds per probability):")
     for p, w, bias, count in zip(probabilities, W5, b5, pentagon_seeds):
-        print(f"  p={p:.3f}: {_describe(w, bias):22s} seeds forming a pentagon: {count}/{n_seeds}")
-    sparsest = W5[-1], b5[-1]
-    rounded = lambda values, digits: np.round(np.asarray(values, np.float64), digits).tolist()
-    print(f"  at p={probabilities[-1]:.3f}: neighbour angles {rounded(S.polygon_angles(sparsest[0]), 1)}"
-          f" deg, norms {rounded(S.feature_norms(sparsest[0]), 2)}, biases {rounded(sparsest[1], 2)}")
-    print("  (seeds that miss the pentagon stop in local minima such as antipodal pairs)")
+        print(f"    p={p:.3f}: {_describe(w, bias):22s} seeds forming a pentagon: "
+              f"{count}/{n_seeds}")
+    sparsest = W5[-1]                                              # (2, 5)
+    print(f"    at p={probabilities[-1]:.3f}: neighbour angles "
+          f"{_rounded(S.polygon_angles(sparsest), 1)} deg, norms "
+          f"{_rounded(S.feature_norms(sparsest), 2)}, biases {_rounded(b5[-1], 2)}")
+    print("    (seeds that miss the pentagon stop in local minima such as antipodal pairs)")
 
-    # 3. The n = 2, m = 1 phase diagram.
+    # (c) The n = 2, m = 1 phase diagram.
     grid = 6 if quick else 10
     densities, importances = np.logspace(-2, 0, grid), np.logspace(-1, 1, grid)
     phases, _ = S.phase_diagram(densities, importances, n_seeds=2,
                                 steps=500 if quick else 800, batch_size=128 if quick else 256,
                                 lr=3e-2, seed=seed)
     counts = {name: int(np.sum(phases == i)) for i, name in enumerate(S.PHASES)}
-    print(f"phase diagram n=2, m=1 ({grid}x{grid} cells): {counts}, other: {int(np.sum(phases < 0))}")
+    print(f"  phase diagram n=2, m=1 ({grid}x{grid} cells): {counts}, "
+          f"other: {int(np.sum(phases < 0))}")
 
-    # 4. The hand-built pentagon network (Example 26).
+    # (d) The hand-built pentagon network (Example 26).
     net = S.pentagon_network()
     eye = np.eye(5)
     z = net.preactivation(eye)
     both = net.preactivation((eye[0] + eye[2])[None])[0]
-    print("pentagon network (Example 26): b1 =", np.round(net.b1, 3).tolist())
-    print(f"  single features come back exactly: {np.allclose(net(eye), eye)}; "
+    print("  pentagon network (Example 26): b1 =", np.round(net.b1, 3).tolist())
+    print(f"    single features come back exactly: {np.allclose(net(eye), eye)}; "
           f"largest interference pre-activation {z[~np.eye(5, dtype=bool)].max():.4f}")
-    print(f"  e1 + e3: feature 1 pre-activation {both[0]:.4f} -> output {max(both[0], 0):.1f} (erased)")
+    print(f"    e1 + e3: feature 1 pre-activation {both[0]:.4f} -> output {max(both[0], 0):.1f} "
+          f"(erased)")
 
-    # 5. Johnson-Lindenstrauss.
+    # (e) Johnson-Lindenstrauss.
     rng = np.random.default_rng(seed)
     points = rng.standard_normal((100, 1000))
     ms = np.array([200, 400, 800])
@@ -1024,30 +1047,34 @@ def chapter_superposition(ctx):
     bound = S.jl_epsilon(100, ms)
     eps = 0.3
     dims = np.array([5, 10, 20, 30, 40]) if quick else np.array([5, 10, 20, 30, 40, 50, 60])
-    counts_orth = [len(S.nearly_orthogonal_directions(m, eps, 1500 if quick else 4000, rng)) for m in dims]
-    print("Johnson-Lindenstrauss, N=100 points:")
+    counts_orth = [len(S.nearly_orthogonal_directions(m, eps, 1500 if quick else 4000, rng))
+                   for m in dims]
+    print("  Johnson-Lindenstrauss, N=100 points:")
     for m, d, e in zip(ms, distortion, bound):
-        print(f"  m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
-    print(f"  directions with |cos| < {eps} (greedy, random): "
+        print(f"    m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
+    print(f"    directions with |cos| < {eps} (greedy, random): "
           + ", ".join(f"m={m}: {c}" for m, c in zip(dims, counts_orth)))
 
-    # 6. A sparse autoencoder on a toy model in superposition.
+    # (f) A sparse autoencoder on a toy model in superposition.
     sae_run = S.sae_experiment(toy_steps=800 if quick else 2000, sae_steps=800 if quick else 3000,
                                seed=seed)
-    print(f"sparse autoencoder on n=64 features in m=32 dims ({sae_run['represented']} represented):"
-          f" MMCS {sae_run['mmcs']:.3f} vs random dictionary {sae_run['random_mmcs']:.3f},"
-          f" dead latents {sae_run['dead_latents']}")
+    print(f"  sparse autoencoder on n=64 features in m=32 dims ({sae_run['represented']} "
+          f"represented): MMCS {sae_run['mmcs']:.3f} vs random dictionary "
+          f"{sae_run['random_mmcs']:.3f}, dead latents {sae_run['dead_latents']}")
 
-    if ctx.plots:
-        titles = ["linear\nS = 0"] + [f"ReLU\nS = {s:g}" for s in S.SWEEP_SPARSITIES]
-        ctx.save(_sweep_figure(plt, [linear.W[0]] + list(relu.W), titles), "superposition_sweep")
-        ctx.save(_dimensions_figure(plt, inverse_density, summary["dimensions_per_feature"], sticky),
+    if not ctx.plots:
+        return
+    titles = ["linear\nS = 0"] + [f"ReLU\nS = {s:g}" for s in S.SWEEP_SPARSITIES]
+    ctx.save(_sweep_figure(plt, [linear.W[0]] + list(relu.W), titles), "superposition_sweep")
+    inverse_density = 1 / (1 - np.array(S.SWEEP_SPARSITIES))
+    ctx.save(_dimensions_figure(plt, inverse_density, summary["dimensions_per_feature"], sticky),
              "superposition_dimensions_per_feature")
-        ctx.save(_pentagon_row_figure(plt, probabilities, W5, b5), "superposition_five_in_two")
-        ctx.save(_phase_figure(plt, densities, importances, phases), "superposition_phase_diagram")
-        ctx.save(_jl_figure(plt, ms, distortion, bound, dims, counts_orth, eps), "johnson_lindenstrauss")
-        true = sae_run["true_directions"]
-        ctx.save(_sae_figure(plt, S.max_cosine_similarity(sae_run["sae"].params["W_dec"], true),
+    ctx.save(_pentagon_row_figure(plt, probabilities, W5, b5), "superposition_five_in_two")
+    ctx.save(_phase_figure(plt, densities, importances, phases), "superposition_phase_diagram")
+    ctx.save(_jl_figure(plt, ms, distortion, bound, dims, counts_orth, eps),
+             "johnson_lindenstrauss")
+    true = sae_run["true_directions"]
+    ctx.save(_sae_figure(plt, S.max_cosine_similarity(sae_run["sae"].params["W_dec"], true),
                          S.max_cosine_similarity(sae_run["random_dictionary"], true),
                          sae_run["mmcs"], sae_run["random_mmcs"]), "sae_recovery")
 
@@ -1073,15 +1100,17 @@ def polysemanticity_report(ctx, activations, token_labels):
     strong = (a > 0) & (a >= 0.5 * a.max(axis=0, keepdims=True))
     labels = np.asarray(token_labels, dtype=object)
     meanings = [len(set(labels[strong[:, j]])) for j in range(n_neurons) if strong[:, j].any()]
-    print(f"{n_tokens} tokens x {n_neurons} neurons; {dead} neurons never fire")
-    print(f"  cosine distance between neurons: mean {pairs.mean():.3f}, median {np.median(pairs):.3f};"
-          f" {np.mean(pairs < 0.5):.1%} of pairs below 0.5 (similar), {np.mean(pairs > 1.5):.1%} above 1.5")
-    print(f"  neurons active per token: {active_per_token:.1f} of {n_neurons}")
-    print(f"  distinct tokens a neuron fires strongly on: median {np.median(meanings):.0f}")
-    print(f"  summed activation per neuron: mean {sums.mean():.2f}, std {sums.std():.2f}")
+    print(f"  {n_tokens} tokens x {n_neurons} neurons; {dead} neurons never fire")
+    print(f"    cosine distance between neurons: mean {pairs.mean():.3f}, median "
+          f"{np.median(pairs):.3f}; {np.mean(pairs < 0.5):.1%} of pairs below 0.5 (similar), "
+          f"{np.mean(pairs > 1.5):.1%} above 1.5")
+    print(f"    neurons active per token: {active_per_token:.1f} of {n_neurons}")
+    print(f"    distinct tokens a neuron fires strongly on: median {np.median(meanings):.0f}")
+    print(f"    summed activation per neuron: mean {sums.mean():.2f}, std {sums.std():.2f}")
     if a.min() >= 0:
-        print("  (ReLU activations are >= 0, so no two neurons point in opposite directions: every"
-              " distance is <= 1; GELU, as in BERT, allows the small negatives behind distances near 2)")
+        print("    (ReLU activations are >= 0, so no two neurons point in opposite directions: "
+              "every distance is <= 1; GELU, as in BERT, allows the small negatives behind "
+              "distances near 2)")
     if not ctx.plots:
         return
     plt = ctx.plt
