@@ -139,6 +139,19 @@ def n_parameters(model):
     return sum(value.size for _, value, _ in model.parameters())
 
 
+def progress_line(label, steps):
+    """-> report(step, loss), which rewrites one line ("\\r") with the step, the loss and the
+    steps per second, every 10 steps and at the last, where it ends the line."""
+    start = time.perf_counter()
+
+    def report(step, loss):
+        if step % 10 == 0 or step == steps - 1:
+            rate = (step + 1) / (time.perf_counter() - start)
+            print(f"\r  {label}: step {step + 1}/{steps}  loss {loss:.4f}  {rate:.0f} steps/s",
+                  end="\n" if step == steps - 1 else "", flush=True)
+    return report
+
+
 def train(model, next_batch, steps, peak_lr, label, **loss_options):
     """Adam for `steps` steps; returns the loss of every step (float64 array).
 
@@ -150,16 +163,12 @@ def train(model, next_batch, steps, peak_lr, label, **loss_options):
     optimizer = T.Adam(list(model.parameters()), lr=peak_lr)
     warmup = max(1, steps // 10)
     losses = np.empty(steps)
-    start = time.perf_counter()
+    report = progress_line(label, steps)
     for step in range(steps):
         optimizer.lr = peak_lr * min((step + 1) / warmup, (steps - step) / (steps - warmup + 1))
         inputs, targets = next_batch()
         losses[step] = T.train_step(model, optimizer, inputs, targets, **loss_options)
-        if step % 10 == 0 or step == steps - 1:
-            rate = (step + 1) / (time.perf_counter() - start)
-            print(f"\r  {label}: step {step + 1}/{steps}  loss {losses[step]:.4f}  "
-                  f"{rate:.0f} steps/s", end="", flush=True)
-    print()
+        report(step, losses[step])
     return losses
 
 
@@ -995,7 +1004,9 @@ def chapter_superposition(ctx):
     sticky = None
     if ctx.long:
         print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
-        sticky = S.sticky_half(seed=seed)
+        long_steps = 10_000
+        sticky = S.sticky_half(steps=long_steps, seed=seed,
+                               progress=progress_line("long run", long_steps))
         print("    1/(1-S) -> dimensions per feature: " + ", ".join(
             f"{x:.1f}: {y:.3f}" for x, y in zip(*sticky)))
 

@@ -236,9 +236,10 @@ class ToyModel(T.Module):
         x = self.sample(_check_count("batch_size", batch_size))
         return self.loss(x, self.forward(x))[0]
 
-    def fit(self, steps, batch_size, lr=1e-3):
+    def fit(self, steps, batch_size, lr=1e-3, progress=None):
         """Adam on fresh batches (each call starts a new Adam); returns the loss history
-        (steps, I). Stops with FloatingPointError as soon as any instance's loss is not finite."""
+        (steps, I). Stops with FloatingPointError as soon as any instance's loss is not finite.
+        progress(step, mean loss over instances), if given, is called after every step."""
         steps = _check_count("steps", steps)
         batch_size = _check_count("batch_size", batch_size)
         optimizer = T.Adam(self.parameters(), lr=_check_positive("lr", lr))
@@ -253,6 +254,8 @@ class ToyModel(T.Module):
                                          f"{step}: training diverged; try a smaller lr than {lr}")
             self.backward(dx_hat)
             optimizer.step()
+            if progress is not None:
+                progress(step, float(history[step].mean()))
         return history
 
 
@@ -463,13 +466,14 @@ def phase_diagram(densities, relative_importances, n_seeds=3, steps=4000, batch_
 # uses AdamW's default weight decay of 0.01 and averages the loss over features as well as
 # examples; neither is done here.)
 
-def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, dtype=np.float32):
+def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, dtype=np.float32,
+                progress=None):
     """Returns (1/(1-S) (k,), dimensions per feature (k,)) for n = 200, m = 20, importance 1,
-    feature probabilities pentagon_probabilities(n_sparsities)."""
+    feature probabilities pentagon_probabilities(n_sparsities). progress: as in ToyModel.fit."""
     probabilities = pentagon_probabilities(_check_count("n_sparsities", n_sparsities))
     model = ToyModel(200, 20, n_instances=probabilities.size, feature_probability=probabilities,
                      importance=1.0, seed=seed, dtype=dtype)
-    model.fit(steps, batch_size, lr)
+    model.fit(steps, batch_size, lr, progress)
     return 1 / probabilities, dimensions_per_feature(model.W)
 
 

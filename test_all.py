@@ -1281,6 +1281,14 @@ def test_training_is_reproducible():
     assert np.all(h1[-5:].mean(axis=0) < h1[:5].mean(axis=0))   # and it learns
 
 
+def test_toy_model_fit_reports_progress_once_per_step():
+    model = S.ToyModel(5, 2, n_instances=3, feature_probability=0.5, seed=0)
+    seen = []
+    history = model.fit(7, 16, lr=1e-2, progress=lambda step, loss: seen.append((step, loss)))
+    assert [step for step, _ in seen] == list(range(7))
+    assert np.allclose([loss for _, loss in seen], history.mean(axis=1))
+
+
 # ---- second reading: the SAE's projected decoder gradient, more bad inputs, every pentagon pair
 
 def _rs_sae_with_gradients(seed=0):
