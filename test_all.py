@@ -82,6 +82,10 @@ def test_word_and_char_tokenizers_round_trip_and_mark_unknowns():
     assert chars.decode(chars.encode("hello")) == "hello"
     assert chars.vocab_size == 4 + len(set("hello world"))
     assert chars.encode("z") == [chars.unk_id]
+    with pytest.raises(TypeError, match="text must be a str"):
+        chars.encode(123)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, "):
+        words.decode([0, words.vocab_size])
 
 
 def test_bpe_reaches_its_vocabulary_and_round_trips_any_string():

@@ -52,6 +52,21 @@ import numpy as np
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
+def _check_text(text):
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text
+
+
+def _check_ids(ids, vocab_size):
+    """A sequence of ids to decode -> list of ints, each in [0, vocab_size)."""
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"ids must lie in [0, {vocab_size}), got {bad[:5]}")
+    return ids
+
+
 class Tokenizer:
     """Vocabulary of pieces built from a text; subclasses say how text is cut and glued.
 
@@ -60,9 +75,7 @@ class Tokenizer:
     """
 
     def __init__(self, text):
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        pieces = sorted(set(self.split(text)) - set(SPECIAL_TOKENS))
+        pieces = sorted(set(self.split(_check_text(text))) - set(SPECIAL_TOKENS))
         self.itos = list(SPECIAL_TOKENS) + pieces
         self.stoi = {piece: i for i, piece in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(4)
@@ -73,15 +86,12 @@ class Tokenizer:
 
     def encode(self, text, bos=False, eos=False):
         """str -> list of ids; pieces never seen in training become <unk>."""
-        ids = [self.stoi.get(piece, self.unk_id) for piece in self.split(text)]
+        ids = [self.stoi.get(piece, self.unk_id) for piece in self.split(_check_text(text))]
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids, skip_special=True):
         """list of ids -> str; special tokens are dropped unless skip_special is False."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids must lie in [0, {self.vocab_size}), got {bad[:5]}")
+        ids = _check_ids(ids, self.vocab_size)
         pieces = [self.itos[i] for i in ids if not (skip_special and i < len(SPECIAL_TOKENS))]
         return self.join(pieces)
 
@@ -117,8 +127,7 @@ class BPETokenizer:
     """
 
     def __init__(self, text, vocab_size):
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        _check_text(text)
         if not isinstance(vocab_size, int) or vocab_size < 256:
             raise ValueError(f"vocab_size must be an int >= 256 (the byte alphabet), got {vocab_size!r}")
         self.merges = {}                              # (id, id) -> new id, in order of creation
@@ -174,16 +183,11 @@ class BPETokenizer:
 
     def encode(self, text):
         """str -> list of ids."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return [i for word in self._words(text) for i in self._encode_word(word)]
+        return [i for word in self._words(_check_text(text)) for i in self._encode_word(word)]
 
     def decode(self, ids):
         """list of ids -> str (bytes that do not form valid UTF-8 become U+FFFD)."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids must lie in [0, {self.vocab_size}), got {bad[:5]}")
+        ids = _check_ids(ids, self.vocab_size)
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
 
 
