@@ -373,9 +373,14 @@ def softmax(x, axis=-1, mask=None):
     """Numerically stable softmax. Masked-out entries (mask False) get probability 0, and a row
     whose entries are all masked is all zeros, not NaN: its max is -inf, which we replace by 0
     so that exp(-inf - 0) = 0 and the empty sum is divided by 1."""
-    # One fresh array e (x with the masked entries set to -inf), then every step in place: for
-    # attention scores (B, H, T, T), a new array at each step would cost more than the math.
-    e = np.where(True if mask is None else mask, x, -np.inf)
+    # The mask becomes a small array of 0 (allowed) and -inf (masked) that broadcasts onto x:
+    # one addition makes the only new array e, in x's float type (integers become float64),
+    # and every later step works in place. For attention scores (B, H, T, T) a new array at
+    # each step would cost more than the math, and adding the (T, T) mask is five times faster
+    # than np.where(mask, x, -inf), which picks element by element.
+    x = np.asarray(x)
+    bias = np.where(True if mask is None else mask, 0, -np.inf)
+    e = x + bias.astype(np.result_type(x, np.float32))
     m = np.max(e, axis=axis, keepdims=True)
     e -= np.where(np.isfinite(m), m, 0)
     np.exp(e, out=e)
@@ -390,10 +395,16 @@ def log_softmax(x, axis=-1):
     return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
 
 
-def softmax_backward(p, dp, axis=-1):
-    """Given p = softmax(s) and dL/dp, return dL/ds = p ⊙ (dp - Σ_j p_j dp_j).
+def row_dot(a, b):
+    """Σ_j a_j b_j over the last axis, kept as (..., 1) so that it broadcasts back onto the rows.
+    einsum adds up the products as it goes, without building the array a ⊙ b first."""
+    return np.einsum("...j,...j->...", a, b)[..., None]
+
+
+def softmax_backward(p, dp):
+    """Given p = softmax(s) over the last axis and dL/dp, return dL/ds = p ⊙ (dp - Σ_j p_j dp_j).
     (The Jacobian is diag(p) - p pᵀ.) Masked entries have p = 0 and get no gradient."""
-    ds = dp - np.sum(p * dp, axis=axis, keepdims=True)
+    ds = dp - row_dot(p, dp)
     ds *= p                                             # in place, as in softmax
     return ds
 
@@ -419,7 +430,7 @@ class LayerNorm(Module):
     def forward(self, x):
         """(..., d) -> (..., d)"""
         xhat = x - x.mean(axis=-1, keepdims=True)                        # centred: x - μ
-        r = 1 / np.sqrt((xhat * xhat).mean(axis=-1, keepdims=True) + self.eps)
+        r = 1 / np.sqrt(row_dot(xhat, xhat) / x.shape[-1] + self.eps)    # σ² = mean((x - μ)²)
         xhat *= r        # now (x - μ) r, in place (as below): each new (B, T, d) array costs time
         self.cache = (xhat, r)
         y = xhat * self.params["g"]
@@ -433,7 +444,7 @@ class LayerNorm(Module):
         self.grads["b"] += dout.reshape(-1, d).sum(axis=0)
         dxhat = dout * self.params["g"]
         dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
-        dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        dx -= xhat * (row_dot(dxhat, xhat) / d)
         dx *= r
         return dx
 
