@@ -535,6 +535,23 @@ def test_backward_before_forward_is_an_error():
         lm.backward(np.zeros((2, 3, 5)))
 
 
+def test_backward_after_decoding_is_an_error():
+    # Decoding leaves each layer holding its last step (one token, or the beams), not the last
+    # forward: a backward would mix the two. It is refused, however dlogits is shaped.
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
+    lm.forward(np.zeros((1, 3), int))
+    lm.generate([1, 2, 3], 2)
+    with pytest.raises(ValueError, match="before forward"):
+        lm.backward(np.zeros((1, 3, 11)))
+    mt = T.Transformer(9, 12, 8, 2, 1, 16, 10)
+    src = np.ones((1, 3), int)
+    for decode in (lambda: mt.greedy_decode(src, 1, 2, 4), lambda: mt.beam_search(src, 1, 2, 4, 2)):
+        mt.forward(src, np.ones((1, 3), int))
+        decode()
+        with pytest.raises(ValueError, match="before forward"):
+            mt.backward(np.zeros((1, 3, 12)))
+
+
 def test_loading_a_file_that_is_not_a_model_fails_clearly(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file at all")

@@ -705,8 +705,13 @@ def check_tokens(tokens, name, vocab_size, max_len):
 
 
 def _check_dlogits(model, dlogits):
-    """A model's backward takes the gradient of the logits of its last forward, same shape."""
-    shape = model._saved()
+    """A model's backward takes the gradient of the logits of its last forward, same shape.
+    Decoding (generate, greedy_decode, beam_search) leaves the layers holding its last step,
+    not a forward to differentiate, so it clears model.cache and a backward after it fails."""
+    if model.cache is None:
+        raise ValueError(f"{type(model).__name__}.backward called before forward (decoding does "
+                         f"not count: it keeps nothing to differentiate)")
+    shape = model.cache
     if np.shape(dlogits) != shape:
         raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
                          f"got {np.shape(dlogits)}")
@@ -829,6 +834,7 @@ class DecoderOnlyTransformer(Module):
             if step + 1 < max_new_tokens:
                 new = self._run(nxt[:, None], tokens.shape[1] - 1, caches) if use_cache else self._run(tokens)
                 logits = new[:, -1]
+        self.cache = None                      # nothing here for backward (see _check_dlogits)
         out = tokens[0] if squeeze else tokens
         if return_logits:
             stacked = np.stack(chosen, axis=1) if chosen else np.zeros((tokens.shape[0], 0, self.vocab_size))
@@ -954,6 +960,7 @@ class Transformer(Module):
             done |= nxt == eos_id
             if done.all():
                 break
+        self.cache = None                      # nothing here for backward (see _check_dlogits)
         return out[:, 1:]
 
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size):
@@ -987,6 +994,7 @@ class Transformer(Module):
             done = done[rows, beam] | (tok == eos_id)
             if done.all():
                 break
+        self.cache = None                      # nothing here for backward (see _check_dlogits)
         return seqs[np.arange(B), np.argmax(scores, axis=1), 1:]
 
     def save(self, path):
