@@ -6,10 +6,11 @@ A benchmark, not a test: it prints numbers and asserts nothing. Read it in this 
     2. The ceiling         the float32 matmul peak, measured now, on this machine
     3. Counting FLOPs      the work in one training step, counted from the shapes
     4. Timing a step       warm up, then time forward + cross_entropy + backward + Adam
-                           (each step's time is kept: the best and the median are printed)
+                           (each step's time is kept: the best and the median are printed);
+                           --profile also shows which functions the time goes to
     5. Benchmarks          the list of things to time: the two transformer configs, then the
                            superposition sweep of superposition.py
-    6. Main                python bench.py [--config A|B|all] [--steps N]
+    6. Main                python bench.py [--config A|B|all] [--steps N] [--profile]
 
 Everything is float32: that is the speed setting (float64 is for checking gradients).
 Model FLOPs utilisation = achieved GFLOP/s / peak GFLOP/s. The model cannot reach the peak:
@@ -29,7 +30,9 @@ OPENBLAS_CORETYPE=Haswell python bench.py; the peak line shows the effect.
 """
 
 import argparse
+import cProfile
 import os
+import pathlib
 import time
 
 import numpy as np
@@ -98,9 +101,9 @@ def train_step_flops(vocab_size, d_model, n_layers, d_ff, seq_len, batch, **_):
 # 4. Timing a training step
 # ----------------------------------------------------------------------------------------------
 
-def time_train_step(cfg, steps, warmup=3, seed=0):
-    """Seconds of each of `steps` training steps (forward, cross_entropy, backward, Adam) in
-    float32, after `warmup` untimed ones (the first steps allocate memory)."""
+def make_train_step(cfg, seed=0):
+    """A float32 model of config cfg, Adam, and one fixed random batch; returns a function that
+    runs one training step on them (forward, cross_entropy, backward, Adam)."""
     model = T.DecoderOnlyTransformer(cfg["vocab_size"], cfg["d_model"], cfg["n_heads"],
                                      cfg["n_layers"], cfg["d_ff"], cfg["seq_len"],
                                      dtype=np.float32, seed=seed)
@@ -108,14 +111,45 @@ def time_train_step(cfg, steps, warmup=3, seed=0):
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, cfg["vocab_size"], (cfg["batch"], cfg["seq_len"]))
     targets = rng.integers(0, cfg["vocab_size"], (cfg["batch"], cfg["seq_len"]))
+    return lambda: T.train_step(model, optimizer, (tokens,), targets)
+
+
+def step_times(step, steps, warmup=3):
+    """Seconds of each of `steps` calls of step(), after `warmup` untimed ones (the first steps
+    allocate memory)."""
     for _ in range(warmup):
-        T.train_step(model, optimizer, (tokens,), targets)
+        step()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        T.train_step(model, optimizer, (tokens,), targets)
+        step()
         times.append(time.perf_counter() - start)
     return np.array(times)
+
+
+def code_location(code):
+    """'file:line Class.method' for a Python function; NumPy's C functions come as a string."""
+    if isinstance(code, str):
+        return code
+    return f"{pathlib.Path(code.co_filename).name}:{code.co_firstlineno} {getattr(code, 'co_qualname', code.co_name)}"
+
+
+def print_profile(step, steps, top=12):
+    """Where the time of a step goes: cProfile over `steps` steps, the `top` functions by their
+    own time (not counting the functions they call). Operators and ufuncs such as @ or np.exp
+    count inside the function that uses them: matmul_rows is the Linear matmuls, softmax the
+    attention softmax; only some of NumPy's methods (reductions, reshape) get lines of their own."""
+    step()                                                  # warm-up, as in step_times
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    rows = [(entry.inlinetime, entry.callcount, code_location(entry.code)) for entry in profiler.getstats()]
+    total = sum(own for own, _, _ in rows)
+    print(f"  profile: own time per step, of {1e3 * total / steps:.1f} ms (cProfile slows a step a little)")
+    for own, calls, where in sorted(rows, reverse=True)[:top]:
+        print(f"  {1e3 * own / steps:8.1f} ms {own / total:6.1%}  {calls // steps:5d} calls  {where}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +161,8 @@ def bench_training(args, peak):
     names = sorted(CONFIGS) if args.config == "all" else [args.config]
     for name in names:
         cfg = CONFIGS[name]
-        times = time_train_step(cfg, args.steps)
+        step = make_train_step(cfg)
+        times = step_times(step, args.steps)
         flops = train_step_flops(**cfg)
         print(f"config {name}  d_model={cfg['d_model']} heads={cfg['n_heads']} "
               f"layers={cfg['n_layers']} d_ff={cfg['d_ff']} seq={cfg['seq_len']} "
@@ -142,6 +177,8 @@ def bench_training(args, peak):
             target = f" (target {TARGETS[name]:.0%})" if label == "best" else ""
             print(f"  {label:6s} {seconds * 1e3:8.1f} ms/step  {cfg['batch'] * cfg['seq_len'] / seconds:9.0f} tokens/s"
                   f"  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of peak{target}")
+        if args.profile:
+            print_profile(step, args.steps)
 
 
 def bench_superposition_sweep(args, peak):
@@ -173,6 +210,8 @@ def main():
     parser.add_argument("--config", choices=sorted(CONFIGS) + ["all"], default="all",
                         help="which model config to time (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per config")
+    parser.add_argument("--profile", action="store_true",
+                        help="also show which functions take the time of a training step")
     parser.add_argument("--sweep-steps", type=int, default=10_000,
                         help="Adam steps of the superposition sweep (default 10,000, as issue 3 times)")
     args = parser.parse_args()
