@@ -522,6 +522,46 @@ def test_bad_configurations_and_arguments_are_rejected():
         T.BPETokenizer("abc", 100)
 
 
+@pytest.mark.parametrize("call, error, name", [
+    (lambda: T.one_hot([0, 3], 3), ValueError, "ids"),
+    (lambda: T.one_hot([0.0, 1.0], 3), TypeError, "ids"),
+    (lambda: T.Embedding(3, 2, _rng()).forward(np.array([[0, 5]])), ValueError, r"ids .*\[0, 3\)"),
+    (lambda: T.Embedding(3, 2, _rng()).forward(np.array([[-1]])), ValueError, "ids"),
+    (lambda: T.Linear(3, 2, _rng()).forward(np.zeros((2, 4))), ValueError, "Linear expects x with 3"),
+    (lambda: T.LayerNorm(3).forward(np.zeros((2, 4))), ValueError, "LayerNorm expects x with 3"),
+    (lambda: T.cross_entropy(np.array([[np.nan, 1.0]]), np.array([1])), ValueError, "logits must be finite"),
+    (lambda: T.cross_entropy(np.array([[np.inf, 1.0]]), np.array([1])), ValueError, "logits must be finite"),
+    (lambda: T.SGD([], lr=-0.1), ValueError, "lr"),
+    (lambda: T.SGD([], lr=0.1, momentum=1.0), ValueError, "momentum"),
+    (lambda: T.Adam([], lr="fast"), ValueError, "lr"),
+    (lambda: T.Adam([], betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
+    (lambda: T.Adam([], betas=0.9), ValueError, "betas"),
+    (lambda: T.Adam([], eps=0), ValueError, "eps"),
+    (lambda: T.Adam([], weight_decay=-1e-2), ValueError, "weight_decay"),
+    (lambda: T.clip_grad_norm([], 0), ValueError, "max_norm"),
+])
+def test_layers_and_optimizers_name_their_bad_arguments(call, error, name):
+    with pytest.raises(error, match=name):
+        call()
+
+
+def test_train_step_refuses_bad_arguments_before_touching_grads_or_weights():
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
+    tokens = np.array([[1, 2, 3]])
+    lm.forward(tokens)
+    lm.backward(np.ones((1, 3, 11)))
+    before = [(value.copy(), grad.copy()) for _, value, grad in lm.parameters()]
+    opt = T.Adam(lm.parameters(), lr=0.1)
+    for call, error, name in [
+            (lambda: T.train_step(lm, opt, tokens, tokens), TypeError, "inputs must be the tuple"),
+            (lambda: T.train_step(lm, opt, (tokens,), tokens, max_grad_norm=-1), ValueError, "max_grad_norm"),
+            (lambda: T.train_step(lm, opt, (tokens,), np.array([[1, 2, 11]])), ValueError, "targets")]:
+        with pytest.raises(error, match=name):
+            call()
+    for (value, grad), (_, value_now, grad_now) in zip(before, lm.parameters()):
+        assert np.array_equal(value, value_now) and np.array_equal(grad, grad_now)
+
+
 def test_backward_before_forward_is_an_error():
     for model, dlogits in ((T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10), np.zeros((1, 2, 11))),
                            (T.Transformer(9, 12, 8, 2, 1, 16, 10), np.zeros((1, 2, 12)))):

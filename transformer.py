@@ -36,6 +36,7 @@ Conventions, used everywhere in this file:
 
 import json
 import math
+import numbers
 import re
 from collections import Counter
 
@@ -252,9 +253,21 @@ def _normal(rng, shape, std, dtype):
 # token seen twice gets both gradients, hence np.add.at (a plain `grad[ids] += dout` would keep
 # only one of them).
 
+def check_id_array(ids, name, n):
+    """An integer array of ids, each a row of an (n, ...) table; returns it as an ndarray.
+    (An id outside [0, n) would be an IndexError in a lookup, or a silent row of zeros in a
+    one-hot.)"""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        raise ValueError(f"{name} must hold ids in [0, {n}), got values in [{ids.min()}, {ids.max()}]")
+    return ids
+
+
 def one_hot(ids, n):
     """(...,) int -> (..., n) float64 with a single 1 per row."""
-    ids = np.asarray(ids)
+    ids = check_id_array(ids, "ids", n)
     return (ids[..., None] == np.arange(n)).astype(np.float64)
 
 
@@ -266,8 +279,8 @@ class Embedding(Module):
 
     def forward(self, ids):
         """(B, T) int -> (B, T, d_model)"""
-        self.cache = ids
-        return self.params["W"][ids]
+        self.cache = check_id_array(ids, "ids", self.params["W"].shape[0])
+        return self.params["W"][self.cache]
 
     def backward(self, dout):
         """(B, T, d_model) -> None: ids have no gradient."""
@@ -301,6 +314,11 @@ def sinusoidal_encoding(max_len, d_model):
 # 5. Linear, activations, softmax
 # ----------------------------------------------------------------------------------------------
 
+def _check_width(x, d, layer):
+    if np.ndim(x) < 1 or np.shape(x)[-1] != d:
+        raise ValueError(f"{layer} expects x with {d} features on its last axis, got shape {np.shape(x)}")
+
+
 def matmul_rows(x, W):
     """x (..., k) @ W (k, n) -> (..., n). Rows are independent, so this is one 2-D product of
     all rows at once: a 3-D @ 2-D product would make NumPy call BLAS once per batch entry,
@@ -320,6 +338,7 @@ class Linear(Module):
 
     def forward(self, x):
         """(..., d_in) -> (..., d_out)"""
+        _check_width(x, self.params["W"].shape[0], type(self).__name__)
         self.cache = x
         y = matmul_rows(x, self.params["W"])
         if "b" in self.params:
@@ -429,6 +448,7 @@ class LayerNorm(Module):
 
     def forward(self, x):
         """(..., d) -> (..., d)"""
+        _check_width(x, self.params["g"].shape[0], type(self).__name__)
         xhat = x - x.mean(axis=-1, keepdims=True)                        # centred: x - μ
         r = 1 / np.sqrt(row_dot(xhat, xhat) / x.shape[-1] + self.eps)    # σ² = mean((x - μ)²)
         xhat *= r        # now (x - μ) r, in place (as below): each new (B, T, d) array costs time
@@ -691,16 +711,11 @@ class TiedUnembedding(Module):
 
 def check_tokens(tokens, name, vocab_size, max_len):
     """Validate a (B, T) integer array of ids; returns it as an ndarray."""
-    tokens = np.asarray(tokens)
-    if tokens.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array of token ids, got dtype {tokens.dtype}")
+    tokens = check_id_array(tokens, name, vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise ValueError(f"{name} must have shape (B, T) with B, T >= 1, got shape {tokens.shape}")
     if tokens.shape[1] > max_len:
         raise ValueError(f"{name} has length {tokens.shape[1]}, longer than max_len={max_len}")
-    if tokens.min() < 0 or tokens.max() >= vocab_size:
-        raise ValueError(f"{name} must hold ids in [0, {vocab_size}), got values in "
-                         f"[{tokens.min()}, {tokens.max()}]")
     return tokens
 
 
@@ -1011,7 +1026,10 @@ class Transformer(Module):
 
 def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
     """logits (..., V), targets (...) int -> (loss, dlogits of the same shape as logits)."""
-    targets = np.asarray(targets)
+    logits, targets = np.asarray(logits), np.asarray(targets)
+    if not np.all(np.isfinite(logits)):
+        raise ValueError("logits must be finite, got NaN or inf (did training diverge? try a "
+                         "smaller learning rate or max_grad_norm)")
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
     if targets.shape != logits.shape[:-1]:
@@ -1043,10 +1061,24 @@ def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
 # An optimizer holds the (name, value, grad) triples of parameters() and updates the values in
 # place. lr is a plain attribute, so a schedule just sets it before each step.
 
+def _check_rate(name, value, high=math.inf):
+    """A hyperparameter in [0, high): learning rate, momentum, β, weight decay."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < high:
+        raise ValueError(f"{name} must be a number in [0, {high}), got {value!r}")
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+
 class SGD:
     """v = μ v + g;  w -= lr (v + λ w)."""
 
     def __init__(self, parameters, lr, momentum=0.0, weight_decay=0.0):
+        _check_rate("lr", lr)
+        _check_rate("momentum", momentum, 1)
+        _check_rate("weight_decay", weight_decay)
         self.params = list(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
@@ -1066,6 +1098,13 @@ class Adam:
     rescaled by √v̂."""
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        _check_rate("lr", lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}")
+        _check_rate("betas[0]", betas[0], 1)
+        _check_rate("betas[1]", betas[1], 1)
+        _check_positive("eps", eps)
+        _check_rate("weight_decay", weight_decay)
         self.params = list(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = [np.zeros_like(p) for _, p, _ in self.params]
@@ -1089,6 +1128,7 @@ class Adam:
 def clip_grad_norm(parameters, max_norm):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
     before clipping."""
+    _check_positive("max_norm", max_norm)
     grads = [g for _, _, g in parameters]
     norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
     if norm > max_norm:
@@ -1099,11 +1139,17 @@ def clip_grad_norm(parameters, max_norm):
 
 def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoothing=0.0,
                max_grad_norm=None):
-    """One step of training: zero the grads, forward, loss, backward, clip, update.
+    """One step of training: forward, loss, zero the grads, backward, clip, update.
     inputs is the tuple of forward's arguments: (tokens,) for the decoder-only model, (src,
-    tgt_in) for the encoder-decoder. Returns the loss (before the update)."""
-    model.zero_grad()
+    tgt_in) for the encoder-decoder. Returns the loss (before the update). Bad arguments are
+    refused before any gradient or weight changes."""
+    if not isinstance(inputs, tuple):
+        raise TypeError(f"inputs must be the tuple of forward's arguments, such as (tokens,), "
+                        f"got {type(inputs).__name__}")
+    if max_grad_norm is not None:
+        _check_positive("max_grad_norm", max_grad_norm)
     loss, dlogits = cross_entropy(model.forward(*inputs), targets, ignore_index, label_smoothing)
+    model.zero_grad()
     model.backward(dlogits)
     if max_grad_norm is not None:
         clip_grad_norm(optimizer.params, max_grad_norm)
