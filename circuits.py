@@ -48,15 +48,29 @@ import transformer as T
 #     mixed product   (A ⊗ B)(C ⊗ D) = (AC) ⊗ (BD)
 #     sandwich        M X N = (Nᵀ ⊗ M) X
 
+def _check_finite(x, name):
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+
+
 def _check_matrix(M, name):
     M = np.asarray(M)
-    if M.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {M.shape}")
+    if M.ndim != 2 or M.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a 2-D matrix of real numbers, got a {M.dtype} array of "
+                         f"shape {M.shape}")
+    _check_finite(M, name)
     return M
 
 
 def _is_int(i):
     return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+
+
+def _check_ints(low, **values):
+    """Each keyword argument must be an int >= low; the error names it."""
+    for name, value in values.items():
+        if not (_is_int(value) and value >= low):
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def vec(X):
@@ -66,8 +80,10 @@ def vec(X):
 
 def unvec(x, shape):
     """(n·d,) -> (d, n): the inverse of vec."""
+    if not (np.ndim(shape) == 1 and len(shape) == 2 and all(_is_int(s) and s >= 0 for s in shape)):
+        raise ValueError(f"shape must be a pair of ints (d, n), got {shape!r}")
     x = np.asarray(x)
-    if len(shape) != 2 or x.ndim != 1 or x.size != shape[0] * shape[1]:
+    if x.ndim != 1 or x.size != shape[0] * shape[1]:
         raise ValueError(f"x must be a vector of d·n entries for shape = (d, n), got x of shape "
                          f"{x.shape} and shape = {tuple(shape)}")
     return x.reshape(shape, order="F")
@@ -154,6 +170,7 @@ def virtual_weight(W, n):
 def kronecker_identity_errors(seed=0):
     """Check every identity of sections 1-2 on random matrices of different shapes.
     Returns {identity: largest absolute difference between its two sides}; each is ~1e-15."""
+    _check_ints(0, seed=seed)
     rng = np.random.default_rng(seed)
 
     def r(*shape):
@@ -198,13 +215,17 @@ def kronecker_identity_errors(seed=0):
 # Attention patterns need no translation: pattern[b, h, i, j] is already "destination i reads
 # source j". Results meant to be compared with model.forward go back to rows with to_rows.
 
+def _check_model(model):
+    if not isinstance(model, T.DecoderOnlyTransformer):
+        raise ValueError(f"model must be a transformer.DecoderOnlyTransformer, got "
+                         f"{type(model).__name__}")
+
+
 def check_simplified(model):
     """Raise ValueError unless model is a DecoderOnlyTransformer built as the simplified
     transformer (attention_only=True, layer_norm=False, bias=False): only then are the circuits
     below exact."""
-    if not isinstance(model, T.DecoderOnlyTransformer):
-        raise ValueError(f"model must be a transformer.DecoderOnlyTransformer, got "
-                         f"{type(model).__name__}")
+    _check_model(model)
     c = model.config
     if not c["attention_only"] or c["layer_norm"] or c["bias"]:
         raise ValueError("model must be the simplified transformer (attention_only=True, "
@@ -254,12 +275,16 @@ def embedding_weights(model):
 def run_with_patterns(model, tokens):
     """One forward pass; returns the logits (B, n, V) and a list with every layer's attention
     pattern (B, H, n, n), read from block.self_attn.attention.pattern."""
+    _check_model(model)
     logits = model.forward(tokens)
     return logits, [block.self_attn.attention.pattern for block in model.blocks]
 
 
 def to_rows(Y):
     """(B, V, n) paper layout -> (B, n, V), the layout of model.forward's logits."""
+    Y = np.asarray(Y)
+    if Y.ndim < 2:
+        raise ValueError(f"Y must have shape (..., V, n), got shape {Y.shape}")
     return np.swapaxes(Y, -1, -2)
 
 
@@ -288,9 +313,20 @@ def ablated(model, layer, head):
 def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=np.float64, seed=0,
                          positional=True):
     """The simplified transformer of the framework, built by transformer.py."""
+    _check_ints(0, seed=seed)
     return T.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, d_ff=1, max_len=max_len,
                                     attention_only=True, layer_norm=False, bias=False,
                                     positional=positional, dtype=dtype, seed=seed)
+
+
+def _check_sequences(model, tokens, name):
+    """tokens (B, n + 1) for next-token prediction: the model reads the first n <= max_len."""
+    _check_model(model)
+    tokens = T.check_id_array(tokens, name, model.vocab_size)
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or not 2 <= tokens.shape[1] <= model.max_len + 1:
+        raise ValueError(f"{name} must have shape (B, n + 1) with B >= 1 and 1 <= n <= max_len = "
+                         f"{model.max_len}, got shape {tokens.shape}")
+    return tokens
 
 
 def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
@@ -299,11 +335,18 @@ def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
     sample(rng) -> (B, n + 1) int tokens; the model reads tokens[:, :-1] and predicts
     tokens[:, 1:]. Every `every` steps (and after the last) monitor(step, model) is called and
     its result kept. Returns (losses (steps,), records)."""
+    _check_model(model)
+    if not callable(sample):
+        raise TypeError(f"sample must be a function sample(rng) -> tokens, got {type(sample).__name__}")
+    _check_ints(0, steps=steps, seed=seed, every=every)
+    if every and not callable(monitor):
+        raise TypeError(f"monitor must be a function monitor(step, model) when every > 0, got "
+                        f"{type(monitor).__name__}")
     rng = np.random.default_rng(seed)
     optimizer = T.Adam(list(model.parameters()), lr=lr)
     losses, records = np.empty(steps), []
     for step in range(steps):
-        tokens = sample(rng)
+        tokens = _check_sequences(model, sample(rng), "sample(rng)")
         losses[step] = T.train_step(model, optimizer, (tokens[:, :-1],), tokens[:, 1:])
         if every and (step % every == 0 or step == steps - 1):
             records.append(monitor(step, model))
@@ -312,6 +355,7 @@ def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
 
 def to_float64(model):
     """A float64 copy of a model (train in float32 for speed, check identities in float64)."""
+    _check_model(model)
     copy = T.DecoderOnlyTransformer(**{**model.config, "dtype": np.float64})
     for (_, value, _), (_, source, _) in zip(copy.parameters(), model.parameters()):
         value[...] = source
@@ -320,12 +364,21 @@ def to_float64(model):
 
 def next_token_losses(logits, targets):
     """logits (B, n, V), targets (B, n) -> (B, n) float64: -log p(target) at every position."""
-    logp = T.log_softmax(np.asarray(logits, np.float64))
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim == 0:
+        raise ValueError("logits must have shape (B, n, V), got a scalar")
+    _check_finite(logits, "logits")
+    targets = T.check_id_array(targets, "targets", logits.shape[-1])
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have the shape of logits without the vocabulary axis, "
+                         f"{logits.shape[:-1]}, got {targets.shape}")
+    logp = T.log_softmax(logits)
     return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
 def token_losses(model, tokens):
     """(B, n + 1) tokens -> (B, n) float64: -log p(tokens[:, t+1] | tokens[:, :t+1])."""
+    tokens = _check_sequences(model, tokens, "tokens")
     return next_token_losses(model.forward(tokens[:, :-1]), tokens[:, 1:])
 
 
@@ -341,9 +394,20 @@ def token_losses(model, tokens):
 # common each token is), and training would put that offset there instead of in W_U W_E
 # (measured: the correlation below then drops from about 0.98 to about 0.7).
 
+def _check_rng(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a np.random.Generator, such as np.random.default_rng(seed), "
+                        f"got {type(rng).__name__}")
+
+
 def markov_corpus(rng, vocab_size, n_seqs, length, successors=3):
     """A corpus from a random bigram chain: each token is followed by one of `successors`
     tokens drawn for it, with random (Dirichlet) probabilities. -> (n_seqs, length) int."""
+    _check_rng(rng)
+    _check_ints(1, vocab_size=vocab_size, n_seqs=n_seqs, length=length)
+    if not (_is_int(successors) and 1 <= successors <= vocab_size):
+        raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
+                         f"{successors!r}")
     nxt = np.argsort(rng.random((vocab_size, vocab_size)), axis=1)[:, :successors]
     probs = np.zeros((vocab_size, vocab_size))
     np.put_along_axis(probs, nxt, rng.dirichlet(np.ones(successors), vocab_size), axis=1)
@@ -360,6 +424,11 @@ def bigram_log_probs(tokens, vocab_size):
     """Empirical log p(next | current) of a corpus (n_seqs, length), laid out like W_U W_E:
     (V_next, V_cur), one column per current token. -inf where a pair never occurs, NaN in the
     column of a current token that never occurs."""
+    _check_ints(1, vocab_size=vocab_size)
+    tokens = T.check_id_array(tokens, "tokens", vocab_size)
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "
+                         f"(at least one bigram), got shape {tokens.shape}")
     counts = np.zeros((vocab_size, vocab_size))
     np.add.at(counts, (tokens[:, 1:].ravel(), tokens[:, :-1].ravel()), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -372,6 +441,9 @@ def bigram_correlation(model, tokens):
     W_E, W_U, _ = embedding_weights(model)
     table = bigram_log_probs(tokens, model.vocab_size)
     seen = np.isfinite(table)
+    if np.ptp(table[seen]) == 0:
+        raise ValueError("tokens must hold bigrams of at least two different probabilities, or "
+                         "the correlation is undefined")
     return float(np.corrcoef(table[seen], T.log_softmax(W_U @ W_E, axis=0)[seen])[0, 1])
 
 
@@ -379,6 +451,8 @@ def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=
                        batch=64, seed=0, dtype=np.float32):
     """A zero-layer model, without positional code, trained on a random bigram chain (about
     0.3 s). Returns (model, corpus (n_seqs, length + 1), losses)."""
+    _check_ints(1, length=length, batch=batch)
+    _check_ints(0, seed=seed)
     corpus = markov_corpus(np.random.default_rng(seed), vocab_size, n_seqs, length + 1)
     model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed, positional=False)
     losses, _ = train(model, lambda rng: corpus[rng.integers(0, n_seqs, batch)], steps, lr, seed)
@@ -450,8 +524,17 @@ def skip_trigram_corpus(rng, triples, vocab_size, n_seqs, length):
     follows b. So b alone does not predict c (no bigram can), only a earlier and b now do. The
     filler is every token except the destinations b, so sources and outs also turn up where
     they mean nothing, and the model has to tie them to b. -> (n_seqs, length) int."""
-    triples = np.asarray(triples)
+    _check_rng(rng)
+    _check_ints(1, vocab_size=vocab_size, n_seqs=n_seqs)
+    _check_ints(3, length=length)                       # a, then b, then the token after b
+    triples = T.check_id_array(triples, "triples", vocab_size)
+    if triples.ndim != 2 or triples.shape[0] < 1 or triples.shape[1] != 3:
+        raise ValueError(f"triples must be a non-empty list of (a, b, c) triples, shape (k, 3), "
+                         f"got shape {triples.shape}")
     filler = np.setdiff1d(np.arange(vocab_size), triples[:, 1])
+    if filler.size == 0:
+        raise ValueError(f"vocab_size = {vocab_size} leaves no filler token: every token is a "
+                         f"destination b of the triples")
     tokens = rng.choice(filler, (n_seqs, length))
     a, b, c = triples[rng.integers(0, len(triples), n_seqs)].T
     j = rng.integers(1, length - 1, n_seqs)                 # b at j, the next token at j + 1
@@ -471,6 +554,8 @@ def train_skip_trigram_model(triples=PLANTED_TRIPLES, vocab_size=16, d_model=32,
     """A one-layer model trained on skip_trigram_corpus (about 1.5 s). Measured: with these
     settings skip_trigrams' top 4 rows were exactly the 4 planted triples for seeds 0-9.
     Returns (model, losses)."""
+    _check_ints(1, batch=batch)
+    _check_ints(2, length=length)                       # the corpus has length + 1 >= 3 tokens
     model = attention_only_model(vocab_size, d_model, n_heads, 1, length, dtype, seed)
 
     def sample(rng):
@@ -535,9 +620,11 @@ def repeated_segment_batch(rng, batch, length, vocab_size, min_len, max_len):
     [min_len, max_len] starting at s1 is copied to a random later start s2 >= s1 + L.
     Returns (tokens, inside): inside (batch, length - 1) is True at input positions t whose
     target t + 1 continues the copy (s2 <= t < s2 + L - 1), i.e. predictable by induction."""
-    if not 2 <= min_len <= max_len <= length // 2:
-        raise ValueError(f"need 2 <= min_len <= max_len <= length // 2 = {length // 2}, got "
-                         f"min_len={min_len}, max_len={max_len}")
+    _check_rng(rng)
+    _check_ints(1, batch=batch, length=length, vocab_size=vocab_size)
+    if not (_is_int(min_len) and _is_int(max_len) and 2 <= min_len <= max_len <= length // 2):
+        raise ValueError(f"min_len and max_len must be ints with 2 <= min_len <= max_len <= "
+                         f"length // 2 = {length // 2}, got min_len={min_len!r}, max_len={max_len!r}")
     L = rng.integers(min_len, max_len + 1, batch)[:, None]
     s1 = rng.integers(0, length - 2 * L + 1)
     s2 = rng.integers(s1 + L, length - L + 1)
@@ -561,6 +648,8 @@ def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_he
     The issue's setting (vocabulary and length 32, d_model 64, 4 heads, lr 3e-3, batch 64) also
     works here: the loss inside repeats fell below 1 nat by step 500, at ~15x the cost per step.
     monitor/every as in train. Returns (model, losses, records)."""
+    _check_ints(1, batch=batch)
+    _check_ints(8, length=length)                       # segments of length // 4 >= 2 tokens
     model = attention_only_model(vocab_size, d_model, n_heads, n_layers, length, dtype, seed)
 
     def sample(rng):
@@ -572,6 +661,14 @@ def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_he
 
 def split_losses(losses, inside):
     """(B, n) per-token losses -> (mean where inside, mean elsewhere)."""
+    losses, inside = np.asarray(losses), np.asarray(inside)
+    _check_finite(losses, "losses")
+    if inside.dtype != bool or inside.shape != losses.shape:
+        raise ValueError(f"inside must be a bool mask of the losses' shape {losses.shape}, got a "
+                         f"{inside.dtype} array of shape {inside.shape}")
+    if inside.all() or not inside.any():
+        raise ValueError("inside must be True at some positions and False at others: both means "
+                         "are needed")
     return float(losses[inside].mean()), float(losses[~inside].mean())
 
 
@@ -583,6 +680,7 @@ def repeat_losses(model, tokens, inside):
 
 def ablation_losses(model, tokens, inside, layer):
     """(H, 2): repeat_losses with each head of `layer` ablated in turn."""
+    check_simplified(model)
     losses = np.empty((model.config["n_heads"], 2))
     for head in range(len(losses)):
         with ablated(model, layer, head):
@@ -595,8 +693,10 @@ def ablation_losses(model, tokens, inside, layer):
 
 def _check_patterns(patterns):
     patterns = np.asarray(patterns)
-    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2]:
-        raise ValueError(f"patterns must have shape (L, B, H, n, n), got {patterns.shape}")
+    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2] or 0 in patterns.shape:
+        raise ValueError(f"patterns must have shape (L, B, H, n, n), none of them 0, got "
+                         f"{patterns.shape}")
+    _check_finite(patterns, "patterns")
     return patterns
 
 
@@ -630,6 +730,9 @@ def score_induction(patterns, tokens, where=None):
 def score_previous_token(patterns):
     """patterns (L, B, H, n, n) -> (L, H): mean attention of positions i >= 1 on i - 1."""
     patterns = _check_patterns(patterns)
+    if patterns.shape[-1] < 2:
+        raise ValueError(f"patterns must cover n >= 2 positions (tokens) to have a previous "
+                         f"token, got shape {patterns.shape}")
     return np.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean(axis=(1, 3))
 
 
@@ -658,6 +761,8 @@ def composition_score(A, B):
     if A.shape[1] != B.shape[0]:
         raise ValueError(f"A has {A.shape[1]} columns but B has {B.shape[0]} rows; "
                          f"the product A B needs them equal")
+    if not (A.any() and B.any()):
+        raise ValueError("A and B must both be nonzero: the score divides by ‖A‖_F ‖B‖_F")
     return float(np.linalg.norm(A @ B) / (np.linalg.norm(A) * np.linalg.norm(B)))
 
 
@@ -688,6 +793,8 @@ def random_composition_baseline(d_model, d_head, rng, samples=200):
     """Mean composition score of two random Gaussian rank-d_head products W_1ᵀ W_2 and
     W_3ᵀ W_4 (d_model, d_model), W_i (d_head, d_model), shaped like W_QK = W_Qᵀ W_K and
     W_OV = W_O W_V: the value that means "no more than chance"."""
+    _check_ints(1, d_model=d_model, d_head=d_head, samples=samples)
+    _check_rng(rng)
     W = rng.standard_normal((samples, 4, d_head, d_model))
     first = W[:, 0].swapaxes(1, 2) @ W[:, 1]
     second = W[:, 2].swapaxes(1, 2) @ W[:, 3]
@@ -705,4 +812,6 @@ def copying_score(M):
     if M.shape[0] != M.shape[1]:
         raise ValueError(f"M must be square to have eigenvalues, got shape {M.shape}")
     lam = np.linalg.eigvals(M)
+    if not np.any(lam):
+        raise ValueError("M has only zero eigenvalues (M = 0 or nilpotent), so Σλ / Σ|λ| is undefined")
     return float(np.sum(lam).real / np.sum(np.abs(lam)))

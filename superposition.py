@@ -54,17 +54,53 @@ def _check_count(name, value, minimum=1):
     return int(value)
 
 
-def _check_positive(name, value):
+def _check_positive(name, value, or_zero=False):
+    """A finite number > 0 (>= 0 if or_zero) -> float."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            or not math.isfinite(value) or value < 0 or (value == 0 and not or_zero):
+        raise ValueError(f"{name} must be a finite number {'>=' if or_zero else '>'} 0, "
+                         f"got {value!r}")
     return float(value)
 
 
 def _check_dtype(dtype):
-    if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
+    if not any(np.dtype(d) == dtype for d in DTYPES):     # np.dtype(dtype) fails on "foo"
         raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
     return np.dtype(dtype).type
+
+
+def _check_rng(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a np.random.Generator (np.random.default_rng(seed)), "
+                        f"got {rng!r}")
+    return rng
+
+
+def _check_array(name, value, axes):
+    """A non-empty array of finite real numbers laid out as axes -> the array (dtype kept).
+    axes names every axis, e.g. ("N", "d"); an int fixes that axis's size, and a leading "..."
+    allows any number of extra leading axes: ("...", "m", "n") is one model or many."""
+    a = np.asarray(value)
+    trailing = axes[1:] if axes[0] == "..." else axes
+    fits = a.ndim >= len(trailing) if axes[0] == "..." else a.ndim == len(trailing)
+    fits = fits and all(not isinstance(size, int) or size == got
+                        for size, got in zip(trailing, a.shape[a.ndim - len(trailing):]))
+    if a.dtype.kind not in "iuf" or a.size == 0 or not fits:
+        layout = "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
+        raise ValueError(f"{name} must be a non-empty array of numbers of shape {layout}, "
+                         f"got {a.dtype} array of shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite, got NaN or inf in "
+                         f"{np.count_nonzero(~np.isfinite(a))} of its {a.size} entries")
+    return a
+
+
+def _check_shape(name, value, shape):
+    """An array of exactly this shape: no silent broadcasting."""
+    a = np.asarray(value)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    return a
 
 
 def _check_unit_interval(name, values):
@@ -108,15 +144,22 @@ def _instance_feature_array(name, value, n_instances, n_features, vector_means):
 
 def sparse_features(rng, inverse_probability, batch_size, dtype):
     """inverse_probability (I, 1, n) holds 1/p (0 where p = 0) -> x (I, batch_size, n)."""
-    n_instances, _, n_features = inverse_probability.shape
-    x = rng.random((n_instances, batch_size, n_features), dtype=dtype)
-    x *= inverse_probability
+    inverse = _check_array("inverse_probability", inverse_probability, ("I", 1, "n"))
+    if not np.all((inverse == 0) | (inverse >= 1)):      # 1/p >= 1 for every p in (0, 1]
+        raise ValueError(f"inverse_probability must hold 1/p for p in (0, 1] (so >= 1) or 0, "
+                         f"got {inverse_probability!r}")
+    n_instances, _, n_features = inverse.shape
+    batch_size, dtype = _check_count("batch_size", batch_size), _check_dtype(dtype)
+    x = _check_rng(rng).random((n_instances, batch_size, n_features), dtype=dtype)
+    x *= inverse
     x *= x < 1                      # u >= p: the feature is absent in this example
     return x
 
 
 def importance_decay(n_features, base=0.9):
     """I_i = base^i: the paper's importances, (n,)."""
+    n_features = _check_count("n_features", n_features)
+    _check_positive("base", base)
     return base ** np.arange(n_features, dtype=np.float64)
 
 
@@ -170,12 +213,19 @@ class ToyModel(T.Module):
         imp = _instance_feature_array("importance", importance, k, n, "feature")
         if np.any(imp < 0):
             raise ValueError(f"importance must be >= 0, got {importance!r}")
-        self.dtype = _check_dtype(dtype)
+        dtype = _check_dtype(dtype)
+        _check_count("seed", seed, minimum=0)
+        with np.errstate(over="ignore"):                      # too small a p: checked next
+            inverse = np.divide(1.0, p, out=np.zeros_like(p), where=p > 0).astype(dtype)
+        if not np.all(np.isfinite(inverse)):
+            raise ValueError(f"feature_probability must be 0 or at least "
+                             f"{1 / np.finfo(dtype).max:.2e} (1/p must fit in {np.dtype(dtype)}), "
+                             f"got {feature_probability!r}")
+        self.dtype = dtype
         self.activation = activation
         self.feature_probability = p.astype(self.dtype)         # (I, n)
         self.importance = imp.astype(self.dtype)                # (I, n)
-        inverse = np.divide(1.0, p, out=np.zeros_like(p), where=p > 0)
-        self._inverse_probability = inverse.astype(self.dtype)[:, None, :]   # (I, 1, n)
+        self._inverse_probability = inverse[:, None, :]                      # (I, 1, n)
         self._importance = self.importance[:, None, :]                       # (I, 1, n)
         self.rng = np.random.default_rng(seed)
         std = math.sqrt(2.0 / (m + n))                          # Xavier (Glorot) normal
@@ -195,15 +245,20 @@ class ToyModel(T.Module):
         """A fresh batch from each instance's own distribution: (I, batch_size, n)."""
         return sparse_features(self.rng, self._inverse_probability, batch_size, self.dtype)
 
-    def hidden(self, x):
-        """h = W x for every row: (I, B, n) -> (I, B, m)."""
-        return x @ self.W.transpose(0, 2, 1)
-
-    def forward(self, x):
-        """(I, B, n) -> x' (I, B, n)."""
+    def _check_batch(self, x):
+        x = np.asarray(x)
         if x.ndim != 3 or x.shape[0] != self.W.shape[0] or x.shape[2] != self.W.shape[2]:
             raise ValueError(f"x must have shape (n_instances, batch, n_features) = "
                              f"({self.W.shape[0]}, B, {self.W.shape[2]}), got {x.shape}")
+        return x
+
+    def hidden(self, x):
+        """h = W x for every row: (I, B, n) -> (I, B, m)."""
+        return self._check_batch(x) @ self.W.transpose(0, 2, 1)
+
+    def forward(self, x):
+        """(I, B, n) -> x' (I, B, n)."""
+        x = self._check_batch(x)
         h = self.hidden(x)                                      # (I, B, m)
         out = h @ self.W                                        # (I, B, n)  Wᵀh, one row each
         out += self.b[:, None, :]
@@ -214,6 +269,8 @@ class ToyModel(T.Module):
 
     def loss(self, x, x_hat):
         """Per-instance loss (I,) and ∂(Σ_instances L)/∂x' (I, B, n)."""
+        x = self._check_batch(x)
+        x_hat = _check_shape("x_hat", x_hat, x.shape)
         batch = x.shape[1]
         error = x_hat - x
         weighted = self._importance * error                     # I_i (x'_i - x_i)
@@ -224,6 +281,7 @@ class ToyModel(T.Module):
     def backward(self, dout):
         """(I, B, n) -> ∂L/∂x (I, B, n); adds into grads["W"], grads["b"]."""
         x, h, out = self._saved()
+        dout = _check_shape("dout", dout, out.shape)
         dz = dout * (out > 0) if self.activation == "relu" else dout    # ReLU passes where z > 0
         self.grads["b"] += np.einsum("kbn->kn", dz)             # Σ over the batch
         dh = dz @ self.W.transpose(0, 2, 1)                     # (I, B, m)
@@ -242,6 +300,8 @@ class ToyModel(T.Module):
         progress(step, mean loss over instances), if given, is called after every step."""
         steps = _check_count("steps", steps)
         batch_size = _check_count("batch_size", batch_size)
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be a function (step, loss) or None, got {progress!r}")
         optimizer = T.Adam(self.parameters(), lr=_check_positive("lr", lr))
         history = np.empty((steps, self.W.shape[0]), self.dtype)
         for step in range(steps):
@@ -268,17 +328,25 @@ class ToyModel(T.Module):
 #                                   direction (Ŵ_i = W_i / ‖W_i‖): 0 when W_i is orthogonal to the
 #                                   rest, ≥ 1 when some other feature activates it as strongly.
 #     m / ‖W‖_F²                    dimensions per feature: 1 for one feature per dimension,
-#                                   1/2 for antipodal pairs, 2/5 for a pentagon.
+#                                   1/2 for antipodal pairs, 2/5 for a pentagon. A W that is all
+#                                   zero represents no feature at all and has no such ratio
+#                                   (m/0): it is refused rather than reported as inf.
 #     D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)² feature i's share of a dimension ("Feature Dimensionality");
 #                                   for a feature of norm 0 we set D_i = 0.
 
+def _check_weights(W):
+    """Every measurement below takes W (..., m, n): one model (m, n) or many (I, m, n)."""
+    return _check_array("W", W, ("...", "m", "n"))
+
+
 def feature_norms(W):
     """(..., m, n) -> (..., n)."""
-    return np.linalg.norm(W, axis=-2)
+    return np.linalg.norm(_check_weights(W), axis=-2)
 
 
 def _overlaps(W):
     """(..., m, n) -> (..., n, n) with entry (i, j) = Ŵ_i · W_j. A zero column stays zero."""
+    W = _check_weights(W)
     norms = feature_norms(W)
     unit = W / np.where(norms > 0, norms, 1)[..., None, :]
     return np.swapaxes(unit, -1, -2) @ W
@@ -291,8 +359,14 @@ def superposition(W):
 
 
 def dimensions_per_feature(W):
-    """m / ‖W‖_F²: (..., m, n) -> (...)."""
-    return W.shape[-2] / np.sum(W * W, axis=(-2, -1))
+    """m / ‖W‖_F²: (..., m, n) -> (...). An all-zero model is refused (see above)."""
+    W = _check_weights(W)
+    squared_norm = np.sum(W * W, axis=(-2, -1))
+    if np.any(squared_norm == 0):
+        raise ValueError(f"W must represent some feature: m / ‖W‖_F² is undefined for an "
+                         f"all-zero W, got {np.count_nonzero(squared_norm == 0)} all-zero "
+                         f"model(s) among {squared_norm.size}")
+    return W.shape[-2] / squared_norm
 
 
 def feature_dimensionality(W):
@@ -304,11 +378,13 @@ def feature_dimensionality(W):
 
 def represented(W, threshold=0.5):
     """Which features have ‖W_i‖ > threshold: (..., m, n) -> bool (..., n)."""
+    _check_positive("threshold", threshold, or_zero=True)
     return feature_norms(W) > threshold
 
 
 def regular_polygon(k):
     """k unit vectors at angles 2πj/k: (2, k)."""
+    k = _check_count("k", k)
     angles = 2 * np.pi * np.arange(k) / k
     return np.stack([np.cos(angles), np.sin(angles)])
 
@@ -379,13 +455,19 @@ def summarize(W, threshold=0.5):
 
 def pentagon_probabilities(k=8):
     """p = 20^(-t) for t evenly from 0 to 1: from dense (1) to 0.05."""
-    return 20.0 ** -np.linspace(0, 1, k)
+    return 20.0 ** -np.linspace(0, 1, _check_count("k", k))
 
 
 def best_of_seeds(model, n_seeds, eval_batch=20_000):
     """Instances laid out as (setting, seed), seed fastest: the index (settings,) of the
     instance with the lowest loss on a fresh batch, for every setting."""
-    losses = model.evaluate(eval_batch).reshape(-1, n_seeds)
+    if not isinstance(model, ToyModel):
+        raise TypeError(f"model must be a ToyModel, got {type(model).__name__}")
+    n_seeds = _check_count("n_seeds", n_seeds)
+    if model.W.shape[0] % n_seeds:
+        raise ValueError(f"n_seeds must divide the model's {model.W.shape[0]} instances, "
+                         f"got {n_seeds}")
+    losses = model.evaluate(_check_count("eval_batch", eval_batch)).reshape(-1, n_seeds)
     return np.arange(losses.shape[0]) * n_seeds + losses.argmin(axis=1)
 
 
@@ -404,12 +486,17 @@ def five_in_two(probabilities, n_seeds=4, steps=3000, batch_size=512, lr=1e-2, s
 
 def polygon_angles(W):
     """Angles between neighbouring feature arrows, in degrees, for W (2, n); they sum to 360."""
+    W = _check_array("W", W, (2, "n"))
     angles = np.sort(np.degrees(np.arctan2(W[1], W[0])))
     return np.diff(np.append(angles, angles[0] + 360))
 
 
 def is_regular_pentagon(W, b, tolerance=5.0):
-    """Five arrows 72° ± tolerance apart, all norms within 20% of their mean, all biases < 0."""
+    """Five arrows 72° ± tolerance apart, all norms within 20% of their mean, all biases < 0.
+    W is (m, n) and b (n,); a W of any shape but (2, 5) is simply not a pentagon."""
+    W = _check_array("W", W, ("m", "n"))
+    b = _check_array("b", b, (W.shape[1],))
+    _check_positive("tolerance", tolerance, or_zero=True)
     norms = feature_norms(W)
     return bool(W.shape == (2, 5) and np.all(np.abs(polygon_angles(W) - 72) <= tolerance)
                 and np.all(np.abs(norms / norms.mean() - 1) <= 0.2) and np.all(b < 0))
@@ -426,6 +513,8 @@ PHASES = ("feature 2 not learned", "feature 2 takes the dimension", "antipodal p
 
 def classify_phase(W, threshold=0.5):
     """W (..., 1, 2) -> int (...): index into PHASES, or -1 for none of them."""
+    W = _check_array("W", W, ("...", 1, 2))
+    _check_positive("threshold", threshold, or_zero=True)
     w1, w2 = W[..., 0, 0], W[..., 0, 1]
     strong1, strong2 = np.abs(w1) > threshold, np.abs(w2) > threshold
     return np.select([~strong2, strong2 & ~strong1, strong1 & strong2 & (w1 * w2 < 0)],
@@ -503,7 +592,8 @@ class PentagonNetwork:
         self.b2 = -self.W2 @ self.b1 - threshold
 
     def hidden(self, x):
-        return np.maximum(x @ self.W1.T + self.b1, 0)
+        """x (..., 5) -> (..., 2)."""
+        return np.maximum(_check_array("x", x, ("...", 5)) @ self.W1.T + self.b1, 0)
 
     def preactivation(self, x):
         """z = W₂ h + b₂ (B, 5), before the output ReLU."""
@@ -533,21 +623,24 @@ def pentagon_network(scale=1.5, threshold=0.5):
 def random_projection(n_in, m, rng):
     """(n_in, m) with entries ±1/√m, each sign with probability 1/2; rows are points, so
     f(x) = x @ P."""
-    return np.where(rng.random((n_in, m)) < 0.5, -1.0, 1.0) / math.sqrt(m)
+    n_in, m = _check_count("n_in", n_in), _check_count("m", m)
+    return np.where(_check_rng(rng).random((n_in, m)) < 0.5, -1.0, 1.0) / math.sqrt(m)
 
 
 def squared_distances(points):
     """(N, d) -> (N, N) of ‖x_i - x_j‖²."""
+    points = _check_array("points", points, ("N", "d"))
     sq = np.sum(points * points, axis=1)
     return np.maximum(sq[:, None] + sq[None, :] - 2 * points @ points.T, 0)
 
 
 def jl_distortion(points, m, rng):
     """The worst |‖f(x)-f(y)‖² / ‖x-y‖² - 1| over all pairs, for one random ±1/√m projection."""
-    points = np.asarray(points, dtype=np.float64)
+    points = np.asarray(_check_array("points", points, ("N", "d")), dtype=np.float64)
     m = _check_count("m", m)
-    if points.ndim != 2 or points.shape[0] < 2:
-        raise ValueError(f"points must be an (N, d) array with N >= 2, got shape {points.shape}")
+    _check_rng(rng)
+    if points.shape[0] < 2:
+        raise ValueError(f"points must hold N >= 2 points, got shape {points.shape}")
     before = squared_distances(points)
     pairs = np.triu_indices(points.shape[0], k=1)
     if not np.all(before[pairs] > 0):
@@ -563,6 +656,7 @@ def jl_epsilon(n_points, m, beta=1.0):
     dims = np.asarray(m, dtype=np.float64)
     if dims.size == 0 or not np.all(np.isfinite(dims) & (dims >= 1)):
         raise ValueError(f"m must be a number of dimensions >= 1 (or a list of them), got {m!r}")
+    _check_positive("beta", beta)
     target = (4 + 2 * beta) * math.log(_check_count("n_points", n_points, minimum=2)) / dims
     lo, hi = np.zeros_like(target), np.ones_like(target)
     for _ in range(60):                                  # ε²/2 - ε³/3 increases on [0, 1]
@@ -576,9 +670,9 @@ def nearly_orthogonal_directions(m, eps, n_candidates, rng):
     """Greedily keep random unit vectors in m dimensions whose |cos| with every kept one is
     < eps. Returns the kept ones (k, m); k is a lower bound on how many fit."""
     m, n_candidates = _check_count("m", m), _check_count("n_candidates", n_candidates)
-    if not 0 < eps < 1:
+    if _check_positive("eps", eps) >= 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
-    candidates = rng.standard_normal((n_candidates, m))
+    candidates = _check_rng(rng).standard_normal((n_candidates, m))
     candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
     kept = np.empty_like(candidates)
     count = 0
@@ -603,9 +697,8 @@ def cosine_distance_matrix(activations):
     """(tokens, neurons) -> (neurons, neurons) of 1 - cos between neuron columns, in [0, 2].
     A neuron that never fires has no direction; it gets distance 1 (as if orthogonal) to all
     others and 0 to itself."""
-    a = np.asarray(activations, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"activations must be a (tokens, neurons) matrix, got shape {a.shape}")
+    a = np.asarray(_check_array("activations", activations, ("tokens", "neurons")),
+                   dtype=np.float64)
     norms = np.linalg.norm(a, axis=0)
     unit = a / np.where(norms > 0, norms, 1)
     distance = 1 - np.clip(unit.T @ unit, -1, 1)
@@ -648,10 +741,9 @@ class SparseAutoencoder(T.Module):
     def __init__(self, d_in, n_latents, l1=1e-2, seed=0, dtype=np.float64):
         super().__init__()
         d, f = _check_count("d_in", d_in), _check_count("n_latents", n_latents)
-        if isinstance(l1, bool) or not isinstance(l1, (int, float, np.floating)) \
-                or not math.isfinite(l1) or l1 < 0:
-            raise ValueError(f"l1 must be a finite number >= 0, got {l1!r}")
-        self.l1, self.dtype = float(l1), _check_dtype(dtype)
+        l1, dtype = _check_positive("l1", l1, or_zero=True), _check_dtype(dtype)
+        _check_count("seed", seed, minimum=0)
+        self.l1, self.dtype = l1, dtype
         self.rng = np.random.default_rng(seed)
         W_dec = self.rng.standard_normal((f, d))
         W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
@@ -661,21 +753,29 @@ class SparseAutoencoder(T.Module):
         self.add_param("b_dec", np.zeros(d, self.dtype))
         self.cache = None
 
+    def _check_rows(self, h):
+        h, d = np.asarray(h), self.params["b_dec"].shape[0]
+        if h.ndim != 2 or h.shape[1] != d:
+            raise ValueError(f"h must have shape (B, {d}), got {h.shape}")
+        return h
+
     def encode(self, h):
         """(B, d) -> z (B, F)."""
+        h = self._check_rows(h)
         return np.maximum((h - self.params["b_dec"]) @ self.params["W_enc"] + self.params["b_enc"], 0)
 
     def forward(self, h):
         """(B, d) -> ĥ (B, d); the latents z (B, F) are kept in self.cache."""
-        if h.ndim != 2 or h.shape[1] != self.params["b_dec"].shape[0]:
-            raise ValueError(f"h must have shape (B, {self.params['b_dec'].shape[0]}), got {h.shape}")
+        h = self._check_rows(h)
         z = self.encode(h)
         self.cache = (h - self.params["b_dec"], z)
         return z @ self.params["W_dec"] + self.params["b_dec"]
 
     def loss(self, h, h_hat):
         """L, ∂L/∂ĥ (B, d) and the L1 term's ∂L/∂z (B, F), for the last forward."""
-        _, z = self._saved()
+        h_centred, z = self._saved()
+        h = _check_shape("h", h, h_centred.shape)                # the h of the last forward
+        h_hat = _check_shape("h_hat", h_hat, h_centred.shape)
         batch = h.shape[0]
         error = h_hat - h
         value = (np.sum(error * error) + self.l1 * np.sum(z)) / batch     # z ≥ 0: ‖z‖₁ = Σ z
@@ -684,6 +784,8 @@ class SparseAutoencoder(T.Module):
     def backward(self, dh_hat, dz):
         """dh_hat (B, d), dz (B, F) -> ∂L/∂h (B, d) through the encoder."""
         h_centred, z = self._saved()
+        dh_hat = _check_shape("dh_hat", dh_hat, h_centred.shape)
+        dz = _check_shape("dz", dz, z.shape)
         p, g = self.params, self.grads
         g["W_dec"] += z.T @ dh_hat
         g["b_dec"] += dh_hat.sum(axis=0)
@@ -712,6 +814,14 @@ class SparseAutoencoder(T.Module):
         bias 0, and the Adam moments of those entries zeroed. (Bricken et al. 2023 aim at the
         input h itself; the residual aims at the part of h the dictionary is missing.)"""
         p = self.params
+        dead, n_latents = np.asarray(dead), p["b_enc"].size
+        if dead.ndim != 1 or dead.dtype.kind not in "iu" \
+                or not np.all((dead >= 0) & (dead < n_latents)):
+            raise ValueError(f"dead must be a 1-D array of latent indices in [0, {n_latents}), "
+                             f"got {dead!r}")
+        if not isinstance(optimizer, T.Adam):
+            raise TypeError(f"optimizer must be the transformer.Adam that trains this SAE, "
+                            f"got {type(optimizer).__name__}")
         residual = h - self.forward(h)
         error = np.sum(residual * residual, axis=1).astype(np.float64)
         if error.sum() == 0:
@@ -736,6 +846,8 @@ class SparseAutoencoder(T.Module):
         steps = _check_count("steps", steps)
         batch_size = _check_count("batch_size", batch_size)
         resample_every = _check_count("resample_every", resample_every)
+        if not callable(sample):
+            raise TypeError(f"sample must be a function batch_size -> h (B, d), got {sample!r}")
         optimizer = T.Adam(self.parameters(), lr=_check_positive("lr", lr))
         history = np.empty(steps)
         fired = np.zeros(self.params["b_enc"].size, dtype=bool)
@@ -767,11 +879,11 @@ def max_cosine_similarity(dictionary, features):
     """For every true feature (row of features (n, d)), the largest cosine with any dictionary
     row (F, d): (n,)."""
     def unit(name, rows):
-        rows = np.asarray(rows, dtype=np.float64)
+        rows = np.asarray(_check_array(name, rows, ("rows", "d")), dtype=np.float64)
         norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-        if rows.ndim != 2 or rows.shape[0] == 0 or not np.all(norms > 0):
-            raise ValueError(f"{name} must be a non-empty 2-D array of non-zero rows, "
-                             f"got shape {rows.shape}")
+        if not np.all(norms > 0):
+            raise ValueError(f"{name} must have no zero rows (a zero row has no direction), "
+                             f"got {np.count_nonzero(norms == 0)} of {rows.shape[0]}")
         return rows / norms
     features, dictionary = unit("features", features), unit("dictionary", dictionary)
     if features.shape[1] != dictionary.shape[1]:
@@ -797,8 +909,12 @@ def sae_experiment(n_features=64, n_hidden=32, feature_probability=0.02, n_laten
     Small batches and more steps: matrix products of 128 x 32 x 64 are too small to gain from
     several BLAS threads, and on a busy machine threads waiting for each other cost more than
     the products themselves."""
+    _check_count("toy_steps", toy_steps)            # every argument is checked before training
+    _check_count("sae_steps", sae_steps)
+    _check_positive("lr", lr)
     toy = ToyModel(n_features, n_hidden, feature_probability=feature_probability, importance=1.0,
                    seed=seed, dtype=dtype)
+    sae = SparseAutoencoder(n_hidden, n_latents, l1=l1, seed=seed + 1, dtype=dtype)
     toy.fit(toy_steps, batch_size, lr=1e-2)
     W = toy.W[0]                                                    # (m, n)
     true = W[:, represented(W)].T                                   # (n_represented, m)
@@ -806,7 +922,6 @@ def sae_experiment(n_features=64, n_hidden=32, feature_probability=0.02, n_laten
     def sample(size):
         return toy.hidden(toy.sample(size))[0]                      # (size, m)
 
-    sae = SparseAutoencoder(n_hidden, n_latents, l1=l1, seed=seed + 1, dtype=dtype)
     sae.fit(sample, sae_steps, batch_size, lr=lr)
     random_dictionary = np.random.default_rng(seed + 2).standard_normal((n_latents, n_hidden))
     return {"mmcs": mean_max_cosine_similarity(sae.params["W_dec"], true),

@@ -880,6 +880,136 @@ def test_circuits_bad_inputs_raise_value_errors_that_name_the_argument():
         C.path_expansion(model, np.full((1, 3), 11))
 
 
+def _zero_tokens(rng):
+    return np.zeros((2, 4), int)
+
+
+@pytest.mark.parametrize("call, error, name", [
+    # sections 1-3: matrices, shapes, models
+    (lambda: C.attention_pattern(np.full((2, 3), np.nan), np.ones((1, 2)), np.ones((1, 2))),
+     ValueError, "X must be finite"),
+    (lambda: C.attention_pattern(np.ones((2, 3)), np.full((1, 2), np.inf), np.ones((1, 2))),
+     ValueError, "W_Q must be finite"),
+    (lambda: C.kron_apply(np.eye(2), np.array([["a", "b"]]), np.ones((2, 2))), ValueError,
+     "Q must be a 2-D matrix of real numbers"),
+    (lambda: C.unvec(np.arange(6.0), 6), ValueError, r"shape must be a pair of ints \(d, n\), got 6"),
+    (lambda: C.unvec(np.arange(6.0), (2.0, 3)), ValueError, "shape must be a pair of ints"),
+    (lambda: C.kronecker_identity_errors(-1), ValueError, "seed must be an int >= 0, got -1"),
+    (lambda: C.to_rows(np.ones(3)), ValueError, r"Y must have shape \(\.\.\., V, n\)"),
+    (lambda: C.run_with_patterns("not a model", np.zeros((1, 3), int)), ValueError, "model must be"),
+    (lambda: C.to_float64(None), ValueError, "model must be a transformer.DecoderOnlyTransformer"),
+    (lambda: C.attention_only_model(11, 12, 3, 1, 9, seed=1.5), ValueError, "seed"),
+    # section 4: training and per-token losses
+    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, every=1), TypeError,
+     "monitor must be a function .* when every > 0, got NoneType"),
+    (lambda: C.train(_ci_random_simplified(1), None, 2), TypeError, "sample must be a function"),
+    (lambda: C.train("not a model", _zero_tokens, 2), ValueError, "model must be"),
+    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2.5), ValueError, "steps must be an int >= 0, got 2.5"),
+    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, every=-1, monitor=print), ValueError, "every"),
+    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, lr=-1), ValueError, "lr"),
+    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, seed=1.5), ValueError, "seed"),
+    (lambda: C.train(_ci_random_simplified(1), lambda rng: np.zeros(4, int), 2), ValueError,
+     r"sample\(rng\) must have shape \(B, n \+ 1\)"),
+    (lambda: C.train(_ci_random_simplified(1), lambda rng: np.zeros((2, 11), int), 2), ValueError,
+     r"sample\(rng\) .* max_len = 9, got shape \(2, 11\)"),
+    (lambda: C.token_losses(_ci_random_simplified(1), np.array([1, 2, 3])), ValueError,
+     r"tokens must have shape \(B, n \+ 1\)"),
+    (lambda: C.token_losses(_ci_random_simplified(1), np.array([[1]])), ValueError, r"tokens .*got shape \(1, 1\)"),
+    (lambda: C.token_losses(_ci_random_simplified(1), np.array([[1.0, 2.0]])), TypeError, "tokens"),
+    (lambda: C.next_token_losses(np.zeros((1, 2, 3)), np.array([[0, 5]])), ValueError,
+     r"targets must hold ids in \[0, 3\)"),
+    (lambda: C.next_token_losses(np.zeros((1, 2, 3)), np.array([[0, 1, 1]])), ValueError,
+     r"targets must have the shape of logits .*\(1, 2\), got \(1, 3\)"),
+    (lambda: C.next_token_losses(np.full((1, 2, 3), np.nan), np.array([[0, 1]])), ValueError,
+     "logits must be finite"),
+    # section 5: the bigram model
+    (lambda: C.markov_corpus(_rng(), 0, 3, 4), ValueError, "vocab_size must be an int >= 1, got 0"),
+    (lambda: C.markov_corpus(_rng(), 2, 3, 4, successors=5), ValueError,
+     r"successors must be an int in \[1, vocab_size = 2\], got 5"),
+    (lambda: C.markov_corpus(_rng(), 4, 0, 3), ValueError, "n_seqs"),
+    (lambda: C.markov_corpus(_rng(), 4, 3, 0), ValueError, "length"),
+    (lambda: C.markov_corpus(0, 4, 3, 3), TypeError, "rng must be a np.random.Generator"),
+    (lambda: C.bigram_log_probs(np.array([[1, 9]]), 4), ValueError, r"tokens must hold ids in \[0, 4\)"),
+    (lambda: C.bigram_log_probs(np.array([1, 2]), 4), ValueError, r"tokens must be a corpus"),
+    (lambda: C.bigram_log_probs(np.array([[1.0, 2.0]]), 4), TypeError, "tokens"),
+    (lambda: C.bigram_correlation(C.attention_only_model(5, 4, 1, 0, 4), np.array([[0, 1, 2, 3, 4]])),
+     ValueError, "tokens must hold bigrams of at least two different probabilities"),
+    (lambda: C.train_bigram_model(batch=0), ValueError, "batch must be an int >= 1, got 0"),
+    (lambda: C.train_bigram_model(length=0), ValueError, "length"),
+    # section 6: skip-trigrams
+    (lambda: C.skip_trigram_corpus(_rng(), C.PLANTED_TRIPLES, 6, 4, 8), ValueError,
+     r"triples must hold ids in \[0, 6\)"),
+    (lambda: C.skip_trigram_corpus(_rng(), [0, 4, 6], 16, 4, 8), ValueError,
+     r"triples must be .* shape \(k, 3\)"),
+    (lambda: C.skip_trigram_corpus(_rng(), C.PLANTED_TRIPLES, 16, 4, 2), ValueError,
+     "length must be an int >= 3"),
+    (lambda: C.skip_trigram_corpus(_rng(), [(0, 0, 0)], 1, 4, 8), ValueError, "no filler token"),
+    (lambda: C.skip_trigram_corpus(None, C.PLANTED_TRIPLES, 16, 4, 8), TypeError, "rng"),
+    (lambda: C.train_skip_trigram_model(length=1), ValueError, "length must be an int >= 2"),
+    # section 7: induction heads
+    (lambda: C.repeated_segment_batch(0, 2, 10, 5, 2, 3), TypeError, "rng"),
+    (lambda: C.repeated_segment_batch(_rng(), 0, 10, 5, 2, 3), ValueError, "batch"),
+    (lambda: C.repeated_segment_batch(_rng(), 2, 10, 5, 2.5, 3), ValueError, "min_len and max_len must be ints"),
+    (lambda: C.train_induction_model(length=4), ValueError, "length must be an int >= 8, got 4"),
+    (lambda: C.train_induction_model(steps=1, every=1), TypeError, "monitor"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 4), bool)), ValueError,
+     r"inside must be a bool mask of the losses' shape \(2, 3\)"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 3), int)), ValueError, "inside must be a bool mask"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 3), bool)), ValueError,
+     "inside must be True at some positions and False at others"),
+    (lambda: C.split_losses(np.array([[np.nan, 1.0]]), np.array([[True, False]])), ValueError,
+     "losses must be finite"),
+    (lambda: C.repeat_losses(_ci_random_simplified(2), np.zeros((1, 5), int), np.ones((1, 5), bool)), ValueError,
+     "inside"),
+    (lambda: C.ablation_losses("not a model", np.zeros((1, 5), int), np.ones((1, 4), bool), 0),
+     ValueError, "model must be"),
+    (lambda: C.score_induction(np.full((1, 1, 1, 3, 3), np.nan), np.zeros((1, 3), int)), ValueError,
+     "patterns must be finite"),
+    (lambda: C.score_previous_token(np.ones((1, 0, 1, 3, 3))), ValueError, "patterns must have shape"),
+    (lambda: C.previous_token_scores(_ci_random_simplified(2), np.zeros((1, 1), int)), ValueError,
+     r"n >= 2 positions \(tokens\)"),
+    (lambda: C.composition_score(np.zeros((2, 2)), np.eye(2)), ValueError, "A and B must both be nonzero"),
+    (lambda: C.copying_score(np.zeros((2, 2))), ValueError, "M has only zero eigenvalues"),
+    (lambda: C.copying_score(np.full((2, 2), np.nan)), ValueError, "M must be finite"),
+    (lambda: C.random_composition_baseline(4, 2, 0), TypeError, "rng"),
+    (lambda: C.random_composition_baseline(4, 2, _rng(), samples=0), ValueError, "samples"),
+])
+def test_circuits_more_bad_input_is_named(call, error, name):
+    with pytest.raises(error, match=name):
+        call()
+
+
+def test_circuits_train_refuses_a_bad_sample_before_any_update():
+    model = _ci_random_simplified(1)
+    before = [value.copy() for _, value, _ in model.parameters()]
+    with pytest.raises(ValueError, match=r"sample\(rng\)"):
+        C.train(model, lambda rng: np.zeros(4, int), 3)
+    assert all(np.array_equal(value, old) for (_, value, _), old in zip(model.parameters(), before))
+
+
+def test_circuits_checked_functions_still_take_their_valid_edge_cases():
+    model = _ci_random_simplified(1)
+    tokens = np.random.default_rng(1).integers(0, 11, (2, model.max_len + 1))   # the longest allowed
+    logits = model.forward(tokens[:, :-1])
+    expected = -np.take_along_axis(T.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
+    assert np.array_equal(C.token_losses(model, tokens), expected)
+    assert np.array_equal(C.next_token_losses(logits, tokens[:, 1:].tolist()), expected)  # lists too
+    assert C.split_losses([[1.0, 2.0, 4.0]], [[True, False, False]]) == (1.0, 3.0)
+    assert np.array_equal(C.unvec(np.arange(6.0), np.array([2, 3])), [[0, 2, 4], [1, 3, 5]])
+    losses, records = C.train(model, _zero_tokens, 0)
+    assert losses.shape == (0,) and records == []
+    _, records = C.train(model, _zero_tokens, 4, every=2, monitor=lambda step, m: step)
+    assert records == [0, 2, 3]
+    corpus = C.markov_corpus(np.random.default_rng(0), 3, 20, 5, successors=3)
+    assert corpus.shape == (20, 5) and corpus.min() >= 0 and corpus.max() <= 2
+    assert np.isfinite(C.bigram_log_probs(np.array([[0, 1], [1, 0]]), 2)).sum() == 2
+    planted = C.skip_trigram_corpus(np.random.default_rng(0), C.PLANTED_TRIPLES, 16, 50, 3)
+    assert planted.shape == (50, 3) and np.all(planted[:, 1] >= 4) and np.all(planted[:, 1] <= 5)
+    assert C.composition_score(np.array([[1.0, 0.0]]), np.array([[0.0], [1.0]])) == 0.0  # A B = 0 is fine
+    assert C.copying_score(np.eye(3)) == 1.0
+    assert C.score_previous_token(np.array([[[[[1.0, 0.0], [0.25, 0.75]]]]])) == 0.25
+
+
 # ---- second reading: skip-trigram scores against the model, tied weights, each switch ------
 
 def _rc_simplified(n_layers, tie_weights=False, seed=0, positional=True):
@@ -1444,6 +1574,138 @@ def test_more_hidden_dimensions_than_features_is_allowed_and_needs_no_superposit
 def test_more_bad_input_is_named(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# ---- superposition.py: every helper names its bad argument (cases not already covered by
+# test_toy_model_bad_input, test_other_bad_input and test_more_bad_input_is_named)
+
+
+_PENTAGON_ARROWS = S.regular_polygon(5)
+
+
+@pytest.mark.parametrize("call, error, name", [
+    # 1. sparse features
+    (lambda: S.sparse_features(_rng(), -1, 4, np.float64), ValueError, "inverse_probability"),
+    (lambda: S.sparse_features(_rng(), np.full((1, 1, 3), 0.5), 4, np.float64), ValueError,
+     "inverse_probability"),                                   # 1/p < 1 would mean p > 1
+    (lambda: S.sparse_features(None, np.ones((1, 1, 3)), 4, np.float64), TypeError, "rng"),
+    (lambda: S.sparse_features(_rng(), np.ones((1, 1, 3)), 0, np.float64), ValueError,
+     "batch_size"),
+    (lambda: S.importance_decay(0), ValueError, "n_features"),
+    (lambda: S.importance_decay(3, base=-0.9), ValueError, "base"),
+    # 2-3. the toy model
+    (lambda: S.ToyModel(3, 2, feature_probability=1e-40, dtype=np.float32), ValueError,
+     "feature_probability"),                                   # 1/p overflows float32: NaN data
+    (lambda: S.ToyModel(3, 2, seed="a"), ValueError, "seed"),
+    (lambda: S.ToyModel(3, 2, dtype="foo"), ValueError, "dtype"),
+    (lambda: S.ToyModel(3, 2).forward(np.ones((1, 2, 4)).tolist()), ValueError, "x must"),
+    (lambda: S.ToyModel(3, 2).hidden(np.ones((1, 2, 4))), ValueError, "x must"),
+    (lambda: S.ToyModel(3, 2).loss(np.ones((1, 2, 3)), np.ones((1, 1, 3))), ValueError, "x_hat"),
+    (lambda: S.ToyModel(3, 2).fit(2, 4, progress=5), TypeError, "progress"),
+    # 4. measurements: W must be (..., m, n), non-empty, finite; an all-zero W has no m/‖W‖²
+    (lambda: S.feature_norms(np.ones(3)), ValueError, "W must"),
+    (lambda: S.superposition(np.ones((2, 0))), ValueError, "W must"),
+    (lambda: S.feature_dimensionality(np.full((2, 3), np.nan)), ValueError, "W must be finite"),
+    (lambda: S.summarize(np.ones(3)), ValueError, "W must"),
+    (lambda: S.dimensions_per_feature(np.zeros((2, 3))), ValueError, "W must represent"),
+    (lambda: S.dimensions_per_feature(np.stack([np.ones((2, 3)), np.zeros((2, 3))])), ValueError,
+     "W must represent"),
+    (lambda: S.represented(np.ones((2, 3)), threshold=np.nan), ValueError, "threshold"),
+    (lambda: S.regular_polygon(0), ValueError, "k"),
+    # 6. five in two, the phase diagram
+    (lambda: S.pentagon_probabilities(0), ValueError, "k"),
+    (lambda: S.best_of_seeds(S.ToyModel(3, 2, n_instances=4), 0), ValueError, "n_seeds"),
+    (lambda: S.best_of_seeds(S.ToyModel(3, 2, n_instances=4), 3), ValueError, "n_seeds"),
+    (lambda: S.best_of_seeds(S.ToyModel(3, 2, n_instances=4), 2, eval_batch=0), ValueError,
+     "eval_batch"),
+    (lambda: S.best_of_seeds(None, 2), TypeError, "model"),
+    (lambda: S.polygon_angles(np.ones((3, 5))), ValueError, "W must"),
+    (lambda: S.is_regular_pentagon(_PENTAGON_ARROWS, -np.ones(3)), ValueError, "b must"),
+    (lambda: S.is_regular_pentagon(_PENTAGON_ARROWS, -np.ones(5), tolerance=-1), ValueError,
+     "tolerance"),
+    (lambda: S.classify_phase(np.ones(3)), ValueError, "W must"),
+    (lambda: S.classify_phase(np.ones((4, 1, 3))), ValueError, "W must"),
+    (lambda: S.classify_phase(np.ones((1, 2)), threshold=-0.5), ValueError, "threshold"),
+    # 7-8. the pentagon network, Johnson-Lindenstrauss
+    (lambda: S.pentagon_network()(np.ones((2, 4))), ValueError, "x must"),
+    (lambda: S.random_projection(4, 0, _rng()), ValueError, "m"),
+    (lambda: S.random_projection(4, 2, None), TypeError, "rng"),
+    (lambda: S.squared_distances(np.ones(3)), ValueError, "points"),
+    (lambda: S.squared_distances([[np.nan, 1.0], [0.0, 1.0]]), ValueError, "points"),
+    (lambda: S.jl_epsilon(10, 100, beta=0), ValueError, "beta"),
+    (lambda: S.nearly_orthogonal_directions(5, "a", 10, _rng()), ValueError, "eps"),
+    (lambda: S.nearly_orthogonal_directions(5, 0.5, 10, 0), TypeError, "rng"),
+    # 9-10. polysemantic neurons, the sparse autoencoder
+    (lambda: S.cosine_distance_matrix([[np.inf, 1.0], [1.0, 1.0]]), ValueError, "activations"),
+    (lambda: S.max_cosine_similarity(np.full((2, 3), np.inf), np.ones((2, 3))), ValueError,
+     "dictionary"),
+    (lambda: S.SparseAutoencoder(4, 8, seed=-1), ValueError, "seed"),
+    (lambda: S.SparseAutoencoder(4, 8).encode(np.ones((2, 5))), ValueError, "h must"),
+    (lambda: S.SparseAutoencoder(4, 8).dead_latents(np.ones(4)), ValueError, "h must"),
+    (lambda: S.SparseAutoencoder(4, 8).fit(None, 3, 4), TypeError, "sample"),
+    (lambda: S.sae_experiment(toy_steps=0), ValueError, "toy_steps"),
+    (lambda: S.sae_experiment(sae_steps=0), ValueError, "sae_steps"),
+    (lambda: S.sae_experiment(n_latents=0), ValueError, "n_latents"),   # before any training
+])
+def test_superposition_helpers_name_bad_input(call, error, name):
+    with pytest.raises(error, match=name):
+        call()
+
+
+def test_superposition_backward_and_resampling_refuse_bad_arrays_before_changing_state():
+    # A wrong-shaped upstream gradient would broadcast silently; it must be refused, grads untouched.
+    model = S.ToyModel(3, 2, seed=0)
+    x = model.sample(4)
+    model.forward(x)
+    with pytest.raises(ValueError, match="dout"):
+        model.backward(np.ones((1, 1, 3)))
+    assert not model.grads["W"].any() and not model.grads["b"].any()
+
+    sae = S.SparseAutoencoder(4, 8, seed=0)
+    h = np.random.default_rng(1).normal(size=(3, 4))
+    sae.forward(h)
+    with pytest.raises(ValueError, match="dz"):
+        sae.backward(np.ones((3, 4)), np.ones((1, 8)))
+    with pytest.raises(ValueError, match="h_hat"):
+        sae.loss(h, np.ones((1, 4)))
+    assert all(not grad.any() for _, _, grad in sae.parameters())
+    before = {name: value.copy() for name, value, _ in sae.parameters()}
+    optimizer = T.Adam(sae.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="dead"):
+        sae.resample_dead(h, np.array([9]), optimizer)              # only latents 0..7 exist
+    with pytest.raises(TypeError, match="optimizer"):
+        sae.resample_dead(h, np.array([1]), None)
+    assert all(np.array_equal(value, before[name]) for name, value, _ in sae.parameters())
+
+    # best_of_seeds refuses a bad n_seeds before its evaluation draws from the model's rng.
+    model = S.ToyModel(3, 2, n_instances=4, seed=0)
+    state = model.rng.bit_generator.state
+    with pytest.raises(ValueError, match="n_seeds"):
+        S.best_of_seeds(model, 3)
+    assert model.rng.bit_generator.state == state
+
+
+def test_superposition_checks_keep_valid_results():
+    # The hot path is unchanged: one uniform draw per entry, u/p kept where it is below 1.
+    inverse = np.array([[[1.0, 2.0, 0.0, 10.0]]], np.float32)
+    u = np.random.default_rng(3).random((1, 6, 4), dtype=np.float32) * inverse
+    x = S.sparse_features(np.random.default_rng(3), inverse, 6, np.float32)
+    assert x.dtype == np.float32 and np.array_equal(x, u * (u < 1))
+    assert np.array_equal(S.importance_decay(4), 0.9 ** np.arange(4.0))
+    # Measurements keep the dtype of W and read a nested list as the same array.
+    W = np.random.default_rng(4).normal(size=(3, 2, 5)).astype(np.float32)
+    assert S.feature_norms(W).dtype == np.float32 and S.superposition(W).dtype == np.float32
+    assert np.array_equal(S.feature_dimensionality(W[0].tolist()),
+                          S.feature_dimensionality(W[0].astype(np.float64)))
+    two_of_four = np.hstack([np.eye(2), np.zeros((2, 2))])       # zero columns are fine here
+    assert np.allclose(S.dimensions_per_feature(np.stack([two_of_four, S.regular_polygon(4)])),
+                       [1.0, 1 / 2])
+    # A W of another shape is still simply "not a pentagon"; threshold 0 means "any non-zero norm".
+    assert not S.is_regular_pentagon(_PENTAGON_ARROWS[:, :4], -np.ones(4))
+    assert S.represented(np.array([[0.0, 1e-9]]), threshold=0).tolist() == [False, True]
+    # One example as a vector gives the same numbers as a batch of one.
+    net, e1 = S.pentagon_network(), np.eye(5)[0]
+    assert np.array_equal(net(e1), net(e1[None])[0])
 
 
 def test_pentagon_network_on_two_features_at_once():
