@@ -313,7 +313,6 @@ def ablated(model, layer, head):
 def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=np.float64, seed=0,
                          positional=True):
     """The simplified transformer of the framework, built by transformer.py."""
-    _check_ints(0, seed=seed)
     return T.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, d_ff=1, max_len=max_len,
                                     attention_only=True, layer_norm=False, bias=False,
                                     positional=positional, dtype=dtype, seed=seed)

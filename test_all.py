@@ -502,6 +502,12 @@ def test_bad_configurations_and_arguments_are_rejected():
         T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, activation="tanh")
     with pytest.raises(ValueError, match="vocab_size"):
         T.DecoderOnlyTransformer(0, 8, 2, 1, 16, 10)
+    for dtype in ("foo", np.int64, np.float16):
+        with pytest.raises(ValueError, match="dtype must be np.float32 or np.float64"):
+            T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, dtype=dtype)
+    for seed in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="seed must be an int >= 0"):
+            T.Transformer(9, 12, 8, 2, 1, 16, 10, seed=seed)
     mt = T.Transformer(9, 12, 8, 2, 1, 16, 10)
     with pytest.raises(ValueError, match="same batch size"):
         mt.forward(np.zeros((2, 3), int), np.zeros((3, 3), int))

@@ -753,9 +753,13 @@ def _check_decoding(temperature, top_k, vocab_size):
         raise ValueError(f"top_k must be None or an int in [1, {vocab_size}], got {top_k!r}")
 
 
-def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes):
-    """The sizes a model is built from; the layers check the rest (MultiHeadAttention that
-    n_heads divides d_model, FeedForward the activation's name)."""
+def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes, dtype, seed):
+    """The sizes, float type and seed a model is built from; the layers check the rest
+    (MultiHeadAttention that n_heads divides d_model, FeedForward the activation's name)."""
+    if not any(np.dtype(allowed) == dtype for allowed in (np.float32, np.float64)):
+        raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     for name, value in [("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff),
                         ("max_len", max_len)] + vocab_sizes:
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -778,7 +782,7 @@ class DecoderOnlyTransformer(Module):
                  bias=True, positional=True, dtype=np.float64, seed=0):
         super().__init__()
         _check_config(d_model, n_heads, n_layers, d_ff, max_len,
-                      [("vocab_size", vocab_size)])
+                      [("vocab_size", vocab_size)], dtype, seed)
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads,
                            n_layers=n_layers, d_ff=d_ff, max_len=max_len, norm_first=norm_first,
                            activation=activation, tie_weights=tie_weights,
@@ -871,7 +875,8 @@ class Transformer(Module):
                  dtype=np.float64, seed=0):
         super().__init__()
         _check_config(d_model, n_heads, n_layers, d_ff, max_len,
-                      [("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)])
+                      [("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)],
+                      dtype, seed)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1 for the encoder-decoder, got {n_layers!r}")
         self.config = dict(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
