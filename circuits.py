@@ -66,11 +66,10 @@ def _is_int(i):
     return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
 
 
-def _check_ints(low, **values):
-    """Each keyword argument must be an int >= low; the error names it."""
+def _check_ints(minimum, **values):
+    """transformer.check_count for each keyword argument."""
     for name, value in values.items():
-        if not (_is_int(value) and value >= low):
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        T.check_count(name, value, minimum)
 
 
 def vec(X):
@@ -393,16 +392,10 @@ def token_losses(model, tokens):
 # common each token is), and training would put that offset there instead of in W_U W_E
 # (measured: the correlation below then drops from about 0.98 to about 0.7).
 
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a np.random.Generator, such as np.random.default_rng(seed), "
-                        f"got {type(rng).__name__}")
-
-
 def markov_corpus(rng, vocab_size, n_seqs, length, successors=3):
     """A corpus from a random bigram chain: each token is followed by one of `successors`
     tokens drawn for it, with random (Dirichlet) probabilities. -> (n_seqs, length) int."""
-    _check_rng(rng)
+    T.check_rng(rng)
     _check_ints(1, vocab_size=vocab_size, n_seqs=n_seqs, length=length)
     if not (_is_int(successors) and 1 <= successors <= vocab_size):
         raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
@@ -523,7 +516,7 @@ def skip_trigram_corpus(rng, triples, vocab_size, n_seqs, length):
     follows b. So b alone does not predict c (no bigram can), only a earlier and b now do. The
     filler is every token except the destinations b, so sources and outs also turn up where
     they mean nothing, and the model has to tie them to b. -> (n_seqs, length) int."""
-    _check_rng(rng)
+    T.check_rng(rng)
     _check_ints(1, vocab_size=vocab_size, n_seqs=n_seqs)
     _check_ints(3, length=length)                       # a, then b, then the token after b
     triples = T.check_id_array(triples, "triples", vocab_size)
@@ -619,7 +612,7 @@ def repeated_segment_batch(rng, batch, length, vocab_size, min_len, max_len):
     [min_len, max_len] starting at s1 is copied to a random later start s2 >= s1 + L.
     Returns (tokens, inside): inside (batch, length - 1) is True at input positions t whose
     target t + 1 continues the copy (s2 <= t < s2 + L - 1), i.e. predictable by induction."""
-    _check_rng(rng)
+    T.check_rng(rng)
     _check_ints(1, batch=batch, length=length, vocab_size=vocab_size)
     if not (_is_int(min_len) and _is_int(max_len) and 2 <= min_len <= max_len <= length // 2):
         raise ValueError(f"min_len and max_len must be ints with 2 <= min_len <= max_len <= "
@@ -793,7 +786,7 @@ def random_composition_baseline(d_model, d_head, rng, samples=200):
     W_3ᵀ W_4 (d_model, d_model), W_i (d_head, d_model), shaped like W_QK = W_Qᵀ W_K and
     W_OV = W_O W_V: the value that means "no more than chance"."""
     _check_ints(1, d_model=d_model, d_head=d_head, samples=samples)
-    _check_rng(rng)
+    T.check_rng(rng)
     W = rng.standard_normal((samples, 4, d_head, d_model))
     first = W[:, 0].swapaxes(1, 2) @ W[:, 1]
     second = W[:, 2].swapaxes(1, 2) @ W[:, 3]

@@ -44,37 +44,9 @@ import transformer as T
 # Checking arguments
 # ----------------------------------------------------------------------------------------------
 # Every public entry point checks its input before it changes any state, and names the argument.
-
-DTYPES = (np.float32, np.float64)
-
-
-def _check_count(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name, value, or_zero=False):
-    """A finite number > 0 (>= 0 if or_zero) -> float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or value < 0 or (value == 0 and not or_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if or_zero else '>'} 0, "
-                         f"got {value!r}")
-    return float(value)
-
-
-def _check_dtype(dtype):
-    if not any(np.dtype(d) == dtype for d in DTYPES):     # np.dtype(dtype) fails on "foo"
-        raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
-    return np.dtype(dtype).type
-
-
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a np.random.Generator (np.random.default_rng(seed)), "
-                        f"got {rng!r}")
-    return rng
-
+# Counts, numbers, float types and random generators go through transformer.py's shared
+# checks (T.check_count, T.check_positive, T.check_float_dtype, T.check_rng); the array
+# layouts below are this file's own.
 
 def _check_array(name, value, axes):
     """A non-empty array of finite real numbers laid out as axes -> the array (dtype kept).
@@ -149,8 +121,8 @@ def sparse_features(rng, inverse_probability, batch_size, dtype):
         raise ValueError(f"inverse_probability must hold 1/p for p in (0, 1] (so >= 1) or 0, "
                          f"got {inverse_probability!r}")
     n_instances, _, n_features = inverse.shape
-    batch_size, dtype = _check_count("batch_size", batch_size), _check_dtype(dtype)
-    x = _check_rng(rng).random((n_instances, batch_size, n_features), dtype=dtype)
+    batch_size, dtype = T.check_count("batch_size", batch_size), T.check_float_dtype(dtype)
+    x = T.check_rng(rng).random((n_instances, batch_size, n_features), dtype=dtype)
     x *= inverse
     x *= x < 1                      # u >= p: the feature is absent in this example
     return x
@@ -158,8 +130,8 @@ def sparse_features(rng, inverse_probability, batch_size, dtype):
 
 def importance_decay(n_features, base=0.9):
     """I_i = base^i: the paper's importances, (n,)."""
-    n_features = _check_count("n_features", n_features)
-    _check_positive("base", base)
+    n_features = T.check_count("n_features", n_features)
+    T.check_positive("base", base)
     return base ** np.arange(n_features, dtype=np.float64)
 
 
@@ -202,9 +174,9 @@ class ToyModel(T.Module):
     def __init__(self, n_features, n_hidden, n_instances=1, feature_probability=1.0,
                  importance=1.0, activation="relu", seed=0, dtype=np.float64):
         super().__init__()
-        n = _check_count("n_features", n_features)
-        m = _check_count("n_hidden", n_hidden)
-        k = _check_count("n_instances", n_instances)
+        n = T.check_count("n_features", n_features)
+        m = T.check_count("n_hidden", n_hidden)
+        k = T.check_count("n_instances", n_instances)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         p = _instance_feature_array("feature_probability", feature_probability, k, n, "instance")
@@ -213,8 +185,8 @@ class ToyModel(T.Module):
         imp = _instance_feature_array("importance", importance, k, n, "feature")
         if np.any(imp < 0):
             raise ValueError(f"importance must be >= 0, got {importance!r}")
-        dtype = _check_dtype(dtype)
-        _check_count("seed", seed, minimum=0)
+        dtype = T.check_float_dtype(dtype)
+        T.check_count("seed", seed, minimum=0)
         with np.errstate(over="ignore"):                      # too small a p: checked next
             inverse = np.divide(1.0, p, out=np.zeros_like(p), where=p > 0).astype(dtype)
         if not np.all(np.isfinite(inverse)):
@@ -291,18 +263,18 @@ class ToyModel(T.Module):
 
     def evaluate(self, batch_size=10_000):
         """Per-instance loss (I,) on one fresh batch, without touching the gradients."""
-        x = self.sample(_check_count("batch_size", batch_size))
+        x = self.sample(T.check_count("batch_size", batch_size))
         return self.loss(x, self.forward(x))[0]
 
     def fit(self, steps, batch_size, lr=1e-3, progress=None):
         """Adam on fresh batches (each call starts a new Adam); returns the loss history
         (steps, I). Stops with FloatingPointError as soon as any instance's loss is not finite.
         progress(step, mean loss over instances), if given, is called after every step."""
-        steps = _check_count("steps", steps)
-        batch_size = _check_count("batch_size", batch_size)
+        steps = T.check_count("steps", steps)
+        batch_size = T.check_count("batch_size", batch_size)
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be a function (step, loss) or None, got {progress!r}")
-        optimizer = T.Adam(self.parameters(), lr=_check_positive("lr", lr))
+        optimizer = T.Adam(self.parameters(), lr=T.check_positive("lr", lr))
         history = np.empty((steps, self.W.shape[0]), self.dtype)
         for step in range(steps):
             x = self.sample(batch_size)
@@ -378,13 +350,13 @@ def feature_dimensionality(W):
 
 def represented(W, threshold=0.5):
     """Which features have ‖W_i‖ > threshold: (..., m, n) -> bool (..., n)."""
-    _check_positive("threshold", threshold, or_zero=True)
+    T.check_positive("threshold", threshold, or_zero=True)
     return feature_norms(W) > threshold
 
 
 def regular_polygon(k):
     """k unit vectors at angles 2πj/k: (2, k)."""
-    k = _check_count("k", k)
+    k = T.check_count("k", k)
     angles = 2 * np.pi * np.arange(k) / k
     return np.stack([np.cos(angles), np.sin(angles)])
 
@@ -455,7 +427,7 @@ def summarize(W, threshold=0.5):
 
 def pentagon_probabilities(k=8):
     """p = 20^(-t) for t evenly from 0 to 1: from dense (1) to 0.05."""
-    return 20.0 ** -np.linspace(0, 1, _check_count("k", k))
+    return 20.0 ** -np.linspace(0, 1, T.check_count("k", k))
 
 
 def best_of_seeds(model, n_seeds, eval_batch=20_000):
@@ -463,11 +435,11 @@ def best_of_seeds(model, n_seeds, eval_batch=20_000):
     instance with the lowest loss on a fresh batch, for every setting."""
     if not isinstance(model, ToyModel):
         raise TypeError(f"model must be a ToyModel, got {type(model).__name__}")
-    n_seeds = _check_count("n_seeds", n_seeds)
+    n_seeds = T.check_count("n_seeds", n_seeds)
     if model.W.shape[0] % n_seeds:
         raise ValueError(f"n_seeds must divide the model's {model.W.shape[0]} instances, "
                          f"got {n_seeds}")
-    losses = model.evaluate(_check_count("eval_batch", eval_batch)).reshape(-1, n_seeds)
+    losses = model.evaluate(T.check_count("eval_batch", eval_batch)).reshape(-1, n_seeds)
     return np.arange(losses.shape[0]) * n_seeds + losses.argmin(axis=1)
 
 
@@ -477,7 +449,7 @@ def five_in_two(probabilities, n_seeds=4, steps=3000, batch_size=512, lr=1e-2, s
     index * n_seeds + seed). Returns the trained model and the index (k,) of the best seed of
     each probability: model.W[best] is (k, 2, 5)."""
     p = _check_unit_interval("probabilities", probabilities)
-    n_seeds = _check_count("n_seeds", n_seeds)
+    n_seeds = T.check_count("n_seeds", n_seeds)
     model = ToyModel(5, 2, n_instances=p.size * n_seeds, feature_probability=np.repeat(p, n_seeds),
                      importance=importance_decay(5), seed=seed, dtype=dtype)
     model.fit(steps, batch_size, lr)
@@ -496,7 +468,7 @@ def is_regular_pentagon(W, b, tolerance=5.0):
     W is (m, n) and b (n,); a W of any shape but (2, 5) is simply not a pentagon."""
     W = _check_array("W", W, ("m", "n"))
     b = _check_array("b", b, (W.shape[1],))
-    _check_positive("tolerance", tolerance, or_zero=True)
+    T.check_positive("tolerance", tolerance, or_zero=True)
     norms = feature_norms(W)
     return bool(W.shape == (2, 5) and np.all(np.abs(polygon_angles(W) - 72) <= tolerance)
                 and np.all(np.abs(norms / norms.mean() - 1) <= 0.2) and np.all(b < 0))
@@ -514,7 +486,7 @@ PHASES = ("feature 2 not learned", "feature 2 takes the dimension", "antipodal p
 def classify_phase(W, threshold=0.5):
     """W (..., 1, 2) -> int (...): index into PHASES, or -1 for none of them."""
     W = _check_array("W", W, ("...", 1, 2))
-    _check_positive("threshold", threshold, or_zero=True)
+    T.check_positive("threshold", threshold, or_zero=True)
     w1, w2 = W[..., 0, 0], W[..., 0, 1]
     strong1, strong2 = np.abs(w1) > threshold, np.abs(w2) > threshold
     return np.select([~strong2, strong2 & ~strong1, strong1 & strong2 & (w1 * w2 < 0)],
@@ -530,7 +502,7 @@ def phase_diagram(densities, relative_importances, n_seeds=3, steps=4000, batch_
     if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r) & (r >= 0)):
         raise ValueError(f"relative_importances must be a non-empty list of numbers >= 0, "
                          f"got {relative_importances!r}")
-    n_seeds = _check_count("n_seeds", n_seeds)
+    n_seeds = T.check_count("n_seeds", n_seeds)
     rr, pp = np.meshgrid(r, p, indexing="ij")                         # (R, D), cells row-major
     importance = np.stack([np.ones(rr.size), rr.ravel()], axis=1)      # (cells, 2)
     model = ToyModel(2, 1, n_instances=rr.size * n_seeds,
@@ -559,7 +531,7 @@ def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, 
                 progress=None):
     """Returns (1/(1-S) (k,), dimensions per feature (k,)) for n = 200, m = 20, importance 1,
     feature probabilities pentagon_probabilities(n_sparsities). progress: as in ToyModel.fit."""
-    probabilities = pentagon_probabilities(_check_count("n_sparsities", n_sparsities))
+    probabilities = pentagon_probabilities(T.check_count("n_sparsities", n_sparsities))
     model = ToyModel(200, 20, n_instances=probabilities.size, feature_probability=probabilities,
                      importance=1.0, seed=seed, dtype=dtype)
     model.fit(steps, batch_size, lr, progress)
@@ -605,7 +577,7 @@ class PentagonNetwork:
 
 def pentagon_network(scale=1.5, threshold=0.5):
     """The hand-built network of Example 26 (see above)."""
-    return PentagonNetwork(_check_positive("scale", scale), _check_positive("threshold", threshold))
+    return PentagonNetwork(T.check_positive("scale", scale), T.check_positive("threshold", threshold))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -623,8 +595,8 @@ def pentagon_network(scale=1.5, threshold=0.5):
 def random_projection(n_in, m, rng):
     """(n_in, m) with entries ±1/√m, each sign with probability 1/2; rows are points, so
     f(x) = x @ P."""
-    n_in, m = _check_count("n_in", n_in), _check_count("m", m)
-    return np.where(_check_rng(rng).random((n_in, m)) < 0.5, -1.0, 1.0) / math.sqrt(m)
+    n_in, m = T.check_count("n_in", n_in), T.check_count("m", m)
+    return np.where(T.check_rng(rng).random((n_in, m)) < 0.5, -1.0, 1.0) / math.sqrt(m)
 
 
 def squared_distances(points):
@@ -637,8 +609,8 @@ def squared_distances(points):
 def jl_distortion(points, m, rng):
     """The worst |‖f(x)-f(y)‖² / ‖x-y‖² - 1| over all pairs, for one random ±1/√m projection."""
     points = np.asarray(_check_array("points", points, ("N", "d")), dtype=np.float64)
-    m = _check_count("m", m)
-    _check_rng(rng)
+    m = T.check_count("m", m)
+    T.check_rng(rng)
     if points.shape[0] < 2:
         raise ValueError(f"points must hold N >= 2 points, got shape {points.shape}")
     before = squared_distances(points)
@@ -656,8 +628,8 @@ def jl_epsilon(n_points, m, beta=1.0):
     dims = np.asarray(m, dtype=np.float64)
     if dims.size == 0 or not np.all(np.isfinite(dims) & (dims >= 1)):
         raise ValueError(f"m must be a number of dimensions >= 1 (or a list of them), got {m!r}")
-    _check_positive("beta", beta)
-    target = (4 + 2 * beta) * math.log(_check_count("n_points", n_points, minimum=2)) / dims
+    T.check_positive("beta", beta)
+    target = (4 + 2 * beta) * math.log(T.check_count("n_points", n_points, minimum=2)) / dims
     lo, hi = np.zeros_like(target), np.ones_like(target)
     for _ in range(60):                                  # ε²/2 - ε³/3 increases on [0, 1]
         mid = (lo + hi) / 2
@@ -669,10 +641,10 @@ def jl_epsilon(n_points, m, beta=1.0):
 def nearly_orthogonal_directions(m, eps, n_candidates, rng):
     """Greedily keep random unit vectors in m dimensions whose |cos| with every kept one is
     < eps. Returns the kept ones (k, m); k is a lower bound on how many fit."""
-    m, n_candidates = _check_count("m", m), _check_count("n_candidates", n_candidates)
-    if _check_positive("eps", eps) >= 1:
+    m, n_candidates = T.check_count("m", m), T.check_count("n_candidates", n_candidates)
+    if T.check_positive("eps", eps) >= 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
-    candidates = _check_rng(rng).standard_normal((n_candidates, m))
+    candidates = T.check_rng(rng).standard_normal((n_candidates, m))
     candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
     kept = np.empty_like(candidates)
     count = 0
@@ -740,9 +712,9 @@ class SparseAutoencoder(T.Module):
 
     def __init__(self, d_in, n_latents, l1=1e-2, seed=0, dtype=np.float64):
         super().__init__()
-        d, f = _check_count("d_in", d_in), _check_count("n_latents", n_latents)
-        l1, dtype = _check_positive("l1", l1, or_zero=True), _check_dtype(dtype)
-        _check_count("seed", seed, minimum=0)
+        d, f = T.check_count("d_in", d_in), T.check_count("n_latents", n_latents)
+        l1, dtype = T.check_positive("l1", l1, or_zero=True), T.check_float_dtype(dtype)
+        T.check_count("seed", seed, minimum=0)
         self.l1, self.dtype = l1, dtype
         self.rng = np.random.default_rng(seed)
         W_dec = self.rng.standard_normal((f, d))
@@ -843,12 +815,12 @@ class SparseAutoencoder(T.Module):
         """sample(batch_size) -> h (B, d). Adam on the decoder's tangent gradient, decoder
         renormalised after every step, dead latents resampled every resample_every steps up to the last quarter of training.
         Returns the loss history (steps,); FloatingPointError if the loss is not finite."""
-        steps = _check_count("steps", steps)
-        batch_size = _check_count("batch_size", batch_size)
-        resample_every = _check_count("resample_every", resample_every)
+        steps = T.check_count("steps", steps)
+        batch_size = T.check_count("batch_size", batch_size)
+        resample_every = T.check_count("resample_every", resample_every)
         if not callable(sample):
             raise TypeError(f"sample must be a function batch_size -> h (B, d), got {sample!r}")
-        optimizer = T.Adam(self.parameters(), lr=_check_positive("lr", lr))
+        optimizer = T.Adam(self.parameters(), lr=T.check_positive("lr", lr))
         history = np.empty(steps)
         fired = np.zeros(self.params["b_enc"].size, dtype=bool)
         for step in range(steps):
@@ -909,9 +881,9 @@ def sae_experiment(n_features=64, n_hidden=32, feature_probability=0.02, n_laten
     Small batches and more steps: matrix products of 128 x 32 x 64 are too small to gain from
     several BLAS threads, and on a busy machine threads waiting for each other cost more than
     the products themselves."""
-    _check_count("toy_steps", toy_steps)            # every argument is checked before training
-    _check_count("sae_steps", sae_steps)
-    _check_positive("lr", lr)
+    T.check_count("toy_steps", toy_steps)            # every argument is checked before training
+    T.check_count("sae_steps", sae_steps)
+    T.check_positive("lr", lr)
     toy = ToyModel(n_features, n_hidden, feature_probability=feature_probability, importance=1.0,
                    seed=seed, dtype=dtype)
     sae = SparseAutoencoder(n_hidden, n_latents, l1=l1, seed=seed + 1, dtype=dtype)

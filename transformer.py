@@ -2,6 +2,7 @@
 
 Read this file top to bottom; each section uses only what came before it.
 
+    0. Checking arguments  the checks every file of the project shares
     1. Tokenizing          characters, words, byte-pair encoding (Rohrer, "Byte pair encoding")
     2. Modules             the small base class: parameters, gradients, zero_grad
     3. Embedding           one-hot times a matrix is a table lookup; backward scatters
@@ -41,6 +42,43 @@ import re
 from collections import Counter
 
 import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------
+# 0. Checking arguments
+# ----------------------------------------------------------------------------------------------
+# Every public function refuses bad input before it changes anything, with a ValueError (or a
+# TypeError) that names the argument, what was given and what is allowed. These checks are
+# shared by superposition.py and circuits.py too.
+
+def check_count(name, value, minimum=1):
+    """An int >= minimum (a bool is not a count) -> int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name, value, or_zero=False):
+    """A finite number > 0 (>= 0 if or_zero) -> float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not or_zero):
+        raise ValueError(f"{name} must be a finite number {'>=' if or_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def check_float_dtype(dtype):
+    """np.float32 (for speed) or np.float64 (for checking gradients) -> the NumPy type."""
+    if not any(np.dtype(allowed) == dtype for allowed in (np.float32, np.float64)):
+        raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
+    return np.dtype(dtype).type
+
+
+def check_rng(rng):
+    """All randomness comes from a np.random.Generator passed in."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a np.random.Generator, such as np.random.default_rng(seed), "
+                        f"got {type(rng).__name__}")
+    return rng
 
 
 # ----------------------------------------------------------------------------------------------
@@ -756,16 +794,12 @@ def _check_decoding(temperature, top_k, vocab_size):
 def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes, dtype, seed):
     """The sizes, float type and seed a model is built from; the layers check the rest
     (MultiHeadAttention that n_heads divides d_model, FeedForward the activation's name)."""
-    if not any(np.dtype(allowed) == dtype for allowed in (np.float32, np.float64)):
-        raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_float_dtype(dtype)
+    check_count("seed", seed, minimum=0)
     for name, value in [("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff),
                         ("max_len", max_len)] + vocab_sizes:
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not isinstance(n_layers, (int, np.integer)) or n_layers < 0:
-        raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
+        check_count(name, value)
+    check_count("n_layers", n_layers, minimum=0)
 
 
 class DecoderOnlyTransformer(Module):
@@ -1066,24 +1100,19 @@ def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
 # An optimizer holds the (name, value, grad) triples of parameters() and updates the values in
 # place. lr is a plain attribute, so a schedule just sets it before each step.
 
-def _check_rate(name, value, high=math.inf):
-    """A hyperparameter in [0, high): learning rate, momentum, β, weight decay."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < high:
-        raise ValueError(f"{name} must be a number in [0, {high}), got {value!r}")
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+def _check_decay_rate(name, value):
+    """A momentum or β: the share of the old average kept at each step, in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
 class SGD:
     """v = μ v + g;  w -= lr (v + λ w)."""
 
     def __init__(self, parameters, lr, momentum=0.0, weight_decay=0.0):
-        _check_rate("lr", lr)
-        _check_rate("momentum", momentum, 1)
-        _check_rate("weight_decay", weight_decay)
+        check_positive("lr", lr, or_zero=True)
+        _check_decay_rate("momentum", momentum)
+        check_positive("weight_decay", weight_decay, or_zero=True)
         self.params = list(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
@@ -1103,13 +1132,13 @@ class Adam:
     rescaled by √v̂."""
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        _check_rate("lr", lr)
+        check_positive("lr", lr, or_zero=True)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}")
-        _check_rate("betas[0]", betas[0], 1)
-        _check_rate("betas[1]", betas[1], 1)
-        _check_positive("eps", eps)
-        _check_rate("weight_decay", weight_decay)
+        _check_decay_rate("betas[0]", betas[0])
+        _check_decay_rate("betas[1]", betas[1])
+        check_positive("eps", eps)
+        check_positive("weight_decay", weight_decay, or_zero=True)
         self.params = list(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = [np.zeros_like(p) for _, p, _ in self.params]
@@ -1133,7 +1162,7 @@ class Adam:
 def clip_grad_norm(parameters, max_norm):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
     before clipping."""
-    _check_positive("max_norm", max_norm)
+    check_positive("max_norm", max_norm)
     grads = [g for _, _, g in parameters]
     norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
     if norm > max_norm:
@@ -1152,7 +1181,7 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
         raise TypeError(f"inputs must be the tuple of forward's arguments, such as (tokens,), "
                         f"got {type(inputs).__name__}")
     if max_grad_norm is not None:
-        _check_positive("max_grad_norm", max_grad_norm)
+        check_positive("max_grad_norm", max_grad_norm)
     loss, dlogits = cross_entropy(model.forward(*inputs), targets, ignore_index, label_smoothing)
     model.zero_grad()
     model.backward(dlogits)
