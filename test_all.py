@@ -545,6 +545,22 @@ def test_bad_configurations_and_arguments_are_rejected():
     (lambda: T.Adam([], eps=0), ValueError, "eps"),
     (lambda: T.Adam([], weight_decay=-1e-2), ValueError, "weight_decay"),
     (lambda: T.clip_grad_norm([], 0), ValueError, "max_norm"),
+    (lambda: T.Linear(0, 3, _rng()), ValueError, "d_in must be an int >= 1"),
+    (lambda: T.Embedding(3, 2, None), TypeError, "rng must be a np.random.Generator"),
+    (lambda: T.LayerNorm(2.5), ValueError, "d_model"),
+    (lambda: T.MultiHeadAttention(8, 0, _rng()), ValueError, "n_heads must be an int >= 1"),
+    (lambda: T.sinusoidal_encoding(-1, 4), ValueError, "max_len"),
+    (lambda: T.causal_mask(0), ValueError, "t_q"),
+    (lambda: T.causal_mask(5, 3), ValueError, "t_k must be an int >= 5"),
+    (lambda: T.padding_mask(np.array([1, 2, 0]), 0), ValueError, r"tokens must have shape \(B, T\)"),
+    (lambda: T.sample_next(np.zeros((1, 4)), temperature=1.0), TypeError, "rng"),
+    (lambda: T.sample_next(np.zeros(4)), ValueError, r"logits must have shape \(B, V\)"),
+    (lambda: T.noam_lr(5, 0), ValueError, "d_model"),
+    (lambda: T.noam_lr(5, 8, warmup=0), ValueError, "warmup"),
+    (lambda: T.noam_lr(2.5, 8), ValueError, "step"),
+    (lambda: T.gradient_check(5, []), TypeError, "loss_fn"),
+    (lambda: T.gradient_check(lambda: 0.0, [], num_checks=0), ValueError, "num_checks"),
+    (lambda: T.gradient_check(lambda: 0.0, [], eps=-1e-5), ValueError, "eps"),
 ])
 def test_layers_and_optimizers_name_their_bad_arguments(call, error, name):
     with pytest.raises(error, match=name):

@@ -279,7 +279,7 @@ class Module:
 
 
 def _normal(rng, shape, std, dtype):
-    return (rng.standard_normal(shape) * std).astype(dtype)
+    return (check_rng(rng).standard_normal(shape) * std).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,6 +312,7 @@ def one_hot(ids, n):
 class Embedding(Module):
     def __init__(self, vocab_size, d_model, rng, dtype=np.float64):
         super().__init__()
+        vocab_size, d_model = check_count("vocab_size", vocab_size), check_count("d_model", d_model)
         self.add_param("W", _normal(rng, (vocab_size, d_model), d_model ** -0.5, dtype))
         self.cache = None
 
@@ -342,6 +343,7 @@ class Embedding(Module):
 
 def sinusoidal_encoding(max_len, d_model):
     """-> (max_len, d_model) float64"""
+    max_len, d_model = check_count("max_len", max_len), check_count("d_model", d_model)
     pos = np.arange(max_len)[:, None]
     two_i = (np.arange(d_model) // 2 * 2)[None, :]        # 0, 0, 2, 2, 4, 4, ...
     angle = pos / 10000.0 ** (two_i / d_model)
@@ -369,6 +371,7 @@ class Linear(Module):
 
     def __init__(self, d_in, d_out, rng, dtype=np.float64, bias=True):
         super().__init__()
+        d_in, d_out = check_count("d_in", d_in), check_count("d_out", d_out)
         self.add_param("W", _normal(rng, (d_in, d_out), d_in ** -0.5, dtype))
         if bias:
             self.add_param("b", np.zeros(d_out, dtype))
@@ -479,6 +482,7 @@ def softmax_backward(p, dp):
 class LayerNorm(Module):
     def __init__(self, d_model, dtype=np.float64, eps=1e-5):
         super().__init__()
+        d_model = check_count("d_model", d_model)
         self.add_param("g", np.ones(d_model, dtype))
         self.add_param("b", np.zeros(d_model, dtype))
         self.eps = eps
@@ -527,13 +531,16 @@ class Identity(Module):
 def causal_mask(t_q, t_k=None):
     """(t_q, t_k) bool, True where query i may look at key j. Queries are the last t_q of the
     t_k positions (t_k > t_q while decoding with a cache), so query i sits at t_k - t_q + i."""
-    t_k = t_q if t_k is None else t_k
+    t_q = check_count("t_q", t_q)
+    t_k = t_q if t_k is None else check_count("t_k", t_k, minimum=t_q)
     return np.arange(t_k)[None, :] <= np.arange(t_k - t_q, t_k)[:, None]
 
 
 def padding_mask(tokens, pad_id):
     """(B, T) int -> (B, 1, 1, T) bool, False on padding keys."""
-    return (tokens != pad_id)[:, None, None, :]
+    if np.ndim(tokens) != 2:
+        raise ValueError(f"tokens must have shape (B, T), got shape {np.shape(tokens)}")
+    return (np.asarray(tokens) != pad_id)[:, None, None, :]
 
 
 class ScaledDotProductAttention(Module):
@@ -579,6 +586,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, d_model, n_heads, rng, dtype=np.float64, bias=True):
         super().__init__()
+        check_count("n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, "
                              f"n_heads={n_heads}")
@@ -773,8 +781,11 @@ def _check_dlogits(model, dlogits):
 def sample_next(logits, temperature=0.0, top_k=None, rng=None):
     """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
     softmax(logits / temperature), keeping only the top_k largest logits if top_k is given."""
+    if np.ndim(logits) != 2:
+        raise ValueError(f"logits must have shape (B, V), got shape {np.shape(logits)}")
     if temperature == 0:
         return np.argmax(logits, axis=-1)
+    check_rng(rng)
     logits = logits / temperature
     if top_k is not None:
         kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
@@ -1194,8 +1205,8 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
 def noam_lr(step, d_model, warmup=4000, factor=1.0):
     """Vaswani et al. 5.3: lr = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5):
     a linear warm-up for `warmup` steps, then decay as 1/√step. step counts from 1."""
-    if step < 1:
-        raise ValueError(f"step must be >= 1, got {step!r}")
+    step, warmup = check_count("step", step), check_count("warmup", warmup)
+    d_model, factor = check_count("d_model", d_model), check_positive("factor", factor)
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
 
@@ -1251,6 +1262,9 @@ def gradient_check(loss_fn, parameters, num_checks=10, eps=1e-5, seed=0):
     (name, value, grad) with grad already holding the analytic gradient (an input can be checked
     the same way, as ("x", x, dx)). Compares num_checks random entries of each array (all of
     them if it is smaller) and returns {name: relative error}."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function loss_fn() -> float, got {type(loss_fn).__name__}")
+    num_checks, eps = check_count("num_checks", num_checks), check_positive("eps", eps)
     rng = np.random.default_rng(seed)
     errors = {}
     for name, value, grad in parameters:
