@@ -53,10 +53,12 @@ def _check_array(name, value, axes):
     axes names every axis, e.g. ("N", "d"); an int fixes that axis's size, and a leading "..."
     allows any number of extra leading axes: ("...", "m", "n") is one model or many."""
     a = np.asarray(value)
-    trailing = axes[1:] if axes[0] == "..." else axes
-    fits = a.ndim >= len(trailing) if axes[0] == "..." else a.ndim == len(trailing)
-    fits = fits and all(not isinstance(size, int) or size == got
-                        for size, got in zip(trailing, a.shape[a.ndim - len(trailing):]))
+    any_leading = axes[0] == "..."
+    named = axes[1:] if any_leading else axes                  # the axes that must be there
+    fits = a.ndim >= len(named) if any_leading else a.ndim == len(named)
+    if fits:                                                   # and the fixed sizes match
+        last = a.shape[a.ndim - len(named):]
+        fits = all(size == got for size, got in zip(named, last) if isinstance(size, int))
     if a.dtype.kind not in "iuf" or a.size == 0 or not fits:
         layout = "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
         raise ValueError(f"{name} must be a non-empty array of numbers of shape {layout}, "
