@@ -48,17 +48,12 @@ import transformer as T
 #     mixed product   (A ⊗ B)(C ⊗ D) = (AC) ⊗ (BD)
 #     sandwich        M X N = (Nᵀ ⊗ M) X
 
-def _check_finite(x, name):
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-
-
 def _check_matrix(M, name):
     M = np.asarray(M)
     if M.ndim != 2 or M.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be a 2-D matrix of real numbers, got a {M.dtype} array of "
                          f"shape {M.shape}")
-    _check_finite(M, name)
+    T.check_finite(name, M)
     return M
 
 
@@ -365,7 +360,7 @@ def next_token_losses(logits, targets):
     logits = np.asarray(logits, np.float64)
     if logits.ndim == 0:
         raise ValueError("logits must have shape (B, n, V), got a scalar")
-    _check_finite(logits, "logits")
+    T.check_finite("logits", logits)
     targets = T.check_id_array(targets, "targets", logits.shape[-1])
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"targets must have the shape of logits without the vocabulary axis, "
@@ -654,7 +649,7 @@ def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_he
 def split_losses(losses, inside):
     """(B, n) per-token losses -> (mean where inside, mean elsewhere)."""
     losses, inside = np.asarray(losses), np.asarray(inside)
-    _check_finite(losses, "losses")
+    T.check_finite("losses", losses)
     if inside.dtype != bool or inside.shape != losses.shape:
         raise ValueError(f"inside must be a bool mask of the losses' shape {losses.shape}, got a "
                          f"{inside.dtype} array of shape {inside.shape}")
@@ -688,7 +683,7 @@ def _check_patterns(patterns):
     if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2] or 0 in patterns.shape:
         raise ValueError(f"patterns must have shape (L, B, H, n, n), none of them 0, got "
                          f"{patterns.shape}")
-    _check_finite(patterns, "patterns")
+    T.check_finite("patterns", patterns)
     return patterns
 
 

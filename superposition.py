@@ -44,9 +44,9 @@ import transformer as T
 # Checking arguments
 # ----------------------------------------------------------------------------------------------
 # Every public entry point checks its input before it changes any state, and names the argument.
-# Counts, numbers, float types and random generators go through transformer.py's shared
-# checks (T.check_count, T.check_positive, T.check_float_dtype, T.check_rng); the array
-# layouts below are this file's own.
+# Counts, numbers, float types, finiteness and random generators go through transformer.py's
+# shared checks (T.check_count, T.check_positive, T.check_float_dtype, T.check_finite,
+# T.check_rng); the array layouts below are this file's own.
 
 def _check_array(name, value, axes):
     """A non-empty array of finite real numbers laid out as axes -> the array (dtype kept).
@@ -63,9 +63,7 @@ def _check_array(name, value, axes):
         layout = "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
         raise ValueError(f"{name} must be a non-empty array of numbers of shape {layout}, "
                          f"got {a.dtype} array of shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite, got NaN or inf in "
-                         f"{np.count_nonzero(~np.isfinite(a))} of its {a.size} entries")
+    T.check_finite(name, a)
     return a
 
 

@@ -66,6 +66,13 @@ def check_positive(name, value, or_zero=False):
     return float(value)
 
 
+def check_finite(name, x):
+    """No NaN or inf: one would travel silently through every later result."""
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} must be finite, got NaN or inf in "
+                         f"{np.count_nonzero(~np.isfinite(x))} of its {np.size(x)} entries")
+
+
 def check_float_dtype(dtype):
     """np.float32 (for speed) or np.float64 (for checking gradients) -> the NumPy type."""
     if not any(np.dtype(allowed) == dtype for allowed in (np.float32, np.float64)):
@@ -1077,9 +1084,7 @@ class Transformer(Module):
 def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
     """logits (..., V), targets (...) int -> (loss, dlogits of the same shape as logits)."""
     logits, targets = np.asarray(logits), np.asarray(targets)
-    if not np.all(np.isfinite(logits)):
-        raise ValueError("logits must be finite, got NaN or inf (did training diverge? try a "
-                         "smaller learning rate or max_grad_norm)")
+    check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
     if targets.shape != logits.shape[:-1]:
