@@ -305,7 +305,7 @@ def ablated(model, layer, head):
 # so nothing here re-implements attention or Adam. d_ff is unused without an MLP.
 
 def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=np.float64, seed=0,
-                         positional=True):
+                         positional="sinusoidal"):
     """The simplified transformer of the framework, built by transformer.py."""
     return T.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, d_ff=1, max_len=max_len,
                                     attention_only=True, layer_norm=False, bias=False,
@@ -441,7 +441,7 @@ def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=
     _check_ints(1, length=length, batch=batch)
     _check_ints(0, seed=seed)
     corpus = markov_corpus(np.random.default_rng(seed), vocab_size, n_seqs, length + 1)
-    model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed, positional=False)
+    model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed, positional=None)
     losses, _ = train(model, lambda rng: corpus[rng.integers(0, n_seqs, batch)], steps, lr, seed)
     return model, corpus, losses
 

@@ -1034,7 +1034,7 @@ def test_circuits_checked_functions_still_take_their_valid_edge_cases():
 
 # ---- second reading: skip-trigram scores against the model, tied weights, each switch ------
 
-def _rc_simplified(n_layers, tie_weights=False, seed=0, positional=True):
+def _rc_simplified(n_layers, tie_weights=False, seed=0, positional="sinusoidal"):
     return T.DecoderOnlyTransformer(11, 12, 3, n_layers, d_ff=1, max_len=9, tie_weights=tie_weights,
                                     attention_only=True, layer_norm=False, bias=False,
                                     positional=positional, seed=seed)
@@ -1044,7 +1044,7 @@ def test_skip_trigram_scores_are_the_models_own_two_token_predictions():
     # skip_trigrams reads each triple on the context "a b" with positions left out. Built
     # without positional code the model itself computes exactly that context, so every score
     # must equal softmax(forward([a, b]))[c] - softmax(forward([b]))[c].
-    model = _rc_simplified(1, seed=3, positional=False)
+    model = _rc_simplified(1, seed=3, positional=None)
     for block in model.blocks:          # larger weights than at initialisation: sharper softmaxes
         for lin in (block.self_attn.query, block.self_attn.key, block.self_attn.value):
             lin.params["W"] *= 4

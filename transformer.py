@@ -7,7 +7,8 @@ Read this file top to bottom; each section uses only what came before it.
     2. Modules             the small base class: parameters, gradients, zero_grad
     3. Embedding           one-hot times a matrix is a table lookup; backward scatters
     4. Positions           sinusoidal encoding (Vaswani et al. 2017, section 3.5)
-    5. Elementwise layers  Linear, ReLU, GELU; stable softmax and log-softmax
+    5. Elementwise layers  Linear, ReLU, GELU (exact, with a vectorised erf, and the tanh
+                           form); stable softmax and log-softmax
     6. Layer norm          (Ba et al. 2016), the backward written out
     7. Attention           scaled dot-product with causal and padding masks (section 3.2.1),
                            multi-head attention (3.2.2) used for self- and cross-attention
@@ -414,9 +415,80 @@ class ReLU(Module):
         return dout * self._saved()
 
 
+# GELU(x) = x Φ(x), where Φ is the standard normal CDF (Hendrycks & Gimpel 2016, "Gaussian
+# Error Linear Units"): the input scaled by the probability that a standard normal is below it.
+# Φ(x) = ½ (1 + erf(x / √2)), and NumPy has no erf, so here is one, vectorised. W. J. Cody,
+# "Rational Chebyshev approximations for the error function" (Math. Comp. 23, 1969) splits the
+# line at |x| = 0.46875 and 4 and fits each piece with a ratio of polynomials, p(y) / q(y):
+#     |x| <= 0.46875:  erf(x)  = x p1(x²) / q1(x²)
+#     |x| <= 4:        erfc(x) = exp(-x²) p2(|x|) / q2(|x|)
+#     |x| > 4:         erfc(x) = exp(-x²) / |x| · (1/√π - z p3(z) / q3(z)),  z = 1/x²
+# with erf(x) = 1 - erfc(x) for x > 0 and erf(-x) = -erf(x). In float64 it agrees with
+# math.erf to about 1e-16. Coefficients from highest power to lowest; each q has leading 1.
+
+_ERF_P1 = (1.85777706184603153e-1, 3.16112374387056560e0, 1.13864154151050156e2,
+           3.77485237685302021e2, 3.20937758913846947e3)
+_ERF_Q1 = (1.0, 2.36012909523441209e1, 2.44024637934444173e2, 1.28261652607737228e3,
+           2.84423683343917062e3)
+_ERF_P2 = (2.15311535474403846e-8, 5.64188496988670089e-1, 8.88314979438837594e0,
+           6.61191906371416295e1, 2.98635138197400131e2, 8.81952221241769090e2,
+           1.71204761263407058e3, 2.05107837782607147e3, 1.23033935479799725e3)
+_ERF_Q2 = (1.0, 1.57449261107098347e1, 1.17693950891312499e2, 5.37181101862009858e2,
+           1.62138957456669019e3, 3.29079923573345963e3, 4.36261909014324716e3,
+           3.43936767414372164e3, 1.23033935480374942e3)
+_ERF_P3 = (1.63153871373020978e-2, 3.05326634961232344e-1, 3.60344899949804439e-1,
+           1.25781726111229246e-1, 1.60837851487422766e-2, 6.58749161529837803e-4)
+_ERF_Q3 = (1.0, 2.56852019228982242e0, 1.87295284992346047e0, 5.27905102951428412e-1,
+           6.05183413124413191e-2, 2.33520497626869185e-3)
+
+
+def polynomial(coefficients, y):
+    """c0 y^n + c1 y^(n-1) + ... + cn by Horner's rule, in y's float type (np.polyval would
+    turn a float32 y into float64)."""
+    result = np.full_like(y, coefficients[0])
+    for c in coefficients[1:]:
+        result *= y
+        result += c
+    return result
+
+
+def erf(x):
+    """The error function erf(x) = 2/√π ∫₀ˣ exp(-t²) dt, elementwise, in x's float type."""
+    x = np.asarray(x)
+    y = np.abs(x)
+    out = np.empty_like(y)
+    inner = y <= 0.46875
+    middle = ~inner & (y <= 4)
+    outer = ~inner & ~middle                      # also NaN, which stays NaN
+    y1 = y[inner] ** 2
+    out[inner] = y[inner] * polynomial(_ERF_P1, y1) / polynomial(_ERF_Q1, y1)
+    y2 = y[middle]
+    out[middle] = 1 - np.exp(-y2 * y2) * polynomial(_ERF_P2, y2) / polynomial(_ERF_Q2, y2)
+    y3 = y[outer]
+    z = 1 / (y3 * y3)
+    tail = (1 / math.sqrt(math.pi) - z * polynomial(_ERF_P3, z) / polynomial(_ERF_Q3, z)) / y3
+    out[outer] = 1 - np.exp(-y3 * y3) * tail
+    return np.copysign(out, x)
+
+
 class GELU(Module):
-    """GELU(x) = x Φ(x), in the tanh approximation GPT-2 uses (Hendrycks & Gimpel 2016):
-    0.5 x (1 + tanh(u)),  u = √(2/π) (x + 0.044715 x³)."""
+    """GELU(x) = x Φ(x) = ½ x (1 + erf(x/√2)), the exact form BERT uses.
+    d/dx = Φ(x) + x φ(x), with the normal density φ(x) = exp(-x²/2) / √(2π)."""
+
+    def forward(self, x):
+        phi = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))   # Φ(x), kept for backward
+        self.cache = (x, phi)
+        return x * phi
+
+    def backward(self, dout):
+        x, phi = self._saved()
+        density = np.exp(-0.5 * (x * x)) * (1 / math.sqrt(2 * math.pi))
+        return dout * (phi + x * density)
+
+
+class TanhGELU(Module):
+    """GELU in the tanh approximation GPT-2 uses (Hendrycks & Gimpel 2016, section 2):
+    0.5 x (1 + tanh(u)),  u = √(2/π) (x + 0.044715 x³); within 1e-3 of x Φ(x), and cheaper."""
 
     C = math.sqrt(2 / math.pi)
 
@@ -433,7 +505,7 @@ class GELU(Module):
         return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
 
 
-ACTIVATIONS = {"relu": ReLU, "gelu": GELU}
+ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "gelu_tanh": TanhGELU}
 
 
 def softmax(x, axis=-1, mask=None):
@@ -487,12 +559,14 @@ def softmax_backward(p, dp):
 # (the two means are the gradient flowing back through μ and through σ).
 
 class LayerNorm(Module):
+    """eps is 1e-5 in most models; BERT uses 1e-12 (Devlin et al. 2019's released code)."""
+
     def __init__(self, d_model, dtype=np.float64, eps=1e-5):
         super().__init__()
         d_model = check_count("d_model", d_model)
         self.add_param("g", np.ones(d_model, dtype))
         self.add_param("b", np.zeros(d_model, dtype))
-        self.eps = eps
+        self.eps = check_positive("eps", eps, or_zero=True)
         self.cache = None
 
     def forward(self, x):
@@ -526,6 +600,10 @@ class Identity(Module):
 
     def backward(self, dout):
         return dout
+
+
+def layer_norm_or_identity(d_model, dtype, eps, enabled):
+    return LayerNorm(d_model, dtype, eps) if enabled else Identity()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -686,12 +764,12 @@ class Block(Module):
 
     def __init__(self, d_model, n_heads, d_ff, rng, dtype=np.float64, norm_first=True,
                  activation="relu", cross_attention=False, attention_only=False,
-                 layer_norm=True, bias=True):
+                 layer_norm=True, bias=True, norm_eps=1e-5):
         super().__init__()
         self.norm_first = norm_first
 
         def norm():
-            return LayerNorm(d_model, dtype) if layer_norm else Identity()
+            return layer_norm_or_identity(d_model, dtype, norm_eps, layer_norm)
 
         self.self_attn = MultiHeadAttention(d_model, n_heads, rng, dtype, bias)
         self.norm1 = norm()
@@ -820,36 +898,46 @@ def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes, dtype,
     check_count("n_layers", n_layers, minimum=0)
 
 
+POSITIONAL_CODES = ("sinusoidal", "learned", None)
+
+
 class DecoderOnlyTransformer(Module):
     """A GPT: tokens -> embedding + position -> causal blocks -> logits for the next token.
 
     attention_only, layer_norm=False and bias=False build the simplified model of "A
-    Mathematical Framework for Transformer Circuits" (n_layers=0 is the zero-layer model);
-    positional=False leaves out the positional encoding (self.pos is then all zeros), as that
-    paper's zero-layer model does.
+    Mathematical Framework for Transformer Circuits" (n_layers=0 is the zero-layer model).
+    positional is "sinusoidal" (Vaswani et al. 3.5, fixed: self.pos), "learned" (a table with one
+    trained row per position, as GPT-2 and BERT have: self.pos_embed, an Embedding indexed by
+    position) or None, no positional code at all (self.pos is then zeros), as that paper's
+    zero-layer model has.
     """
 
     def __init__(self, vocab_size, d_model, n_heads, n_layers, d_ff, max_len, norm_first=True,
                  activation="relu", tie_weights=False, attention_only=False, layer_norm=True,
-                 bias=True, positional=True, dtype=np.float64, seed=0):
+                 bias=True, positional="sinusoidal", norm_eps=1e-5, dtype=np.float64, seed=0):
         super().__init__()
         _check_config(d_model, n_heads, n_layers, d_ff, max_len,
                       [("vocab_size", vocab_size)], dtype, seed)
+        if positional not in POSITIONAL_CODES:
+            raise ValueError(f"positional must be one of {POSITIONAL_CODES}, got {positional!r}")
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads,
                            n_layers=n_layers, d_ff=d_ff, max_len=max_len, norm_first=norm_first,
                            activation=activation, tie_weights=tie_weights,
                            attention_only=attention_only, layer_norm=layer_norm, bias=bias,
-                           positional=positional, dtype=np.dtype(dtype).name, seed=seed)
+                           positional=positional, norm_eps=norm_eps, dtype=np.dtype(dtype).name,
+                           seed=seed)
         rng = np.random.default_rng(seed)
         self.vocab_size, self.max_len, self.dtype = vocab_size, max_len, np.dtype(dtype)
         self.embed_scale = math.sqrt(d_model)
         self.embed = Embedding(vocab_size, d_model, rng, dtype)
-        pe = sinusoidal_encoding(max_len, d_model) if positional else np.zeros((max_len, d_model))
+        pe = sinusoidal_encoding(max_len, d_model) if positional == "sinusoidal" else np.zeros((max_len, d_model))
         self.pos = pe.astype(dtype)
+        self.pos_embed = Embedding(max_len, d_model, rng, dtype) if positional == "learned" else None
         self.blocks = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation,
-                             attention_only=attention_only, layer_norm=layer_norm, bias=bias)
+                             attention_only=attention_only, layer_norm=layer_norm, bias=bias,
+                             norm_eps=norm_eps)
                        for _ in range(n_layers)]
-        self.norm = LayerNorm(d_model, dtype) if norm_first and layer_norm else Identity()
+        self.norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first and layer_norm)
         self.unembed = TiedUnembedding(self.embed) if tie_weights else Linear(d_model, vocab_size, rng, dtype, bias)
         self.cache = None
 
@@ -857,7 +945,11 @@ class DecoderOnlyTransformer(Module):
         """Forward pass without checks; start is the position of tokens[:, 0] (nonzero only
         when feeding new tokens to a filled cache)."""
         T = tokens.shape[1]
-        x = self.embed.forward(tokens) * self.embed_scale + self.pos[start:start + T]
+        x = self.embed.forward(tokens) * self.embed_scale
+        if self.pos_embed is None:
+            x += self.pos[start:start + T]
+        else:
+            x += self.pos_embed.forward(np.arange(start, start + T))    # (T, d), onto every row
         mask = causal_mask(T, start + T)
         for i, block in enumerate(self.blocks):
             x = block.forward(x, mask, cache=None if caches is None else caches[i])
@@ -876,6 +968,8 @@ class DecoderOnlyTransformer(Module):
         dx = self.norm.backward(self.unembed.backward(dlogits))
         for block in reversed(self.blocks):
             dx, _ = block.backward(dx)
+        if self.pos_embed is not None:
+            self.pos_embed.backward(dx.sum(axis=0))    # one position row served every batch row
         self.embed.backward(dx * self.embed_scale)
 
     def generate(self, prompt, max_new_tokens, temperature=0.0, top_k=None, use_cache=True,
@@ -924,7 +1018,7 @@ class Transformer(Module):
 
     def __init__(self, src_vocab_size, tgt_vocab_size, d_model, n_heads, n_layers, d_ff, max_len,
                  norm_first=True, activation="relu", pad_id=None, tie_weights=False,
-                 dtype=np.float64, seed=0):
+                 norm_eps=1e-5, dtype=np.float64, seed=0):
         super().__init__()
         _check_config(d_model, n_heads, n_layers, d_ff, max_len,
                       [("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)],
@@ -934,25 +1028,22 @@ class Transformer(Module):
         self.config = dict(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
                            d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
                            max_len=max_len, norm_first=norm_first, activation=activation,
-                           pad_id=pad_id, tie_weights=tie_weights, dtype=np.dtype(dtype).name,
-                           seed=seed)
+                           pad_id=pad_id, tie_weights=tie_weights, norm_eps=norm_eps,
+                           dtype=np.dtype(dtype).name, seed=seed)
         rng = np.random.default_rng(seed)
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
         self.max_len, self.pad_id, self.dtype = max_len, pad_id, np.dtype(dtype)
         self.embed_scale = math.sqrt(d_model)
         self.pos = sinusoidal_encoding(max_len, d_model).astype(dtype)
 
-        def norm():
-            return LayerNorm(d_model, dtype) if norm_first else Identity()
-
         self.src_embed = Embedding(src_vocab_size, d_model, rng, dtype)
-        self.encoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation)
-                        for _ in range(n_layers)]
-        self.encoder_norm = norm()
+        self.encoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation,
+                              norm_eps=norm_eps) for _ in range(n_layers)]
+        self.encoder_norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first)
         self.tgt_embed = Embedding(tgt_vocab_size, d_model, rng, dtype)
         self.decoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first, activation,
-                              cross_attention=True) for _ in range(n_layers)]
-        self.decoder_norm = norm()
+                              cross_attention=True, norm_eps=norm_eps) for _ in range(n_layers)]
+        self.decoder_norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first)
         self.unembed = TiedUnembedding(self.tgt_embed) if tie_weights else Linear(d_model, tgt_vocab_size, rng, dtype)
         self.cache = None
 
