@@ -1245,20 +1245,29 @@ def chapter_bert(ctx):
     cos = E @ E.T
     group = np.repeat(np.arange(len(BOROVOY_SENTENCES)), 4)
     same, other = group[:, None] == group[None], ~np.eye(len(sentences), dtype=bool)
+    within = [cos[(group == g)[:, None] & (group == g)[None] & other].mean()
+              for g in range(len(BOROVOY_SENTENCES))]
+    across = cos[~same].mean()
     nearest = np.where(other, cos, -np.inf).argmax(axis=1)
     print(f"  sentence similarity (cosine of the embeddings): English and German cat "
           f"{cos[0, 2]:.2f}" + (" (far apart: the model was trained on English)" if cos[0, 2] < 0.5
                                 else "") + "; within each category "
-          + ", ".join(f"{name} {cos[(group == g)[:, None] & (group == g)[None] & other].mean():.2f}"
-                      for g, name in enumerate(BOROVOY_SENTENCES))
-          + f"; across categories {cos[~same].mean():.2f}.\n    The nearest neighbour of a sentence "
-          f"is in its own category for {np.sum(group[nearest] == group)} of the 12")
+          + ", ".join(f"{name} {w:.2f}" for name, w in zip(BOROVOY_SENTENCES, within))
+          + f"; across categories {across:.2f}.\n    The nearest neighbour of a sentence is in its "
+          f"own category for {np.sum(group[nearest] == group)} of the 12, so the categories are "
+          + ("visible, if faintly: each is closer to itself than to the others"
+             if min(within) > across else "not all visible"))
 
     # Borovoy's four measurements on layer 0's feed-forward neurons, each sentence on its own.
     hidden, labels = layer0_activations(bert, sentences)
     trained = polysemanticity(hidden, labels)
     print("  layer 0's feed-forward neurons over the twelve sentences (no padding):")
     print_polysemanticity(trained)
+    median = np.median(trained.pairs)
+    print(f"    Borovoy's bert-base layer showed mostly small distances (a blue heatmap, a histogram "
+          f"skewed to 0) and sums around +500;\n    here the median distance is {median:.2f} ("
+          + ("most pairs near orthogonal" if median > 0.8 else "mostly similar")
+          + f") and the sums centre on {trained.sums.mean():.1f}")
     print("    (the cosine is uncentred: two neurons that are both often positive get a small "
           "distance whatever they respond to, and one mostly negative gets a distance near 2)")
     for j in np.random.default_rng(ctx.seed).choice(hidden.shape[1], 3, replace=False):
