@@ -18,6 +18,9 @@ attention-only models trained with transformer.py. Read top to bottom:
     6. One layer                  the path expansion, the QK and OV circuits, skip-trigrams
     7. Two layers                 induction heads: data with repeats, induction and
                                   previous-token scores, composition, copying, ablation
+    Appendix                      checking arguments: every public function refuses bad input
+                                  with a ValueError or TypeError naming the argument, before
+                                  it changes anything
 
 Shapes. Sections 1-2 and every circuit use the paper's convention: a sequence is a matrix
 X (d, n) whose n columns are tokens, a weight acts on the left, W_Q, W_K, W_V (d_head, d),
@@ -42,57 +45,28 @@ import transformer as T
 # P[i, j] Q. Acting on a matrix X (d, n) the framework reads it as
 #     (P ⊗ Q) X = Q X Pᵀ,
 # Q mixes the features inside every column (every token) and P mixes the columns (the
-# positions). The same statement in plain vectors: with vec(X) stacking the columns of X,
+# positions) (Menon, Attention as a Kronecker product, Remark 14). The same statement in plain
+# vectors: with vec(X) stacking the columns of X,
 #     np.kron(P, Q) @ vec(X) == vec(Q X Pᵀ).
-# Two consequences carry the whole file (Elhage et al., "Notation"; seed 003, Lemmas 16-17):
+# Two consequences carry the whole file (Elhage et al., "Notation"; Menon, Lemmas 16 and 17):
 #     mixed product   (A ⊗ B)(C ⊗ D) = (AC) ⊗ (BD)
 #     sandwich        M X N = (Nᵀ ⊗ M) X
 
-def _check_matrix(M, name):
-    M = np.asarray(M)
-    if M.ndim != 2 or M.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be a 2-D matrix of real numbers, got a {M.dtype} array of "
-                         f"shape {M.shape}")
-    T.check_finite(name, M)
-    return M
-
-
-def _is_int(i):
-    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-
-
-def _check_ints(minimum, **values):
-    """transformer.check_count for each keyword argument."""
-    for name, value in values.items():
-        T.check_count(name, value, minimum)
-
-
 def vec(X):
     """(d, n) -> (n·d,): the columns of X stacked, first column first."""
-    return _check_matrix(X, "X").reshape(-1, order="F")
+    return _check_matrix("X", X).reshape(-1, order="F")
 
 
 def unvec(x, shape):
     """(n·d,) -> (d, n): the inverse of vec."""
-    if not (np.ndim(shape) == 1 and len(shape) == 2 and all(_is_int(s) and s >= 0 for s in shape)):
-        raise ValueError(f"shape must be a pair of ints (d, n), got {shape!r}")
-    x = np.asarray(x)
-    if x.ndim != 1 or x.size != shape[0] * shape[1]:
-        raise ValueError(f"x must be a vector of d·n entries for shape = (d, n), got x of shape "
-                         f"{x.shape} and shape = {tuple(shape)}")
+    x, shape = _check_unvec(x, shape)
     return x.reshape(shape, order="F")
 
 
 def kron_apply(P, Q, X):
     """(P ⊗ Q) X = Q X Pᵀ without building P ⊗ Q.
     P (p, n) acts on positions, Q (q, d) on features, X (d, n) -> (q, p)."""
-    P, Q, X = _check_matrix(P, "P"), _check_matrix(Q, "Q"), _check_matrix(X, "X")
-    if Q.shape[1] != X.shape[0]:
-        raise ValueError(f"Q has {Q.shape[1]} columns but X has {X.shape[0]} rows; (P ⊗ Q) X = "
-                         f"Q X Pᵀ needs Q.shape[1] == X.shape[0]")
-    if P.shape[1] != X.shape[1]:
-        raise ValueError(f"P has {P.shape[1]} columns but X has {X.shape[1]} columns; (P ⊗ Q) X "
-                         f"= Q X Pᵀ needs P.shape[1] == X.shape[1]")
+    P, Q, X = _check_kron(P, Q, X)
     return Q @ X @ P.T
 
 
@@ -108,31 +82,17 @@ def kron_apply(P, Q, X):
 # "move information between positions with A". The factors commute: (I ⊗ W_OV)(A ⊗ I) is the
 # same operator, because mixing positions and mixing features act on different axes.
 # A per-token matrix W (d', d) acts on the whole sequence as I_n ⊗ W, the "virtual weight" of
-# seed 003 (Definition 19). Elhage et al. use "virtual weights" for products such as W_I W_O of
-# a later layer's input and an earlier layer's output matrix; the same mixed product,
-# (I ⊗ W_I)(I ⊗ W_O) = I ⊗ W_I W_O, turns one into the other (section 7 scores such products).
+# Menon, Attention as a Kronecker product, Definition 19. Elhage et al. use "virtual weights"
+# for products such as W_I W_O of a later layer's input and an earlier layer's output matrix;
+# the same mixed product, (I ⊗ W_I)(I ⊗ W_O) = I ⊗ W_I W_O, turns one into the other (section
+# 7 scores such products).
 
 def attention_pattern(X, W_Q, W_K, causal=True):
     """A = softmax over each row of (W_Q X)ᵀ (W_K X) / √d_head, X (d, n) -> A (n, n).
     A[i, j] is the weight destination i puts on source j; causal masks j > i."""
-    X, W_Q, W_K = _check_matrix(X, "X"), _check_matrix(W_Q, "W_Q"), _check_matrix(W_K, "W_K")
-    if W_Q.shape != W_K.shape or W_Q.shape[1] != X.shape[0]:
-        raise ValueError(f"W_Q and W_K must both be (d_head, {X.shape[0]}) for X of shape "
-                         f"{X.shape}, got W_Q {W_Q.shape} and W_K {W_K.shape}")
+    X, W_Q, W_K, causal = _check_attention(X, W_Q, W_K, causal)
     scores = (W_Q @ X).T @ (W_K @ X) / np.sqrt(W_Q.shape[0])
     return T.softmax(scores, axis=-1, mask=T.causal_mask(X.shape[1]) if causal else None)
-
-
-def _check_head(X, A, W_V, W_O):
-    X, A = _check_matrix(X, "X"), _check_matrix(A, "A")
-    W_V, W_O = _check_matrix(W_V, "W_V"), _check_matrix(W_O, "W_O")
-    d, n = X.shape
-    if A.shape != (n, n):
-        raise ValueError(f"A must be (n, n) = ({n}, {n}) for X of shape {X.shape}, got {A.shape}")
-    if W_V.shape[1] != d or W_O.shape != (d, W_V.shape[0]):
-        raise ValueError(f"W_V must be (d_head, {d}) and W_O ({d}, d_head) for X with d = {d}, "
-                         f"got W_V {W_V.shape} and W_O {W_O.shape}")
-    return X, A, W_V, W_O
 
 
 def head_output(X, A, W_V, W_O):
@@ -143,29 +103,26 @@ def head_output(X, A, W_V, W_O):
 
 def head_output_kronecker(X, A, W_V, W_O, explicit=False):
     """The same head as one Kronecker operator: H = (A ⊗ W_O W_V) X.
-    explicit=False applies it with kron_apply; explicit=True builds the (n·d × n·d) matrix
-    np.kron(A, W_O W_V) and multiplies vec(X), as a check that the operator reading is right.
-    X (d, n) -> H (d, n)."""
+    explicit=False applies it as Q X Pᵀ (kron_apply); explicit=True builds the (n·d × n·d)
+    matrix np.kron(A, W_O W_V) and multiplies vec(X), as a check that the operator reading is
+    right. X (d, n) -> H (d, n)."""
     X, A, W_V, W_O = _check_head(X, A, W_V, W_O)
     W_OV = W_O @ W_V
-    if explicit:
-        return unvec(np.kron(A, W_OV) @ vec(X), X.shape)
-    return kron_apply(A, W_OV, X)
+    if _check_flag("explicit", explicit):                  # unvec(np.kron(A, W_OV) @ vec(X))
+        return (np.kron(A, W_OV) @ X.reshape(-1, order="F")).reshape(X.shape, order="F")
+    return W_OV @ X @ A.T                                   # (A ⊗ W_OV) X = W_OV X Aᵀ, section 1
 
 
 def virtual_weight(W, n):
     """I_n ⊗ W (n·d', n·d): the per-token matrix W applied at every one of n positions."""
-    W = _check_matrix(W, "W")
-    if not (_is_int(n) and n >= 1):
-        raise ValueError(f"n must be a positive int (the number of positions), got {n!r}")
+    W, n = _check_matrix("W", W), T.check_count("n", n)
     return np.kron(np.eye(n), W)
 
 
 def kronecker_identity_errors(seed=0):
     """Check every identity of sections 1-2 on random matrices of different shapes.
-    Returns {identity: largest absolute difference between its two sides}; each is ~1e-15."""
-    _check_ints(0, seed=seed)
-    rng = np.random.default_rng(seed)
+    Returns {identity: largest absolute difference between its two sides}."""
+    rng = np.random.default_rng(T.check_count("seed", seed, minimum=0))
 
     def r(*shape):
         return rng.standard_normal(shape)
@@ -204,37 +161,26 @@ def kronecker_identity_errors(seed=0):
 #     W_Q^h = query.W[:, h·d_k:(h+1)·d_k]ᵀ   (d_k, d)     W_O^h = out.W[h·d_k:(h+1)·d_k, :]ᵀ (d, d_k)
 #     W_E   = (embed.W · embed_scale)ᵀ         (d, V)     W_U   = unembed.Wᵀ                  (V, d)
 # (with tied weights the unembedding is h embed.Wᵀ, so W_U = embed.W, without the scale),
-# and the positional code enters the residual stream as a matrix P = posᵀ (d, max_len):
+# and the positional code enters the residual stream as a matrix P = posᵀ (d, max_len), or
+# pos_embed.Wᵀ for learned positions:
 #     X_0 = W_E[:, tokens] + P[:, :n]        (the model's x = embed.W[tok]·√d + pos[t]).
 # Attention patterns need no translation: pattern[b, h, i, j] is already "destination i reads
 # source j". Results meant to be compared with model.forward go back to rows with to_rows.
+# The circuits below are exact only for the simplified transformer; check_simplified (in the
+# appendix) refuses any other model.
 
-def _check_model(model):
-    if not isinstance(model, T.DecoderOnlyTransformer):
-        raise ValueError(f"model must be a transformer.DecoderOnlyTransformer, got "
-                         f"{type(model).__name__}")
-
-
-def check_simplified(model):
-    """Raise ValueError unless model is a DecoderOnlyTransformer built as the simplified
-    transformer (attention_only=True, layer_norm=False, bias=False): only then are the circuits
-    below exact."""
-    _check_model(model)
-    c = model.config
-    if not c["attention_only"] or c["layer_norm"] or c["bias"]:
-        raise ValueError("model must be the simplified transformer (attention_only=True, "
-                         "layer_norm=False, bias=False), got attention_only="
-                         f"{c['attention_only']}, layer_norm={c['layer_norm']}, bias={c['bias']}")
+def head_weights(model, layer, head):
+    """Paper-convention (float64) weights of one head: W_Q, W_K, W_V (d_k, d) and W_O (d, d_k)."""
+    _check_layer_head(model, layer, head)
+    return _head_weights(model, layer, head)
 
 
-def _check_layer_head(model, layer, head):
-    check_simplified(model)
-    n_layers, n_heads = len(model.blocks), model.config["n_heads"]
-    if not (_is_int(layer) and 0 <= layer < n_layers):
-        allowed = f"an int in [0, {n_layers - 1}]" if n_layers else "nothing: the model has no layers"
-        raise ValueError(f"layer must be {allowed} for this {n_layers}-layer model, got {layer!r}")
-    if not (_is_int(head) and 0 <= head < n_heads):
-        raise ValueError(f"head must be an int in [0, {n_heads - 1}], got {head!r}")
+def _head_weights(model, layer, head):
+    attn = model.blocks[layer].self_attn
+    cols = _head_block(model, head)
+    W_Q, W_K, W_V = (lin.params["W"][:, cols].T for lin in (attn.query, attn.key, attn.value))
+    W_O = attn.out.params["W"][cols, :].T
+    return tuple(np.asarray(W, np.float64) for W in (W_Q, W_K, W_V, W_O))
 
 
 def _head_block(model, head):
@@ -244,42 +190,38 @@ def _head_block(model, head):
     return slice(head * d_k, (head + 1) * d_k)
 
 
-def head_weights(model, layer, head):
-    """Paper-convention (float64) weights of one head: W_Q, W_K, W_V (d_k, d) and W_O (d, d_k)."""
-    _check_layer_head(model, layer, head)
-    attn = model.blocks[layer].self_attn
-    cols = _head_block(model, head)
-    W_Q, W_K, W_V = (lin.params["W"][:, cols].T for lin in (attn.query, attn.key, attn.value))
-    W_O = attn.out.params["W"][cols, :].T
-    return tuple(np.asarray(W, np.float64) for W in (W_Q, W_K, W_V, W_O))
-
-
 def embedding_weights(model):
     """Paper-convention (float64) W_E (d, V) with the embedding scale folded in, W_U (V, d),
     and the positional code P (d, max_len)."""
     check_simplified(model)
+    return _embedding_weights(model)
+
+
+def _embedding_weights(model):
     W_E = model.embed.params["W"].T * model.embed_scale
     if isinstance(model.unembed, T.TiedUnembedding):
         W_U = model.embed.params["W"]                    # logits = h Eᵀ: E itself is W_U
     else:
         W_U = model.unembed.params["W"].T
-    return np.asarray(W_E, np.float64), np.asarray(W_U, np.float64), np.asarray(model.pos.T, np.float64)
+    pos = model.pos if model.pos_embed is None else model.pos_embed.params["W"]
+    return np.asarray(W_E, np.float64), np.asarray(W_U, np.float64), np.asarray(pos.T, np.float64)
 
 
 def run_with_patterns(model, tokens):
     """One forward pass; returns the logits (B, n, V) and a list with every layer's attention
     pattern (B, H, n, n), read from block.self_attn.attention.pattern."""
     _check_model(model)
-    logits = model.forward(tokens)
+    return _run_with_patterns(model, tokens)
+
+
+def _run_with_patterns(model, tokens):
+    logits = model.forward(tokens)                 # model.forward checks the tokens
     return logits, [block.self_attn.attention.pattern for block in model.blocks]
 
 
 def to_rows(Y):
     """(B, V, n) paper layout -> (B, n, V), the layout of model.forward's logits."""
-    Y = np.asarray(Y)
-    if Y.ndim < 2:
-        raise ValueError(f"Y must have shape (..., V, n), got shape {Y.shape}")
-    return np.swapaxes(Y, -1, -2)
+    return np.swapaxes(_check_real("Y", Y, "have shape (..., V, n)", min_ndim=2), -1, -2)
 
 
 @contextmanager
@@ -288,6 +230,12 @@ def ablated(model, layer, head):
     the only way its output reaches the residual stream, are zero. They are restored on exit,
     even after an exception."""
     _check_layer_head(model, layer, head)
+    with _ablated(model, layer, head):
+        yield model
+
+
+@contextmanager
+def _ablated(model, layer, head):
     W_out = model.blocks[layer].self_attn.out.params["W"]
     rows = _head_block(model, head)
     saved = W_out[rows].copy()
@@ -312,34 +260,21 @@ def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=
                                     positional=positional, dtype=dtype, seed=seed)
 
 
-def _check_sequences(model, tokens, name):
-    """tokens (B, n + 1) for next-token prediction: the model reads the first n <= max_len."""
-    _check_model(model)
-    tokens = T.check_id_array(tokens, name, model.vocab_size)
-    if tokens.ndim != 2 or tokens.shape[0] < 1 or not 2 <= tokens.shape[1] <= model.max_len + 1:
-        raise ValueError(f"{name} must have shape (B, n + 1) with B >= 1 and 1 <= n <= max_len = "
-                         f"{model.max_len}, got shape {tokens.shape}")
-    return tokens
-
-
 def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
     """Next-token training with transformer.Adam.
 
     sample(rng) -> (B, n + 1) int tokens; the model reads tokens[:, :-1] and predicts
     tokens[:, 1:]. Every `every` steps (and after the last) monitor(step, model) is called and
-    its result kept. Returns (losses (steps,), records)."""
-    _check_model(model)
-    if not callable(sample):
-        raise TypeError(f"sample must be a function sample(rng) -> tokens, got {type(sample).__name__}")
-    _check_ints(0, steps=steps, seed=seed, every=every)
-    if every and not callable(monitor):
-        raise TypeError(f"monitor must be a function monitor(step, model) when every > 0, got "
-                        f"{type(monitor).__name__}")
+    its result kept. Returns (losses (steps,), records).
+    The arguments and the first batch are checked before the first update; a later batch that
+    does not fit the model is refused by model.forward, and the updates made until then stay."""
+    steps, seed, every = _check_train(model, sample, steps, lr, seed, every, monitor)
     rng = np.random.default_rng(seed)
+    tokens = _check_sequences(model, "sample(rng)", sample(rng)) if steps else None
     optimizer = T.Adam(list(model.parameters()), lr=lr)
     losses, records = np.empty(steps), []
     for step in range(steps):
-        tokens = _check_sequences(model, sample(rng), "sample(rng)")
+        tokens = sample(rng) if step else tokens
         losses[step] = T.train_step(model, optimizer, (tokens[:, :-1],), tokens[:, 1:])
         if every and (step % every == 0 or step == steps - 1):
             records.append(monitor(step, model))
@@ -357,22 +292,24 @@ def to_float64(model):
 
 def next_token_losses(logits, targets):
     """logits (B, n, V), targets (B, n) -> (B, n) float64: -log p(target) at every position."""
-    logits = np.asarray(logits, np.float64)
-    if logits.ndim == 0:
-        raise ValueError("logits must have shape (B, n, V), got a scalar")
+    logits, targets = _check_logits_targets(logits, targets)
+    return _next_token_losses(logits, targets)
+
+
+def _next_token_losses(logits, targets):
     T.check_finite("logits", logits)
-    targets = T.check_id_array(targets, "targets", logits.shape[-1])
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets must have the shape of logits without the vocabulary axis, "
-                         f"{logits.shape[:-1]}, got {targets.shape}")
-    logp = T.log_softmax(logits)
+    logp = T.log_softmax(np.asarray(logits, np.float64))
     return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
 def token_losses(model, tokens):
     """(B, n + 1) tokens -> (B, n) float64: -log p(tokens[:, t+1] | tokens[:, :t+1])."""
-    tokens = _check_sequences(model, tokens, "tokens")
-    return next_token_losses(model.forward(tokens[:, :-1]), tokens[:, 1:])
+    _check_model(model)
+    return _token_losses(model, _check_sequences(model, "tokens", tokens))
+
+
+def _token_losses(model, tokens):
+    return _next_token_losses(model.forward(tokens[:, :-1]), tokens[:, 1:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,20 +318,16 @@ def token_losses(model, tokens):
 # With no attention, logits = (I ⊗ W_U W_E) x: every position predicts the next token from the
 # current one alone. The best such model is the corpus's bigram table, so W_U W_E, read column
 # by column through a softmax, should approximate log p(next | current) (Elhage et al.,
-# "Zero-Layer Transformers"). The paper's zero-layer model is embedding then unembedding, with
-# no positional code, and so is ours (positional=False). With the code, its slow cosines hardly
-# change over a short sequence, so W_U P would act as a bias, a per-next-token offset (how
-# common each token is), and training would put that offset there instead of in W_U W_E
-# (measured: the correlation below then drops from about 0.98 to about 0.7).
+# "Zero-Layer Transformers"; Menon, section "Zero-Layer Transformers"). The paper's zero-layer
+# model is embedding then unembedding, with no positional code, and so is ours
+# (positional=None). With the code, its slow cosines hardly change over a short sequence, so
+# W_U P would act as a bias, a per-next-token offset (how common each token is), and training
+# would put part of that offset there instead of in W_U W_E.
 
 def markov_corpus(rng, vocab_size, n_seqs, length, successors=3):
     """A corpus from a random bigram chain: each token is followed by one of `successors`
     tokens drawn for it, with random (Dirichlet) probabilities. -> (n_seqs, length) int."""
-    T.check_rng(rng)
-    _check_ints(1, vocab_size=vocab_size, n_seqs=n_seqs, length=length)
-    if not (_is_int(successors) and 1 <= successors <= vocab_size):
-        raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
-                         f"{successors!r}")
+    vocab_size, n_seqs, length, successors = _check_markov(rng, vocab_size, n_seqs, length, successors)
     nxt = np.argsort(rng.random((vocab_size, vocab_size)), axis=1)[:, :successors]
     probs = np.zeros((vocab_size, vocab_size))
     np.put_along_axis(probs, nxt, rng.dirichlet(np.ones(successors), vocab_size), axis=1)
@@ -411,11 +344,7 @@ def bigram_log_probs(tokens, vocab_size):
     """Empirical log p(next | current) of a corpus (n_seqs, length), laid out like W_U W_E:
     (V_next, V_cur), one column per current token. -inf where a pair never occurs, NaN in the
     column of a current token that never occurs."""
-    _check_ints(1, vocab_size=vocab_size)
-    tokens = T.check_id_array(tokens, "tokens", vocab_size)
-    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "
-                         f"(at least one bigram), got shape {tokens.shape}")
+    tokens, vocab_size = _check_corpus(tokens, vocab_size)
     counts = np.zeros((vocab_size, vocab_size))
     np.add.at(counts, (tokens[:, 1:].ravel(), tokens[:, :-1].ravel()), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -425,21 +354,20 @@ def bigram_log_probs(tokens, vocab_size):
 def bigram_correlation(model, tokens):
     """Pearson correlation, over the bigrams seen in the corpus tokens (n_seqs, n + 1), between
     the corpus's log p(next | current) and log softmax of the zero-layer model's W_U W_E."""
-    W_E, W_U, _ = embedding_weights(model)
+    check_simplified(model)
     table = bigram_log_probs(tokens, model.vocab_size)
     seen = np.isfinite(table)
-    if np.ptp(table[seen]) == 0:
-        raise ValueError("tokens must hold bigrams of at least two different probabilities, or "
-                         "the correlation is undefined")
+    _check_spread(table[seen])
+    W_E, W_U, _ = _embedding_weights(model)
     return float(np.corrcoef(table[seen], T.log_softmax(W_U @ W_E, axis=0)[seen])[0, 1])
 
 
 def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=300, lr=1e-2,
                        batch=64, seed=0, dtype=np.float32):
-    """A zero-layer model, without positional code, trained on a random bigram chain (about
-    0.3 s). Returns (model, corpus (n_seqs, length + 1), losses)."""
-    _check_ints(1, length=length, batch=batch)
-    _check_ints(0, seed=seed)
+    """A zero-layer model, without positional code, trained on a random bigram chain.
+    Returns (model, corpus (n_seqs, length + 1), losses)."""
+    length, batch = T.check_count("length", length), T.check_count("batch", batch)
+    seed = T.check_count("seed", seed, minimum=0)
     corpus = markov_corpus(np.random.default_rng(seed), vocab_size, n_seqs, length + 1)
     model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed, positional=None)
     losses, _ = train(model, lambda rng: corpus[rng.integers(0, n_seqs, batch)], steps, lr, seed)
@@ -450,13 +378,15 @@ def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=
 # 6. One layer: path expansion, QK and OV circuits, skip-trigrams
 # ----------------------------------------------------------------------------------------------
 # With the attention patterns held at the values the forward pass computed, the model is linear
-# in its input, so the logits split into a sum over paths (Elhage et al., "Path Expansion"):
+# in its input, so the logits split into a sum over paths (Elhage et al., "Path Expansion";
+# Menon, Proposition 22):
 #     logits = W_U X_0 + Σ_h W_U W_OV^h X_0 A^hᵀ + Σ_{h, h'} W_U W_OV^h' W_OV^h X_0 A^hᵀ A^h'ᵀ + ...
 # one term per chain of heads at increasing layers. X_0 = W_E x + P splits each term into a
 # token part and a position part. For one layer in the Kronecker notation, on one-hot tokens x:
 #     logits = (I ⊗ W_U W_E) x + Σ_h (A^h ⊗ W_U W_OV^h W_E) x
 #              + (I ⊗ W_U) P + Σ_h (A^h ⊗ W_U W_OV^h) P                 (P the positional code)
-# the direct path is the bigram table of section 5 and each head adds skip-trigrams.
+# the direct path is the bigram table of section 5 and each head adds skip-trigrams. The QK
+# and OV circuits are the two halves of a head read on tokens (Menon, Definition 23).
 
 def path_expansion(model, tokens):
     """Split model.forward(tokens) into the paths through the residual stream.
@@ -464,43 +394,52 @@ def path_expansion(model, tokens):
     Returns a dict {path name: (B, n, V) logits}, in the order: "tok", "pos" (the direct path
     from token embedding and from positions), then "tok > L0H1", "pos > L0H1", ..., and for
     deeper models chains such as "tok > L0H1 > L1H3". The terms sum to model.forward(tokens)
-    up to rounding (within 1e-10 for a float64 model; the tests check it), because the
-    attention patterns are the ones that forward computed. The model must be the simplified
-    transformer."""
+    up to rounding, because the attention patterns are the ones that forward computed. The
+    model must be the simplified transformer."""
     check_simplified(model)
-    _, patterns = run_with_patterns(model, tokens)              # L arrays (B, H, n, n)
+    _, patterns = _run_with_patterns(model, tokens)             # L arrays (B, H, n, n)
     tokens = np.asarray(tokens)
-    W_E, W_U, P = embedding_weights(model)
+    W_E, W_U, P = _embedding_weights(model)
     n = tokens.shape[1]
     paths = {"tok": W_E[:, tokens].transpose(1, 0, 2),           # (B, d, n)
              "pos": np.broadcast_to(P[:, :n], (tokens.shape[0], *P[:, :n].shape))}
     H = model.config["n_heads"]
     for layer, A in enumerate(np.asarray(patterns, np.float64)):
         W_OV = np.stack([W_O @ W_V for _, _, W_V, W_O in
-                         (head_weights(model, layer, h) for h in range(H))])      # (H, d, d)
+                         (_head_weights(model, layer, h) for h in range(H))])     # (H, d, d)
         new = {}
         for name, X in paths.items():       # every path so far is in the residual stream
             # head h processes X with W_OV^h and moves it with A^h: W_OV^h X A^hᵀ, all heads at once
             out = (W_OV @ X[:, None]) @ A.swapaxes(-1, -2)                       # (B, H, d, n)
             new.update({f"{name} > L{layer}H{h}": out[:, h] for h in range(H)})
         paths.update(new)
-    return {name: to_rows(np.einsum("vd,bdn->bvn", W_U, X)) for name, X in paths.items()}
+    return {name: np.swapaxes(np.einsum("vd,bdn->bvn", W_U, X), -1, -2) for name, X in paths.items()}
 
 
 def qk_circuit(model, layer, head):
     """W_Eᵀ W_Qᵀ W_K W_E / √d_k (V_dest, V_src): the attention score destination token b gives
     source token a, from token embeddings alone (positions left out). For heads above layer 0
     this is only the part that reads the embeddings directly."""
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
-    W_E, _, _ = embedding_weights(model)
+    _check_layer_head(model, layer, head)
+    return _qk_circuit(model, layer, head)
+
+
+def _qk_circuit(model, layer, head):
+    W_Q, W_K, _, _ = _head_weights(model, layer, head)
+    W_E, _, _ = _embedding_weights(model)
     return (W_Q @ W_E).T @ (W_K @ W_E) / np.sqrt(W_Q.shape[0])
 
 
 def ov_circuit(model, layer, head):
     """W_U W_O W_V W_E (V_out, V_src): how attending to source token a changes the logit of
     every out token, if the head attends to a alone."""
-    _, _, W_V, W_O = head_weights(model, layer, head)
-    W_E, W_U, _ = embedding_weights(model)
+    _check_layer_head(model, layer, head)
+    return _ov_circuit(model, layer, head)
+
+
+def _ov_circuit(model, layer, head):
+    _, _, W_V, W_O = _head_weights(model, layer, head)
+    W_E, W_U, _ = _embedding_weights(model)
     return W_U @ W_O @ W_V @ W_E
 
 
@@ -511,17 +450,7 @@ def skip_trigram_corpus(rng, triples, vocab_size, n_seqs, length):
     follows b. So b alone does not predict c (no bigram can), only a earlier and b now do. The
     filler is every token except the destinations b, so sources and outs also turn up where
     they mean nothing, and the model has to tie them to b. -> (n_seqs, length) int."""
-    T.check_rng(rng)
-    _check_ints(1, vocab_size=vocab_size, n_seqs=n_seqs)
-    _check_ints(3, length=length)                       # a, then b, then the token after b
-    triples = T.check_id_array(triples, "triples", vocab_size)
-    if triples.ndim != 2 or triples.shape[0] < 1 or triples.shape[1] != 3:
-        raise ValueError(f"triples must be a non-empty list of (a, b, c) triples, shape (k, 3), "
-                         f"got shape {triples.shape}")
-    filler = np.setdiff1d(np.arange(vocab_size), triples[:, 1])
-    if filler.size == 0:
-        raise ValueError(f"vocab_size = {vocab_size} leaves no filler token: every token is a "
-                         f"destination b of the triples")
+    triples, filler, n_seqs, length = _check_skip_corpus(rng, triples, vocab_size, n_seqs, length)
     tokens = rng.choice(filler, (n_seqs, length))
     a, b, c = triples[rng.integers(0, len(triples), n_seqs)].T
     j = rng.integers(1, length - 1, n_seqs)                 # b at j, the next token at j + 1
@@ -538,11 +467,9 @@ PLANTED_TRIPLES = ((0, 4, 6), (1, 4, 7), (2, 5, 8), (3, 5, 9))   # (a, b, c): tw
 
 def train_skip_trigram_model(triples=PLANTED_TRIPLES, vocab_size=16, d_model=32, n_heads=4,
                              length=8, steps=800, lr=3e-3, batch=32, seed=0, dtype=np.float32):
-    """A one-layer model trained on skip_trigram_corpus (about 1.5 s). Measured: with these
-    settings skip_trigrams' top 4 rows were exactly the 4 planted triples for seeds 0-9.
-    Returns (model, losses)."""
-    _check_ints(1, batch=batch)
-    _check_ints(2, length=length)                       # the corpus has length + 1 >= 3 tokens
+    """A one-layer model trained on skip_trigram_corpus. Returns (model, losses)."""
+    batch = T.check_count("batch", batch)
+    length = T.check_count("length", length, minimum=2)   # the corpus has length + 1 >= 3 tokens
     model = attention_only_model(vocab_size, d_model, n_heads, 1, length, dtype, seed)
 
     def sample(rng):
@@ -554,7 +481,7 @@ def train_skip_trigram_model(triples=PLANTED_TRIPLES, vocab_size=16, d_model=32,
 
 def skip_trigrams(model, top_k=10):
     """The strongest "source ... destination -> out" triples of a one-layer model, read off the
-    weights, in the form of the paper's Table 1.
+    weights, in the form of the paper's Table 1 (Menon, Table 1 and Theorem 25).
 
     Read each triple on the smallest context that holds it: source a, then destination b, with
     positions left out. Head h splits its attention between a and b itself with the two-token
@@ -567,15 +494,11 @@ def skip_trigrams(model, top_k=10):
     numbers: fine for a toy vocabulary, not for a real one. Returns the top_k as a list of
     (score, head, source a, destination b, out c), best first, where head is the one whose
     term raises c's logit most."""
-    check_simplified(model)
-    if len(model.blocks) != 1:
-        raise ValueError(f"model must have exactly 1 layer for skip-trigrams, got {len(model.blocks)}")
-    V, H = model.vocab_size, model.config["n_heads"]
-    if not (_is_int(top_k) and 1 <= top_k <= V ** 3):
-        raise ValueError(f"top_k must be an int in [1, {V ** 3}], got {top_k!r}")
-    W_E, W_U, _ = embedding_weights(model)
-    qk = np.stack([qk_circuit(model, 0, h) for h in range(H)])                  # (H, b, a)
-    ov = np.stack([ov_circuit(model, 0, h) for h in range(H)])                  # (H, c, a)
+    top_k = _check_skip_trigrams(model, top_k)
+    H = model.config["n_heads"]
+    W_E, W_U, _ = _embedding_weights(model)
+    qk = np.stack([_qk_circuit(model, 0, h) for h in range(H)])                 # (H, b, a)
+    ov = np.stack([_ov_circuit(model, 0, h) for h in range(H)])                 # (H, c, a)
     alone = W_U @ W_E + ov.sum(axis=0)                                          # (c, b)
     self_score = np.diagonal(qk, axis1=1, axis2=2)[:, :, None]                  # QK^h[b, b]
     share = 0.5 * (1 + np.tanh((qk - self_score) / 2))   # s_h (H, b, a); σ(z) = (1 + tanh(z/2)) / 2
@@ -607,11 +530,8 @@ def repeated_segment_batch(rng, batch, length, vocab_size, min_len, max_len):
     [min_len, max_len] starting at s1 is copied to a random later start s2 >= s1 + L.
     Returns (tokens, inside): inside (batch, length - 1) is True at input positions t whose
     target t + 1 continues the copy (s2 <= t < s2 + L - 1), i.e. predictable by induction."""
-    T.check_rng(rng)
-    _check_ints(1, batch=batch, length=length, vocab_size=vocab_size)
-    if not (_is_int(min_len) and _is_int(max_len) and 2 <= min_len <= max_len <= length // 2):
-        raise ValueError(f"min_len and max_len must be ints with 2 <= min_len <= max_len <= "
-                         f"length // 2 = {length // 2}, got min_len={min_len!r}, max_len={max_len!r}")
+    batch, length, vocab_size, min_len, max_len = _check_segments(rng, batch, length, vocab_size,
+                                                                  min_len, max_len)
     L = rng.integers(min_len, max_len + 1, batch)[:, None]
     s1 = rng.integers(0, length - 2 * L + 1)
     s2 = rng.integers(s1 + L, length - L + 1)
@@ -626,17 +546,11 @@ def repeated_segment_batch(rng, batch, length, vocab_size, min_len, max_len):
 def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_heads=2, steps=600,
                           lr=1e-2, batch=32, seed=0, dtype=np.float32, every=0, monitor=None):
     """A model trained on repeated_segment_batch (segments of length//4 .. length//2 tokens).
-
-    The defaults are the smallest setting found that reliably grows induction heads: 600 steps
-    in about 2 s on two cores; measured for seeds 0-4, the best layer-1 head's induction score
-    inside repeats was 0.78-0.86 and the loss inside repeats 0.88-0.98 nats (2.9 elsewhere),
-    while one layer trained the same way stayed at 2.0-2.2 nats. A lower learning rate and a
-    larger vocabulary (3e-3, 24 tokens, as demo.py's full run) show a plateau before the jump.
-    The issue's setting (vocabulary and length 32, d_model 64, 4 heads, lr 3e-3, batch 64) also
-    works here: the loss inside repeats fell below 1 nat by step 500, at ~15x the cost per step.
-    monitor/every as in train. Returns (model, losses, records)."""
-    _check_ints(1, batch=batch)
-    _check_ints(8, length=length)                       # segments of length // 4 >= 2 tokens
+    The defaults are a small setting in which two layers grow an induction head and one layer
+    cannot. monitor/every as in train. Returns (model, losses, records)."""
+    batch = T.check_count("batch", batch)
+    length = T.check_count("length", length, minimum=8)   # segments of length // 4 >= 2 tokens
+    T.check_count("vocab_size", vocab_size)
     model = attention_only_model(vocab_size, d_model, n_heads, n_layers, length, dtype, seed)
 
     def sample(rng):
@@ -648,44 +562,33 @@ def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_he
 
 def split_losses(losses, inside):
     """(B, n) per-token losses -> (mean where inside, mean elsewhere)."""
-    losses, inside = np.asarray(losses), np.asarray(inside)
-    T.check_finite("losses", losses)
-    if inside.dtype != bool or inside.shape != losses.shape:
-        raise ValueError(f"inside must be a bool mask of the losses' shape {losses.shape}, got a "
-                         f"{inside.dtype} array of shape {inside.shape}")
-    if inside.all() or not inside.any():
-        raise ValueError("inside must be True at some positions and False at others: both means "
-                         "are needed")
+    losses, inside = _check_split(losses, inside)
     return float(losses[inside].mean()), float(losses[~inside].mean())
 
 
 def repeat_losses(model, tokens, inside):
     """Mean next-token loss inside repeats and elsewhere: tokens (B, n + 1) and inside (B, n)
     from repeated_segment_batch -> (loss_inside, loss_outside)."""
-    return split_losses(token_losses(model, tokens), inside)
+    _check_model(model)
+    tokens, inside = _check_repeats(model, tokens, inside)
+    losses = _token_losses(model, tokens)
+    return float(losses[inside].mean()), float(losses[~inside].mean())
 
 
 def ablation_losses(model, tokens, inside, layer):
     """(H, 2): repeat_losses with each head of `layer` ablated in turn."""
-    check_simplified(model)
+    _check_layer_head(model, layer, 0)
+    tokens, inside = _check_repeats(model, tokens, inside)
     losses = np.empty((model.config["n_heads"], 2))
     for head in range(len(losses)):
-        with ablated(model, layer, head):
-            losses[head] = repeat_losses(model, tokens, inside)
+        with _ablated(model, layer, head):
+            per_token = _token_losses(model, tokens)
+            losses[head] = per_token[inside].mean(), per_token[~inside].mean()
     return losses
 
 
 # The two attention scores, first on any stack of patterns (L, B, H, n, n), such as
 # run_with_patterns gives, then on the patterns a model computes.
-
-def _check_patterns(patterns):
-    patterns = np.asarray(patterns)
-    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2] or 0 in patterns.shape:
-        raise ValueError(f"patterns must have shape (L, B, H, n, n), none of them 0, got "
-                         f"{patterns.shape}")
-    T.check_finite("patterns", patterns)
-    return patterns
-
 
 def score_induction(patterns, tokens, where=None):
     """patterns (L, B, H, n, n), tokens (B, n) -> (L, H): for every head, the attention a
@@ -693,63 +596,42 @@ def score_induction(patterns, tokens, where=None):
     (j + 1 for j < i with tokens[j] == tokens[i]), averaged over the destinations where (B, n)
     is True (default: every destination that has an earlier occurrence; pass
     repeated_segment_batch's `inside` to score inside repeats only)."""
-    patterns, tokens = _check_patterns(patterns), np.asarray(tokens)
-    if tokens.shape != (patterns.shape[1], patterns.shape[-1]):
-        raise ValueError(f"tokens must have shape (B, n) = {(patterns.shape[1], patterns.shape[-1])} "
-                         f"to match patterns of shape {patterns.shape}, got {tokens.shape}")
+    patterns, tokens, where = _check_induction(patterns, tokens, where)
     n = tokens.shape[1]
     earlier = (tokens[:, :, None] == tokens[:, None, :]) & np.tri(n, k=-1, dtype=bool)   # (B, i, j)
     target = np.zeros_like(earlier)
     target[:, :, 1:] = earlier[:, :, :-1]                        # source s = j + 1
-    has = target.any(axis=2)
-    if where is not None:
-        where = np.asarray(where, bool)
-        if where.shape != tokens.shape:
-            raise ValueError(f"where must be a bool mask of the tokens' shape {tokens.shape}, "
-                             f"got shape {where.shape}")
-        has &= where
-    if not has.any():
-        raise ValueError("no destination (in `where`) has an earlier occurrence of its token, "
-                         "so induction cannot be measured")
+    has = target.any(axis=2) & where
+    _check_has_earlier(has)
     return np.einsum("lbhis,bis->lh", patterns, target * has[:, :, None]) / has.sum()
 
 
 def score_previous_token(patterns):
     """patterns (L, B, H, n, n) -> (L, H): mean attention of positions i >= 1 on i - 1."""
-    patterns = _check_patterns(patterns)
-    if patterns.shape[-1] < 2:
-        raise ValueError(f"patterns must cover n >= 2 positions (tokens) to have a previous "
-                         f"token, got shape {patterns.shape}")
+    patterns = _check_patterns(patterns, min_n=2)
     return np.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean(axis=(1, 3))
-
-
-def _all_patterns(model, tokens):
-    check_simplified(model)
-    if not model.blocks:
-        raise ValueError("model must have at least one layer to have attention patterns")
-    return np.asarray(run_with_patterns(model, tokens)[1], np.float64)     # (L, B, H, n, n)
 
 
 def induction_scores(model, tokens, where=None):
     """(n_layers, H): score_induction of the attention patterns the model computes on tokens."""
-    tokens = np.asarray(tokens)
+    tokens, where = _check_tokens_where(model, tokens, where)
     return score_induction(_all_patterns(model, tokens), tokens, where)
 
 
 def previous_token_scores(model, tokens):
     """(n_layers, H): score_previous_token of the attention patterns the model computes."""
+    tokens, _ = _check_tokens_where(model, tokens, None, min_n=2)
     return score_previous_token(_all_patterns(model, tokens))
+
+
+def _all_patterns(model, tokens):
+    return np.asarray(_run_with_patterns(model, tokens)[1], np.float64)     # (L, B, H, n, n)
 
 
 def composition_score(A, B):
     """‖A B‖_F / (‖A‖_F ‖B‖_F), in [0, 1]: how much of what B writes A reads (Elhage et al.,
     "Virtual Weights and Composition")."""
-    A, B = _check_matrix(A, "A"), _check_matrix(B, "B")
-    if A.shape[1] != B.shape[0]:
-        raise ValueError(f"A has {A.shape[1]} columns but B has {B.shape[0]} rows; "
-                         f"the product A B needs them equal")
-    if not (A.any() and B.any()):
-        raise ValueError("A and B must both be nonzero: the score divides by ‖A‖_F ‖B‖_F")
+    A, B = _check_composition(A, B)
     return float(np.linalg.norm(A @ B) / (np.linalg.norm(A) * np.linalg.norm(B)))
 
 
@@ -758,13 +640,10 @@ def composition_scores(model):
         Q: comp(W_QKᵀ, W_OV^0)   K: comp(W_QK, W_OV^0)   V: comp(W_OV^1, W_OV^0)
     with W_QK = W_Qᵀ W_K (d, d) of the layer-1 head (score = x_destᵀ W_QK x_src) and W_OV^0 the
     layer-0 head's W_O W_V. -> {"Q": (H, H), "K": (H, H), "V": (H, H)}."""
-    check_simplified(model)
-    if len(model.blocks) < 2:
-        raise ValueError(f"model must have at least 2 layers for composition scores, got "
-                         f"{len(model.blocks)}")
+    _check_two_layers(model)
     H = model.config["n_heads"]
-    first = [head_weights(model, 0, h) for h in range(H)]
-    second = [head_weights(model, 1, h) for h in range(H)]
+    first = [_head_weights(model, 0, h) for h in range(H)]
+    second = [_head_weights(model, 1, h) for h in range(H)]
     W_OV0 = [W_O @ W_V for _, _, W_V, W_O in first]
     scores = {kind: np.empty((H, H)) for kind in "QKV"}
     for i, (W_Q, W_K, W_V, W_O) in enumerate(second):
@@ -780,8 +659,8 @@ def random_composition_baseline(d_model, d_head, rng, samples=200):
     """Mean composition score of two random Gaussian rank-d_head products W_1ᵀ W_2 and
     W_3ᵀ W_4 (d_model, d_model), W_i (d_head, d_model), shaped like W_QK = W_Qᵀ W_K and
     W_OV = W_O W_V: the value that means "no more than chance"."""
-    _check_ints(1, d_model=d_model, d_head=d_head, samples=samples)
-    T.check_rng(rng)
+    d_model, d_head = T.check_count("d_model", d_model), T.check_count("d_head", d_head)
+    samples, rng = T.check_count("samples", samples), T.check_rng(rng)
     W = rng.standard_normal((samples, 4, d_head, d_model))
     first = W[:, 0].swapaxes(1, 2) @ W[:, 1]
     second = W[:, 2].swapaxes(1, 2) @ W[:, 3]
@@ -795,10 +674,301 @@ def copying_score(M):
     near +1 when the head copies (attending to token a raises a's own logit), near -1 when it
     suppresses, near 0 for anything else (Elhage et al., "Copying / Primarily Positive
     Eigenvalues")."""
-    M = _check_matrix(M, "M")
+    lam = np.linalg.eigvals(_check_square("M", M))
+    _check_eigenvalues(lam)
+    return float(np.sum(lam).real / np.sum(np.abs(lam)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Appendix: checking arguments
+# ----------------------------------------------------------------------------------------------
+# Every public function above refuses bad input with a ValueError (or a TypeError) that names
+# the argument, what was given and what is allowed, before it changes anything. Counts, numbers,
+# finiteness, token ids and random generators go through transformer.py's shared checks; what
+# follows are this file's layouts (matrices, heads, patterns, sequences). Integer matrices are
+# read as float64, so that a product of int8 entries cannot overflow.
+
+def check_simplified(model):
+    """Raise ValueError unless model is a DecoderOnlyTransformer built as the simplified
+    transformer (attention_only=True, layer_norm=False, bias=False): only then are the circuits
+    exact."""
+    _check_model(model)
+    c = model.config
+    if not c["attention_only"] or c["layer_norm"] or c["bias"]:
+        raise ValueError("model must be the simplified transformer (attention_only=True, "
+                         "layer_norm=False, bias=False), got attention_only="
+                         f"{c['attention_only']}, layer_norm={c['layer_norm']}, bias={c['bias']}")
+
+
+def _check_model(model):
+    if not isinstance(model, T.DecoderOnlyTransformer):
+        raise ValueError(f"model must be a transformer.DecoderOnlyTransformer, got "
+                         f"{type(model).__name__}")
+
+
+def _check_real(name, value, layout, min_ndim=0, ndim=None, finite=True):
+    """A non-empty array of real numbers (not bools) with ndim axes (or at least min_ndim),
+    finite unless told -> the array, integers as float64. layout completes "{name} must ...",
+    as in "have shape (B, n, V)"."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iuf" or (a.ndim != ndim if ndim is not None else a.ndim < min_ndim) \
+            or a.size == 0:
+        raise ValueError(f"{name} must {layout} of real numbers, not empty; got a {a.dtype} array "
+                         f"of shape {a.shape}")
+    if finite:
+        T.check_finite(name, a)
+    return a.astype(np.float64) if a.dtype.kind in "iu" else a
+
+
+def _check_matrix(name, M):
+    return _check_real(name, M, "be a 2-D matrix", ndim=2)
+
+
+def _check_square(name, M):
+    M = _check_matrix(name, M)
     if M.shape[0] != M.shape[1]:
-        raise ValueError(f"M must be square to have eigenvalues, got shape {M.shape}")
-    lam = np.linalg.eigvals(M)
+        raise ValueError(f"{name} must be square to have eigenvalues, got shape {M.shape}")
+    return M
+
+
+def _check_flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_index(name, value, stop, what):
+    """An int in [0, stop): a layer, a head."""
+    value = T.check_count(name, value, minimum=0)
+    if value >= stop:
+        allowed = f"an int in [0, {stop - 1}]" if stop else f"nothing: the model has no {what}s"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def _check_unvec(x, shape):
+    if not (isinstance(shape, (tuple, list, np.ndarray)) and np.ndim(shape) == 1 and len(shape) == 2):
+        raise ValueError(f"shape must be a pair of ints (d, n), got {shape!r}")
+    shape = tuple(T.check_count(f"shape[{i}]", s, minimum=1) for i, s in enumerate(shape))
+    x = _check_real("x", x, "be a vector", ndim=1)
+    if x.size != shape[0] * shape[1]:
+        raise ValueError(f"x must be a vector of d·n entries for shape = (d, n), got x of shape "
+                         f"{x.shape} and shape = {shape}")
+    return x, shape
+
+
+def _check_kron(P, Q, X):
+    P, Q, X = _check_matrix("P", P), _check_matrix("Q", Q), _check_matrix("X", X)
+    if Q.shape[1] != X.shape[0]:
+        raise ValueError(f"Q has {Q.shape[1]} columns but X has {X.shape[0]} rows; (P ⊗ Q) X = "
+                         f"Q X Pᵀ needs Q.shape[1] == X.shape[0]")
+    if P.shape[1] != X.shape[1]:
+        raise ValueError(f"P has {P.shape[1]} columns but X has {X.shape[1]} columns; (P ⊗ Q) X "
+                         f"= Q X Pᵀ needs P.shape[1] == X.shape[1]")
+    return P, Q, X
+
+
+def _check_attention(X, W_Q, W_K, causal):
+    X, W_Q, W_K = _check_matrix("X", X), _check_matrix("W_Q", W_Q), _check_matrix("W_K", W_K)
+    if W_Q.shape != W_K.shape or W_Q.shape[1] != X.shape[0]:
+        raise ValueError(f"W_Q and W_K must both be (d_head, {X.shape[0]}) for X of shape "
+                         f"{X.shape}, got W_Q {W_Q.shape} and W_K {W_K.shape}")
+    return X, W_Q, W_K, _check_flag("causal", causal)
+
+
+def _check_head(X, A, W_V, W_O):
+    X, A = _check_matrix("X", X), _check_matrix("A", A)
+    W_V, W_O = _check_matrix("W_V", W_V), _check_matrix("W_O", W_O)
+    d, n = X.shape
+    if A.shape != (n, n):
+        raise ValueError(f"A must be (n, n) = ({n}, {n}) for X of shape {X.shape}, got {A.shape}")
+    if W_V.shape[1] != d or W_O.shape != (d, W_V.shape[0]):
+        raise ValueError(f"W_V must be (d_head, {d}) and W_O ({d}, d_head) for X with d = {d}, "
+                         f"got W_V {W_V.shape} and W_O {W_O.shape}")
+    return X, A, W_V, W_O
+
+
+def _check_layer_head(model, layer, head):
+    check_simplified(model)
+    _check_index("layer", layer, len(model.blocks), "layer")
+    _check_index("head", head, model.config["n_heads"], "head")
+
+
+def _check_sequences(model, name, tokens):
+    """tokens (B, n + 1) for next-token prediction: the model reads the first n <= max_len."""
+    tokens = T.check_id_array(tokens, name, model.vocab_size)
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or not 2 <= tokens.shape[1] <= model.max_len + 1:
+        raise ValueError(f"{name} must have shape (B, n + 1) with B >= 1 and 1 <= n <= max_len = "
+                         f"{model.max_len}, got shape {tokens.shape}")
+    return tokens
+
+
+def _check_train(model, sample, steps, lr, seed, every, monitor):
+    _check_model(model)
+    if not callable(sample):
+        raise TypeError(f"sample must be a function sample(rng) -> tokens, got {type(sample).__name__}")
+    steps, seed = T.check_count("steps", steps, minimum=0), T.check_count("seed", seed, minimum=0)
+    every = T.check_count("every", every, minimum=0)
+    T.check_positive("lr", lr)
+    if every and not callable(monitor):
+        raise TypeError(f"monitor must be a function monitor(step, model) when every > 0, got "
+                        f"{type(monitor).__name__}")
+    return steps, seed, every
+
+
+def _check_logits_targets(logits, targets):
+    logits = _check_real("logits", logits, "have shape (B, n, V)", min_ndim=1, finite=False)
+    targets = T.check_id_array(targets, "targets", logits.shape[-1])
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have the shape of logits without the vocabulary axis, "
+                         f"{logits.shape[:-1]}, got {targets.shape}")
+    return logits, targets
+
+
+def _check_markov(rng, vocab_size, n_seqs, length, successors):
+    T.check_rng(rng)
+    vocab_size, n_seqs = T.check_count("vocab_size", vocab_size), T.check_count("n_seqs", n_seqs)
+    length, successors = T.check_count("length", length), T.check_count("successors", successors)
+    if successors > vocab_size:
+        raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
+                         f"{successors!r}")
+    return vocab_size, n_seqs, length, successors
+
+
+def _check_corpus(tokens, vocab_size):
+    vocab_size = T.check_count("vocab_size", vocab_size)
+    tokens = T.check_id_array(tokens, "tokens", vocab_size)
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "
+                         f"(at least one bigram), got shape {tokens.shape}")
+    return tokens, vocab_size
+
+
+def _check_spread(log_probs):
+    if np.ptp(log_probs) == 0:
+        raise ValueError("tokens must hold bigrams of at least two different probabilities, or "
+                         "the correlation is undefined")
+
+
+def _check_skip_corpus(rng, triples, vocab_size, n_seqs, length):
+    T.check_rng(rng)
+    vocab_size, n_seqs = T.check_count("vocab_size", vocab_size), T.check_count("n_seqs", n_seqs)
+    length = T.check_count("length", length, minimum=3)    # a, then b, then the token after b
+    triples = T.check_id_array(triples, "triples", vocab_size)
+    if triples.ndim != 2 or triples.shape[0] < 1 or triples.shape[1] != 3:
+        raise ValueError(f"triples must be a non-empty list of (a, b, c) triples, shape (k, 3), "
+                         f"got shape {triples.shape}")
+    filler = np.setdiff1d(np.arange(vocab_size), triples[:, 1])
+    if filler.size == 0:
+        raise ValueError(f"vocab_size = {vocab_size} leaves no filler token: every token is a "
+                         f"destination b of the triples")
+    return triples, filler, n_seqs, length
+
+
+def _check_skip_trigrams(model, top_k):
+    check_simplified(model)
+    if len(model.blocks) != 1:
+        raise ValueError(f"model must have exactly 1 layer for skip-trigrams, got {len(model.blocks)}")
+    top_k = T.check_count("top_k", top_k)
+    if top_k > model.vocab_size ** 3:
+        raise ValueError(f"top_k must be an int in [1, {model.vocab_size ** 3}], got {top_k!r}")
+    return top_k
+
+
+def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
+    T.check_rng(rng)
+    batch, length = T.check_count("batch", batch), T.check_count("length", length)
+    vocab_size = T.check_count("vocab_size", vocab_size)
+    min_len, max_len = T.check_count("min_len", min_len, 2), T.check_count("max_len", max_len, 2)
+    if not min_len <= max_len <= length // 2:
+        raise ValueError(f"min_len and max_len must be ints with 2 <= min_len <= max_len <= "
+                         f"length // 2 = {length // 2}, got min_len={min_len!r}, max_len={max_len!r}")
+    return batch, length, vocab_size, min_len, max_len
+
+
+def _check_split(losses, inside):
+    losses = _check_real("losses", losses, "have shape (B, n)", min_ndim=1)
+    inside = np.asarray(inside)
+    if inside.dtype != bool or inside.shape != losses.shape:
+        raise ValueError(f"inside must be a bool mask of the losses' shape {losses.shape}, got a "
+                         f"{inside.dtype} array of shape {inside.shape}")
+    if inside.all() or not inside.any():
+        raise ValueError("inside must be True at some positions and False at others: both means "
+                         "are needed")
+    return losses, inside
+
+
+def _check_repeats(model, tokens, inside):
+    """tokens (B, n + 1) and inside (B, n), for a model already checked."""
+    tokens = _check_sequences(model, "tokens", tokens)
+    _, inside = _check_split(np.zeros((tokens.shape[0], tokens.shape[1] - 1)), inside)
+    return tokens, inside
+
+
+def _check_patterns(patterns, min_n=1):
+    patterns = _check_real("patterns", patterns, "have shape (L, B, H, n, n)", ndim=5)
+    if patterns.shape[-1] != patterns.shape[-2]:
+        raise ValueError(f"patterns must have shape (L, B, H, n, n), none of them 0, got "
+                         f"{patterns.shape}")
+    if patterns.shape[-1] < min_n:
+        raise ValueError(f"patterns must cover n >= {min_n} positions (tokens) to have a previous "
+                         f"token, got shape {patterns.shape}")
+    return patterns
+
+
+def _check_where(where, shape):
+    if where is None:
+        return np.ones(shape, bool)
+    where = np.asarray(where)
+    if where.dtype != bool or where.shape != shape:
+        raise ValueError(f"where must be a bool mask of the tokens' shape {shape}, got a "
+                         f"{where.dtype} array of shape {where.shape}")
+    return where
+
+
+def _check_induction(patterns, tokens, where):
+    patterns = _check_patterns(patterns)
+    tokens = T.check_id_array(tokens, "tokens", np.iinfo(np.int64).max)
+    if tokens.shape != (patterns.shape[1], patterns.shape[-1]):
+        raise ValueError(f"tokens must have shape (B, n) = {(patterns.shape[1], patterns.shape[-1])} "
+                         f"to match patterns of shape {patterns.shape}, got {tokens.shape}")
+    return patterns, tokens, _check_where(where, tokens.shape)
+
+
+def _check_has_earlier(has):
+    if not has.any():
+        raise ValueError("no destination (in `where`) has an earlier occurrence of its token, "
+                         "so induction cannot be measured")
+
+
+def _check_tokens_where(model, tokens, where, min_n=1):
+    check_simplified(model)
+    if not model.blocks:
+        raise ValueError("model must have at least one layer to have attention patterns")
+    tokens = T.check_tokens(tokens, "tokens", model.vocab_size, model.max_len)
+    if tokens.shape[1] < min_n:
+        raise ValueError(f"tokens must cover n >= {min_n} positions (tokens) to have a previous "
+                         f"token, got shape {tokens.shape}")
+    return tokens, _check_where(where, tokens.shape)
+
+
+def _check_composition(A, B):
+    A, B = _check_matrix("A", A), _check_matrix("B", B)
+    if A.shape[1] != B.shape[0]:
+        raise ValueError(f"A has {A.shape[1]} columns but B has {B.shape[0]} rows; "
+                         f"the product A B needs them equal")
+    if not (A.any() and B.any()):
+        raise ValueError("A and B must both be nonzero: the score divides by ‖A‖_F ‖B‖_F")
+    return A, B
+
+
+def _check_two_layers(model):
+    check_simplified(model)
+    if len(model.blocks) < 2:
+        raise ValueError(f"model must have at least 2 layers for composition scores, got "
+                         f"{len(model.blocks)}")
+
+
+def _check_eigenvalues(lam):
     if not np.any(lam):
         raise ValueError("M has only zero eigenvalues (M = 0 or nilpotent), so Σλ / Σ|λ| is undefined")
-    return float(np.sum(lam).real / np.sum(np.abs(lam)))

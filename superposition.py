@@ -12,19 +12,24 @@ Read this file top to bottom; each section uses only what came before it.
                              dimensionality; checked exactly on known geometries
     5. The three results     n = 20 features in m = 5 dimensions, a sweep over sparsity
     6. Five features in two  the pentagon, the n = 2, m = 1 phase diagram, the "sticky" 1/2
-    7. A pentagon by hand    the superposition network of Example 26 of the Kronecker paper
+    7. A pentagon by hand    the superposition network of Menon, "Attention as a Kronecker
+                             product", Example 26
     8. Johnson-Lindenstrauss why so many nearly orthogonal directions fit in few dimensions
     9. Polysemantic neurons  cosine distances between the neurons of a real MLP layer
                              (Borovoy, "Investigating Polysemantic Neurons", 2024)
    10. Sparse autoencoder    taking features back out of superposition (dictionary learning),
                              scored by mean max cosine similarity against the true features
+    Appendix                 checking arguments: every public function refuses bad input with
+                             a ValueError or TypeError naming the argument, before it changes
+                             anything
 
 Conventions:
     * Papers write features as columns, h = W x with W of shape (m, n); so does this file.
       Column W[:, i] is feature i's direction in the hidden space. With an instance axis the
-      weights are W (I, m, n) and biases b (I, n): I independent models trained side by side.
-    * A batch has rows as examples, as tokens are rows in transformer.py: x (I, B, n) with the
-      instance axis first so np.matmul batches over it. Then h = x @ Wᵀ is (I, B, m).
+      weights are W (K, m, n) and biases b (K, n): K independent models trained side by side.
+      (I_i is feature i's importance, as in the paper; K counts instances.)
+    * A batch has rows as examples, as tokens are rows in transformer.py: x (K, B, n) with the
+      instance axis first so np.matmul batches over it. Then h = x @ Wᵀ is (K, B, m).
     * Every layer keeps in forward what backward needs; backward(dout) returns the input's
       gradient and adds (+=) into self.grads, as in transformer.py. The optimizer is
       transformer.Adam.
@@ -41,67 +46,6 @@ import transformer as T
 
 
 # ----------------------------------------------------------------------------------------------
-# Checking arguments
-# ----------------------------------------------------------------------------------------------
-# Every public entry point checks its input before it changes any state, and names the argument.
-# Counts, numbers, float types, finiteness and random generators go through transformer.py's
-# shared checks (T.check_count, T.check_positive, T.check_float_dtype, T.check_finite,
-# T.check_rng); the array layouts below are this file's own.
-
-def _check_array(name, value, axes):
-    """A non-empty array of finite real numbers laid out as axes -> the array (dtype kept).
-    axes names every axis, e.g. ("N", "d"); an int fixes that axis's size, and a leading "..."
-    allows any number of extra leading axes: ("...", "m", "n") is one model or many."""
-    a = np.asarray(value)
-    any_leading = axes[0] == "..."
-    named = axes[1:] if any_leading else axes                  # the axes that must be there
-    fits = a.ndim >= len(named) if any_leading else a.ndim == len(named)
-    if fits:                                                   # and the fixed sizes match
-        last = a.shape[a.ndim - len(named):]
-        fits = all(size == got for size, got in zip(named, last) if isinstance(size, int))
-    if a.dtype.kind not in "iuf" or a.size == 0 or not fits:
-        layout = "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
-        raise ValueError(f"{name} must be a non-empty array of numbers of shape {layout}, "
-                         f"got {a.dtype} array of shape {a.shape}")
-    T.check_finite(name, a)
-    return a
-
-
-def _check_shape(name, value, shape):
-    """An array of exactly this shape: no silent broadcasting."""
-    a = np.asarray(value)
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
-    return a
-
-
-def _check_unit_interval(name, values):
-    """A non-empty 1-D list of numbers in [0, 1] -> float64 array."""
-    a = np.asarray(values, dtype=np.float64)
-    if a.ndim != 1 or a.size == 0 or not np.all((a >= 0) & (a <= 1)):
-        raise ValueError(f"{name} must be a non-empty list of numbers in [0, 1], got {values!r}")
-    return a
-
-
-def _instance_feature_array(name, value, n_instances, n_features, vector_means):
-    """Broadcast a number, a vector or an (I, n) array to (I, n). A vector is read as one value
-    per instance or one per feature, as vector_means says ("instance" or "feature")."""
-    a = np.asarray(value, dtype=np.float64)
-    if a.ndim == 1:
-        expected = n_instances if vector_means == "instance" else n_features
-        if a.shape[0] != expected:
-            raise ValueError(f"{name} as a vector needs one value per {vector_means} "
-                             f"({expected}), got length {a.shape[0]}")
-        a = a[:, None] if vector_means == "instance" else a[None, :]
-    elif a.ndim > 2 or (a.ndim == 2 and a.shape != (n_instances, n_features)):
-        raise ValueError(f"{name} must be a number, a vector of one value per {vector_means}, "
-                         f"or an array of shape {(n_instances, n_features)}; got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return np.broadcast_to(a, (n_instances, n_features)).copy()
-
-
-# ----------------------------------------------------------------------------------------------
 # 1. Sparse features
 # ----------------------------------------------------------------------------------------------
 # The data is made up so that we know the true features. There are n of them. In each example
@@ -115,14 +59,13 @@ def _instance_feature_array(name, value, n_instances, n_features, vector_means):
 # rounding: u/p is computed as u · (1/p), which may round a u just below p up to 1).
 
 def sparse_features(rng, inverse_probability, batch_size, dtype):
-    """inverse_probability (I, 1, n) holds 1/p (0 where p = 0) -> x (I, batch_size, n)."""
-    inverse = _check_array("inverse_probability", inverse_probability, ("I", 1, "n"))
-    if not np.all((inverse == 0) | (inverse >= 1)):      # 1/p >= 1 for every p in (0, 1]
-        raise ValueError(f"inverse_probability must hold 1/p for p in (0, 1] (so >= 1) or 0, "
-                         f"got {inverse_probability!r}")
+    """inverse_probability (K, 1, n) holds 1/p (0 where p = 0) -> x (K, batch_size, n)."""
+    return _sparse_features(*_check_sparse_features(rng, inverse_probability, batch_size, dtype))
+
+
+def _sparse_features(rng, inverse, batch_size, dtype):
     n_instances, _, n_features = inverse.shape
-    batch_size, dtype = T.check_count("batch_size", batch_size), T.check_float_dtype(dtype)
-    x = T.check_rng(rng).random((n_instances, batch_size, n_features), dtype=dtype)
+    x = rng.random((n_instances, batch_size, n_features), dtype=dtype)
     x *= inverse
     x *= x < 1                      # u >= p: the feature is absent in this example
     return x
@@ -130,8 +73,7 @@ def sparse_features(rng, inverse_probability, batch_size, dtype):
 
 def importance_decay(n_features, base=0.9):
     """I_i = base^i: the paper's importances, (n,)."""
-    n_features = T.check_count("n_features", n_features)
-    T.check_positive("base", base)
+    n_features, base = T.check_count("n_features", n_features), T.check_positive("base", base)
     return base ** np.arange(n_features, dtype=np.float64)
 
 
@@ -152,7 +94,7 @@ def importance_decay(n_features, base=0.9):
 #     ∂L/∂W = h gᵀ + (W g) xᵀ   summed over the batch: W is used twice, as the decoder in
 #             z = Wᵀh and as the encoder in h = W x, and the two gradients add.
 # With rows as examples the same lines read dh = g @ Wᵀ and dW = hᵀ g + dhᵀ x.
-# The instance axis is just a leading batch axis of np.matmul, so I models cost one computation.
+# The instance axis is just a leading batch axis of np.matmul, so K models cost one computation.
 # The instances share nothing: the total loss is Σ_instances L, whose gradient with respect to
 # one instance's weights is that instance's own gradient.
 
@@ -160,45 +102,30 @@ ACTIVATIONS = ("relu", "linear")
 
 
 class ToyModel(T.Module):
-    """I toy models of n_features in n_hidden dimensions, trained side by side.
+    """K = n_instances toy models of n_features in n_hidden dimensions, trained side by side.
 
-    feature_probability (1 - sparsity): a number, one per instance (I,), or (I, n).
-    importance: a number, one per feature (n,), or (I, n); must be >= 0.
+    feature_probability (1 - sparsity): a number, one per instance (K,), or (K, n).
+    importance: a number, one per feature (n,), or (K, n); must be >= 0.
     activation: "relu" (x' = ReLU(WᵀWx + b)) or "linear" (x' = WᵀWx + b).
     n_hidden >= n_features is allowed (every feature then fits in its own dimension and there is
     nothing to superpose); superposition is about n_hidden < n_features.
 
-    Parameters: W (I, n_hidden, n_features), Xavier-normal; b (I, n_features), zeros.
+    Parameters: W (K, n_hidden, n_features), Xavier-normal; b (K, n_features), zeros.
+    The public methods check their arguments; fit, which makes its own batches, calls the
+    unchecked _forward, _loss and _backward that hold the math.
     """
 
     def __init__(self, n_features, n_hidden, n_instances=1, feature_probability=1.0,
                  importance=1.0, activation="relu", seed=0, dtype=np.float64):
         super().__init__()
-        n = T.check_count("n_features", n_features)
-        m = T.check_count("n_hidden", n_hidden)
-        k = T.check_count("n_instances", n_instances)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        p = _instance_feature_array("feature_probability", feature_probability, k, n, "instance")
-        if np.any((p < 0) | (p > 1)):
-            raise ValueError(f"feature_probability must lie in [0, 1], got {feature_probability!r}")
-        imp = _instance_feature_array("importance", importance, k, n, "feature")
-        if np.any(imp < 0):
-            raise ValueError(f"importance must be >= 0, got {importance!r}")
-        dtype = T.check_float_dtype(dtype)
-        T.check_count("seed", seed, minimum=0)
-        with np.errstate(over="ignore"):                      # too small a p: checked next
-            inverse = np.divide(1.0, p, out=np.zeros_like(p), where=p > 0).astype(dtype)
-        if not np.all(np.isfinite(inverse)):
-            raise ValueError(f"feature_probability must be 0 or at least "
-                             f"{1 / np.finfo(dtype).max:.2e} (1/p must fit in {np.dtype(dtype)}), "
-                             f"got {feature_probability!r}")
+        n, m, k, p, imp, inverse, dtype, seed = _check_toy_model(
+            n_features, n_hidden, n_instances, feature_probability, importance, activation, seed, dtype)
         self.dtype = dtype
         self.activation = activation
-        self.feature_probability = p.astype(self.dtype)         # (I, n)
-        self.importance = imp.astype(self.dtype)                # (I, n)
-        self._inverse_probability = inverse[:, None, :]                      # (I, 1, n)
-        self._importance = self.importance[:, None, :]                       # (I, 1, n)
+        self.feature_probability = p.astype(self.dtype)         # (K, n)
+        self.importance = imp.astype(self.dtype)                # (K, n)
+        self._inverse_probability = inverse[:, None, :]                      # (K, 1, n)
+        self._importance = self.importance[:, None, :]                       # (K, 1, n)
         self.rng = np.random.default_rng(seed)
         std = math.sqrt(2.0 / (m + n))                          # Xavier (Glorot) normal
         self.add_param("W", (self.rng.standard_normal((k, m, n)) * std).astype(self.dtype))
@@ -214,25 +141,23 @@ class ToyModel(T.Module):
         return self.params["b"]
 
     def sample(self, batch_size):
-        """A fresh batch from each instance's own distribution: (I, batch_size, n)."""
-        return sparse_features(self.rng, self._inverse_probability, batch_size, self.dtype)
+        """A fresh batch from each instance's own distribution: (K, batch_size, n)."""
+        return self._sample(T.check_count("batch_size", batch_size))
 
-    def _check_batch(self, x):
-        x = np.asarray(x)
-        if x.ndim != 3 or x.shape[0] != self.W.shape[0] or x.shape[2] != self.W.shape[2]:
-            raise ValueError(f"x must have shape (n_instances, batch, n_features) = "
-                             f"({self.W.shape[0]}, B, {self.W.shape[2]}), got {x.shape}")
-        return x
+    def _sample(self, batch_size):
+        return _sparse_features(self.rng, self._inverse_probability, batch_size, self.dtype)
 
     def hidden(self, x):
-        """h = W x for every row: (I, B, n) -> (I, B, m)."""
-        return self._check_batch(x) @ self.W.transpose(0, 2, 1)
+        """h = W x for every row: (K, B, n) -> (K, B, m)."""
+        return _check_batch(self, "x", x) @ self.W.transpose(0, 2, 1)
 
     def forward(self, x):
-        """(I, B, n) -> x' (I, B, n)."""
-        x = self._check_batch(x)
-        h = self.hidden(x)                                      # (I, B, m)
-        out = h @ self.W                                        # (I, B, n)  Wᵀh, one row each
+        """(K, B, n) -> x' (K, B, n)."""
+        return self._forward(_check_batch(self, "x", x))
+
+    def _forward(self, x):
+        h = x @ self.W.transpose(0, 2, 1)                       # (K, B, m)  h = W x, one row each
+        out = h @ self.W                                        # (K, B, n)  Wᵀh, one row each
         out += self.b[:, None, :]
         if self.activation == "relu":
             np.maximum(out, 0, out=out)
@@ -240,9 +165,11 @@ class ToyModel(T.Module):
         return out
 
     def loss(self, x, x_hat):
-        """Per-instance loss (I,) and ∂(Σ_instances L)/∂x' (I, B, n)."""
-        x = self._check_batch(x)
-        x_hat = _check_shape("x_hat", x_hat, x.shape)
+        """Per-instance loss (K,) and ∂(Σ_instances L)/∂x' (K, B, n)."""
+        x = _check_batch(self, "x", x)
+        return self._loss(x, _check_same_shape("x_hat", x_hat, x.shape))
+
+    def _loss(self, x, x_hat):
         batch = x.shape[1]
         error = x_hat - x
         weighted = self._importance * error                     # I_i (x'_i - x_i)
@@ -251,50 +178,48 @@ class ToyModel(T.Module):
         return losses, weighted
 
     def backward(self, dout):
-        """(I, B, n) -> ∂L/∂x (I, B, n); adds into grads["W"], grads["b"]."""
+        """(K, B, n) -> ∂L/∂x (K, B, n); adds into grads["W"], grads["b"]."""
+        return self._backward(_check_same_shape("dout", dout, self._saved()[2].shape))
+
+    def _backward(self, dout):
         x, h, out = self._saved()
-        dout = _check_shape("dout", dout, out.shape)
         dz = dout * (out > 0) if self.activation == "relu" else dout    # ReLU passes where z > 0
         self.grads["b"] += np.einsum("kbn->kn", dz)             # Σ over the batch
-        dh = dz @ self.W.transpose(0, 2, 1)                     # (I, B, m)
+        dh = dz @ self.W.transpose(0, 2, 1)                     # (K, B, m)
         # W as decoder (z = h @ W) and as encoder (h = x @ Wᵀ): the two gradients add.
         self.grads["W"] += h.transpose(0, 2, 1) @ dz + dh.transpose(0, 2, 1) @ x
         return dh @ self.W
 
     def evaluate(self, batch_size=10_000):
-        """Per-instance loss (I,) on one fresh batch, without touching the gradients."""
+        """Per-instance loss (K,) on one fresh batch, without touching the gradients."""
         x = self.sample(T.check_count("batch_size", batch_size))
-        return self.loss(x, self.forward(x))[0]
+        return self._loss(x, self._forward(x))[0]
 
     def fit(self, steps, batch_size, lr=1e-3, progress=None):
         """Adam on fresh batches (each call starts a new Adam); returns the loss history
-        (steps, I). Stops with FloatingPointError as soon as any instance's loss is not finite.
-        progress(step, mean loss over instances), if given, is called after every step."""
-        steps = T.check_count("steps", steps)
-        batch_size = T.check_count("batch_size", batch_size)
-        if progress is not None and not callable(progress):
-            raise TypeError(f"progress must be a function (step, loss) or None, got {progress!r}")
-        optimizer = T.Adam(self.parameters(), lr=T.check_positive("lr", lr))
+        (steps, K). Stops with FloatingPointError as soon as any instance's loss is not finite,
+        before that step's update (the weights stay those that gave it). progress(step, mean loss over instances), if given, is called
+        at every step, before its update."""
+        steps, batch_size, lr = _check_fit(steps, batch_size, lr)
+        _check_callable("progress", progress, "progress(step, loss)", optional=True)
+        optimizer = T.Adam(self.parameters(), lr=lr)
         history = np.empty((steps, self.W.shape[0]), self.dtype)
         for step in range(steps):
-            x = self.sample(batch_size)
+            x = self._sample(batch_size)
             self.zero_grad()
-            history[step], dx_hat = self.loss(x, self.forward(x))
-            if not np.all(np.isfinite(history[step])):
-                bad = np.flatnonzero(~np.isfinite(history[step])).tolist()
-                raise FloatingPointError(f"the loss of instance(s) {bad} is not finite at step "
-                                         f"{step}: training diverged; try a smaller lr than {lr}")
-            self.backward(dx_hat)
-            optimizer.step()
+            history[step], dx_hat = self._loss(x, self._forward(x))
+            _check_loss("the loss", history[step], step, lr)
             if progress is not None:
                 progress(step, float(history[step].mean()))
+            self._backward(dx_hat)
+            optimizer.step()
         return history
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. Measuring superposition
 # ----------------------------------------------------------------------------------------------
-# All of these take W of shape (..., m, n): one model (m, n) or many (I, m, n).
+# All of these take W of shape (..., m, n): one model (m, n) or many (K, m, n).
 #     ‖W_i‖                         is feature i represented at all? (≈ 1 yes, ≈ 0 no)
 #     Σ_{j≠i} (Ŵ_i · W_j)²          how much of the other features leaks into feature i's
 #                                   direction (Ŵ_i = W_i / ‖W_i‖): 0 when W_i is orthogonal to the
@@ -306,52 +231,57 @@ class ToyModel(T.Module):
 #     D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)² feature i's share of a dimension ("Feature Dimensionality");
 #                                   for a feature of norm 0 we set D_i = 0.
 
-def _check_weights(W):
-    """Every measurement below takes W (..., m, n): one model (m, n) or many (I, m, n)."""
-    return _check_array("W", W, ("...", "m", "n"))
-
+# Each public measurement checks W once and hands it to the unchecked math of the same name.
 
 def feature_norms(W):
-    """(..., m, n) -> (..., n)."""
-    return np.linalg.norm(_check_weights(W), axis=-2)
+    """‖W_i‖: (..., m, n) -> (..., n)."""
+    return _feature_norms(_check_weights(W))
+
+
+def _feature_norms(W):
+    return np.linalg.norm(W, axis=-2)
 
 
 def _overlaps(W):
     """(..., m, n) -> (..., n, n) with entry (i, j) = Ŵ_i · W_j. A zero column stays zero."""
-    W = _check_weights(W)
-    norms = feature_norms(W)
+    norms = _feature_norms(W)
     unit = W / np.where(norms > 0, norms, 1)[..., None, :]
     return np.swapaxes(unit, -1, -2) @ W
 
 
 def superposition(W):
     """Σ_{j≠i} (Ŵ_i · W_j)²: (..., m, n) -> (..., n)."""
+    return _superposition(_check_weights(W))
+
+
+def _superposition(W):
     squared = _overlaps(W) ** 2
     return squared.sum(axis=-1) - np.diagonal(squared, axis1=-2, axis2=-1)
 
 
 def dimensions_per_feature(W):
     """m / ‖W‖_F²: (..., m, n) -> (...). An all-zero model is refused (see above)."""
-    W = _check_weights(W)
+    return _dimensions_per_feature(_check_weights(W))
+
+
+def _dimensions_per_feature(W):
     squared_norm = np.sum(W * W, axis=(-2, -1))
-    if np.any(squared_norm == 0):
-        raise ValueError(f"W must represent some feature: m / ‖W‖_F² is undefined for an "
-                         f"all-zero W, got {np.count_nonzero(squared_norm == 0)} all-zero "
-                         f"model(s) among {squared_norm.size}")
+    _check_some_feature(squared_norm)
     return W.shape[-2] / squared_norm
 
 
 def feature_dimensionality(W):
     """D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)²: (..., m, n) -> (..., n); 0 for a zero column."""
-    norms_sq = feature_norms(W) ** 2
+    W = _check_weights(W)
+    norms_sq = _feature_norms(W) ** 2
     total = np.sum(_overlaps(W) ** 2, axis=-1)          # includes j = i, which is ‖W_i‖²
     return np.divide(norms_sq, total, out=np.zeros_like(norms_sq), where=total > 0)
 
 
 def represented(W, threshold=0.5):
     """Which features have ‖W_i‖ > threshold: (..., m, n) -> bool (..., n)."""
-    T.check_positive("threshold", threshold, or_zero=True)
-    return feature_norms(W) > threshold
+    threshold = T.check_positive("threshold", threshold, or_zero=True)
+    return _feature_norms(_check_weights(W)) > threshold
 
 
 def regular_polygon(k):
@@ -398,8 +328,8 @@ SWEEP_SPARSITIES = (0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999, 0.9997)
 
 def sparsity_sweep(sparsities=SWEEP_SPARSITIES, n_features=20, n_hidden=5, activation="relu",
                    steps=10_000, batch_size=1024, lr=1e-3, seed=0, dtype=np.float32):
-    """Train one instance per sparsity at once; returns (model, loss history (steps, I))."""
-    s = _check_unit_interval("sparsities", sparsities)
+    """Train one instance per sparsity at once; returns (model, loss history (steps, K))."""
+    s = _check_probabilities("sparsities", sparsities)
     model = ToyModel(n_features, n_hidden, n_instances=s.size, feature_probability=1 - s,
                      importance=importance_decay(n_features), activation=activation, seed=seed,
                      dtype=dtype)
@@ -408,11 +338,13 @@ def sparsity_sweep(sparsities=SWEEP_SPARSITIES, n_features=20, n_hidden=5, activ
 
 def summarize(W, threshold=0.5):
     """Per model: features represented, largest superposition among the represented ones, and
-    dimensions per feature. W (I, m, n) -> dict of (I,) arrays."""
-    shown = represented(W, threshold)
+    dimensions per feature. W (K, m, n) -> dict of (K,) arrays."""
+    threshold = T.check_positive("threshold", threshold, or_zero=True)
+    W = _check_weights(W)
+    shown = _feature_norms(W) > threshold
     return {"represented": shown.sum(axis=-1),
-            "max_superposition": np.where(shown, superposition(W), 0).max(axis=-1),
-            "dimensions_per_feature": dimensions_per_feature(W)}
+            "max_superposition": np.where(shown, _superposition(W), 0).max(axis=-1),
+            "dimensions_per_feature": _dimensions_per_feature(W)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,13 +365,8 @@ def pentagon_probabilities(k=8):
 def best_of_seeds(model, n_seeds, eval_batch=20_000):
     """Instances laid out as (setting, seed), seed fastest: the index (settings,) of the
     instance with the lowest loss on a fresh batch, for every setting."""
-    if not isinstance(model, ToyModel):
-        raise TypeError(f"model must be a ToyModel, got {type(model).__name__}")
-    n_seeds = T.check_count("n_seeds", n_seeds)
-    if model.W.shape[0] % n_seeds:
-        raise ValueError(f"n_seeds must divide the model's {model.W.shape[0]} instances, "
-                         f"got {n_seeds}")
-    losses = model.evaluate(T.check_count("eval_batch", eval_batch)).reshape(-1, n_seeds)
+    n_seeds, eval_batch = _check_best_of_seeds(model, n_seeds, eval_batch)
+    losses = model.evaluate(eval_batch).reshape(-1, n_seeds)
     return np.arange(losses.shape[0]) * n_seeds + losses.argmin(axis=1)
 
 
@@ -448,7 +375,7 @@ def five_in_two(probabilities, n_seeds=4, steps=3000, batch_size=512, lr=1e-2, s
     """n = 5, m = 2, I_i = 0.9^i, n_seeds instances per probability (instance = probability
     index * n_seeds + seed). Returns the trained model and the index (k,) of the best seed of
     each probability: model.W[best] is (k, 2, 5)."""
-    p = _check_unit_interval("probabilities", probabilities)
+    p = _check_probabilities("probabilities", probabilities)
     n_seeds = T.check_count("n_seeds", n_seeds)
     model = ToyModel(5, 2, n_instances=p.size * n_seeds, feature_probability=np.repeat(p, n_seeds),
                      importance=importance_decay(5), seed=seed, dtype=dtype)
@@ -458,7 +385,10 @@ def five_in_two(probabilities, n_seeds=4, steps=3000, batch_size=512, lr=1e-2, s
 
 def polygon_angles(W):
     """Angles between neighbouring feature arrows, in degrees, for W (2, n); they sum to 360."""
-    W = _check_array("W", W, (2, "n"))
+    return _polygon_angles(_check_array("W", W, (2, "n")))
+
+
+def _polygon_angles(W):
     angles = np.sort(np.degrees(np.arctan2(W[1], W[0])))
     return np.diff(np.append(angles, angles[0] + 360))
 
@@ -468,9 +398,9 @@ def is_regular_pentagon(W, b, tolerance=5.0):
     W is (m, n) and b (n,); a W of any shape but (2, 5) is simply not a pentagon."""
     W = _check_array("W", W, ("m", "n"))
     b = _check_array("b", b, (W.shape[1],))
-    T.check_positive("tolerance", tolerance, or_zero=True)
-    norms = feature_norms(W)
-    return bool(W.shape == (2, 5) and np.all(np.abs(polygon_angles(W) - 72) <= tolerance)
+    tolerance = T.check_positive("tolerance", tolerance, or_zero=True)
+    norms = _feature_norms(W)
+    return bool(W.shape == (2, 5) and np.all(np.abs(_polygon_angles(W) - 72) <= tolerance)
                 and np.all(np.abs(norms / norms.mean() - 1) <= 0.2) and np.all(b < 0))
 
 
@@ -486,7 +416,7 @@ PHASES = ("feature 2 not learned", "feature 2 takes the dimension", "antipodal p
 def classify_phase(W, threshold=0.5):
     """W (..., 1, 2) -> int (...): index into PHASES, or -1 for none of them."""
     W = _check_array("W", W, ("...", 1, 2))
-    T.check_positive("threshold", threshold, or_zero=True)
+    threshold = T.check_positive("threshold", threshold, or_zero=True)
     w1, w2 = W[..., 0, 0], W[..., 0, 1]
     strong1, strong2 = np.abs(w1) > threshold, np.abs(w2) > threshold
     return np.select([~strong2, strong2 & ~strong1, strong1 & strong2 & (w1 * w2 < 0)],
@@ -497,11 +427,8 @@ def phase_diagram(densities, relative_importances, n_seeds=3, steps=4000, batch_
                   seed=0, dtype=np.float32):
     """Returns phases (len(relative_importances), len(densities)) as indices into PHASES, and
     the best W of each cell (R, D, 1, 2)."""
-    p = _check_unit_interval("densities", densities)
-    r = np.asarray(relative_importances, dtype=np.float64)
-    if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r) & (r >= 0)):
-        raise ValueError(f"relative_importances must be a non-empty list of numbers >= 0, "
-                         f"got {relative_importances!r}")
+    p = _check_probabilities("densities", densities)
+    r = _check_nonnegative("relative_importances", relative_importances)
     n_seeds = T.check_count("n_seeds", n_seeds)
     rr, pp = np.meshgrid(r, p, indexing="ij")                         # (R, D), cells row-major
     importance = np.stack([np.ones(rr.size), rr.ravel()], axis=1)      # (cells, 2)
@@ -516,16 +443,11 @@ def phase_diagram(densities, relative_importances, n_seeds=3, steps=4000, batch_
 # The paper reports that dimensions per feature "sticks" at 1/2 (antipodal pairs) over a range
 # of sparsities when many features share the space. Its notebook's setup: n = 200, m = 20, equal
 # importance, 20 instances with p = 20^(-t) for t evenly from 0 to 1 (the same sweep as the
-# pentagon row above: 1/(1-S) from 1 to 20), 10,000 Adam steps, batch 1024, lr 1e-3. Here that
-# takes about 7 minutes on two cores; a batch of 256 at lr 3e-3 (the defaults) gives the same
-# curve in about 3, so demo.py runs it only when asked. Measured (seed 0):
-#     1/(1-S)            1.9   2.2   2.6   3.0   3.5   4.1   4.8
-#     batch 1024, 1e-3   0.59  0.53  0.51  0.50  0.48  0.46  0.37
-#     batch 256,  3e-3   0.60  0.53  0.50  0.49  0.49  0.44  0.38
-# Dense features give 1 and the sparsest (1/(1-S) = 20) about 0.13; in between, the curve
-# flattens at 1/2 for 1/(1-S) from about 2 to 3.5 before it drops on. (The notebook also
-# uses AdamW's default weight decay of 0.01 and averages the loss over features as well as
-# examples; neither is done here.)
+# pentagon row above: 1/(1-S) from 1 to 20), 10,000 Adam steps, batch 1024, lr 1e-3. The
+# defaults here take a quarter of the batch at three times the learning rate, which traces the
+# same curve at less cost; demo.py runs it only when asked (--long) and prints it. (The
+# notebook also uses AdamW's default weight decay of 0.01 and averages the loss over features
+# as well as examples; neither is done here.)
 
 def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, dtype=np.float32,
                 progress=None):
@@ -539,7 +461,7 @@ def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, 
 
 
 # ----------------------------------------------------------------------------------------------
-# 7. The pentagon network by hand (Example 26 of the Kronecker-product paper)
+# 7. The pentagon network by hand (Menon, Attention as a Kronecker product, Example 26)
 # ----------------------------------------------------------------------------------------------
 # x̂ = ReLU(W₂ ReLU(W₁x + b₁) + b₂), five features in two neurons:
 #   * W₁ (2, 5): column k is v_k = (cos 2πk/5, sin 2πk/5), k = 1..5, a vertex of a pentagon.
@@ -576,7 +498,7 @@ class PentagonNetwork:
 
 
 def pentagon_network(scale=1.5, threshold=0.5):
-    """The hand-built network of Example 26 (see above)."""
+    """The hand-built network of Menon, Attention as a Kronecker product, Example 26 (see above)."""
     return PentagonNetwork(T.check_positive("scale", scale), T.check_positive("threshold", threshold))
 
 
@@ -590,7 +512,8 @@ def pentagon_network(scale=1.5, threshold=0.5):
 # with probability ≥ 1 - N^-β as soon as m ≥ (4 + 2β) ln N / (ε²/2 - ε³/3). We take β = 1.
 # Read backwards, for a given m this is the ε the theorem guarantees. The same geometry says
 # exponentially many directions in m dimensions can be nearly orthogonal, |cos| < ε: room for
-# far more features than dimensions, which is what superposition uses.
+# far more features than dimensions, which is what superposition uses (Menon, Attention as a
+# Kronecker product, Theorem 27 and Corollary 28).
 
 def random_projection(n_in, m, rng):
     """(n_in, m) with entries ±1/√m, each sign with probability 1/2; rows are points, so
@@ -601,7 +524,10 @@ def random_projection(n_in, m, rng):
 
 def squared_distances(points):
     """(N, d) -> (N, N) of ‖x_i - x_j‖²."""
-    points = _check_array("points", points, ("N", "d"))
+    return _squared_distances(_check_array("points", points, ("N", "d")))
+
+
+def _squared_distances(points):
     sq = np.sum(points * points, axis=1)
     return np.maximum(sq[:, None] + sq[None, :] - 2 * points @ points.T, 0)
 
@@ -609,15 +535,10 @@ def squared_distances(points):
 def jl_distortion(points, m, rng):
     """The worst |‖f(x)-f(y)‖² / ‖x-y‖² - 1| over all pairs, for one random ±1/√m projection."""
     points = np.asarray(_check_array("points", points, ("N", "d")), dtype=np.float64)
-    m = T.check_count("m", m)
-    T.check_rng(rng)
-    if points.shape[0] < 2:
-        raise ValueError(f"points must hold N >= 2 points, got shape {points.shape}")
-    before = squared_distances(points)
+    before = _squared_distances(points)
     pairs = np.triu_indices(points.shape[0], k=1)
-    if not np.all(before[pairs] > 0):
-        raise ValueError("points must be distinct: a pair at distance 0 has no distortion ratio")
-    after = squared_distances(points @ random_projection(points.shape[1], m, rng))
+    _check_distinct(points, before[pairs])
+    after = _squared_distances(points @ random_projection(points.shape[1], m, rng))
     return float(np.max(np.abs(after[pairs] / before[pairs] - 1)))
 
 
@@ -625,10 +546,7 @@ def jl_epsilon(n_points, m, beta=1.0):
     """The ε guaranteed (with probability ≥ 1 - N^-β) in m dimensions: the root in (0, 1) of
     ε²/2 - ε³/3 = (4 + 2β) ln N / m, by bisection; inf where the bound says nothing (the left
     side is at most 1/6). m may be an array."""
-    dims = np.asarray(m, dtype=np.float64)
-    if dims.size == 0 or not np.all(np.isfinite(dims) & (dims >= 1)):
-        raise ValueError(f"m must be a number of dimensions >= 1 (or a list of them), got {m!r}")
-    T.check_positive("beta", beta)
+    dims, beta = _check_dimensions(m), T.check_positive("beta", beta)
     target = (4 + 2 * beta) * math.log(T.check_count("n_points", n_points, minimum=2)) / dims
     lo, hi = np.zeros_like(target), np.ones_like(target)
     for _ in range(60):                                  # ε²/2 - ε³/3 increases on [0, 1]
@@ -641,10 +559,8 @@ def jl_epsilon(n_points, m, beta=1.0):
 def nearly_orthogonal_directions(m, eps, n_candidates, rng):
     """Greedily keep random unit vectors in m dimensions whose |cos| with every kept one is
     < eps. Returns the kept ones (k, m); k is a lower bound on how many fit."""
-    m, n_candidates = T.check_count("m", m), T.check_count("n_candidates", n_candidates)
-    if T.check_positive("eps", eps) >= 1:
-        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
-    candidates = T.check_rng(rng).standard_normal((n_candidates, m))
+    m, eps, n_candidates = _check_directions(m, eps, n_candidates, rng)
+    candidates = rng.standard_normal((n_candidates, m))
     candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
     kept = np.empty_like(candidates)
     count = 0
@@ -708,13 +624,15 @@ LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0}       # where each parameter 
 
 
 class SparseAutoencoder(T.Module):
-    """d_in inputs, n_latents ReLU latents, L1 coefficient l1."""
+    """d_in inputs, n_latents ReLU latents, L1 coefficient l1.
+    The public methods check their arguments; fit checks each batch its sample function gives
+    once and then calls the unchecked _forward, _loss and _backward that hold the math."""
 
     def __init__(self, d_in, n_latents, l1=1e-2, seed=0, dtype=np.float64):
         super().__init__()
         d, f = T.check_count("d_in", d_in), T.check_count("n_latents", n_latents)
         l1, dtype = T.check_positive("l1", l1, or_zero=True), T.check_float_dtype(dtype)
-        T.check_count("seed", seed, minimum=0)
+        seed = T.check_count("seed", seed, minimum=0)
         self.l1, self.dtype = l1, dtype
         self.rng = np.random.default_rng(seed)
         W_dec = self.rng.standard_normal((f, d))
@@ -725,29 +643,29 @@ class SparseAutoencoder(T.Module):
         self.add_param("b_dec", np.zeros(d, self.dtype))
         self.cache = None
 
-    def _check_rows(self, h):
-        h, d = np.asarray(h), self.params["b_dec"].shape[0]
-        if h.ndim != 2 or h.shape[1] != d:
-            raise ValueError(f"h must have shape (B, {d}), got {h.shape}")
-        return h
-
     def encode(self, h):
         """(B, d) -> z (B, F)."""
-        h = self._check_rows(h)
+        return self._encode(_check_rows(self, "h", h))
+
+    def _encode(self, h):
         return np.maximum((h - self.params["b_dec"]) @ self.params["W_enc"] + self.params["b_enc"], 0)
 
     def forward(self, h):
         """(B, d) -> ĥ (B, d); the latents z (B, F) are kept in self.cache."""
-        h = self._check_rows(h)
-        z = self.encode(h)
+        return self._forward(_check_rows(self, "h", h))
+
+    def _forward(self, h):
+        z = self._encode(h)
         self.cache = (h - self.params["b_dec"], z)
         return z @ self.params["W_dec"] + self.params["b_dec"]
 
     def loss(self, h, h_hat):
         """L, ∂L/∂ĥ (B, d) and the L1 term's ∂L/∂z (B, F), for the last forward."""
-        h_centred, z = self._saved()
-        h = _check_shape("h", h, h_centred.shape)                # the h of the last forward
-        h_hat = _check_shape("h_hat", h_hat, h_centred.shape)
+        shape = self._saved()[0].shape                            # the h of the last forward
+        return self._loss(_check_same_shape("h", h, shape), _check_same_shape("h_hat", h_hat, shape))
+
+    def _loss(self, h, h_hat):
+        _, z = self._saved()
         batch = h.shape[0]
         error = h_hat - h
         value = (np.sum(error * error) + self.l1 * np.sum(z)) / batch     # z ≥ 0: ‖z‖₁ = Σ z
@@ -756,8 +674,11 @@ class SparseAutoencoder(T.Module):
     def backward(self, dh_hat, dz):
         """dh_hat (B, d), dz (B, F) -> ∂L/∂h (B, d) through the encoder."""
         h_centred, z = self._saved()
-        dh_hat = _check_shape("dh_hat", dh_hat, h_centred.shape)
-        dz = _check_shape("dz", dz, z.shape)
+        return self._backward(_check_same_shape("dh_hat", dh_hat, h_centred.shape),
+                              _check_same_shape("dz", dz, z.shape))
+
+    def _backward(self, dh_hat, dz):
+        h_centred, z = self._saved()
         p, g = self.params, self.grads
         g["W_dec"] += z.T @ dh_hat
         g["b_dec"] += dh_hat.sum(axis=0)
@@ -785,16 +706,12 @@ class SparseAutoencoder(T.Module):
         column = the same direction scaled to 0.2 × the mean encoder norm of live latents,
         bias 0, and the Adam moments of those entries zeroed. (Bricken et al. 2023 aim at the
         input h itself; the residual aims at the part of h the dictionary is missing.)"""
+        h, dead = _check_resample(self, h, dead, optimizer)
+        self._resample_dead(h, dead, optimizer)
+
+    def _resample_dead(self, h, dead, optimizer):
         p = self.params
-        dead, n_latents = np.asarray(dead), p["b_enc"].size
-        if dead.ndim != 1 or dead.dtype.kind not in "iu" \
-                or not np.all((dead >= 0) & (dead < n_latents)):
-            raise ValueError(f"dead must be a 1-D array of latent indices in [0, {n_latents}), "
-                             f"got {dead!r}")
-        if not isinstance(optimizer, T.Adam):
-            raise TypeError(f"optimizer must be the transformer.Adam that trains this SAE, "
-                            f"got {type(optimizer).__name__}")
-        residual = h - self.forward(h)
+        residual = h - self._forward(h)
         error = np.sum(residual * residual, axis=1).astype(np.float64)
         if error.sum() == 0:
             return                      # reconstruction is perfect: nothing to aim them at
@@ -813,24 +730,22 @@ class SparseAutoencoder(T.Module):
 
     def fit(self, sample, steps, batch_size, lr=1e-3, resample_every=1000):
         """sample(batch_size) -> h (B, d). Adam on the decoder's tangent gradient, decoder
-        renormalised after every step, dead latents resampled every resample_every steps up to the last quarter of training.
-        Returns the loss history (steps,); FloatingPointError if the loss is not finite."""
-        steps = T.check_count("steps", steps)
-        batch_size = T.check_count("batch_size", batch_size)
+        renormalised after every step, dead latents resampled every resample_every steps up to
+        the last quarter of training. Returns the loss history (steps,). Stops with
+        FloatingPointError if the loss is not finite, before that step's update (the weights
+        stay those that gave it)."""
+        steps, batch_size, lr = _check_fit(steps, batch_size, lr)
         resample_every = T.check_count("resample_every", resample_every)
-        if not callable(sample):
-            raise TypeError(f"sample must be a function batch_size -> h (B, d), got {sample!r}")
-        optimizer = T.Adam(self.parameters(), lr=T.check_positive("lr", lr))
+        _check_callable("sample", sample, "sample(batch_size) -> h (B, d)")
+        optimizer = T.Adam(self.parameters(), lr=lr)
         history = np.empty(steps)
         fired = np.zeros(self.params["b_enc"].size, dtype=bool)
         for step in range(steps):
-            h = sample(batch_size)
+            h = _check_rows(self, "sample(batch_size)", sample(batch_size))
             self.zero_grad()
-            history[step], dh_hat, dz = self.loss(h, self.forward(h))
-            if not math.isfinite(history[step]):
-                raise FloatingPointError(f"the SAE loss is not finite at step {step}: training "
-                                         f"diverged; try a smaller lr than {lr}")
-            self.backward(dh_hat, dz)
+            history[step], dh_hat, dz = self._loss(h, self._forward(h))
+            _check_loss("the SAE loss", history[step], step, lr)
+            self._backward(dh_hat, dz)
             self.remove_parallel_decoder_gradient()
             optimizer.step()
             self.normalize_decoder()
@@ -838,7 +753,7 @@ class SparseAutoencoder(T.Module):
             if (step + 1) % resample_every == 0:
                 dead = np.flatnonzero(~fired)
                 if dead.size and step < 0.75 * steps:
-                    self.resample_dead(h, dead, optimizer)
+                    self._resample_dead(h, dead, optimizer)
                 fired[:] = False
         return history
 
@@ -850,17 +765,9 @@ class SparseAutoencoder(T.Module):
 def max_cosine_similarity(dictionary, features):
     """For every true feature (row of features (n, d)), the largest cosine with any dictionary
     row (F, d): (n,)."""
-    def unit(name, rows):
-        rows = np.asarray(_check_array(name, rows, ("rows", "d")), dtype=np.float64)
-        norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-        if not np.all(norms > 0):
-            raise ValueError(f"{name} must have no zero rows (a zero row has no direction), "
-                             f"got {np.count_nonzero(norms == 0)} of {rows.shape[0]}")
-        return rows / norms
-    features, dictionary = unit("features", features), unit("dictionary", dictionary)
-    if features.shape[1] != dictionary.shape[1]:
-        raise ValueError(f"dictionary rows ({dictionary.shape[1]}) and features rows "
-                         f"({features.shape[1]}) must have the same length")
+    dictionary, features = _check_dictionary(dictionary, features)
+    features = features / np.linalg.norm(features, axis=-1, keepdims=True)
+    dictionary = dictionary / np.linalg.norm(dictionary, axis=-1, keepdims=True)
     return np.max(features @ dictionary.T, axis=1)
 
 
@@ -874,14 +781,10 @@ def sae_experiment(n_features=64, n_hidden=32, feature_probability=0.02, n_laten
                    toy_steps=2000, sae_steps=3000, batch_size=128, lr=3e-3, seed=0, dtype=np.float32):
     """Train a ReLU toy model in superposition (equal importances), then an SAE on its hidden
     activations h = W x. Returns a dict: mmcs of the SAE dictionary against the represented
-    true directions W_i, the same for a random dictionary of the same size (in 32 dimensions
-    a random direction is far from all 64 others, so the baseline is ≈ 0.4, not the ≈ 0.8 of
-    2-D), the number of represented features, and dead latents on a fresh batch.
-
-    Small batches and more steps: matrix products of 128 x 32 x 64 are too small to gain from
-    several BLAS threads, and on a busy machine threads waiting for each other cost more than
-    the products themselves."""
-    T.check_count("toy_steps", toy_steps)            # every argument is checked before training
+    true directions W_i, the same for a random dictionary of the same size (what chance
+    gives), the number of represented features, and dead latents on a fresh batch. Every
+    argument is checked before the toy model trains."""
+    T.check_count("toy_steps", toy_steps)
     T.check_count("sae_steps", sae_steps)
     T.check_positive("lr", lr)
     toy = ToyModel(n_features, n_hidden, feature_probability=feature_probability, importance=1.0,
@@ -901,3 +804,220 @@ def sae_experiment(n_features=64, n_hidden=32, feature_probability=0.02, n_laten
             "represented": true.shape[0],
             "dead_latents": sae.dead_latents(sample(20_000)),
             "sae": sae, "toy": toy, "true_directions": true, "random_dictionary": random_dictionary}
+
+
+# ----------------------------------------------------------------------------------------------
+# Appendix: checking arguments
+# ----------------------------------------------------------------------------------------------
+# Every public entry point checks its input before it changes any state (parameters,
+# gradients, Adam moments, the model's random generator), and names the argument. Counts,
+# numbers, float types, finiteness and random generators go through transformer.py's shared
+# checks; the array layouts below are this file's own. Integer arrays are read as float64, so
+# that a sum of squares of int8 entries cannot overflow.
+
+def _check_array(name, value, axes):
+    """A non-empty array of finite real numbers laid out as axes -> the array (a float dtype
+    kept, integers as float64). axes names every axis, e.g. ("N", "d"); an int fixes that
+    axis's size, and a leading "..." allows any number of extra leading axes: ("...", "m", "n")
+    is one model or many."""
+    a = np.asarray(value)
+    any_leading = axes[0] == "..."
+    named = axes[1:] if any_leading else axes                  # the axes that must be there
+    fits = a.ndim >= len(named) if any_leading else a.ndim == len(named)
+    if fits:                                                   # and the fixed sizes match
+        last = a.shape[a.ndim - len(named):]
+        fits = all(size == got for size, got in zip(named, last) if isinstance(size, int))
+    if a.dtype.kind not in "iuf" or a.size == 0 or not fits:
+        layout = "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
+        raise ValueError(f"{name} must have shape {layout} and hold real numbers, not empty; "
+                         f"got a {a.dtype} array of shape {a.shape}")
+    T.check_finite(name, a)
+    return a.astype(np.float64) if a.dtype.kind in "iu" else a
+
+
+def _check_same_shape(name, value, shape):
+    """An array of finite real numbers of exactly this shape: no silent broadcasting."""
+    return _check_array(name, value, tuple(shape))
+
+
+def _check_weights(W):
+    """Every measurement takes W (..., m, n): one model (m, n) or many (K, m, n)."""
+    return _check_array("W", W, ("...", "m", "n"))
+
+
+def _check_batch(model, name, x):
+    """x (K, B, n) for a ToyModel of K instances and n features."""
+    n_instances, _, n_features = model.W.shape
+    return _check_array(name, x, (n_instances, "B", n_features))
+
+
+def _check_rows(sae, name, h):
+    """h (B, d) for a SparseAutoencoder of d inputs."""
+    return _check_array(name, h, ("B", sae.params["b_dec"].shape[0]))
+
+
+def _check_real_list(name, values, what):
+    """A non-empty 1-D list of real numbers -> float64 array (then checked to be `what`)."""
+    a = np.asarray(values)
+    if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a non-empty list of numbers {what}, got {values!r}")
+    T.check_finite(name, a)
+    return a.astype(np.float64)
+
+
+def _check_probabilities(name, values):
+    a = _check_real_list(name, values, "in [0, 1]")
+    if not np.all((a >= 0) & (a <= 1)):
+        raise ValueError(f"{name} must be a non-empty list of numbers in [0, 1], got {values!r}")
+    return a
+
+
+def _check_nonnegative(name, values):
+    a = _check_real_list(name, values, ">= 0")
+    if not np.all(a >= 0):
+        raise ValueError(f"{name} must be a non-empty list of numbers >= 0, got {values!r}")
+    return a
+
+
+def _instance_feature_array(name, value, n_instances, n_features, vector_means):
+    """Broadcast a number, a vector or a (K, n) array of real numbers to (K, n). A vector is
+    read as one value per instance or one per feature, as vector_means says ("instance" or
+    "feature")."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iuf" or a.size == 0:
+        raise ValueError(f"{name} must be a real number, a vector or an array of them, got {value!r}")
+    a = a.astype(np.float64)
+    if a.ndim == 1:
+        expected = n_instances if vector_means == "instance" else n_features
+        if a.shape[0] != expected:
+            raise ValueError(f"{name} as a vector needs one value per {vector_means} "
+                             f"({expected}), got length {a.shape[0]}")
+        a = a[:, None] if vector_means == "instance" else a[None, :]
+    elif a.ndim > 2 or (a.ndim == 2 and a.shape != (n_instances, n_features)):
+        raise ValueError(f"{name} must be a number, a vector of one value per {vector_means}, "
+                         f"or an array of shape {(n_instances, n_features)}; got shape {a.shape}")
+    T.check_finite(name, a)
+    return np.broadcast_to(a, (n_instances, n_features)).copy()
+
+
+def _check_toy_model(n_features, n_hidden, n_instances, feature_probability, importance,
+                     activation, seed, dtype):
+    n = T.check_count("n_features", n_features)
+    m = T.check_count("n_hidden", n_hidden)
+    k = T.check_count("n_instances", n_instances)
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    p = _instance_feature_array("feature_probability", feature_probability, k, n, "instance")
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError(f"feature_probability must lie in [0, 1], got {feature_probability!r}")
+    imp = _instance_feature_array("importance", importance, k, n, "feature")
+    if np.any(imp < 0):
+        raise ValueError(f"importance must be >= 0, got {importance!r}")
+    dtype = T.check_float_dtype(dtype)
+    seed = T.check_count("seed", seed, minimum=0)
+    with np.errstate(over="ignore"):                      # too small a p: checked next
+        inverse = np.divide(1.0, p, out=np.zeros_like(p), where=p > 0).astype(dtype)
+    if not np.all(np.isfinite(inverse)):
+        raise ValueError(f"feature_probability must be 0 or at least "
+                         f"{1 / np.finfo(dtype).max:.2e} (1/p must fit in {np.dtype(dtype)}), "
+                         f"got {feature_probability!r}")
+    return n, m, k, p, imp, inverse, dtype, seed
+
+
+def _check_sparse_features(rng, inverse_probability, batch_size, dtype):
+    T.check_rng(rng)
+    inverse = _check_array("inverse_probability", inverse_probability, ("K", 1, "n"))
+    if not np.all((inverse == 0) | (inverse >= 1)):      # 1/p >= 1 for every p in (0, 1]
+        raise ValueError(f"inverse_probability must hold 1/p for p in (0, 1] (so >= 1) or 0, "
+                         f"got {inverse_probability!r}")
+    return rng, inverse, T.check_count("batch_size", batch_size), T.check_float_dtype(dtype)
+
+
+def _check_fit(steps, batch_size, lr):
+    return (T.check_count("steps", steps), T.check_count("batch_size", batch_size),
+            T.check_positive("lr", lr))
+
+
+def _check_callable(name, f, signature, optional=False):
+    if not (callable(f) or (optional and f is None)):
+        raise TypeError(f"{name} must be a function {signature}{' or None' if optional else ''}, "
+                        f"got {f!r}")
+
+
+def _check_loss(name, losses, step, lr):
+    """Training stops at the first loss that is not finite, before that step's update."""
+    bad = ~np.isfinite(np.atleast_1d(losses))
+    if bad.any():
+        which = f" of instance(s) {np.flatnonzero(bad).tolist()}" if bad.size > 1 else ""
+        raise FloatingPointError(f"{name}{which} is not finite at step {step}: training "
+                                 f"diverged; try a smaller lr than {lr}")
+
+
+def _check_some_feature(squared_norm):
+    if np.any(squared_norm == 0):
+        raise ValueError(f"W must represent some feature: m / ‖W‖_F² is undefined for an "
+                         f"all-zero W, got {np.count_nonzero(squared_norm == 0)} all-zero "
+                         f"model(s) among {squared_norm.size}")
+
+
+def _check_best_of_seeds(model, n_seeds, eval_batch):
+    if not isinstance(model, ToyModel):
+        raise TypeError(f"model must be a ToyModel, got {type(model).__name__}")
+    n_seeds = T.check_count("n_seeds", n_seeds)
+    if model.W.shape[0] % n_seeds:
+        raise ValueError(f"n_seeds must divide the model's {model.W.shape[0]} instances, "
+                         f"got {n_seeds}")
+    return n_seeds, T.check_count("eval_batch", eval_batch)
+
+
+def _check_distinct(points, distances):
+    if points.shape[0] < 2:
+        raise ValueError(f"points must hold N >= 2 points, got shape {points.shape}")
+    if not np.all(distances > 0):
+        raise ValueError("points must be distinct: a pair at distance 0 has no distortion ratio")
+
+
+def _check_dimensions(m):
+    """A number of dimensions >= 1, or an array of them -> float64."""
+    dims = np.asarray(m)
+    if dims.dtype.kind not in "iuf" or dims.size == 0 or not np.all(np.isfinite(dims) & (dims >= 1)):
+        raise ValueError(f"m must be a number of dimensions >= 1 (or a list of them), got {m!r}")
+    return dims.astype(np.float64)
+
+
+def _check_directions(m, eps, n_candidates, rng):
+    m, n_candidates = T.check_count("m", m), T.check_count("n_candidates", n_candidates)
+    eps = T.check_positive("eps", eps)
+    if eps >= 1:
+        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+    T.check_rng(rng)
+    return m, eps, n_candidates
+
+
+def _check_resample(sae, h, dead, optimizer):
+    h = _check_rows(sae, "h", h)
+    dead, n_latents = np.asarray(dead), sae.params["b_enc"].size
+    if dead.ndim != 1 or dead.dtype.kind not in "iu" or not np.all((dead >= 0) & (dead < n_latents)):
+        raise ValueError(f"dead must be a 1-D array of latent indices in [0, {n_latents}), "
+                         f"got {dead!r}")
+    if not (isinstance(optimizer, T.Adam) and len(optimizer.params) == len(sae.params) and all(
+            p is q for (_, p, _), (_, q, _) in zip(optimizer.params, sae.parameters()))):
+        raise TypeError(f"optimizer must be the transformer.Adam that trains this SAE, "
+                        f"got {type(optimizer).__name__}")
+    return h, dead
+
+
+def _check_dictionary(dictionary, features):
+    """Rows (F, d) and (n, d) of the same length d, none of them zero -> float64."""
+    checked = []
+    for name, rows in (("dictionary", dictionary), ("features", features)):
+        rows = np.asarray(_check_array(name, rows, ("rows", "d")), dtype=np.float64)
+        zero = np.linalg.norm(rows, axis=-1) == 0
+        if zero.any():
+            raise ValueError(f"{name} must have no zero rows (a zero row has no direction), "
+                             f"got {np.count_nonzero(zero)} of {rows.shape[0]}")
+        checked.append(rows)
+    if checked[0].shape[1] != checked[1].shape[1]:
+        raise ValueError(f"dictionary rows ({checked[0].shape[1]}) and features rows "
+                         f"({checked[1].shape[1]}) must have the same length")
+    return checked

@@ -24,6 +24,7 @@ import functools  # noqa: E402  (imports after the thread setting, on purpose)
 import importlib.util  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
+import pickle  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -628,14 +629,17 @@ def test_loading_a_file_that_is_not_a_model_fails_clearly(tmp_path):
 # circuits.py: the Kronecker identities, path expansion, QK/OV circuits, skip-trigrams, induction heads
 # ==============================================================================================
 
+IDENTITY_TOL = 1e-12   # |left - right| of an exact identity in float64 (measured: at most 4e-15)
+
+
 @lru_cache(maxsize=None)
-def _ci_skip_model():
+def _trained_skip_trigram_model():
     """One-layer model trained on planted skip-trigrams (float32, ~1.5 s), shared by tests."""
     return C.train_skip_trigram_model(seed=0)[0]
 
 
 @lru_cache(maxsize=None)
-def _ci_induction_models():
+def _trained_induction_models():
     """Two-layer and one-layer models trained identically on repeated segments, plus an
     evaluation batch drawn separately (float32, ~3 s together)."""
     two = C.train_induction_model(n_layers=2, seed=0)[0]
@@ -644,27 +648,32 @@ def _ci_induction_models():
     return two, one, tokens, inside
 
 
-def _ci_random_simplified(n_layers, seed=0):
-    return C.attention_only_model(11, 12, 3, n_layers, 9, np.float64, seed)
+def _simplified_model(n_layers, seed=0, tie_weights=False, positional="sinusoidal"):
+    """A random float64 simplified transformer: vocabulary 11, d_model 12, 3 heads of 4, max_len 9."""
+    return T.DecoderOnlyTransformer(11, 12, 3, n_layers, d_ff=1, max_len=9, tie_weights=tie_weights,
+                                    attention_only=True, layer_norm=False, bias=False,
+                                    positional=positional, seed=seed)
 
 
-# ---- 1-2: the Kronecker product and one head three ways -------------------------------------
+# ----------------------------------------------------------------------------------------------
+# 1-2: the Kronecker product and one head three ways
+# ----------------------------------------------------------------------------------------------
 
 def test_kronecker_identities_hold_to_machine_precision():
     for seed in (0, 1):
         errors = C.kronecker_identity_errors(seed)
         assert len(errors) == 8
         for name, err in errors.items():
-            assert err < 1e-12, (name, err)
+            assert err < IDENTITY_TOL, (name, err)
 
 
 def test_kron_reproduces_the_papers_example_and_acts_as_q_x_pt():
     A, B = np.array([[1, 2], [3, 4]]), np.array([[0, 5], [6, 7]])
     paper = np.array([[0, 5, 0, 10], [6, 7, 12, 14], [0, 15, 0, 20], [18, 21, 24, 28]])
-    assert np.array_equal(np.kron(A, B), paper)                       # seed 003, Example 15
+    assert np.array_equal(np.kron(A, B), paper)                       # Menon, Example 15
     X = np.arange(6.0).reshape(2, 3)
     P = np.arange(12.0).reshape(4, 3) - 5
-    assert np.allclose(C.kron_apply(P, B, X), C.unvec(np.kron(P, B) @ C.vec(X), (2, 4)), atol=1e-12)
+    assert np.allclose(C.kron_apply(P, B, X), C.unvec(np.kron(P, B) @ C.vec(X), (2, 4)), atol=IDENTITY_TOL)
     # the other reading, P X Qᵀ, is a different operator: the convention matters
     assert not np.allclose(C.kron_apply(A, B, X[:, :2]), A @ X[:, :2] @ B.T)
     assert np.array_equal(C.unvec(C.vec(X), X.shape), X)
@@ -680,12 +689,12 @@ def test_head_output_three_ways_agree_with_and_without_causal_mask():
         assert np.allclose(A.sum(axis=1), 1)
         assert causal == bool(np.all(np.triu(A, 1) == 0))
         H = C.head_output(X, A, W_V, W_O)
-        assert np.max(np.abs(H - C.head_output_kronecker(X, A, W_V, W_O))) < 1e-12
-        assert np.max(np.abs(H - C.head_output_kronecker(X, A, W_V, W_O, explicit=True))) < 1e-12
+        assert np.max(np.abs(H - C.head_output_kronecker(X, A, W_V, W_O))) < IDENTITY_TOL
+        assert np.max(np.abs(H - C.head_output_kronecker(X, A, W_V, W_O, explicit=True))) < IDENTITY_TOL
 
 
 def test_translation_to_columns_reproduces_the_models_attention_patterns():
-    model = _ci_random_simplified(1)
+    model = _simplified_model(1)
     tokens = np.random.default_rng(0).integers(0, 11, (2, 9))
     _, (pattern,) = C.run_with_patterns(model, tokens)
     W_E, _, P = C.embedding_weights(model)
@@ -693,10 +702,21 @@ def test_translation_to_columns_reproduces_the_models_attention_patterns():
         X0 = W_E[:, tokens[b]] + P[:, :9]
         for h in range(3):
             W_Q, W_K, _, _ = C.head_weights(model, 0, h)
-            assert np.max(np.abs(C.attention_pattern(X0, W_Q, W_K) - pattern[b, h])) < 1e-12
+            assert np.max(np.abs(C.attention_pattern(X0, W_Q, W_K) - pattern[b, h])) < IDENTITY_TOL
 
 
-# ---- 3: zero layers --------------------------------------------------------------------------
+def test_to_float64_copy_is_equal_and_independent():
+    model = C.attention_only_model(5, 8, 2, 1, 6, np.float32, 1)
+    copy = C.to_float64(model)
+    for (_, a, _), (_, b, _) in zip(model.parameters(), copy.parameters()):
+        assert b.dtype == np.float64 and np.array_equal(a, b)
+    copy.embed.params["W"][0, 0] += 1
+    assert model.embed.params["W"][0, 0] != copy.embed.params["W"][0, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 5: zero layers
+# ----------------------------------------------------------------------------------------------
 
 def test_zero_layer_model_learns_the_bigram_table():
     model, corpus, losses = C.train_bigram_model(seed=0)
@@ -709,21 +729,39 @@ def test_zero_layer_model_learns_the_bigram_table():
     assert list(terms) == ["tok", "pos"]
     W_E, W_U, _ = C.embedding_weights(model)
     onehot = T.one_hot(tokens[0], 16).T                              # (V, n): tokens as columns
-    assert np.allclose(terms["tok"][0].T, C.kron_apply(np.eye(16), W_U @ W_E, onehot), atol=1e-12)
+    assert np.allclose(terms["tok"][0].T, C.kron_apply(np.eye(16), W_U @ W_E, onehot), atol=IDENTITY_TOL)
 
 
-# ---- 4: one layer: path expansion, circuits, skip-trigrams ------------------------------------
+def test_bigram_table_is_laid_out_like_w_u_w_e():
+    tokens = np.array([[0, 1, 0, 2]])                 # 0 -> 1, 1 -> 0, 0 -> 2; 2 is never current
+    table = C.bigram_log_probs(tokens, 3)             # (V_next, V_cur)
+    assert table[1, 0] == table[2, 0] == np.log(0.5) and table[0, 1] == 0
+    assert np.isneginf(table[0, 0]) and np.all(np.isnan(table[:, 2]))
+    # a zero-layer model whose W_U W_E is exactly the corpus's log table correlates perfectly
+    corpus = C.markov_corpus(np.random.default_rng(0), 6, 50, 9)
+    logp = C.bigram_log_probs(corpus, 6)
+    assert np.isfinite(logp).any(axis=0).all()        # every token occurs as a current token
+    model = T.DecoderOnlyTransformer(6, 6, 1, 0, d_ff=1, max_len=8, attention_only=True,
+                                     layer_norm=False, bias=False)
+    model.embed.params["W"][...] = np.eye(6) / model.embed_scale          # W_E = I
+    model.unembed.params["W"][...] = np.where(np.isfinite(logp), logp, -40).T  # W_U = log table
+    assert C.bigram_correlation(model, corpus) > 1 - IDENTITY_TOL
+
+
+# ----------------------------------------------------------------------------------------------
+# 6: one layer: path expansion, circuits, skip-trigrams
+# ----------------------------------------------------------------------------------------------
 
 def test_path_expansion_equals_the_logits_term_by_term_for_one_layer():
-    model = C.to_float64(_ci_skip_model())
+    model = C.to_float64(_trained_skip_trigram_model())
     tokens = C.skip_trigram_corpus(np.random.default_rng(5), C.PLANTED_TRIPLES, 16, 4, 8)
     logits = model.forward(tokens)
     terms = C.path_expansion(model, tokens)
     assert len(terms) == 2 + 2 * 4
-    assert np.max(np.abs(sum(terms.values()) - logits)) < 1e-10
+    assert np.max(np.abs(sum(terms.values()) - logits)) < IDENTITY_TOL
     heads = range(4)
 
-    def _ci_logits_with_only(kept):
+    def logits_with_only(kept):
         with ExitStack() as stack:
             for g in heads:
                 if g not in kept:
@@ -731,32 +769,54 @@ def test_path_expansion_equals_the_logits_term_by_term_for_one_layer():
             return model.forward(tokens)
 
     # the direct path is what the model computes with every head silenced ...
-    direct = _ci_logits_with_only(())
-    assert np.max(np.abs(terms["tok"] + terms["pos"] - direct)) < 1e-10
+    direct = logits_with_only(())
+    assert np.max(np.abs(terms["tok"] + terms["pos"] - direct)) < IDENTITY_TOL
     # ... and each head's term is what that head alone adds (one layer: patterns do not change)
     for h in heads:
-        alone = _ci_logits_with_only((h,))
+        alone = logits_with_only((h,))
         head_terms = terms[f"tok > L0H{h}"] + terms[f"pos > L0H{h}"]
-        assert np.max(np.abs(head_terms - (alone - direct))) < 1e-10
+        assert np.max(np.abs(head_terms - (alone - direct))) < IDENTITY_TOL
     # the token part of head h is (A^h ⊗ W_U W_OV^h W_E) acting on the one-hot tokens
     _, (A,) = C.run_with_patterns(model, tokens)
     onehot = T.one_hot(tokens[1], 16).T
     for h in heads:
         expected = C.kron_apply(A[1, h], C.ov_circuit(model, 0, h), onehot)
-        assert np.max(np.abs(terms[f"tok > L0H{h}"][1].T - expected)) < 1e-10
+        assert np.max(np.abs(terms[f"tok > L0H{h}"][1].T - expected)) < IDENTITY_TOL
 
 
 def test_path_expansion_two_layers_sums_all_chains_of_heads():
-    model = _ci_random_simplified(2, seed=4)
+    model = _simplified_model(2, seed=4)
     tokens = np.random.default_rng(1).integers(0, 11, (3, 9))
     terms = C.path_expansion(model, tokens)
     assert len(terms) == 2 * (1 + 3) ** 2
     assert "pos > L0H2 > L1H1" in terms
-    assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < 1e-10
+    assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < IDENTITY_TOL
+
+
+def test_tied_unembedding_translates_and_the_path_expansion_stays_exact():
+    model = _simplified_model(2, tie_weights=True, seed=2)
+    W_E, W_U, _ = C.embedding_weights(model)
+    assert np.array_equal(W_U, model.embed.params["W"])         # logits = h Eᵀ: no embed scale
+    assert np.allclose(W_U.T * model.embed_scale, W_E)
+    tokens = np.random.default_rng(0).integers(0, 11, (2, 9))
+    terms = C.path_expansion(model, tokens)
+    assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < IDENTITY_TOL
+
+
+def test_learned_positions_enter_the_path_expansion_as_their_own_table():
+    model = _simplified_model(2, seed=2, positional="learned")
+    table = model.pos_embed.params["W"]
+    table[...] = np.random.default_rng(9).normal(size=table.shape)     # not its initial values
+    _, _, P = C.embedding_weights(model)
+    assert np.array_equal(P, table.T)
+    tokens = np.random.default_rng(0).integers(0, 11, (2, 9))
+    terms = C.path_expansion(model, tokens)
+    assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < IDENTITY_TOL
+    assert np.max(np.abs(terms["pos"])) > 0.1                           # the positions are in it
 
 
 def test_qk_and_ov_circuits_are_the_weight_products():
-    model = _ci_random_simplified(1)
+    model = _simplified_model(1)
     W_E, W_U, _ = C.embedding_weights(model)
     _, _, W_V, W_O = C.head_weights(model, 0, 2)
     # one source token a attended alone: the head adds W_U W_OV W_E[:, a] to the logits
@@ -771,17 +831,41 @@ def test_qk_and_ov_circuits_are_the_weight_products():
 
 
 def test_planted_skip_trigrams_are_the_top_of_the_table():
-    rows = C.skip_trigrams(_ci_skip_model(), top_k=6)
+    rows = C.skip_trigrams(_trained_skip_trigram_model(), top_k=6)
     scores = [r[0] for r in rows]
     assert scores == sorted(scores, reverse=True)
     assert {r[2:] for r in rows[:4]} == set(C.PLANTED_TRIPLES)
-    assert all(0 < r[0] <= 1 for r in rows[:4])
+    assert all(r[0] > 0 for r in rows[:4])     # a planted source raises p(out)
 
 
-# ---- 5: two layers: induction heads ------------------------------------------------------------
+def test_skip_trigram_scores_are_the_models_own_two_token_predictions():
+    # skip_trigrams reads each triple on the context "a b" with positions left out. Built
+    # without positional code the model itself computes exactly that context, so every score
+    # must equal softmax(forward([a, b]))[c] - softmax(forward([b]))[c].
+    model = _simplified_model(1, seed=3, positional=None)
+    for block in model.blocks:          # larger weights than at initialisation: sharper softmaxes
+        for lin in (block.self_attn.query, block.self_attn.key, block.self_attn.value):
+            lin.params["W"] *= 4
+    V = model.vocab_size
+    a, b = np.divmod(np.arange(V * V), V)                                   # every pair (a, b)
+    with_a = T.softmax(model.forward(np.stack([a, b], axis=1))[:, 1], axis=-1).reshape(V, V, V)
+    alone = T.softmax(model.forward(np.arange(V)[:, None])[:, 0], axis=-1)  # (b, c)
+    expected = with_a - alone[None]                                         # (a, b, c)
+    rows = C.skip_trigrams(model, top_k=V ** 3)
+    got = np.empty((V, V, V))
+    for score, _, src, dst, out in rows:
+        got[src, dst, out] = score
+    assert len(rows) == V ** 3
+    assert np.max(np.abs(got - expected)) < IDENTITY_TOL
+    assert np.max(np.abs(expected)) > 0.05                  # the check is not between zeros
+
+
+# ----------------------------------------------------------------------------------------------
+# 7: two layers: induction heads
+# ----------------------------------------------------------------------------------------------
 
 def test_induction_head_forms_in_two_layers_and_not_in_one():
-    two, one, tokens, inside = _ci_induction_models()
+    two, one, tokens, inside = _trained_induction_models()
     inputs = tokens[:, :-1]
     induction = C.induction_scores(two, inputs, inside)
     previous = C.previous_token_scores(two, inputs)
@@ -829,13 +913,16 @@ def test_composition_and_copying_scores_on_known_matrices():
     assert C.copying_score(np.eye(3)) == pytest.approx(1.0)
     assert C.copying_score(-np.eye(3)) == pytest.approx(-1.0)
     rotation = np.array([[0.0, -1.0], [1.0, 0.0]])           # eigenvalues ±i: neither copies
-    assert abs(C.copying_score(rotation)) < 1e-12
-    base = C.random_composition_baseline(32, 16, np.random.default_rng(0))
-    assert 0 < base < 1
+    assert abs(C.copying_score(rotation)) < IDENTITY_TOL
+    # the baseline is the mean score of random products W_1ᵀ W_2 and W_3ᵀ W_4, drawn the same way
+    W = np.random.default_rng(0).standard_normal((20, 4, 16, 32))
+    by_definition = np.mean([C.composition_score(w[0].T @ w[1], w[2].T @ w[3]) for w in W])
+    base = C.random_composition_baseline(32, 16, np.random.default_rng(0), samples=20)
+    assert abs(base - by_definition) < IDENTITY_TOL
 
 
 def test_ablation_restores_the_weights_even_after_an_error():
-    model = _ci_random_simplified(2)
+    model = _simplified_model(2)
     before = model.blocks[1].self_attn.out.params["W"].copy()
     with pytest.raises(RuntimeError):
         with C.ablated(model, 1, 2):
@@ -845,296 +932,15 @@ def test_ablation_restores_the_weights_even_after_an_error():
     assert np.array_equal(model.blocks[1].self_attn.out.params["W"], before)
 
 
-def test_to_float64_copy_is_equal_and_independent():
-    model = C.attention_only_model(5, 8, 2, 1, 6, np.float32, 1)
-    copy = C.to_float64(model)
-    for (_, a, _), (_, b, _) in zip(model.parameters(), copy.parameters()):
-        assert b.dtype == np.float64 and np.array_equal(a, b)
-    copy.embed.params["W"][0, 0] += 1
-    assert model.embed.params["W"][0, 0] != copy.embed.params["W"][0, 0]
-
-
-# ---- bad input ----------------------------------------------------------------------------------
-
-def test_circuits_bad_inputs_raise_value_errors_that_name_the_argument():
-    X = np.ones((2, 3))
-    with pytest.raises(ValueError, match="Q has 4 columns but X has 2 rows"):
-        C.kron_apply(np.eye(3), np.ones((2, 4)), X)
-    with pytest.raises(ValueError, match="P has 2 columns but X has 3 columns"):
-        C.kron_apply(np.eye(2), np.eye(2), X)
-    with pytest.raises(ValueError, match="P must be a 2-D matrix"):
-        C.kron_apply(np.ones(3), np.eye(2), X)
-    with pytest.raises(ValueError, match="A must be"):
-        C.head_output(X, np.eye(2), np.ones((1, 2)), np.ones((2, 1)))
-    with pytest.raises(ValueError, match="W_Q and W_K must both be"):
-        C.attention_pattern(X, np.ones((1, 2)), np.ones((2, 2)))
-    with pytest.raises(ValueError, match="W_V must be"):
-        C.head_output_kronecker(X, np.eye(3), np.ones((1, 3)), np.ones((2, 1)))
-    full = T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6)
-    with pytest.raises(ValueError, match="attention_only=True, layer_norm=False, bias=False"):
-        C.path_expansion(full, np.zeros((1, 3), int))
-    with pytest.raises(ValueError, match="DecoderOnlyTransformer"):
-        C.qk_circuit("not a model", 0, 0)
-    model = _ci_random_simplified(2)
-    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 1\]"):
-        C.ov_circuit(model, 2, 0)
-    with pytest.raises(ValueError, match=r"head must be an int in \[0, 2\]"):
-        C.qk_circuit(model, 0, 3)
-    with pytest.raises(ValueError, match="head must be"):
-        with C.ablated(model, 0, -1):
-            pass
-    with pytest.raises(ValueError, match="no layers"):
-        C.head_weights(C.attention_only_model(5, 4, 1, 0, 4), 0, 0)
-    with pytest.raises(ValueError, match="exactly 1 layer"):
-        C.skip_trigrams(model, 3)
-    with pytest.raises(ValueError, match="top_k"):
-        C.skip_trigrams(_ci_random_simplified(1), 0)
-    with pytest.raises(ValueError, match="no destination"):
-        C.induction_scores(model, np.arange(9)[None])
-    with pytest.raises(ValueError, match="where must be"):
-        C.induction_scores(model, np.zeros((1, 9), int), np.ones((1, 8), bool))
-    with pytest.raises(ValueError, match="min_len"):
-        C.repeated_segment_batch(np.random.default_rng(0), 2, 10, 5, 3, 6)
-    with pytest.raises(ValueError, match="A has 3 columns but B has 2 rows"):
-        C.composition_score(np.ones((2, 3)), np.ones((2, 2)))
-    with pytest.raises(ValueError, match="M must be square"):
-        C.copying_score(np.ones((2, 3)))
-    with pytest.raises(ValueError, match="tokens"):
-        C.path_expansion(model, np.full((1, 3), 11))
-
-
-def _zero_tokens(rng):
-    return np.zeros((2, 4), int)
-
-
-@pytest.mark.parametrize("call, error, name", [
-    # sections 1-3: matrices, shapes, models
-    (lambda: C.attention_pattern(np.full((2, 3), np.nan), np.ones((1, 2)), np.ones((1, 2))),
-     ValueError, "X must be finite"),
-    (lambda: C.attention_pattern(np.ones((2, 3)), np.full((1, 2), np.inf), np.ones((1, 2))),
-     ValueError, "W_Q must be finite"),
-    (lambda: C.kron_apply(np.eye(2), np.array([["a", "b"]]), np.ones((2, 2))), ValueError,
-     "Q must be a 2-D matrix of real numbers"),
-    (lambda: C.unvec(np.arange(6.0), 6), ValueError, r"shape must be a pair of ints \(d, n\), got 6"),
-    (lambda: C.unvec(np.arange(6.0), (2.0, 3)), ValueError, "shape must be a pair of ints"),
-    (lambda: C.kronecker_identity_errors(-1), ValueError, "seed must be an int >= 0, got -1"),
-    (lambda: C.to_rows(np.ones(3)), ValueError, r"Y must have shape \(\.\.\., V, n\)"),
-    (lambda: C.run_with_patterns("not a model", np.zeros((1, 3), int)), ValueError, "model must be"),
-    (lambda: C.to_float64(None), ValueError, "model must be a transformer.DecoderOnlyTransformer"),
-    (lambda: C.attention_only_model(11, 12, 3, 1, 9, seed=1.5), ValueError, "seed"),
-    # section 4: training and per-token losses
-    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, every=1), TypeError,
-     "monitor must be a function .* when every > 0, got NoneType"),
-    (lambda: C.train(_ci_random_simplified(1), None, 2), TypeError, "sample must be a function"),
-    (lambda: C.train("not a model", _zero_tokens, 2), ValueError, "model must be"),
-    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2.5), ValueError, "steps must be an int >= 0, got 2.5"),
-    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, every=-1, monitor=print), ValueError, "every"),
-    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, lr=-1), ValueError, "lr"),
-    (lambda: C.train(_ci_random_simplified(1), _zero_tokens, 2, seed=1.5), ValueError, "seed"),
-    (lambda: C.train(_ci_random_simplified(1), lambda rng: np.zeros(4, int), 2), ValueError,
-     r"sample\(rng\) must have shape \(B, n \+ 1\)"),
-    (lambda: C.train(_ci_random_simplified(1), lambda rng: np.zeros((2, 11), int), 2), ValueError,
-     r"sample\(rng\) .* max_len = 9, got shape \(2, 11\)"),
-    (lambda: C.token_losses(_ci_random_simplified(1), np.array([1, 2, 3])), ValueError,
-     r"tokens must have shape \(B, n \+ 1\)"),
-    (lambda: C.token_losses(_ci_random_simplified(1), np.array([[1]])), ValueError, r"tokens .*got shape \(1, 1\)"),
-    (lambda: C.token_losses(_ci_random_simplified(1), np.array([[1.0, 2.0]])), TypeError, "tokens"),
-    (lambda: C.next_token_losses(np.zeros((1, 2, 3)), np.array([[0, 5]])), ValueError,
-     r"targets must hold ids in \[0, 3\)"),
-    (lambda: C.next_token_losses(np.zeros((1, 2, 3)), np.array([[0, 1, 1]])), ValueError,
-     r"targets must have the shape of logits .*\(1, 2\), got \(1, 3\)"),
-    (lambda: C.next_token_losses(np.full((1, 2, 3), np.nan), np.array([[0, 1]])), ValueError,
-     "logits must be finite"),
-    # section 5: the bigram model
-    (lambda: C.markov_corpus(_rng(), 0, 3, 4), ValueError, "vocab_size must be an int >= 1, got 0"),
-    (lambda: C.markov_corpus(_rng(), 2, 3, 4, successors=5), ValueError,
-     r"successors must be an int in \[1, vocab_size = 2\], got 5"),
-    (lambda: C.markov_corpus(_rng(), 4, 0, 3), ValueError, "n_seqs"),
-    (lambda: C.markov_corpus(_rng(), 4, 3, 0), ValueError, "length"),
-    (lambda: C.markov_corpus(0, 4, 3, 3), TypeError, "rng must be a np.random.Generator"),
-    (lambda: C.bigram_log_probs(np.array([[1, 9]]), 4), ValueError, r"tokens must hold ids in \[0, 4\)"),
-    (lambda: C.bigram_log_probs(np.array([1, 2]), 4), ValueError, r"tokens must be a corpus"),
-    (lambda: C.bigram_log_probs(np.array([[1.0, 2.0]]), 4), TypeError, "tokens"),
-    (lambda: C.bigram_correlation(C.attention_only_model(5, 4, 1, 0, 4), np.array([[0, 1, 2, 3, 4]])),
-     ValueError, "tokens must hold bigrams of at least two different probabilities"),
-    (lambda: C.train_bigram_model(batch=0), ValueError, "batch must be an int >= 1, got 0"),
-    (lambda: C.train_bigram_model(length=0), ValueError, "length"),
-    # section 6: skip-trigrams
-    (lambda: C.skip_trigram_corpus(_rng(), C.PLANTED_TRIPLES, 6, 4, 8), ValueError,
-     r"triples must hold ids in \[0, 6\)"),
-    (lambda: C.skip_trigram_corpus(_rng(), [0, 4, 6], 16, 4, 8), ValueError,
-     r"triples must be .* shape \(k, 3\)"),
-    (lambda: C.skip_trigram_corpus(_rng(), C.PLANTED_TRIPLES, 16, 4, 2), ValueError,
-     "length must be an int >= 3"),
-    (lambda: C.skip_trigram_corpus(_rng(), [(0, 0, 0)], 1, 4, 8), ValueError, "no filler token"),
-    (lambda: C.skip_trigram_corpus(None, C.PLANTED_TRIPLES, 16, 4, 8), TypeError, "rng"),
-    (lambda: C.train_skip_trigram_model(length=1), ValueError, "length must be an int >= 2"),
-    # section 7: induction heads
-    (lambda: C.repeated_segment_batch(0, 2, 10, 5, 2, 3), TypeError, "rng"),
-    (lambda: C.repeated_segment_batch(_rng(), 0, 10, 5, 2, 3), ValueError, "batch"),
-    (lambda: C.repeated_segment_batch(_rng(), 2, 10, 5, 2.5, 3), ValueError, "min_len and max_len must be ints"),
-    (lambda: C.train_induction_model(length=4), ValueError, "length must be an int >= 8, got 4"),
-    (lambda: C.train_induction_model(steps=1, every=1), TypeError, "monitor"),
-    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 4), bool)), ValueError,
-     r"inside must be a bool mask of the losses' shape \(2, 3\)"),
-    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 3), int)), ValueError, "inside must be a bool mask"),
-    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 3), bool)), ValueError,
-     "inside must be True at some positions and False at others"),
-    (lambda: C.split_losses(np.array([[np.nan, 1.0]]), np.array([[True, False]])), ValueError,
-     "losses must be finite"),
-    (lambda: C.repeat_losses(_ci_random_simplified(2), np.zeros((1, 5), int), np.ones((1, 5), bool)), ValueError,
-     "inside"),
-    (lambda: C.ablation_losses("not a model", np.zeros((1, 5), int), np.ones((1, 4), bool), 0),
-     ValueError, "model must be"),
-    (lambda: C.score_induction(np.full((1, 1, 1, 3, 3), np.nan), np.zeros((1, 3), int)), ValueError,
-     "patterns must be finite"),
-    (lambda: C.score_previous_token(np.ones((1, 0, 1, 3, 3))), ValueError, "patterns must have shape"),
-    (lambda: C.previous_token_scores(_ci_random_simplified(2), np.zeros((1, 1), int)), ValueError,
-     r"n >= 2 positions \(tokens\)"),
-    (lambda: C.composition_score(np.zeros((2, 2)), np.eye(2)), ValueError, "A and B must both be nonzero"),
-    (lambda: C.copying_score(np.zeros((2, 2))), ValueError, "M has only zero eigenvalues"),
-    (lambda: C.copying_score(np.full((2, 2), np.nan)), ValueError, "M must be finite"),
-    (lambda: C.random_composition_baseline(4, 2, 0), TypeError, "rng"),
-    (lambda: C.random_composition_baseline(4, 2, _rng(), samples=0), ValueError, "samples"),
-])
-def test_circuits_more_bad_input_is_named(call, error, name):
-    with pytest.raises(error, match=name):
-        call()
-
-
-def test_circuits_train_refuses_a_bad_sample_before_any_update():
-    model = _ci_random_simplified(1)
-    before = [value.copy() for _, value, _ in model.parameters()]
-    with pytest.raises(ValueError, match=r"sample\(rng\)"):
-        C.train(model, lambda rng: np.zeros(4, int), 3)
-    assert all(np.array_equal(value, old) for (_, value, _), old in zip(model.parameters(), before))
-
-
-def test_circuits_checked_functions_still_take_their_valid_edge_cases():
-    model = _ci_random_simplified(1)
-    tokens = np.random.default_rng(1).integers(0, 11, (2, model.max_len + 1))   # the longest allowed
-    logits = model.forward(tokens[:, :-1])
-    expected = -np.take_along_axis(T.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
-    assert np.array_equal(C.token_losses(model, tokens), expected)
-    assert np.array_equal(C.next_token_losses(logits, tokens[:, 1:].tolist()), expected)  # lists too
-    assert C.split_losses([[1.0, 2.0, 4.0]], [[True, False, False]]) == (1.0, 3.0)
-    assert np.array_equal(C.unvec(np.arange(6.0), np.array([2, 3])), [[0, 2, 4], [1, 3, 5]])
-    losses, records = C.train(model, _zero_tokens, 0)
-    assert losses.shape == (0,) and records == []
-    _, records = C.train(model, _zero_tokens, 4, every=2, monitor=lambda step, m: step)
-    assert records == [0, 2, 3]
-    corpus = C.markov_corpus(np.random.default_rng(0), 3, 20, 5, successors=3)
-    assert corpus.shape == (20, 5) and corpus.min() >= 0 and corpus.max() <= 2
-    assert np.isfinite(C.bigram_log_probs(np.array([[0, 1], [1, 0]]), 2)).sum() == 2
-    planted = C.skip_trigram_corpus(np.random.default_rng(0), C.PLANTED_TRIPLES, 16, 50, 3)
-    assert planted.shape == (50, 3) and np.all(planted[:, 1] >= 4) and np.all(planted[:, 1] <= 5)
-    assert C.composition_score(np.array([[1.0, 0.0]]), np.array([[0.0], [1.0]])) == 0.0  # A B = 0 is fine
-    assert C.copying_score(np.eye(3)) == 1.0
-    assert C.score_previous_token(np.array([[[[[1.0, 0.0], [0.25, 0.75]]]]])) == 0.25
-
-
-# ---- second reading: skip-trigram scores against the model, tied weights, each switch ------
-
-def _rc_simplified(n_layers, tie_weights=False, seed=0, positional="sinusoidal"):
-    return T.DecoderOnlyTransformer(11, 12, 3, n_layers, d_ff=1, max_len=9, tie_weights=tie_weights,
-                                    attention_only=True, layer_norm=False, bias=False,
-                                    positional=positional, seed=seed)
-
-
-def test_skip_trigram_scores_are_the_models_own_two_token_predictions():
-    # skip_trigrams reads each triple on the context "a b" with positions left out. Built
-    # without positional code the model itself computes exactly that context, so every score
-    # must equal softmax(forward([a, b]))[c] - softmax(forward([b]))[c].
-    model = _rc_simplified(1, seed=3, positional=None)
-    for block in model.blocks:          # larger weights than at initialisation: sharper softmaxes
-        for lin in (block.self_attn.query, block.self_attn.key, block.self_attn.value):
-            lin.params["W"] *= 4
-    V = model.vocab_size
-    a, b = np.divmod(np.arange(V * V), V)                                   # every pair (a, b)
-    with_a = T.softmax(model.forward(np.stack([a, b], axis=1))[:, 1], axis=-1).reshape(V, V, V)
-    alone = T.softmax(model.forward(np.arange(V)[:, None])[:, 0], axis=-1)  # (b, c)
-    expected = with_a - alone[None]                                         # (a, b, c)
-    rows = C.skip_trigrams(model, top_k=V ** 3)
-    got = np.empty((V, V, V))
-    for score, _, src, dst, out in rows:
-        got[src, dst, out] = score
-    assert len(rows) == V ** 3
-    assert np.max(np.abs(got - expected)) < 1e-12
-    assert np.max(np.abs(expected)) > 0.05                  # the check is not between zeros
-
-
-def test_bigram_table_is_laid_out_like_w_u_w_e():
-    tokens = np.array([[0, 1, 0, 2]])                 # 0 -> 1, 1 -> 0, 0 -> 2; 2 is never current
-    table = C.bigram_log_probs(tokens, 3)             # (V_next, V_cur)
-    assert table[1, 0] == table[2, 0] == np.log(0.5) and table[0, 1] == 0
-    assert np.isneginf(table[0, 0]) and np.all(np.isnan(table[:, 2]))
-    # a zero-layer model whose W_U W_E is exactly the corpus's log table correlates perfectly
-    corpus = C.markov_corpus(np.random.default_rng(0), 6, 50, 9)
-    logp = C.bigram_log_probs(corpus, 6)
-    assert np.isfinite(logp).any(axis=0).all()        # every token occurs as a current token
-    model = T.DecoderOnlyTransformer(6, 6, 1, 0, d_ff=1, max_len=8, attention_only=True,
-                                     layer_norm=False, bias=False)
-    model.embed.params["W"][...] = np.eye(6) / model.embed_scale          # W_E = I
-    model.unembed.params["W"][...] = np.where(np.isfinite(logp), logp, -40).T  # W_U = log table
-    assert C.bigram_correlation(model, corpus) > 1 - 1e-12
-
-
-def test_tied_unembedding_translates_and_the_path_expansion_stays_exact():
-    model = _rc_simplified(2, tie_weights=True, seed=2)
-    W_E, W_U, _ = C.embedding_weights(model)
-    assert np.array_equal(W_U, model.embed.params["W"])         # logits = h Eᵀ: no embed scale
-    assert np.allclose(W_U.T * model.embed_scale, W_E)
-    tokens = np.random.default_rng(0).integers(0, 11, (2, 9))
-    terms = C.path_expansion(model, tokens)
-    assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < 1e-10
-
-
-@pytest.mark.parametrize("switch, value", [("attention_only", False), ("layer_norm", True),
-                                           ("bias", True)])
-def test_each_missing_simplification_is_refused_by_name(switch, value):
-    config = {**dict(attention_only=True, layer_norm=False, bias=False), switch: value}
-    model = T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6, **config)
-    with pytest.raises(ValueError, match=f"{switch}={value}"):
-        C.path_expansion(model, np.zeros((1, 3), int))
-    with pytest.raises(ValueError, match="simplified transformer"):
-        C.ov_circuit(model, 0, 0)
-
-
-def test_kronecker_helpers_and_indices_refuse_bad_shapes_and_types():
-    with pytest.raises(ValueError, match=r"x must be a vector of d·n entries"):
-        C.unvec(np.arange(6.0), (2, 4))
-    with pytest.raises(ValueError, match=r"x must be a vector"):
-        C.unvec(np.ones((2, 3)), (2, 3))
-    with pytest.raises(ValueError, match="X must be a 2-D matrix"):
-        C.vec(np.ones((2, 3, 4)))
-    with pytest.raises(ValueError, match="n must be a positive int"):
-        C.virtual_weight(np.eye(2), 0)
-    with pytest.raises(ValueError, match="n must be a positive int"):
-        C.virtual_weight(np.eye(2), True)
-    with pytest.raises(ValueError, match="W must be a 2-D matrix"):
-        C.virtual_weight(np.ones(3), 2)
-    model = _rc_simplified(1)
-    with pytest.raises(ValueError, match="layer must be an int"):
-        C.qk_circuit(model, True, 0)
-    with pytest.raises(ValueError, match="head must be an int"):
-        C.head_weights(model, 0, 1.0)
-    with pytest.raises(ValueError, match="at least 2 layers for composition"):
-        C.composition_scores(model)
-
-
-def test_attention_scores_refuse_patterns_that_do_not_fit():
-    tokens = np.array([[1, 2, 1, 2]])
-    with pytest.raises(ValueError, match=r"patterns must have shape \(L, B, H, n, n\)"):
-        C.score_previous_token(np.ones((1, 4, 4)))
-    with pytest.raises(ValueError, match=r"patterns must have shape"):
-        C.score_induction(np.ones((1, 1, 1, 4, 3)), tokens)
-    with pytest.raises(ValueError, match=r"tokens must have shape \(B, n\) = \(1, 5\)"):
-        C.score_induction(np.ones((1, 1, 1, 5, 5)), tokens)
-
 
 # ==============================================================================================
 # superposition.py: the toy model's gradients and three results, exact geometries, the pentagon, JL, the SAE
 # ==============================================================================================
+
+# The central-difference checker reaches 1e-11 to 8e-11 (measured) on the toy model and the SAE,
+# one-layer models in float64; 1e-9 leaves it a factor of ten.
+SMALL_MODEL_GRADIENT_TOL = 1e-9
+
 
 # ----------------------------------------------------------------------------------------------
 # Gradients, checked by central differences in float64
@@ -1158,7 +964,7 @@ def test_toy_model_gradients(activation):
     _, dx_hat = model.loss(target, model.forward(x))
     dx = model.backward(dx_hat)
     errors = T.gradient_check(loss, list(model.parameters()) + [("x", x, dx)], num_checks=30)
-    assert max(errors.values()) < 1e-7, errors
+    assert max(errors.values()) < SMALL_MODEL_GRADIENT_TOL, errors
 
 
 def test_toy_model_instances_are_independent():
@@ -1190,11 +996,46 @@ def test_sae_gradients():
     _, dh_hat, dz = sae.loss(target, sae.forward(h))
     dh = sae.backward(dh_hat, dz)
     errors = T.gradient_check(loss, list(sae.parameters()) + [("h", h, dh)], num_checks=30)
-    assert max(errors.values()) < 1e-7, errors
+    assert max(errors.values()) < SMALL_MODEL_GRADIENT_TOL, errors
+
+
+def _sae_with_gradients(seed=0):
+    """A small SAE (d = 5, F = 8) with its gradients filled for one random batch h (9, 5)."""
+    sae = S.SparseAutoencoder(5, 8, l1=0.1, seed=seed)
+    sae.params["b_dec"][...] = 0.1
+    sae.params["b_enc"][...] = np.random.default_rng(seed + 4).normal(0, 0.2, 8)
+    h = np.random.default_rng(seed + 5).normal(size=(9, 5))
+    sae.zero_grad()
+    _, dh_hat, dz = sae.loss(h, sae.forward(h))
+    sae.backward(dh_hat, dz)
+    return sae, h
+
+
+def test_sae_decoder_gradient_is_the_gradient_on_the_unit_sphere():
+    # With unit rows d_j, the tangent gradient g - (g·d) d must equal the derivative of the loss
+    # of the renormalised decoder, L(d / ‖d‖), checked by central differences.
+    sae, h = _sae_with_gradients()
+    W_dec, g = sae.params["W_dec"], sae.grads["W_dec"]
+    assert np.allclose(np.linalg.norm(W_dec, axis=1), 1, atol=IDENTITY_TOL)
+    raw = g.copy()
+    sae.remove_parallel_decoder_gradient()
+    assert np.allclose(np.sum(g * W_dec, axis=1), 0, atol=IDENTITY_TOL)         # tangent to the sphere
+    assert np.allclose(raw - g, np.sum(raw * W_dec, axis=1, keepdims=True) * W_dec)
+    assert np.max(np.abs(raw - g)) > 1e-3                                  # it did remove something
+
+    def loss_of_renormalised_decoder():
+        perturbed = W_dec.copy()
+        np.divide(W_dec, np.linalg.norm(W_dec, axis=1, keepdims=True), out=W_dec)
+        value = sae.loss(h, sae.forward(h))[0]
+        W_dec[...] = perturbed
+        return value
+
+    errors = T.gradient_check(loss_of_renormalised_decoder, [("W_dec", W_dec, g)], num_checks=40)
+    assert errors["W_dec"] < SMALL_MODEL_GRADIENT_TOL, errors
 
 
 # ----------------------------------------------------------------------------------------------
-# The data
+# The data, training
 # ----------------------------------------------------------------------------------------------
 
 def test_sparse_features_distribution():
@@ -1217,6 +1058,23 @@ def test_sparse_features_distribution():
     assert a.dtype == np.float32 and np.array_equal(a, b)
 
 
+def test_training_is_reproducible():
+    def run():
+        model = S.ToyModel(8, 3, n_instances=2, feature_probability=[1.0, 0.1], seed=5)
+        return model.fit(20, 16, lr=1e-2), model.W.copy()
+    (h1, w1), (h2, w2) = run(), run()
+    assert np.array_equal(h1, h2) and np.array_equal(w1, w2)
+    assert np.all(h1[-5:].mean(axis=0) < h1[:5].mean(axis=0))   # and it learns
+
+
+def test_toy_model_fit_reports_progress_once_per_step():
+    model = S.ToyModel(5, 2, n_instances=3, feature_probability=0.5, seed=0)
+    seen = []
+    history = model.fit(7, 16, lr=1e-2, progress=lambda step, loss: seen.append((step, loss)))
+    assert [step for step, _ in seen] == list(range(7))
+    assert np.allclose([loss for _, loss in seen], history.mean(axis=1))
+
+
 # ----------------------------------------------------------------------------------------------
 # Measurements
 # ----------------------------------------------------------------------------------------------
@@ -1224,11 +1082,11 @@ def test_sparse_features_distribution():
 def test_known_geometries_exact():
     for name, (W, expected) in S.known_geometries().items():
         m, n = W.shape
-        assert np.allclose(S.feature_norms(W), 1, atol=1e-12), name
-        assert np.allclose(S.feature_dimensionality(W), expected, rtol=0, atol=1e-12), name
-        assert math.isclose(S.dimensions_per_feature(W), expected, abs_tol=1e-12), name
+        assert np.allclose(S.feature_norms(W), 1, atol=IDENTITY_TOL), name
+        assert np.allclose(S.feature_dimensionality(W), expected, rtol=0, atol=IDENTITY_TOL), name
+        assert math.isclose(S.dimensions_per_feature(W), expected, abs_tol=IDENTITY_TOL), name
         # Tight frame: Σ_j (W_i·W_j)² = n/m, so superposition = n/m - 1.
-        assert np.allclose(S.superposition(W), n / m - 1, atol=1e-12), name
+        assert np.allclose(S.superposition(W), n / m - 1, atol=IDENTITY_TOL), name
 
 
 def test_measurements_match_their_definitions():
@@ -1238,9 +1096,9 @@ def test_measurements_match_their_definitions():
     for i in range(7):
         unit = W[:, i] / norms[i] if norms[i] > 0 else np.zeros(3)
         overlaps = [(unit @ W[:, j]) ** 2 for j in range(7)]
-        assert math.isclose(S.superposition(W)[i], sum(overlaps) - overlaps[i], abs_tol=1e-12)
+        assert math.isclose(S.superposition(W)[i], sum(overlaps) - overlaps[i], abs_tol=IDENTITY_TOL)
         expected_d = norms[i] ** 2 / sum(overlaps) if norms[i] > 0 else 0.0
-        assert math.isclose(S.feature_dimensionality(W)[i], expected_d, abs_tol=1e-12)
+        assert math.isclose(S.feature_dimensionality(W)[i], expected_d, abs_tol=IDENTITY_TOL)
     assert math.isclose(S.dimensions_per_feature(W), 3 / np.sum(W ** 2))
     # The instance axis gives the same numbers as one model at a time.
     stack = np.stack([W, 2 * W])
@@ -1267,6 +1125,16 @@ def test_three_results():
     assert np.all(summary["represented"] >= 18)
     assert np.all(summary["max_superposition"] > 1)
     assert np.all(summary["dimensions_per_feature"] < 0.3)
+
+
+def test_more_hidden_dimensions_than_features_is_allowed_and_needs_no_superposition():
+    # Documented as allowed: with m >= n every feature gets a direction of its own.
+    model = S.ToyModel(3, 5, importance=S.importance_decay(3), seed=0)
+    model.fit(1500, 256, lr=1e-2)
+    W = model.W[0]
+    assert np.all(S.represented(W))
+    assert np.all(S.superposition(W) < 0.01)
+    assert np.allclose(S.feature_dimensionality(W), 1, atol=0.01)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1312,7 +1180,7 @@ def test_classify_phase():
 
 
 # ----------------------------------------------------------------------------------------------
-# The pentagon network of Example 26
+# The pentagon network (Menon, Attention as a Kronecker product, Example 26)
 # ----------------------------------------------------------------------------------------------
 
 def test_pentagon_network():
@@ -1320,18 +1188,41 @@ def test_pentagon_network():
     eye = np.eye(5)
     assert np.all(net.hidden(eye) > 0)                          # the hidden ReLU never cuts
     assert np.allclose(net.b1, [0.819017, 0.961057], atol=1e-6)
-    assert np.allclose(net(eye), eye, atol=1e-12)               # every single feature exact
+    assert np.allclose(net(eye), eye, atol=IDENTITY_TOL)               # every single feature exact
     z = net.preactivation(eye)
-    assert np.allclose(np.diag(z), 1, atol=1e-12)
+    assert np.allclose(np.diag(z), 1, atol=IDENTITY_TOL)
     off = z[~np.eye(5, dtype=bool)]
-    assert math.isclose(off.max(), 1.5 * math.cos(2 * math.pi / 5) - 0.5, abs_tol=1e-12)
+    assert math.isclose(off.max(), 1.5 * math.cos(2 * math.pi / 5) - 0.5, abs_tol=IDENTITY_TOL)
     # e1 + e3: 144° apart, feature 1's pre-activation 1.5 (1 + cos 144°) - 0.5 ≈ -0.2135.
     both = (eye[0] + eye[2])[None, :]
     assert np.all(net.hidden(both) > 0)
     z13 = net.preactivation(both)[0, 0]
-    assert math.isclose(z13, 1.5 * (1 + math.cos(4 * math.pi / 5)) - 0.5, abs_tol=1e-12)
+    assert math.isclose(z13, 1.5 * (1 + math.cos(4 * math.pi / 5)) - 0.5, abs_tol=IDENTITY_TOL)
     assert round(z13, 2) == -0.21
     assert net(both)[0, 0] == 0                                 # feature 1 erased
+
+
+def test_pentagon_network_on_two_features_at_once():
+    # Example 26 holds while the hidden ReLU does not cut, z = 1.5 W1ᵀ(v_i + v_j) - 0.5. Two
+    # features 144° apart erase each other and light up the vertex between them (v_i + v_j points
+    # at it) at 1.5 · 2 cos 72° - 0.5 ≈ 0.43: a "ghost" feature. The bias b1 only guarantees a
+    # linear hidden layer for one feature at a time: e2 + e3 already falls below zero.
+    net = S.pentagon_network()
+    eye, W1 = np.eye(5), net.W1
+    cos72 = math.cos(math.radians(72))
+    for i in range(5):
+        for j in range(i + 1, 5):
+            x = (eye[i] + eye[j])[None, :]
+            if not np.all(net.hidden(x) > 0):
+                continue
+            z = net.preactivation(x)[0]
+            assert np.allclose(z, 1.5 * W1.T @ (W1[:, i] + W1[:, j]) - 0.5, atol=IDENTITY_TOL)
+            if (j - i) % 5 in (2, 3):                               # 144° apart
+                middle = (i + 4) % 5 if (j - i) == 3 else (i + 1) % 5
+                out = net(x)[0]
+                assert out[i] == 0 and out[j] == 0
+                assert math.isclose(out[middle], 1.5 * 2 * cos72 - 0.5, abs_tol=IDENTITY_TOL)
+    assert not np.all(net.hidden((eye[1] + eye[2])[None, :]) > 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1378,9 +1269,9 @@ def test_cosine_distance_matrix():
                   [0.0, 0.0, 3.0, 0.0, 0.0]])                   # (tokens 2, neurons 5)
     d = S.cosine_distance_matrix(a)
     assert d.shape == (5, 5) and np.allclose(d, d.T)
-    assert math.isclose(d[0, 1], 0, abs_tol=1e-12)              # same direction
-    assert math.isclose(d[0, 2], 1, abs_tol=1e-12)              # orthogonal
-    assert math.isclose(d[0, 3], 2, abs_tol=1e-12)              # opposite
+    assert math.isclose(d[0, 1], 0, abs_tol=IDENTITY_TOL)              # same direction
+    assert math.isclose(d[0, 2], 1, abs_tol=IDENTITY_TOL)              # orthogonal
+    assert math.isclose(d[0, 3], 2, abs_tol=IDENTITY_TOL)              # opposite
     assert np.allclose(d[4, :4], 1) and d[4, 4] == 0            # a neuron that never fires
     assert np.all(np.diag(d) == 0)
 
@@ -1402,7 +1293,7 @@ def test_sae_recovers_features_from_superposition():
     assert result["represented"] >= 60                          # the toy model superposes
     assert result["random_mmcs"] <= 0.5
     assert result["mmcs"] >= 0.95
-    assert 0 <= result["dead_latents"] <= 64
+    assert result["dead_latents"] <= 4                          # nearly all 64 latents in use
     W_dec = result["sae"].params["W_dec"]
     assert np.allclose(np.linalg.norm(W_dec, axis=1), 1, atol=1e-5)   # unit dictionary rows
 
@@ -1421,193 +1312,166 @@ def test_sae_resamples_dead_latents():
     assert np.any(sae.encode(h)[:, 2] > 0)                      # alive again
 
 
-# ----------------------------------------------------------------------------------------------
-# Bad input, divergence, reproducibility
-# ----------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(n_features=0), "n_features"),
-    (dict(n_hidden=2.5), "n_hidden"),
-    (dict(n_instances=True), "n_instances"),
-    (dict(feature_probability=1.5), "feature_probability"),
-    (dict(feature_probability=[0.5, -0.1], n_instances=2), "feature_probability"),
-    (dict(feature_probability=[0.5, 0.1, 0.2]), "feature_probability"),
-    (dict(importance=[1.0, 0.5]), "importance"),
-    (dict(importance=-np.ones(6)), "importance"),
-    (dict(importance=np.nan), "importance"),
-    (dict(activation="tanh"), "activation"),
-    (dict(dtype=np.int32), "dtype"),
-])
-def test_toy_model_bad_input(kwargs, name):
-    args = dict(n_features=6, n_hidden=2)
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=name):
-        S.ToyModel(**args)
-
-
-def test_fit_bad_input_and_divergence():
-    model = S.ToyModel(6, 2, seed=0)
-    before = model.W.copy()
-    for kwargs, name in [(dict(steps=0, batch_size=8), "steps"),
-                         (dict(steps=5, batch_size=-1), "batch_size"),
-                         (dict(steps=5, batch_size=8, lr=0), "lr"),
-                         (dict(steps=5, batch_size=8, lr=float("nan")), "lr")]:
-        with pytest.raises(ValueError, match=name):
-            model.fit(**kwargs)
-    assert np.array_equal(model.W, before)                      # nothing changed
-    with pytest.raises(FloatingPointError, match="not finite"):
-        model.fit(steps=50, batch_size=8, lr=1e100)
-    with pytest.raises(ValueError, match="x must have shape"):
-        model.forward(np.zeros((2, 3, 6)))
-    with pytest.raises(ValueError, match="sparsities"):
-        S.sparsity_sweep(sparsities=(0.5, 1.2))
-    with pytest.raises(ValueError, match="probabilities"):
-        S.five_in_two([])
-    with pytest.raises(ValueError, match="densities"):
-        S.phase_diagram([0.1, -0.2], [1.0])
-    with pytest.raises(ValueError, match="relative_importances"):
-        S.phase_diagram([0.1], [-1.0])
-
-
-def test_other_bad_input():
-    with pytest.raises(ValueError, match="l1"):
-        S.SparseAutoencoder(4, 8, l1=-1)
-    with pytest.raises(ValueError, match="n_latents"):
-        S.SparseAutoencoder(4, 0)
-    with pytest.raises(ValueError, match="h must have shape"):
-        S.SparseAutoencoder(4, 8).forward(np.zeros((3, 5)))
-    with pytest.raises(ValueError, match="activations"):
-        S.cosine_distance_matrix(np.zeros(5))
-    with pytest.raises(ValueError, match="eps"):
-        S.nearly_orthogonal_directions(5, 1.5, 10, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="scale"):
-        S.pentagon_network(scale=0)
-    with pytest.raises(ValueError, match="n_points"):
-        S.jl_epsilon(1, 10)
-
-
-def test_training_is_reproducible():
-    def run():
-        model = S.ToyModel(8, 3, n_instances=2, feature_probability=[1.0, 0.1], seed=5)
-        return model.fit(20, 16, lr=1e-2), model.W.copy()
-    (h1, w1), (h2, w2) = run(), run()
-    assert np.array_equal(h1, h2) and np.array_equal(w1, w2)
-    assert np.all(h1[-5:].mean(axis=0) < h1[:5].mean(axis=0))   # and it learns
-
-
-def test_toy_model_fit_reports_progress_once_per_step():
-    model = S.ToyModel(5, 2, n_instances=3, feature_probability=0.5, seed=0)
-    seen = []
-    history = model.fit(7, 16, lr=1e-2, progress=lambda step, loss: seen.append((step, loss)))
-    assert [step for step, _ in seen] == list(range(7))
-    assert np.allclose([loss for _, loss in seen], history.mean(axis=1))
-
-
-# ---- second reading: the SAE's projected decoder gradient, more bad inputs, every pentagon pair
-
-def _rs_sae_with_gradients(seed=0):
-    """A small SAE (d = 5, F = 8) with its gradients filled for one random batch h (9, 5)."""
-    sae = S.SparseAutoencoder(5, 8, l1=0.1, seed=seed)
-    sae.params["b_dec"][...] = 0.1
-    sae.params["b_enc"][...] = np.random.default_rng(seed + 4).normal(0, 0.2, 8)
-    h = np.random.default_rng(seed + 5).normal(size=(9, 5))
-    sae.zero_grad()
-    _, dh_hat, dz = sae.loss(h, sae.forward(h))
-    sae.backward(dh_hat, dz)
-    return sae, h
-
-
-def test_sae_decoder_gradient_is_the_gradient_on_the_unit_sphere():
-    # With unit rows d_j, the tangent gradient g - (g·d) d must equal the derivative of the loss
-    # of the renormalised decoder, L(d / ‖d‖), checked by central differences.
-    sae, h = _rs_sae_with_gradients()
-    W_dec, g = sae.params["W_dec"], sae.grads["W_dec"]
-    assert np.allclose(np.linalg.norm(W_dec, axis=1), 1, atol=1e-12)
-    raw = g.copy()
-    sae.remove_parallel_decoder_gradient()
-    assert np.allclose(np.sum(g * W_dec, axis=1), 0, atol=1e-12)         # tangent to the sphere
-    assert np.allclose(raw - g, np.sum(raw * W_dec, axis=1, keepdims=True) * W_dec)
-    assert np.max(np.abs(raw - g)) > 1e-3                                  # it did remove something
-
-    def loss_of_renormalised_decoder():
-        perturbed = W_dec.copy()
-        np.divide(W_dec, np.linalg.norm(W_dec, axis=1, keepdims=True), out=W_dec)
-        value = sae.loss(h, sae.forward(h))[0]
-        W_dec[...] = perturbed
-        return value
-
-    errors = T.gradient_check(loss_of_renormalised_decoder, [("W_dec", W_dec, g)], num_checks=40)
-    assert errors["W_dec"] < 1e-7, errors
-
-
-def test_sae_fit_checks_its_arguments_and_stops_on_divergence():
-    sae = S.SparseAutoencoder(4, 6, seed=0)
-    rng = np.random.default_rng(0)
-
-    def sample(size):
-        return rng.normal(size=(size, 4))
-
-    before = {name: value.copy() for name, value, _ in sae.parameters()}
-    for kwargs, name in [(dict(steps=0, batch_size=8), "steps"),
-                         (dict(steps=5, batch_size=0), "batch_size"),
-                         (dict(steps=5, batch_size=8, lr=-1e-3), "lr"),
-                         (dict(steps=5, batch_size=8, resample_every=0), "resample_every")]:
-        with pytest.raises(ValueError, match=name):
-            sae.fit(sample, **kwargs)
-    assert all(np.array_equal(value, before[name]) for name, value, _ in sae.parameters())
-    with pytest.raises(FloatingPointError, match="not finite"):
-        with np.errstate(all="ignore"):
-            sae.fit(sample, steps=50, batch_size=8, lr=1e300)
-
-
 def test_sae_fit_keeps_decoder_rows_unit_and_lowers_the_loss():
     sae = S.SparseAutoencoder(4, 6, l1=0.01, seed=1)
     rng = np.random.default_rng(1)
     history = sae.fit(lambda size: rng.normal(size=(size, 4)), steps=200, batch_size=32, lr=1e-2)
-    assert np.allclose(np.linalg.norm(sae.params["W_dec"], axis=1), 1, atol=1e-12)
+    assert np.allclose(np.linalg.norm(sae.params["W_dec"], axis=1), 1, atol=IDENTITY_TOL)
     assert history[-20:].mean() < 0.5 * history[:20].mean()
 
 
-def test_more_hidden_dimensions_than_features_is_allowed_and_needs_no_superposition():
-    # Documented as allowed: with m >= n every feature gets a direction of its own.
-    model = S.ToyModel(3, 5, importance=S.importance_decay(3), seed=0)
-    model.fit(1500, 256, lr=1e-2)
-    W = model.W[0]
-    assert np.all(S.represented(W))
-    assert np.all(S.superposition(W) < 0.01)
-    assert np.allclose(S.feature_dimensionality(W), 1, atol=0.01)
 
+# ==============================================================================================
+# The bad-input contract of circuits.py and superposition.py
+# ==============================================================================================
+# Every public function refuses bad input with a ValueError or TypeError that names the
+# argument, before it changes anything (parameters, gradients, Adam moments, what forward
+# kept, the model's random generator); it takes NumPy scalars wherever it takes a Python
+# number; integer arrays are computed in floating point; a loss that is not finite stops
+# training loudly.
 
-@pytest.mark.parametrize("call, name", [
-    (lambda: S.ToyModel(6, 2, importance=-1.0), "importance"),
-    (lambda: S.ToyModel(6, 2, n_instances=2, feature_probability=np.full((2, 5), 0.5)),
-     "feature_probability"),
-    (lambda: S.ToyModel(6, 2).evaluate(batch_size=0), "batch_size"),
-    (lambda: S.ToyModel(6, 2).fit(steps=2.5, batch_size=8), "steps"),
-    (lambda: S.five_in_two([0.5, 1.5]), "probabilities"),
-    (lambda: S.sparsity_sweep(sparsities=(-0.1,)), "sparsities"),
-    (lambda: S.sticky_half(n_sparsities=0), "n_sparsities"),
-    (lambda: S.jl_epsilon(10, 0), "m"),
-    (lambda: S.jl_epsilon(10, [100, -5]), "m"),
-    (lambda: S.jl_distortion(np.ones((3, 4)), 2, np.random.default_rng(0)), "distinct"),
-    (lambda: S.jl_distortion(np.ones(4), 2, np.random.default_rng(0)), "points"),
-    (lambda: S.mean_max_cosine_similarity(np.ones((3, 4)), np.ones((2, 5))), "same length"),
-    (lambda: S.mean_max_cosine_similarity(np.zeros((3, 4)), np.ones((2, 4))), "dictionary"),
-])
-def test_more_bad_input_is_named(call, name):
-    with pytest.raises(ValueError, match=name):
-        call()
-
-
-# ---- superposition.py: every helper names its bad argument (cases not already covered by
-# test_toy_model_bad_input, test_other_bad_input and test_more_bad_input_is_named)
+def _zero_tokens(rng):
+    return np.zeros((2, 4), int)
 
 
 _PENTAGON_ARROWS = S.regular_polygon(5)
 
 
 @pytest.mark.parametrize("call, error, name", [
-    # 1. sparse features
+    # circuits.py, sections 1-3: matrices, shapes, models
+    (lambda: C.kron_apply(np.eye(3), np.ones((2, 4)), np.ones((2, 3))), ValueError,
+     "Q has 4 columns but X has 2 rows"),
+    (lambda: C.kron_apply(np.eye(2), np.eye(2), np.ones((2, 3))), ValueError,
+     "P has 2 columns but X has 3 columns"),
+    (lambda: C.kron_apply(np.ones(3), np.eye(2), np.ones((2, 3))), ValueError, "P must be a 2-D matrix"),
+    (lambda: C.head_output(np.ones((2, 3)), np.eye(2), np.ones((1, 2)), np.ones((2, 1))), ValueError,
+     "A must be"),
+    (lambda: C.attention_pattern(np.ones((2, 3)), np.ones((1, 2)), np.ones((2, 2))), ValueError,
+     "W_Q and W_K must both be"),
+    (lambda: C.attention_pattern(np.ones((2, 3)), np.ones((1, 2)), np.ones((1, 2)), causal="no"),
+     TypeError, "causal must be True or False"),
+    (lambda: C.head_output_kronecker(np.ones((2, 3)), np.eye(3), np.ones((1, 3)), np.ones((2, 1))),
+     ValueError, "W_V must be"),
+    (lambda: C.path_expansion(T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6), np.zeros((1, 3), int)),
+     ValueError, "attention_only=True, layer_norm=False, bias=False"),
+    (lambda: C.qk_circuit("not a model", 0, 0), ValueError, "DecoderOnlyTransformer"),
+    (lambda: C.ov_circuit(_simplified_model(2), 2, 0), ValueError, r"layer must be an int in \[0, 1\]"),
+    (lambda: C.qk_circuit(_simplified_model(2), 0, 3), ValueError, r"head must be an int in \[0, 2\]"),
+    (lambda: C.ablated(_simplified_model(2), 0, -1).__enter__(), ValueError, "head must be"),
+    (lambda: C.head_weights(C.attention_only_model(5, 4, 1, 0, 4), 0, 0), ValueError, "no layers"),
+    (lambda: C.skip_trigrams(_simplified_model(2), 3), ValueError, "exactly 1 layer"),
+    (lambda: C.skip_trigrams(_simplified_model(1), 0), ValueError, "top_k"),
+    (lambda: C.induction_scores(_simplified_model(2), np.arange(9)[None]), ValueError, "no destination"),
+    (lambda: C.induction_scores(_simplified_model(2), np.zeros((1, 9), int), np.ones((1, 8), bool)),
+     ValueError, "where must be"),
+    (lambda: C.repeated_segment_batch(np.random.default_rng(0), 2, 10, 5, 3, 6), ValueError, "min_len"),
+    (lambda: C.composition_score(np.ones((2, 3)), np.ones((2, 2))), ValueError,
+     "A has 3 columns but B has 2 rows"),
+    (lambda: C.copying_score(np.ones((2, 3))), ValueError, "M must be square"),
+    (lambda: C.path_expansion(_simplified_model(2), np.full((1, 3), 11)), ValueError, "tokens"),
+    (lambda: C.unvec(np.arange(6.0), (2, 4)), ValueError, r"x must be a vector of d·n entries"),
+    (lambda: C.unvec(np.ones((2, 3)), (2, 3)), ValueError, r"x must be a vector"),
+    (lambda: C.vec(np.ones((2, 3, 4))), ValueError, "X must be a 2-D matrix"),
+    (lambda: C.virtual_weight(np.eye(2), 0), ValueError, "n must be an int >= 1"),
+    (lambda: C.virtual_weight(np.eye(2), True), ValueError, "n must be an int >= 1"),
+    (lambda: C.virtual_weight(np.ones(3), 2), ValueError, "W must be a 2-D matrix"),
+    (lambda: C.qk_circuit(_simplified_model(1), True, 0), ValueError, "layer must be an int"),
+    (lambda: C.head_weights(_simplified_model(1), 0, 1.0), ValueError, "head must be an int"),
+    (lambda: C.composition_scores(_simplified_model(1)), ValueError, "at least 2 layers for composition"),
+    (lambda: C.score_previous_token(np.ones((1, 4, 4))), ValueError,
+     r"patterns must have shape \(L, B, H, n, n\)"),
+    (lambda: C.score_induction(np.ones((1, 1, 1, 4, 3)), np.array([[1, 2, 1, 2]])), ValueError,
+     r"patterns must have shape"),
+    (lambda: C.score_induction(np.ones((1, 1, 1, 5, 5)), np.array([[1, 2, 1, 2]])), ValueError,
+     r"tokens must have shape \(B, n\) = \(1, 5\)"),
+    (lambda: C.attention_pattern(np.full((2, 3), np.nan), np.ones((1, 2)), np.ones((1, 2))),
+     ValueError, "X must be finite"),
+    (lambda: C.attention_pattern(np.ones((2, 3)), np.full((1, 2), np.inf), np.ones((1, 2))),
+     ValueError, "W_Q must be finite"),
+    (lambda: C.kron_apply(np.eye(2), np.array([["a", "b"]]), np.ones((2, 2))), ValueError,
+     "Q must be a 2-D matrix of real numbers"),
+    (lambda: C.unvec(np.arange(6.0), 6), ValueError, r"shape must be a pair of ints \(d, n\), got 6"),
+    (lambda: C.unvec(np.arange(6.0), (2.0, 3)), ValueError, r"shape\[0\] must be an int >= 1, got 2.0"),
+    (lambda: C.kronecker_identity_errors(-1), ValueError, "seed must be an int >= 0, got -1"),
+    (lambda: C.to_rows(np.ones(3)), ValueError, r"Y must have shape \(\.\.\., V, n\)"),
+    (lambda: C.run_with_patterns("not a model", np.zeros((1, 3), int)), ValueError, "model must be"),
+    (lambda: C.to_float64(None), ValueError, "model must be a transformer.DecoderOnlyTransformer"),
+    (lambda: C.attention_only_model(11, 12, 3, 1, 9, seed=1.5), ValueError, "seed"),
+    # circuits.py, section 4: training and per-token losses
+    (lambda: C.train(_simplified_model(1), _zero_tokens, 2, every=1), TypeError,
+     "monitor must be a function .* when every > 0, got NoneType"),
+    (lambda: C.train(_simplified_model(1), None, 2), TypeError, "sample must be a function"),
+    (lambda: C.train("not a model", _zero_tokens, 2), ValueError, "model must be"),
+    (lambda: C.train(_simplified_model(1), _zero_tokens, 2.5), ValueError, "steps must be an int >= 0, got 2.5"),
+    (lambda: C.train(_simplified_model(1), _zero_tokens, 2, every=-1, monitor=print), ValueError, "every"),
+    (lambda: C.train(_simplified_model(1), _zero_tokens, 2, lr=-1), ValueError, "lr"),
+    (lambda: C.train(_simplified_model(1), _zero_tokens, 2, seed=1.5), ValueError, "seed"),
+    (lambda: C.train(_simplified_model(1), lambda rng: np.zeros(4, int), 2), ValueError,
+     r"sample\(rng\) must have shape \(B, n \+ 1\)"),
+    (lambda: C.train(_simplified_model(1), lambda rng: np.zeros((2, 11), int), 2), ValueError,
+     r"sample\(rng\) .* max_len = 9, got shape \(2, 11\)"),
+    (lambda: C.token_losses(_simplified_model(1), np.array([1, 2, 3])), ValueError,
+     r"tokens must have shape \(B, n \+ 1\)"),
+    (lambda: C.token_losses(_simplified_model(1), np.array([[1]])), ValueError, r"tokens .*got shape \(1, 1\)"),
+    (lambda: C.token_losses(_simplified_model(1), np.array([[1.0, 2.0]])), TypeError, "tokens"),
+    (lambda: C.next_token_losses(np.zeros((1, 2, 3)), np.array([[0, 5]])), ValueError,
+     r"targets must hold ids in \[0, 3\)"),
+    (lambda: C.next_token_losses(np.zeros((1, 2, 3)), np.array([[0, 1, 1]])), ValueError,
+     r"targets must have the shape of logits .*\(1, 2\), got \(1, 3\)"),
+    (lambda: C.next_token_losses(np.full((1, 2, 3), np.nan), np.array([[0, 1]])), ValueError,
+     "logits must be finite"),
+    # circuits.py, section 5: the bigram model
+    (lambda: C.markov_corpus(_rng(), 0, 3, 4), ValueError, "vocab_size must be an int >= 1, got 0"),
+    (lambda: C.markov_corpus(_rng(), 2, 3, 4, successors=5), ValueError,
+     r"successors must be an int in \[1, vocab_size = 2\], got 5"),
+    (lambda: C.markov_corpus(_rng(), 4, 0, 3), ValueError, "n_seqs"),
+    (lambda: C.markov_corpus(_rng(), 4, 3, 0), ValueError, "length"),
+    (lambda: C.markov_corpus(0, 4, 3, 3), TypeError, "rng must be a np.random.Generator"),
+    (lambda: C.bigram_log_probs(np.array([[1, 9]]), 4), ValueError, r"tokens must hold ids in \[0, 4\)"),
+    (lambda: C.bigram_log_probs(np.array([1, 2]), 4), ValueError, r"tokens must be a corpus"),
+    (lambda: C.bigram_log_probs(np.array([[1.0, 2.0]]), 4), TypeError, "tokens"),
+    (lambda: C.bigram_correlation(C.attention_only_model(5, 4, 1, 0, 4), np.array([[0, 1, 2, 3, 4]])),
+     ValueError, "tokens must hold bigrams of at least two different probabilities"),
+    (lambda: C.train_bigram_model(batch=0), ValueError, "batch must be an int >= 1, got 0"),
+    (lambda: C.train_bigram_model(length=0), ValueError, "length"),
+    # circuits.py, section 6: skip-trigrams
+    (lambda: C.skip_trigram_corpus(_rng(), C.PLANTED_TRIPLES, 6, 4, 8), ValueError,
+     r"triples must hold ids in \[0, 6\)"),
+    (lambda: C.skip_trigram_corpus(_rng(), [0, 4, 6], 16, 4, 8), ValueError,
+     r"triples must be .* shape \(k, 3\)"),
+    (lambda: C.skip_trigram_corpus(_rng(), C.PLANTED_TRIPLES, 16, 4, 2), ValueError,
+     "length must be an int >= 3"),
+    (lambda: C.skip_trigram_corpus(_rng(), [(0, 0, 0)], 1, 4, 8), ValueError, "no filler token"),
+    (lambda: C.skip_trigram_corpus(None, C.PLANTED_TRIPLES, 16, 4, 8), TypeError, "rng"),
+    (lambda: C.train_skip_trigram_model(length=1), ValueError, "length must be an int >= 2"),
+    # circuits.py, section 7: induction heads
+    (lambda: C.repeated_segment_batch(0, 2, 10, 5, 2, 3), TypeError, "rng"),
+    (lambda: C.repeated_segment_batch(_rng(), 0, 10, 5, 2, 3), ValueError, "batch"),
+    (lambda: C.repeated_segment_batch(_rng(), 2, 10, 5, 2.5, 3), ValueError, "min_len must be an int >= 2, got 2.5"),
+    (lambda: C.train_induction_model(length=4), ValueError, "length must be an int >= 8, got 4"),
+    (lambda: C.train_induction_model(steps=1, every=1), TypeError, "monitor"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 4), bool)), ValueError,
+     r"inside must be a bool mask of the losses' shape \(2, 3\)"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 3), int)), ValueError, "inside must be a bool mask"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 3), bool)), ValueError,
+     "inside must be True at some positions and False at others"),
+    (lambda: C.split_losses(np.array([[np.nan, 1.0]]), np.array([[True, False]])), ValueError,
+     "losses must be finite"),
+    (lambda: C.repeat_losses(_simplified_model(2), np.zeros((1, 5), int), np.ones((1, 5), bool)), ValueError,
+     "inside"),
+    (lambda: C.ablation_losses("not a model", np.zeros((1, 5), int), np.ones((1, 4), bool), 0),
+     ValueError, "model must be"),
+    (lambda: C.score_induction(np.full((1, 1, 1, 3, 3), np.nan), np.zeros((1, 3), int)), ValueError,
+     "patterns must be finite"),
+    (lambda: C.score_previous_token(np.ones((1, 0, 1, 3, 3))), ValueError, "patterns must have shape"),
+    (lambda: C.previous_token_scores(_simplified_model(2), np.zeros((1, 1), int)), ValueError,
+     r"n >= 2 positions \(tokens\)"),
+    (lambda: C.composition_score(np.zeros((2, 2)), np.eye(2)), ValueError, "A and B must both be nonzero"),
+    (lambda: C.copying_score(np.zeros((2, 2))), ValueError, "M has only zero eigenvalues"),
+    (lambda: C.copying_score(np.full((2, 2), np.nan)), ValueError, "M must be finite"),
+    (lambda: C.random_composition_baseline(4, 2, 0), TypeError, "rng"),
+    (lambda: C.random_composition_baseline(4, 2, _rng(), samples=0), ValueError, "samples"),
+    # superposition.py, 1. sparse features
     (lambda: S.sparse_features(_rng(), -1, 4, np.float64), ValueError, "inverse_probability"),
     (lambda: S.sparse_features(_rng(), np.full((1, 1, 3), 0.5), 4, np.float64), ValueError,
      "inverse_probability"),                                   # 1/p < 1 would mean p > 1
@@ -1669,43 +1533,369 @@ _PENTAGON_ARROWS = S.regular_polygon(5)
     (lambda: S.sae_experiment(toy_steps=0), ValueError, "toy_steps"),
     (lambda: S.sae_experiment(sae_steps=0), ValueError, "sae_steps"),
     (lambda: S.sae_experiment(n_latents=0), ValueError, "n_latents"),   # before any training
-])
-def test_superposition_helpers_name_bad_input(call, error, name):
+    (lambda: S.ToyModel(6, 2, importance=-1.0), ValueError, "importance"),
+    (lambda: S.ToyModel(6, 2, n_instances=2, feature_probability=np.full((2, 5), 0.5)), ValueError,
+     "feature_probability"),
+    (lambda: S.ToyModel(6, 2).evaluate(batch_size=0), ValueError, "batch_size"),
+    (lambda: S.ToyModel(6, 2).fit(steps=2.5, batch_size=8), ValueError, "steps"),
+    (lambda: S.five_in_two([0.5, 1.5]), ValueError, "probabilities"),
+    (lambda: S.sparsity_sweep(sparsities=(-0.1,)), ValueError, "sparsities"),
+    (lambda: S.sticky_half(n_sparsities=0), ValueError, "n_sparsities"),
+    (lambda: S.jl_epsilon(10, 0), ValueError, "m"),
+    (lambda: S.jl_epsilon(10, [100, -5]), ValueError, "m"),
+    (lambda: S.jl_distortion(np.ones((3, 4)), 2, np.random.default_rng(0)), ValueError, "distinct"),
+    (lambda: S.jl_distortion(np.ones(4), 2, np.random.default_rng(0)), ValueError, "points"),
+    (lambda: S.mean_max_cosine_similarity(np.ones((3, 4)), np.ones((2, 5))), ValueError, "same length"),
+    (lambda: S.mean_max_cosine_similarity(np.zeros((3, 4)), np.ones((2, 4))), ValueError, "dictionary"),
+    (lambda: S.SparseAutoencoder(4, 8, l1=-1), ValueError, "l1"),
+    (lambda: S.SparseAutoencoder(4, 0), ValueError, "n_latents"),
+    (lambda: S.SparseAutoencoder(4, 8).forward(np.zeros((3, 5))), ValueError, "h must have shape"),
+    (lambda: S.cosine_distance_matrix(np.zeros(5)), ValueError, "activations"),
+    (lambda: S.nearly_orthogonal_directions(5, 1.5, 10, np.random.default_rng(0)), ValueError, "eps"),
+    (lambda: S.pentagon_network(scale=0), ValueError, "scale"),
+    (lambda: S.jl_epsilon(1, 10), ValueError, "n_points"),
+    (lambda: S.jl_epsilon(10, True), ValueError, "m must be a number of dimensions"),
+    (lambda: S.ToyModel(6, 2).forward(np.zeros((2, 3, 6))), ValueError, "x must have shape"),
+    (lambda: S.ToyModel(6, 2, feature_probability="0.5"), ValueError, "feature_probability"),
+    (lambda: S.sparsity_sweep(sparsities=(0.5, 1.2)), ValueError, "sparsities"),
+    (lambda: S.sparsity_sweep(sparsities=("0.5",)), ValueError, "sparsities"),
+    (lambda: S.five_in_two([]), ValueError, "probabilities"),
+    (lambda: S.phase_diagram([0.1, -0.2], [1.0]), ValueError, "densities"),
+    (lambda: S.phase_diagram([0.1], [-1.0]), ValueError, "relative_importances"),
+] + [(functools.partial(S.ToyModel, **{"n_features": 6, "n_hidden": 2, **kwargs}), ValueError, name)
+     for kwargs, name in [
+         (dict(n_features=0), "n_features"), (dict(n_hidden=2.5), "n_hidden"),
+         (dict(n_instances=True), "n_instances"), (dict(feature_probability=1.5), "feature_probability"),
+         (dict(feature_probability=[0.5, -0.1], n_instances=2), "feature_probability"),
+         (dict(feature_probability=[0.5, 0.1, 0.2]), "feature_probability"),
+         (dict(importance=[1.0, 0.5]), "importance"), (dict(importance=-np.ones(6)), "importance"),
+         (dict(importance=np.nan), "importance"), (dict(activation="tanh"), "activation"),
+         (dict(dtype=np.int32), "dtype")]])
+def test_bad_input_is_refused_with_a_message_that_names_it(call, error, name):
     with pytest.raises(error, match=name):
         call()
 
 
-def test_superposition_backward_and_resampling_refuse_bad_arrays_before_changing_state():
-    # A wrong-shaped upstream gradient would broadcast silently; it must be refused, grads untouched.
+def _state_of(*objects):
+    """Everything a refused call must leave alone, as bytes: parameters, gradients, what each
+    layer kept for backward, Adam's moments and step count, the random generator."""
+    state = []
+    for obj in objects:
+        if isinstance(obj, T.Module):
+            modules = [obj]
+            while modules:
+                module = modules.pop()
+                state.append(pickle.dumps((module.params, module.grads, getattr(module, "cache", None))))
+                modules += [child for _, child in module.children()]
+        if isinstance(obj, T.Adam):
+            state.append(pickle.dumps((obj.m, obj.v, obj.t)))
+        if isinstance(getattr(obj, "rng", None), np.random.Generator):
+            state.append(pickle.dumps(obj.rng.bit_generator.state))
+        if isinstance(obj, np.random.Generator):
+            state.append(pickle.dumps(obj.bit_generator.state))
+    return state
+
+
+def _toy_after_forward():
     model = S.ToyModel(3, 2, seed=0)
-    x = model.sample(4)
-    model.forward(x)
-    with pytest.raises(ValueError, match="dout"):
-        model.backward(np.ones((1, 1, 3)))
-    assert not model.grads["W"].any() and not model.grads["b"].any()
+    model.forward(model.sample(4))
+    return model
 
+
+def _sae_after_forward():
     sae = S.SparseAutoencoder(4, 8, seed=0)
-    h = np.random.default_rng(1).normal(size=(3, 4))
-    sae.forward(h)
-    with pytest.raises(ValueError, match="dz"):
-        sae.backward(np.ones((3, 4)), np.ones((1, 8)))
-    with pytest.raises(ValueError, match="h_hat"):
-        sae.loss(h, np.ones((1, 4)))
-    assert all(not grad.any() for _, _, grad in sae.parameters())
-    before = {name: value.copy() for name, value, _ in sae.parameters()}
-    optimizer = T.Adam(sae.parameters(), lr=1e-3)
-    with pytest.raises(ValueError, match="dead"):
-        sae.resample_dead(h, np.array([9]), optimizer)              # only latents 0..7 exist
-    with pytest.raises(TypeError, match="optimizer"):
-        sae.resample_dead(h, np.array([1]), None)
-    assert all(np.array_equal(value, before[name]) for name, value, _ in sae.parameters())
+    sae.forward(np.random.default_rng(1).normal(size=(3, 4)))
+    return sae
 
-    # best_of_seeds refuses a bad n_seeds before its evaluation draws from the model's rng.
-    model = S.ToyModel(3, 2, n_instances=4, seed=0)
-    state = model.rng.bit_generator.state
-    with pytest.raises(ValueError, match="n_seeds"):
-        S.best_of_seeds(model, 3)
-    assert model.rng.bit_generator.state == state
+
+def _sae_and_its_adam():
+    sae = _sae_after_forward()
+    return sae, T.Adam(sae.parameters(), lr=1e-3)
+
+
+def _sae_sample(size):
+    return np.random.default_rng(0).normal(size=(size, 4))
+
+
+_H = np.random.default_rng(1).normal(size=(3, 4))
+
+# (build the objects, the refused call on them, error, what the message says)
+STATEFUL = [
+    (_toy_after_forward, lambda m: m.backward(np.ones((1, 1, 3))), ValueError, "dout"),
+    (_toy_after_forward, lambda m: m.backward(np.full((1, 4, 3), np.nan)), ValueError, "dout must be finite"),
+    (_toy_after_forward, lambda m: m.forward(np.full((1, 4, 3), "a")), ValueError, "x must have shape"),
+    (_toy_after_forward, lambda m: m.loss(np.ones((1, 2, 3)), np.ones((1, 1, 3))), ValueError, "x_hat"),
+    (_toy_after_forward, lambda m: m.fit(steps=0, batch_size=8), ValueError, "steps"),
+    (_toy_after_forward, lambda m: m.fit(steps=5, batch_size=-1), ValueError, "batch_size"),
+    (_toy_after_forward, lambda m: m.fit(steps=5, batch_size=8, lr=0), ValueError, "lr"),
+    (_toy_after_forward, lambda m: m.fit(steps=5, batch_size=8, lr=float("nan")), ValueError, "lr"),
+    (_toy_after_forward, lambda m: m.fit(2, 4, progress=5), TypeError, "progress"),
+    (_toy_after_forward, lambda m: m.evaluate(batch_size=np.float32(3)), ValueError, "batch_size"),
+    (lambda: S.ToyModel(3, 2, n_instances=4, seed=0), lambda m: S.best_of_seeds(m, 3), ValueError,
+     "n_seeds"),
+    (lambda: S.ToyModel(3, 2, n_instances=4, seed=0), lambda m: S.best_of_seeds(m, 2, eval_batch=0),
+     ValueError, "eval_batch"),
+    (_sae_after_forward, lambda s: s.backward(np.ones((3, 4)), np.ones((1, 8))), ValueError, "dz"),
+    (_sae_after_forward, lambda s: s.backward(np.ones((3, 4)), np.full((3, 8), "a")), ValueError, "dz"),
+    (_sae_after_forward, lambda s: s.loss(_H, np.ones((1, 4))), ValueError, "h_hat"),
+    (_sae_after_forward, lambda s: s.loss(_H, np.full((3, 4), np.inf)), ValueError, "h_hat must be finite"),
+    (_sae_after_forward, lambda s: s.forward(np.full((3, 4), np.nan)), ValueError, "h must be finite"),
+    (_sae_after_forward, lambda s: s.fit(_sae_sample, steps=0, batch_size=8), ValueError, "steps"),
+    (_sae_after_forward, lambda s: s.fit(_sae_sample, steps=5, batch_size=0), ValueError, "batch_size"),
+    (_sae_after_forward, lambda s: s.fit(_sae_sample, steps=5, batch_size=8, lr=-1e-3), ValueError, "lr"),
+    (_sae_after_forward, lambda s: s.fit(_sae_sample, steps=5, batch_size=8, resample_every=0),
+     ValueError, "resample_every"),
+    (_sae_after_forward, lambda s: s.fit(None, 3, 4), TypeError, "sample"),
+    (_sae_after_forward, lambda s: s.fit(lambda size: np.ones((size, 5)), 3, 4), ValueError,
+     r"sample\(batch_size\) must have shape \(B, 4\)"),
+    (_sae_after_forward, lambda s: s.fit(lambda size: np.full((size, 4), np.nan), 3, 4), ValueError,
+     r"sample\(batch_size\) must be finite"),
+    (_sae_and_its_adam, lambda s, adam: s.resample_dead(_H, np.array([9]), adam), ValueError, "dead"),
+    (_sae_and_its_adam, lambda s, adam: s.resample_dead(_H, np.array([1]), None), TypeError, "optimizer"),
+    (_sae_and_its_adam,
+     lambda s, adam: s.resample_dead(_H, np.array([1]), T.Adam(S.SparseAutoencoder(4, 8).parameters())),
+     TypeError, "optimizer must be the transformer.Adam that trains this SAE"),
+    (_sae_and_its_adam, lambda s, adam: s.resample_dead(_H.tolist() + [[np.nan] * 4], np.array([1]), adam),
+     ValueError, "h must be finite"),
+    (lambda: _simplified_model(1), lambda m: C.train(m, lambda rng: np.zeros(4, int), 3), ValueError,
+     r"sample\(rng\)"),
+    (lambda: _simplified_model(1), lambda m: C.train(m, _zero_tokens, 3, lr=0), ValueError, "lr"),
+    (lambda: _simplified_model(2),
+     lambda m: C.repeat_losses(m, np.zeros((1, 5), int), np.ones((1, 3), bool)), ValueError, "inside"),
+    (lambda: _simplified_model(2),
+     lambda m: C.ablation_losses(m, np.zeros((1, 5), int), np.ones((1, 4), int), 0), ValueError, "inside"),
+    (lambda: _simplified_model(2),
+     lambda m: C.induction_scores(m, np.zeros((1, 5), int), np.ones((1, 3), bool)), ValueError, "where"),
+    (lambda: np.random.default_rng(0), lambda rng: C.markov_corpus(rng, 2, 3, 4, successors=5), ValueError,
+     "successors"),
+    (lambda: np.random.default_rng(0), lambda rng: S.jl_distortion(np.ones((3, 4)), 2, rng), ValueError,
+     "distinct"),
+    (lambda: np.random.default_rng(0), lambda rng: S.random_projection(4, 0, rng), ValueError, "m"),
+]
+
+
+@pytest.mark.parametrize("build, call, error, name", STATEFUL)
+def test_a_refused_call_changes_nothing(build, call, error, name):
+    objects = build()
+    objects = objects if isinstance(objects, tuple) else (objects,)
+    before = _state_of(*objects)
+    with pytest.raises(error, match=name):
+        call(*objects)
+    assert _state_of(*objects) == before
+
+
+def test_each_missing_simplification_is_refused_by_name():
+    for switch, value in [("attention_only", False), ("layer_norm", True), ("bias", True)]:
+        config = {**dict(attention_only=True, layer_norm=False, bias=False), switch: value}
+        model = T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6, **config)
+        with pytest.raises(ValueError, match=f"{switch}={value}"):
+            C.path_expansion(model, np.zeros((1, 3), int))
+        with pytest.raises(ValueError, match="simplified transformer"):
+            C.ov_circuit(model, 0, 0)
+
+
+# ---- fuzzing: every argument of a public function in turn, bad values of its kind ----------
+# A spec is one valid call (its arguments built afresh for every case) and the kind of each
+# argument to fuzz. Each bad value must be refused with a message naming the argument, with the
+# watched object unchanged; each NumPy scalar must give the result of the Python number.
+
+def _with_entry(value, x):
+    a = np.array(value, dtype=np.float64)
+    a.flat[0] = x
+    return a
+
+
+FUZZ_KINDS = {
+    "count": lambda v: [None, str(v), True, v + 0.5, -1, float("nan"), float("inf"), [v], np.True_],
+    "number": lambda v: [None, "a", True, float("nan"), float("inf"), -1.0, 1j, [v]],
+    "array": lambda v: [None, "abc", _with_entry(v, np.nan), _with_entry(v, np.inf),
+                        np.asarray(v, complex), np.asarray(v, float).astype(str),
+                        np.zeros((0,) * np.ndim(v))],
+    "ids": lambda v: [None, np.asarray(v, float), np.asarray(v, object), -np.asarray(v)],
+    "rng": lambda v: [None, 0, np.random.RandomState(0)],
+    "function": lambda v: [None, 5],
+    "model": lambda v: [None, "model", S.ToyModel(3, 2)],
+}
+NUMPY_SCALARS = {"count": lambda v: [np.int64(v), np.int32(v), np.uint8(v)],
+                 "number": lambda v: [np.float64(v)]}
+
+FUZZ = [   # (name, function, {argument: kind}, the argument whose state is watched, valid arguments)
+    ("kron_apply", C.kron_apply, dict(P="array", Q="array", X="array"), None,
+     dict(P=lambda: np.ones((4, 3)), Q=lambda: np.ones((5, 2)), X=lambda: np.ones((2, 3)))),
+    ("head_output_kronecker", C.head_output_kronecker, dict(X="array", A="array", W_V="array"), None,
+     dict(X=lambda: np.ones((2, 3)), A=lambda: np.eye(3), W_V=lambda: np.ones((1, 2)),
+          W_O=lambda: np.ones((2, 1)))),
+    ("virtual_weight", C.virtual_weight, dict(W="array", n="count"), None,
+     dict(W=lambda: np.eye(2), n=lambda: 3)),
+    ("ov_circuit", C.ov_circuit, dict(model="model", layer="count", head="count"), "model",
+     dict(model=lambda: _simplified_model(2), layer=lambda: 1, head=lambda: 2)),
+    ("path_expansion", C.path_expansion, dict(model="model", tokens="ids"), "model",
+     dict(model=lambda: _simplified_model(1), tokens=lambda: np.ones((2, 4), int))),
+    ("train", C.train, dict(model="model", sample="function", steps="count", lr="number", seed="count"),
+     "model", dict(model=lambda: _simplified_model(1), sample=lambda: _zero_tokens, steps=lambda: 2,
+                   lr=lambda: 1e-3, seed=lambda: 1)),
+    ("next_token_losses", C.next_token_losses, dict(logits="array", targets="ids"), None,
+     dict(logits=lambda: np.zeros((2, 3, 5)), targets=lambda: np.ones((2, 3), int))),
+    ("markov_corpus", C.markov_corpus, dict(rng="rng", vocab_size="count", n_seqs="count", length="count"),
+     "rng", dict(rng=lambda: np.random.default_rng(0), vocab_size=lambda: 5, n_seqs=lambda: 3,
+                 length=lambda: 4)),
+    ("repeated_segment_batch", C.repeated_segment_batch, dict(batch="count", min_len="count"), "rng",
+     dict(rng=lambda: np.random.default_rng(0), batch=lambda: 3, length=lambda: 10, vocab_size=lambda: 5,
+          min_len=lambda: 2, max_len=lambda: 4)),
+    ("split_losses", C.split_losses, dict(losses="array"), None,
+     dict(losses=lambda: np.ones((2, 3)), inside=lambda: np.eye(2, 3, dtype=bool))),
+    ("score_previous_token", C.score_previous_token, dict(patterns="array"), None,
+     dict(patterns=lambda: np.ones((1, 1, 1, 3, 3)) / 3)),
+    ("copying_score", C.copying_score, dict(M="array"), None, dict(M=lambda: np.eye(3))),
+    ("random_composition_baseline", C.random_composition_baseline,
+     dict(d_model="count", rng="rng", samples="count"), "rng",
+     dict(d_model=lambda: 6, d_head=lambda: 2, rng=lambda: np.random.default_rng(0), samples=lambda: 5)),
+    ("ToyModel", S.ToyModel, dict(n_features="count", n_instances="count", feature_probability="array",
+                                  importance="array", seed="count"), None,
+     dict(n_features=lambda: 4, n_hidden=lambda: 2, n_instances=lambda: 2,
+          feature_probability=lambda: [0.5, 0.2], importance=lambda: [1.0, 0.5, 0.2, 0.1], seed=lambda: 0)),
+    ("ToyModel.forward", lambda model, x: model.forward(x), dict(x="array"), "model",
+     dict(model=_toy_after_forward, x=lambda: np.ones((1, 2, 3)))),
+    ("ToyModel.fit", lambda model, steps, batch_size, lr: model.fit(steps, batch_size, lr),
+     dict(steps="count", batch_size="count", lr="number"), "model",
+     dict(model=_toy_after_forward, steps=lambda: 2, batch_size=lambda: 4, lr=lambda: 1e-3)),
+    ("superposition", S.superposition, dict(W="array"), None, dict(W=lambda: np.ones((2, 2, 5)))),
+    ("represented", S.represented, dict(W="array", threshold="number"), None,
+     dict(W=lambda: np.ones((2, 5)), threshold=lambda: 0.5)),
+    ("phase_diagram", S.phase_diagram, dict(densities="array", relative_importances="array",
+                                            n_seeds="count"), None,
+     dict(densities=lambda: [1.0, 0.1], relative_importances=lambda: [0.5, 2.0], n_seeds=lambda: 2,
+          steps=lambda: 2, batch_size=lambda: 4)),
+    ("squared_distances", S.squared_distances, dict(points="array"), None, dict(points=lambda: np.eye(3))),
+    ("jl_epsilon", S.jl_epsilon, dict(n_points="count", m="array", beta="number"), None,
+     dict(n_points=lambda: 10, m=lambda: [100, 400], beta=lambda: 1.0)),
+    ("nearly_orthogonal_directions", S.nearly_orthogonal_directions,
+     dict(m="count", eps="number", n_candidates="count", rng="rng"), "rng",
+     dict(m=lambda: 3, eps=lambda: 0.5, n_candidates=lambda: 10, rng=lambda: np.random.default_rng(0))),
+    ("SparseAutoencoder", S.SparseAutoencoder, dict(d_in="count", n_latents="count", l1="number"), None,
+     dict(d_in=lambda: 4, n_latents=lambda: 6, l1=lambda: 0.1)),
+    ("SparseAutoencoder.forward", lambda sae, h: sae.forward(h), dict(h="array"), "sae",
+     dict(sae=_sae_after_forward, h=lambda: np.ones((3, 4)))),
+    ("SparseAutoencoder.fit", lambda sae, sample, steps, lr: sae.fit(sample, steps, 4, lr),
+     dict(sample="function", steps="count", lr="number"), "sae",
+     dict(sae=_sae_after_forward, sample=lambda: _sae_sample, steps=lambda: 2, lr=lambda: 1e-3)),
+    ("max_cosine_similarity", S.max_cosine_similarity, dict(dictionary="array", features="array"), None,
+     dict(dictionary=lambda: np.eye(3), features=lambda: np.ones((2, 3)))),
+]
+
+
+def _fuzz_cases():
+    for label, fn, kinds, watched, valid in FUZZ:
+        for arg, kind in kinds.items():
+            for i, bad in enumerate(FUZZ_KINDS[kind](valid[arg]())):
+                yield pytest.param(fn, valid, watched, arg, bad, id=f"{label}-{arg}-{i}")
+
+
+@pytest.mark.parametrize("fn, valid, watched, arg, bad", list(_fuzz_cases()))
+def test_fuzzing_every_bad_argument_is_refused_by_name_and_changes_nothing(fn, valid, watched, arg, bad):
+    kwargs = {name: make() for name, make in valid.items()}
+    kwargs[arg] = bad
+    state = kwargs.get(watched)
+    before = _state_of(state)
+    with np.errstate(all="ignore"), pytest.raises((ValueError, TypeError)) as info:
+        fn(**kwargs)
+    assert arg in str(info.value)
+    assert _state_of(state) == before
+
+
+def _numpy_scalar_cases():
+    for label, fn, kinds, _, valid in FUZZ:
+        for arg, kind in kinds.items():
+            for scalar in NUMPY_SCALARS.get(kind, lambda v: [])(valid[arg]()):
+                yield pytest.param(fn, valid, arg, scalar, id=f"{label}-{arg}-{type(scalar).__name__}")
+
+
+def _arrays_of(result):
+    """A result as a list of arrays to compare: a model by its parameters."""
+    if isinstance(result, T.Module):
+        return [value for _, value, _ in result.parameters()]
+    if isinstance(result, dict):
+        return _arrays_of(list(result.values()))
+    if isinstance(result, (tuple, list)):
+        return [a for r in result for a in _arrays_of(r)]
+    return [np.asarray(result)]
+
+
+@pytest.mark.parametrize("fn, valid, arg, scalar", list(_numpy_scalar_cases()))
+def test_fuzzing_numpy_scalars_are_taken_like_python_numbers(fn, valid, arg, scalar):
+    expected = _arrays_of(fn(**{name: make() for name, make in valid.items()}))
+    got = _arrays_of(fn(**{**{name: make() for name, make in valid.items()}, arg: scalar}))
+    assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(expected, got))
+
+
+@pytest.mark.parametrize("fn, values", [
+    (S.squared_distances, [[100, 0], [0, 100]]),
+    (S.dimensions_per_feature, [[100, 0, 100], [0, 100, 0]]),
+    (S.polygon_angles, [[1, 0, -1, 0], [0, 1, 0, -1]]),
+    (S.summarize, [[[100, 0, 100], [0, 100, 0]]]),
+    (S.cosine_distance_matrix, [[100, 0, 100], [0, 100, 100]]),
+    (lambda X: C.kron_apply(X, X, X), [[100, 1], [1, 100]]),
+    (C.copying_score, [[100, 1], [1, 100]]),
+])
+def test_integer_arrays_are_computed_in_floating_point(fn, values):
+    # 100² = 10,000 overflows int8 (it wraps to 16): the answer must be that of the same values
+    # in float64, and no float16 (what np.arctan2 makes of int8) either.
+    expected = _arrays_of(fn(np.array(values, np.float64)))
+    for dtype in (np.int8, np.uint8, np.int64):
+        got = _arrays_of(fn(np.abs(np.array(values)).astype(dtype) if dtype == np.uint8
+                            else np.array(values, dtype)))
+        if dtype == np.uint8:
+            expected_u = _arrays_of(fn(np.abs(np.array(values, np.float64))))
+            assert all(np.allclose(g, e) for g, e in zip(got, expected_u))
+        else:
+            assert all(np.allclose(g, e) for g, e in zip(got, expected))
+        assert all(g.dtype != np.float16 for g in got)
+
+
+def test_divergence_stops_loudly_before_the_update_that_would_spread_it():
+    model = S.ToyModel(6, 2, seed=0)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        model.fit(steps=50, batch_size=8, lr=1e100)
+    sae = S.SparseAutoencoder(4, 6, seed=0)
+    rng = np.random.default_rng(0)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        with np.errstate(all="ignore"):
+            sae.fit(lambda size: rng.normal(size=(size, 4)), steps=50, batch_size=8, lr=1e300)
+
+
+def test_a_progress_function_that_fails_stops_fit_before_any_update():
+    model = S.ToyModel(5, 2, seed=0)
+    weights = [value.copy() for _, value, _ in model.parameters()]
+
+    def progress(step, loss):
+        raise RuntimeError("the caller's progress line is broken")
+
+    with pytest.raises(RuntimeError, match="progress line"):
+        model.fit(3, 8, progress=progress)
+    assert all(np.array_equal(a, value) for a, (_, value, _) in zip(weights, model.parameters()))
+
+
+def test_circuits_checked_functions_still_take_their_valid_edge_cases():
+    model = _simplified_model(1)
+    tokens = np.random.default_rng(1).integers(0, 11, (2, model.max_len + 1))   # the longest allowed
+    logits = model.forward(tokens[:, :-1])
+    expected = -np.take_along_axis(T.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
+    assert np.array_equal(C.token_losses(model, tokens), expected)
+    assert np.array_equal(C.next_token_losses(logits, tokens[:, 1:].tolist()), expected)  # lists too
+    assert C.split_losses([[1.0, 2.0, 4.0]], [[True, False, False]]) == (1.0, 3.0)
+    assert np.array_equal(C.unvec(np.arange(6.0), np.array([2, 3])), [[0, 2, 4], [1, 3, 5]])
+    losses, records = C.train(model, _zero_tokens, 0)
+    assert losses.shape == (0,) and records == []
+    _, records = C.train(model, _zero_tokens, 4, every=2, monitor=lambda step, m: step)
+    assert records == [0, 2, 3]
+    corpus = C.markov_corpus(np.random.default_rng(0), 3, 20, 5, successors=3)
+    assert corpus.shape == (20, 5) and corpus.min() >= 0 and corpus.max() <= 2
+    assert np.isfinite(C.bigram_log_probs(np.array([[0, 1], [1, 0]]), 2)).sum() == 2
+    planted = C.skip_trigram_corpus(np.random.default_rng(0), C.PLANTED_TRIPLES, 16, 50, 3)
+    assert planted.shape == (50, 3) and np.all(planted[:, 1] >= 4) and np.all(planted[:, 1] <= 5)
+    assert C.composition_score(np.array([[1.0, 0.0]]), np.array([[0.0], [1.0]])) == 0.0  # A B = 0 is fine
+    assert C.copying_score(np.eye(3)) == 1.0
+    assert C.score_previous_token(np.array([[[[[1.0, 0.0], [0.25, 0.75]]]]])) == 0.25
 
 
 def test_superposition_checks_keep_valid_results():
@@ -1729,29 +1919,6 @@ def test_superposition_checks_keep_valid_results():
     # One example as a vector gives the same numbers as a batch of one.
     net, e1 = S.pentagon_network(), np.eye(5)[0]
     assert np.array_equal(net(e1), net(e1[None])[0])
-
-
-def test_pentagon_network_on_two_features_at_once():
-    # Example 26 holds while the hidden ReLU does not cut, z = 1.5 W1ᵀ(v_i + v_j) - 0.5. Two
-    # features 144° apart erase each other and light up the vertex between them (v_i + v_j points
-    # at it) at 1.5 · 2 cos 72° - 0.5 ≈ 0.43: a "ghost" feature. The bias b1 only guarantees a
-    # linear hidden layer for one feature at a time: e2 + e3 already falls below zero.
-    net = S.pentagon_network()
-    eye, W1 = np.eye(5), net.W1
-    cos72 = math.cos(math.radians(72))
-    for i in range(5):
-        for j in range(i + 1, 5):
-            x = (eye[i] + eye[j])[None, :]
-            if not np.all(net.hidden(x) > 0):
-                continue
-            z = net.preactivation(x)[0]
-            assert np.allclose(z, 1.5 * W1.T @ (W1[:, i] + W1[:, j]) - 0.5, atol=1e-12)
-            if (j - i) % 5 in (2, 3):                               # 144° apart
-                middle = (i + 4) % 5 if (j - i) == 3 else (i + 1) % 5
-                out = net(x)[0]
-                assert out[i] == 0 and out[j] == 0
-                assert math.isclose(out[middle], 1.5 * 2 * cos72 - 0.5, abs_tol=1e-12)
-    assert not np.all(net.hidden((eye[1] + eye[2])[None, :]) > 0)
 
 
 # ==============================================================================================
