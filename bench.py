@@ -8,8 +8,9 @@ A benchmark, not a test: it prints numbers and asserts nothing. Read it in this 
     4. Timing a step       warm up, then time forward + cross_entropy + backward + Adam
                            (each step's time is kept: the best and the median are printed);
                            --profile also shows which functions the time goes to
-    5. Benchmarks          the list of things to time: the two transformer configs, then the
-                           superposition sweep of superposition.py
+    5. Benchmarks          the list of things to time: the two transformer configs, the
+                           superposition sweep of superposition.py, then BPE training and
+                           encoding on 1 MB of Python's own library sources
     6. Main                python bench.py [--config A|B|all] [--steps N] [--profile]
 
 Everything is float32: that is the speed setting (float64 is for checking gradients).
@@ -33,6 +34,7 @@ import argparse
 import cProfile
 import os
 import pathlib
+import sysconfig
 import time
 
 import numpy as np
@@ -194,10 +196,38 @@ def bench_superposition_sweep(args, peak):
           f" features represented per sparsity: {S.summarize(model.W)['represented'].tolist()}")
 
 
+def stdlib_text(size=1_000_000):
+    """The first `size` characters of the standard library's .py files (the top folder, in
+    sorted order): a megabyte of real text that every Python installation has."""
+    parts, total = [], 0
+    for path in sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        if total >= size:
+            break
+        parts.append(path.read_text(encoding="utf-8", errors="replace"))
+        total += len(parts[-1])
+    return "".join(parts)[:size]
+
+
+def bench_bpe(args, peak):
+    """BPETokenizer trained to 5,000 merges on 1 MB of text (target < 20 s), then that text
+    encoded (target < 5 s). A tokenizer does no FLOPs worth counting: seconds are what count."""
+    text = stdlib_text()
+    start = time.perf_counter()
+    bpe = T.BPETokenizer(text, vocab_size=256 + 5000)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ids = bpe.encode(text)
+    encode_seconds = time.perf_counter() - start
+    print(f"BPE  {len(bpe.merges):,} merges on {len(text) / 1e6:.1f} MB of the standard library's sources")
+    print(f"  train {train_seconds:6.1f} s (target 20 s)   encode {encode_seconds:6.1f} s (target 5 s)"
+          f"   {len(text.encode('utf-8')) / len(ids):.2f} bytes/token")
+
+
 # The benchmarks main() runs, in order: each is a function (args, peak) that prints its lines.
 BENCHMARKS = [
     bench_training,
     bench_superposition_sweep,
+    bench_bpe,
 ]
 
 
