@@ -6,8 +6,9 @@ A benchmark, not a test: it prints numbers and asserts nothing. Read it in this 
     2. The ceiling         the float32 matmul peak, measured now, on this machine
     3. Counting FLOPs      the work in one training step, counted from the shapes
     4. Timing a step       warm up, then time forward + cross_entropy + backward + Adam
-                           (each step's time is kept: the best and the median are printed);
-                           --profile also shows which functions the time goes to
+                           (each step's time is kept: the best and the median are printed),
+                           and the peak memory a step allocates; --profile also shows which
+                           functions the time goes to
     5. Benchmarks          the list of things to time: the two transformer configs, the
                            superposition sweep of superposition.py, then BPE training and
                            encoding on 1 MB of Python's own library sources
@@ -36,6 +37,7 @@ import os
 import pathlib
 import sysconfig
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -129,6 +131,17 @@ def step_times(step, steps, warmup=3):
     return np.array(times)
 
 
+def peak_allocation(step):
+    """Bytes allocated at the peak of one step, after a warm-up step: NumPy reports its arrays
+    to tracemalloc, so this counts the activations kept for backward and the temporaries."""
+    step()
+    tracemalloc.start()
+    step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
 def code_location(code):
     """'file:line Class.method' for a Python function; NumPy's C functions come as a string."""
     if isinstance(code, str):
@@ -179,6 +192,7 @@ def bench_training(args, peak):
             target = f" (target {TARGETS[name]:.0%})" if label == "best" else ""
             print(f"  {label:6s} {seconds * 1e3:8.1f} ms/step  {cfg['batch'] * cfg['seq_len'] / seconds:9.0f} tokens/s"
                   f"  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of peak{target}")
+        print(f"  peak allocation of a step {peak_allocation(step) / 1e6:8.1f} MB (tracemalloc)")
         if args.profile:
             print_profile(step, args.steps)
 
