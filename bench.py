@@ -6,10 +6,12 @@ A benchmark, not a test: it prints numbers and asserts nothing. Read it in this 
     2. The ceiling         the float32 matmul peak, measured now, on this machine
     3. Counting FLOPs      the work in one training step, counted from the shapes
     4. Timing a step       warm up, then time forward + cross_entropy + backward + Adam
-                           (each step's time is kept: the best and the median are printed);
-                           --profile also shows which functions the time goes to
-    5. Benchmarks          the list of things to time: the two transformer configs, then the
-                           superposition sweep of superposition.py
+                           (each step's time is kept: the best and the median are printed),
+                           and the peak memory a step allocates; --profile also shows which
+                           functions the time goes to
+    5. Benchmarks          the list of things to time: the two transformer configs, the
+                           superposition sweep of superposition.py, then BPE training and
+                           encoding on 1 MB of Python's own library sources
     6. Main                python bench.py [--config A|B|all] [--steps N] [--profile]
 
 Everything is float32: that is the speed setting (float64 is for checking gradients).
@@ -33,7 +35,9 @@ import argparse
 import cProfile
 import os
 import pathlib
+import sysconfig
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -127,6 +131,17 @@ def step_times(step, steps, warmup=3):
     return np.array(times)
 
 
+def peak_allocation(step):
+    """Bytes allocated at the peak of one step, after a warm-up step: NumPy reports its arrays
+    to tracemalloc, so this counts the activations kept for backward and the temporaries."""
+    step()
+    tracemalloc.start()
+    step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
 def code_location(code):
     """'file:line Class.method' for a Python function; NumPy's C functions come as a string."""
     if isinstance(code, str):
@@ -177,6 +192,7 @@ def bench_training(args, peak):
             target = f" (target {TARGETS[name]:.0%})" if label == "best" else ""
             print(f"  {label:6s} {seconds * 1e3:8.1f} ms/step  {cfg['batch'] * cfg['seq_len'] / seconds:9.0f} tokens/s"
                   f"  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of peak{target}")
+        print(f"  peak allocation of a step {peak_allocation(step) / 1e6:8.1f} MB (tracemalloc)")
         if args.profile:
             print_profile(step, args.steps)
 
@@ -194,10 +210,38 @@ def bench_superposition_sweep(args, peak):
           f" features represented per sparsity: {S.summarize(model.W)['represented'].tolist()}")
 
 
+def stdlib_text(size=1_000_000):
+    """The first `size` characters of the standard library's .py files (the top folder, in
+    sorted order): a megabyte of real text that every Python installation has."""
+    parts, total = [], 0
+    for path in sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        if total >= size:
+            break
+        parts.append(path.read_text(encoding="utf-8", errors="replace"))
+        total += len(parts[-1])
+    return "".join(parts)[:size]
+
+
+def bench_bpe(args, peak):
+    """BPETokenizer trained to 5,000 merges on 1 MB of text (target < 20 s), then that text
+    encoded (target < 5 s). A tokenizer does no FLOPs worth counting: seconds are what count."""
+    text = stdlib_text()
+    start = time.perf_counter()
+    bpe = T.BPETokenizer(text, vocab_size=256 + 5000)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ids = bpe.encode(text)
+    encode_seconds = time.perf_counter() - start
+    print(f"BPE  {len(bpe.merges):,} merges on {len(text) / 1e6:.1f} MB of the standard library's sources")
+    print(f"  train {train_seconds:6.1f} s (target 20 s)   encode {encode_seconds:6.1f} s (target 5 s)"
+          f"   {len(text.encode('utf-8')) / len(ids):.2f} bytes/token")
+
+
 # The benchmarks main() runs, in order: each is a function (args, peak) that prints its lines.
 BENCHMARKS = [
     bench_training,
     bench_superposition_sweep,
+    bench_bpe,
 ]
 
 

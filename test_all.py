@@ -28,6 +28,7 @@ import pickle  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from collections import Counter  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
 from functools import lru_cache  # noqa: E402
 
@@ -100,6 +101,38 @@ def test_bpe_reaches_its_vocabulary_and_round_trips_any_string():
     assert max(bpe.pieces, key=len).strip() in (b"tokens", b"the tokens", b"transformer")
     for s in ["unseen words zxqv", "naïve café — 東京 😀", "", "  spaces\n\tand tabs  "]:
         assert bpe.decode(bpe.encode(s)) == s
+
+
+def _textbook_bpe_merges(text, n_merges):
+    """The plain algorithm, recounting every pair before each merge; ties go to the smallest ids."""
+    words = Counter(tuple(w.encode("utf-8")) for w in T.BPETokenizer._words(text))
+    merges = []
+    for new_id in range(256, 256 + n_merges):
+        pairs = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))
+        merges.append(best)
+        words = Counter({T.BPETokenizer._merge(w, best, new_id): c for w, c in words.items()})
+    return merges
+
+
+@pytest.mark.parametrize("text", [
+    "ab ba ab ba cd dc cd dc xy yx",                             # every pair ties
+    "aaaa aaa aa a aaaaaaa abab bbbb aabbaa " * 3,               # overlapping repeats: "aaaa"
+    "naïve café — 東京 東京都 😀😀 Grüße Straße façade " * 4,     # multi-byte characters
+    "".join(_rng(3).choice(list("aab  é\n"), 3000)),            # random, full of ties
+    T.__doc__,                                                   # ordinary prose
+])
+def test_bpe_merges_are_those_of_the_textbook_loop(text):
+    bpe = T.BPETokenizer(text, vocab_size=256 + 400)
+    reference = _textbook_bpe_merges(text, 400)
+    assert list(bpe.merges) == reference
+    assert list(bpe.merges.values()) == list(range(256, 256 + len(reference)))
+    assert bpe.decode(bpe.encode(text)) == text
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ Conventions, used everywhere in this file:
       nothing in a forward or backward pass changes it.
 """
 
+import heapq
 import json
 import math
 import numbers
@@ -167,10 +168,16 @@ class BPETokenizer:
     """Byte-pair encoding on UTF-8 bytes, trained to a requested vocabulary size.
 
     Start from the 256 single bytes, so every string, in any script, can be written down. Then
-    repeatedly find the most frequent adjacent pair of tokens in the training text, give it a new
-    id, and replace it everywhere (Rohrer, "Byte pair encoding"; Sennrich et al. 2016). Encoding
+    repeatedly count every adjacent pair of tokens in the training text, give the most frequent
+    pair a new id, and replace it everywhere (Rohrer, "Byte pair encoding"; Sennrich et al.
+    2016). Ties go to the pair with the smallest first id, then the smallest second id. Encoding
     a new string replays the learned merges in the order they were learned; decoding concatenates
     the bytes each id stands for, so decode(encode(s)) == s for every s.
+
+    Recounting all pairs after each merge costs a pass over the whole corpus per merge. A merge
+    only changes the words that contain the merged pair, so training keeps the pair counts and
+    updates just the counts of those words, as Sennrich's subword-nmt learner does; a heap then
+    hands out the most frequent pair.
     """
 
     def __init__(self, text, vocab_size):
@@ -180,20 +187,39 @@ class BPETokenizer:
         self.merges = {}                              # (id, id) -> new id, in order of creation
         self.pieces = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
         # Merges never cross a word boundary: count pairs inside each distinct word only.
-        words = Counter(tuple(w.encode("utf-8")) for w in self._words(text))
-        while len(self.pieces) < vocab_size:
-            pairs = Counter()
-            for word, count in words.items():
-                for pair in zip(word, word[1:]):
-                    pairs[pair] += count
-            if not pairs:
-                break                                  # every word is already a single token
-            best = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))  # ties: smallest ids
+        distinct = Counter(tuple(w.encode("utf-8")) for w in self._words(text))
+        words, counts = list(distinct), list(distinct.values())   # word i occurs counts[i] times
+        pairs = Counter()                             # (id, id) -> occurrences in the whole text
+        words_with = {}                               # (id, id) -> indices of words that contain it
+        for i, word in enumerate(words):
+            for pair in zip(word, word[1:]):
+                pairs[pair] += counts[i]
+                words_with.setdefault(pair, set()).add(i)
+        # The most frequent pair is the smallest (-count, first id, second id). Every change of a
+        # count pushes a new entry; an entry whose count is no longer current is skipped.
+        heap = [(-count, pair) for pair, count in pairs.items()]
+        heapq.heapify(heap)
+        while len(self.pieces) < vocab_size and heap:
+            minus_count, best = heapq.heappop(heap)
+            if pairs[best] != -minus_count:
+                continue                              # a stale entry
             new_id = len(self.pieces)
             self.merges[best] = new_id
             self.pieces.append(self.pieces[best[0]] + self.pieces[best[1]])
-            words = Counter({self._merge(w, best, new_id): c for w, c in words.items()})
-        self._cache = {}
+            change = Counter()                        # pair -> change of its count by this merge
+            for i in words_with.pop(best):
+                old, new = words[i], self._merge(words[i], best, new_id)
+                words[i] = new
+                for pair in zip(old, old[1:]):
+                    change[pair] -= counts[i]
+                for pair in zip(new, new[1:]):
+                    change[pair] += counts[i]
+                    words_with.setdefault(pair, set()).add(i)
+            for pair, delta in change.items():
+                pairs[pair] += delta
+                if delta and pairs[pair]:
+                    heapq.heappush(heap, (-pairs[pair], pair))
+        self._word_ids = {}                           # word -> its ids, each word encoded once
 
     @property
     def vocab_size(self):
@@ -217,7 +243,7 @@ class BPETokenizer:
         return tuple(out)
 
     def _encode_word(self, word):
-        if word not in self._cache:
+        if word not in self._word_ids:
             ids = tuple(word.encode("utf-8"))
             while len(ids) > 1:
                 # apply the earliest-learned merge present in the word, as training did
@@ -225,8 +251,8 @@ class BPETokenizer:
                 if pair not in self.merges:
                     break
                 ids = self._merge(ids, pair, self.merges[pair])
-            self._cache[word] = list(ids)
-        return self._cache[word]
+            self._word_ids[word] = list(ids)
+        return self._word_ids[word]
 
     def encode(self, text):
         """str -> list of ids."""
