@@ -140,15 +140,24 @@ def n_parameters(model):
 
 
 def progress_line(label, steps):
-    """-> report(step, loss), which rewrites one line ("\\r") with the step, the loss and the
-    steps per second, every 10 steps and at the last, where it ends the line."""
+    """-> report(step, loss), which shows the step, the loss and the steps per second. On a
+    terminal it rewrites one line ("\\r") every 10 steps and ends it at the last step. Anywhere
+    else (a log file, a pipe, CI, a notebook cell) "\\r" would pile every update onto one endless
+    line, so it prints five plain lines instead: the first step, each quarter, the last."""
     start = time.perf_counter()
+    rewrite = sys.stdout.isatty()
+    quarters = {0, steps - 1} | {steps * k // 4 - 1 for k in (1, 2, 3)}
 
     def report(step, loss):
-        if step % 10 == 0 or step == steps - 1:
-            rate = (step + 1) / (time.perf_counter() - start)
-            print(f"\r  {label}: step {step + 1}/{steps}  loss {loss:.4f}  {rate:.0f} steps/s",
-                  end="\n" if step == steps - 1 else "", flush=True)
+        last = step == steps - 1
+        if rewrite and (step % 10 == 0 or last):
+            print("\r" + status(step, loss), end="\n" if last else "", flush=True)
+        elif not rewrite and step in quarters:
+            print(status(step, loss), flush=True)
+
+    def status(step, loss):
+        rate = (step + 1) / (time.perf_counter() - start)
+        return f"  {label}: step {step + 1}/{steps}  loss {loss:.4f}  {rate:.0f} steps/s"
     return report
 
 
@@ -715,15 +724,16 @@ def _circuits_induction(ctx):
             for name, term in paths.items()}
     top = sorted(gain, key=gain.get, reverse=True)[:3]
     print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} "
-          f"of the logits; the paths that raise the right token's logit most inside repeats: "
+          f"of the logits")
+    print("      the paths that raise the right token's logit most inside repeats: "
           + ", ".join(f"{name} {gain[name]:+.1f}" for name in top))
     prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
     k_scores = composition["K"][best]
     partner = int(np.argmax(k_scores))
     print(f"    reading: L0H{prev_head} has the highest previous-token score "
           f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
-          f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}. "
-          f"The induction head L1H{best} K-composes most with L0H{partner} "
+          f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}.")
+    print(f"      The induction head L1H{best} K-composes most with L0H{partner} "
           f"({k_scores[partner]:.2f}, {k_scores[partner] / baseline:.1f}x the random value: at "
           f"this size the composition score is a weak signal, the ablation a clear one).")
     return SimpleNamespace(two=two, one=one, two_log=log, one_log=np.array(one_log),
@@ -828,8 +838,9 @@ def chapter_circuits(ctx):
     V = bigram.vocab_size
     seen = int(np.isfinite(C.bigram_log_probs(corpus, V)).sum())
     print(f"  zero layers ({V} tokens, a random bigram chain, no positional code, {len(losses)} "
-          f"steps): loss {losses[-20:].mean():.3f}; log softmax W_U W_E against the corpus's "
-          f"log p(next | current) over the {seen} bigrams seen: r = {corr:.3f}")
+          f"steps): loss {losses[-20:].mean():.3f}")
+    print(f"    log softmax W_U W_E against the corpus's log p(next | current) over the {seen} "
+          f"bigrams seen: r = {corr:.3f}")
 
     skip_model, table = _circuits_skip_trigrams(ctx)
     runs = _circuits_induction(ctx)

@@ -1835,6 +1835,15 @@ def test_demo_prints_the_story_it_tells():
     assert "same tokens: True" in out
 
 
+def test_demo_progress_into_a_pipe_is_a_few_short_plain_lines():
+    out = _demo_quick_run().stdout                    # captured through a pipe, not a terminal
+    assert "\r" not in out
+    assert max(len(line) for line in out.split("\n")) <= 200
+    for label in ("rohrer", "translate", "charlm"):
+        progress = re.findall(rf"^  {label}: step \d+/\d+  loss [\d.]+  \d+ steps/s$", out, re.M)
+        assert 2 <= len(progress) <= 5, (label, progress)
+
+
 def test_demo_one_chapter_writes_the_figures_it_names(tmp_path):
     outdir = tmp_path / "new" / "figures"                  # created by demo.py
     result = _demo_run("--quick", "--chapter", "onehot", "--outdir", str(outdir))
