@@ -100,6 +100,18 @@ def test_bpe_reaches_its_vocabulary_and_round_trips_any_string():
         assert bpe.decode(bpe.encode(s)) == s
 
 
+def test_bpe_merges_the_most_frequent_pair_first_and_cuts_words_into_learned_pieces():
+    # Pair counts inside words (a word keeps its leading space), counted by hand:
+    # u+g 5, then h+ug 4, then ' '+hug 3; each the single most frequent pair of its round.
+    bpe = T.BPETokenizer("hug hug hug pug pun bun hugs", vocab_size=259)
+    ug, hug, space_hug = 256, 257, 258
+    assert bpe.merges == {(ord("u"), ord("g")): ug, (ord("h"), ug): hug, (ord(" "), hug): space_hug}
+    assert bpe.pieces[256:] == [b"ug", b"hug", b" hug"]
+    assert bpe.encode(" hugs") == [space_hug, ord("s")]          # a seen word: learned pieces
+    assert bpe.encode(" mug") == [ord(" "), ord("m"), ug]        # an unseen one: pieces and bytes
+    assert bpe.encode("hug hug") == [hug, space_hug]
+
+
 # ----------------------------------------------------------------------------------------------
 # Gradient checks, layer by layer
 # ----------------------------------------------------------------------------------------------
