@@ -1843,6 +1843,11 @@ def test_demo_prints_the_story_it_tells():
     assert "before masking: down 5, please 4    after masking: down 1, please 0" in out
     # the trained decoder-only model gets the eight-word-deep dependency right (chapter 2)
     assert "'program ... ran' -> 'please'" in out and "'battery ... ran' -> 'down'" in out
+    # the shape table follows one forward pass from token ids to logits (chapter 2)
+    assert re.search(r"input +token ids +\(2, 14\) +\(B, T\)", out)
+    assert re.search(r"logits .* \(2, 14, 18\) +\(B, T, vocab\)", out)
+    # byte-pair encoding gives back a string of characters it never saw (chapter 4)
+    assert "decoded back unchanged: True" in out
     # the key/value cache gives the same tokens as recomputing everything (chapter 4)
     assert "same tokens: True" in out
 
