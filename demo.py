@@ -1,6 +1,6 @@
 """A guided tour of the transformer: run it, read what it prints, keep the figures.
 
-    python demo.py                        every chapter, about a minute on two cores
+    python demo.py                        every chapter, under a minute on two cores
     python demo.py --quick                the same chapters with smaller runs, about 15 seconds
     python demo.py --chapter rohrer       one chapter (repeat the flag for more)
     python demo.py --list                 the chapters and what each shows
@@ -15,11 +15,14 @@ Read this file top to bottom; the chapters come in the order a learner needs the
     1. onehot          Rohrer's one-hot vectors, lookups, transition matrices, votes and masking,
                        all with plain NumPy and no learning
     2. rohrer          a one-layer decoder-only transformer learns Rohrer's two sentences,
-                       and its attention looks back to "battery" / "program"
-    3. translate       an encoder-decoder learns to reverse digit strings; greedy and beam
+                       and its attention looks back to "battery" / "program"; the shape of
+                       every tensor of its forward pass
+    3. translate       an encoder-decoder learns to reverse digit strings with the paper's
+                       recipe (tied output layer, label smoothing, warm-up); greedy and beam
                        decoding; the cross-attention heatmap
-    4. charlm          a character-level language model trained on TEXT (below); sampling at
-                       several temperatures and with top-k; the key/value cache's speed-up
+    4. charlm          byte-pair encoding of TEXT (below); a character-level language model
+                       learns TEXT by heart, and what it does not know; sampling at several
+                       temperatures, with top-k and top-p; the key/value cache's speed-up
     5. circuits        circuits.py: Kronecker identities, a zero-layer bigram table, skip-trigrams
                        read from a one-layer model, induction heads in two layers
     6. superposition   superposition.py: the toy model's sparsity sweep, five features in two
@@ -44,6 +47,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402  (imports after the thread settings above, on purpose)
 import pathlib  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -141,32 +145,52 @@ def n_parameters(model):
 
 
 def progress_line(label, steps):
-    """-> report(step, loss), which rewrites one line ("\\r") with the step, the loss and the
-    steps per second, every 10 steps and at the last, where it ends the line."""
+    """-> report(step, loss), which shows the step, the loss and the steps per second. On a
+    terminal it rewrites one line ("\\r") every 10 steps and ends it at the last step. Anywhere
+    else (a log file, a pipe, CI, a notebook cell) "\\r" would pile every update onto one endless
+    line, so it prints five plain lines instead: the first step, each quarter, the last."""
     start = time.perf_counter()
+    rewrite = sys.stdout.isatty()
+    quarters = {0, steps - 1} | {steps * k // 4 - 1 for k in (1, 2, 3)}
 
     def report(step, loss):
-        if step % 10 == 0 or step == steps - 1:
-            rate = (step + 1) / (time.perf_counter() - start)
-            print(f"\r  {label}: step {step + 1}/{steps}  loss {loss:.4f}  {rate:.0f} steps/s",
-                  end="\n" if step == steps - 1 else "", flush=True)
+        last = step == steps - 1
+        if rewrite and (step % 10 == 0 or last):
+            print("\r" + status(step, loss), end="\n" if last else "", flush=True)
+        elif not rewrite and step in quarters:
+            print(status(step, loss), flush=True)
+
+    def status(step, loss):
+        rate = (step + 1) / (time.perf_counter() - start)
+        return f"  {label}: step {step + 1}/{steps}  loss {loss:.4f}  {rate:.0f} steps/s"
     return report
 
 
-def train(model, next_batch, steps, peak_lr, label, **loss_options):
+def train(model, next_batch, steps, peak_lr, label, schedule="linear", **loss_options):
     """Adam for `steps` steps; returns the loss of every step (float64 array).
 
-    next_batch() -> (inputs, targets), with inputs the tuple forward takes. The learning rate
-    rises linearly over the first tenth of the steps and then falls linearly to zero: the warm-up
-    keeps Adam's first, badly estimated steps small, and the decay lets the last steps settle
-    into the minimum instead of rattling around it. Progress is one line, rewritten with "\\r".
+    next_batch() -> (inputs, targets), with inputs the tuple forward takes. Both schedules warm
+    up over the first tenth of the steps: the warm-up keeps Adam's first, badly estimated steps
+    small. schedule "linear" then lets the rate fall linearly to zero, so that the last steps
+    settle into the minimum instead of rattling around it. schedule "noam" is the paper's
+    (transformer.noam_lr, Vaswani et al. 5.3), scaled to peak at peak_lr: after the warm-up it
+    decays only as 1/√step, a shape made for runs of 100,000 steps; in a run of a few hundred
+    it ends at a third of its peak. Chapter 3 trains the paper's model with it; the other
+    chapters use the linear decay. loss_options go to train_step (ignore_index,
+    label_smoothing, max_grad_norm).
     """
     optimizer = T.Adam(list(model.parameters()), lr=peak_lr)
     warmup = max(1, steps // 10)
+    d_model = model.config["d_model"]
     losses = np.empty(steps)
     report = progress_line(label, steps)
     for step in range(steps):
-        optimizer.lr = peak_lr * min((step + 1) / warmup, (steps - step) / (steps - warmup + 1))
+        if schedule == "noam":
+            optimizer.lr = peak_lr * (T.noam_lr(step + 1, d_model, warmup)
+                                      / T.noam_lr(warmup, d_model, warmup))
+        else:
+            optimizer.lr = peak_lr * min((step + 1) / warmup,
+                                         (steps - step) / (steps - warmup + 1))
         inputs, targets = next_batch()
         losses[step] = T.train_step(model, optimizer, inputs, targets, **loss_options)
         report(step, losses[step])
@@ -329,6 +353,35 @@ def padded_batch(sequences, pad_id):
     return batch
 
 
+def forward_shapes(model, tokens, logits):
+    """The tensors of the forward pass that has just turned tokens into logits, in the order
+    data flows, for a Pre-LN DecoderOnlyTransformer: list of (stage, tensor, shape in symbols,
+    array). Most are read from what the layers kept for their backward (a layer norm keeps
+    x̂, which has the shape of its input x; the scores QKᵀ/√d_k have the shape of the weights
+    that softmax makes of them)."""
+    rows = [("input", "token ids", "(B, T)", tokens),
+            ("embedding", "rows of the table, E[ids]·√d_model", "(B, T, d_model)",
+             model.embed.params["W"][tokens] * model.embed_scale),
+            ("", "positional encoding PE[:T]", "(T, d_model)", model.pos[:tokens.shape[1]])]
+    for i, block in enumerate(model.blocks):
+        attention = block.self_attn
+        q, _, _, weights, _ = attention.attention.cache
+        after = model.blocks[i + 1].norm1 if i + 1 < len(model.blocks) else model.norm
+        rows += [
+            (f"block {i + 1}", "x, the residual stream (E[ids]·√d + PE at first)",
+             "(B, T, d_model)", block.norm1.cache[0]),
+            ("", "LN(x), the input of W_Q, W_K, W_V", "(B, T, d_model)", attention.query.cache),
+            ("", f"Q (K, V alike): LN(x) W_Q in {q.shape[1]} heads", "(B, H, T, d_k)", q),
+            ("", "scores QKᵀ/√d_k, weights softmax(scores)", "(B, H, T, T)", weights),
+            ("", "weights·V, the heads concatenated", "(B, T, H·d_k)", attention.out.cache),
+            ("", "x + (concatenation) W_O", "(B, T, d_model)", block.norm3.cache[0]),
+            ("", "hidden act(LN(x) W_1 + b_1)", "(B, T, d_ff)", block.ffn.hidden),
+            ("", "x + hidden W_2 + b_2", "(B, T, d_model)", after.cache[0])]
+    rows += [("output", "LN(x)", "(B, T, d_model)", model.unembed.cache),
+             ("", "logits LN(x) W_U + b_U", "(B, T, vocab)", logits)]
+    return rows
+
+
 def chapter_rohrer(ctx):
     """A decoder-only transformer learns Rohrer's two sentences"""
     tok = T.WordTokenizer(" ".join(ROHRER_SENTENCES))
@@ -358,9 +411,19 @@ def chapter_rohrer(ctx):
     pattern = model.blocks[0].self_attn.attention.pattern          # (2, H, T, T)
     looks = pattern[np.arange(2), :, ran, keyword]                  # (2, H): ran -> keyword
     head = int(np.argmax(looks.max(axis=0)))
+    one_sided = looks[:, head].max() > 0.5 and looks[:, head].min() < 0.1
     print(f"  head {head}: attention from 'ran' to 'program' {looks[0, head]:.2f}, to 'battery' "
-          f"{looks[1, head]:.2f} (seeing one of the two words is enough to tell the sentences "
-          f"apart)")
+          f"{looks[1, head]:.2f}" + (" (it looks back in one sentence only: seeing one of the two "
+                                     "words is enough to tell them apart)" if one_sided else ""))
+
+    # The table of uplatz's "Deconstructing the Transformer": every tensor of that forward
+    # pass, from token ids to logits, with its shape.
+    (B, n_positions), c = inputs.shape, model.config
+    print(f"  one forward pass, shape by shape (B = {B} sentences, T = {n_positions} positions, "
+          f"d_model = {c['d_model']}, H = {c['n_heads']} heads of d_k = "
+          f"{c['d_model'] // c['n_heads']}, d_ff = {c['d_ff']}, vocab = {c['vocab_size']}):")
+    for stage, tensor, symbols, array in forward_shapes(model, inputs, logits):
+        print(f"    {stage:<10} {tensor:<50} {str(array.shape):<15} {symbols}")
     if not ctx.plots:
         return
 
@@ -376,8 +439,9 @@ def chapter_rohrer(ctx):
                                        edgecolor="red", lw=2))
     strong = int(np.argmax(looks[:, head]))
     fig.suptitle(f"Head {head}: \"ran\" (red box) looks back to "
-                 f"\"{tok.itos[inputs[strong, keyword]]}\"\nIn the other sentence it looks "
-                 f"elsewhere: one of the two words is enough to choose \"down\" or \"please\"")
+                 f"\"{tok.itos[inputs[strong, keyword]]}\"" + (
+                     "\nIn the other sentence it looks elsewhere: one of the two words is enough "
+                     "to choose \"down\" or \"please\"" if one_sided else ""))
     ctx.save(fig, "rohrer_attention")
     plot_loss(ctx, losses, "rohrer_loss", "Learning Rohrer's two sentences", floor,
               "floor: 2 ln 2 / tokens (the coin toss)")
@@ -435,15 +499,32 @@ def chapter_translate(ctx):
         fresh = ~np.isin(src @ base, held_out_keys)
         return (src[fresh], tgt_in[fresh]), tgt_out[fresh]
 
-    model = T.Transformer(tok.vocab_size, tok.vocab_size, d_model=32, n_heads=4, n_layers=1,
-                          d_ff=64, max_len=MAX_DIGITS + 2, pad_id=tok.pad_id, dtype=np.float32,
-                          seed=ctx.seed)
+    # The paper's recipe (Vaswani et al. 3.4, 5.3, 5.4): the output layer shares the target
+    # embedding's table (logits = h Eᵀ), the targets are smoothed, and the learning rate follows
+    # noam_lr's warm-up and 1/√step decay.
+    sizes = dict(d_model=32, n_heads=4, n_layers=1, d_ff=64, max_len=MAX_DIGITS + 2,
+                 pad_id=tok.pad_id, dtype=np.float32, seed=ctx.seed)
+    model = T.Transformer(tok.vocab_size, tok.vocab_size, tie_weights=True, **sizes)
+    untied = n_parameters(T.Transformer(tok.vocab_size, tok.vocab_size, **sizes))
+    steps, peak_lr, smoothing = (300 if ctx.quick else 600), 1e-2, 0.1
     print(f"  {MIN_DIGITS}-{MAX_DIGITS} digits, one encoder and one decoder block, "
           f"{n_parameters(model)} parameters")
-    losses = train(model, next_batch, steps=220 if ctx.quick else 600, peak_lr=1e-2,
-                   label="translate", ignore_index=tok.pad_id, max_grad_norm=1.0)
+    print(f"  the paper's recipe: output layer tied to the target embedding ({untied} parameters "
+          f"untied), label smoothing {smoothing},")
+    print(f"    learning rate noam_lr: warm-up over {steps // 10} steps to {peak_lr:g}, then "
+          f"1/√step down to {peak_lr * (steps // 10 / steps) ** 0.5:.1e}")
+    losses = train(model, next_batch, steps=steps, peak_lr=peak_lr, label="translate",
+                   schedule="noam", ignore_index=tok.pad_id, label_smoothing=smoothing,
+                   max_grad_norm=1.0)
+    # With smoothing the target is q = (1 - ε) one-hot + ε / V, and the loss cannot fall below
+    # its entropy: a model sure of every digit still pays for the ε spread over the others.
+    V = tok.vocab_size
+    q = np.array([1 - smoothing + smoothing / V] + [smoothing / V] * (V - 1))
+    floor = -np.sum(q * np.log(q))
+    print(f"  loss over the last 20 steps {losses[-20:].mean():.3f}; with label smoothing the "
+          f"floor is the entropy of q, {floor:.3f}, not 0")
 
-    src, _, tgt_out, lengths = held_out
+    src, tgt_in, tgt_out, lengths = held_out
     greedy = model.greedy_decode(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1)
     beam = model.beam_search(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1, beam_size=4)
     for name, decoded in (("greedy", greedy), ("beam 4", beam)):
@@ -452,6 +533,17 @@ def chapter_translate(ctx):
     for i in range(3):
         print(f"    {tok.decode(src[i]):>8} -> greedy {tok.decode(greedy[i]):<8} "
               f"beam {tok.decode(beam[i])}")
+    # Output digit i copies source digit len - 1 - i: how much cross-attention goes there?
+    # (Past the end of a string the index wraps around; those outputs are left out.)
+    model.forward(src, tgt_in)
+    heads_mean = model.decoder[-1].cross_attn.attention.pattern.mean(axis=1)   # (B, 9, 8)
+    output = np.arange(MAX_DIGITS)
+    inside = output < lengths[:, None]                                      # (B, 8) real digits
+    source = (lengths[:, None] - 1 - output) % MAX_DIGITS                   # (B, 8) its mirror
+    mirror = np.take_along_axis(heads_mean[:, :MAX_DIGITS], source[..., None], axis=2)[..., 0]
+    print(f"  cross-attention (mean of the heads) on the mirror digit len - 1 - i: "
+          f"{mirror[inside].mean():.2f} on average over the held-out outputs (spread evenly it "
+          f"would be {np.mean(np.broadcast_to(1 / lengths[:, None], inside.shape)[inside]):.2f})")
     if not ctx.plots:
         return
 
@@ -467,7 +559,7 @@ def chapter_translate(ctx):
     heatmap(axes[0], cross.mean(axis=0), source_labels, output_labels,
             "source digit (encoder position)", "decoder step (token it outputs)",
             f"Cross-attention, mean of {cross.shape[0]} heads", "attention weight")
-    draw_loss(axes[1], losses, "Training loss")
+    draw_loss(axes[1], losses, "Training loss", floor, f"floor with label smoothing {smoothing}")
     fig.suptitle(f"Reversing \"{tok.decode(one_src[0])}\": each output digit looks at its mirror "
                  f"position", y=1.02)
     fig.tight_layout()
@@ -477,9 +569,14 @@ def chapter_translate(ctx):
 # ----------------------------------------------------------------------------------------------
 # 4. A character-level language model, sampling, and the key/value cache
 # ----------------------------------------------------------------------------------------------
-# The model learns to continue TEXT one character at a time. Generating is the model run again
-# and again, one new token per step. Without a cache, step t recomputes all t positions; with
-# the cache the keys and values of earlier positions are kept, and step t computes one row.
+# The model learns to continue TEXT one character at a time; byte-pair encoding shows how larger
+# models cut the same text into pieces instead. Generating is the model run again and again, one
+# new token per step (the "decode" phase, after a "prefill" that runs the prompt once).
+# Without a cache, step t runs all t positions through the model again: the projections and
+# the feed-forward layer work on t rows, attention on t × t scores, so n new tokens cost O(n²)
+# rows and O(n³) scores. With the cache the keys and values of earlier positions are kept:
+# step t computes one new row, but its attention still reads all t cached keys, t scores; n
+# tokens cost O(n) rows and O(n²) scores.
 
 TEXT = """\
 A transformer reads a sentence as a row of tokens. Each token is turned into a vector by looking \
@@ -533,7 +630,9 @@ def charlm(ctx):
 
         print(f"  {len(TEXT)} characters, {tok.vocab_size} tokens; d_model 64, 2 layers, "
               f"{n_parameters(model)} parameters")
-        losses = train(model, next_batch, steps=60 if ctx.quick else 400, peak_lr=1e-2,
+        # 1000 steps of 8 windows of 128 show the model every character of TEXT about 500 times,
+        # enough to learn it by heart.
+        losses = train(model, next_batch, steps=60 if ctx.quick else 1000, peak_lr=1e-2,
                        label="charlm")
         ctx.charlm = SimpleNamespace(model=model, tokenizer=tok, data=data, losses=losses)
     return ctx.charlm
@@ -549,24 +648,87 @@ def charlm_activations(ctx):
     return hidden.reshape(n, -1), list(TEXT[:n])
 
 
+def bpe_tour(text):
+    """Byte-pair encoding on TEXT: the first merges, words cut into pieces, a round trip."""
+    bpe = T.BPETokenizer(text, vocab_size=512)
+
+    def shown(ids):
+        return "+".join(repr(bpe.decode([i])) for i in ids)
+    print(f"  byte-pair encoding, trained on TEXT: 256 bytes + {bpe.vocab_size - 256} merges; "
+          f"TEXT's {len(text.encode('utf-8'))} bytes become {len(bpe.encode(text))} tokens")
+    print("    first merges (the most frequent pair, then the next): " + ", ".join(
+        f"{shown(pair)} -> {bpe.decode([new])!r}" for pair, new in list(bpe.merges.items())[:6]))
+    for word in (" attention", " embeddings", " empowers"):
+        print(f"    {word!r:<14} -> {shown(bpe.encode(word))}")
+    other = "naïve café → 東京"
+    ids = bpe.encode(other)
+    print(f"    {other!r}: {len(other)} characters, {len(other.encode('utf-8'))} UTF-8 bytes, "
+          f"{len(ids)} tokens; decoded back unchanged: {bpe.decode(ids) == other}")
+
+
+def correct_characters(generated, expected):
+    """How many characters of generated agree with expected before the first difference."""
+    return next((i for i, (a, b) in enumerate(zip(generated, expected)) if a != b),
+                min(len(generated), len(expected)))
+
+
+def longest_copy(generated, text):
+    """The length of the longest stretch of generated that appears somewhere in text."""
+    best = 0
+    for start in range(len(generated)):
+        while start + best < len(generated) and generated[start:start + best + 1] in text:
+            best += 1
+    return best
+
+
 def chapter_charlm(ctx):
-    """A character-level language model: sampling and the key/value cache"""
+    """A character-level language model: tokens, sampling and the key/value cache"""
+    bpe_tour(TEXT)
     lm = charlm(ctx)
     model, tok = lm.model, lm.tokenizer
     print(f"  final loss {lm.losses[-1]:.3f} nats per character "
           f"({lm.losses[-1] / np.log(2):.2f} bits; a uniform guess is "
           f"{np.log2(tok.vocab_size):.2f} bits)")
+
+    # What it memorised: greedy continuations of prompts from TEXT, as long as the context allows.
+    print("  greedy decoding from three prompts taken from TEXT:")
+    for opening in ("Each token ", "Then comes attention", "To write new text"):
+        new = CONTEXT - len(opening)
+        out = tok.decode(model.generate(np.array(tok.encode(opening)), new))[len(opening):]
+        expected = TEXT[TEXT.index(opening) + len(opening):]
+        print(f"    {opening!r:<22} {correct_characters(out, expected):3d} of {new} new characters "
+              f"as in TEXT: {out[:60]!r}...")
+    # The next character at every position of TEXT, given the characters before it in a window:
+    # the prediction at window position j has seen j + 1 characters.
+    n = (len(lm.data) - 1) // CONTEXT * CONTEXT
+    right = (np.argmax(model.forward(lm.data[:n].reshape(-1, CONTEXT)), axis=-1)
+             == lm.data[1:n + 1].reshape(-1, CONTEXT))                       # (windows, CONTEXT)
+    print(f"    the most likely next character is TEXT's at {right.mean():.1%} of {n} positions: "
+          f"{right[:, 15:].mean():.1%} with 16 or more characters before it, "
+          f"{right[:, :7].mean():.1%} with fewer than 8")
+    # What it may not have learned: English. After an opening that is not in TEXT, how much of
+    # what it writes is a stretch of TEXT?
+    opening = "The cat sat on the mat"
+    out = tok.decode(model.generate(np.array(tok.encode(opening)), 60))[len(opening):]
+    print(f"    a prompt not in TEXT, {opening!r} -> {out!r}: its longest stretch copied from "
+          f"TEXT is {longest_copy(out, TEXT)} of 60 characters")
+
     prompt = np.array(tok.encode("Each token "))
-    new = 60
-    for temperature, top_k in ((0.0, None), (0.5, None), (1.0, None), (1.0, 5)):
-        sample = model.generate(prompt, new, temperature=temperature, top_k=top_k, seed=ctx.seed)
-        setting = "greedy" if temperature == 0 else f"temperature {temperature:.1f}"
-        setting += f", top-{top_k}" if top_k else ""
-        print(f"    {setting + ':':<23} {tok.decode(sample)!r}")
+    vocabulary = set(re.findall(r"[A-Za-z]+", TEXT))
+    print(f"  sampling {CONTEXT - len(prompt)} characters after 'Each token ':")
+    for temperature, top_k, top_p in ((0.5, None, None), (1.0, None, None), (2.0, None, None),
+                                      (2.0, 5, None), (2.0, None, 0.9)):
+        sample = tok.decode(model.generate(prompt, CONTEXT - len(prompt), temperature=temperature,
+                                           top_k=top_k, top_p=top_p, seed=ctx.seed))
+        setting = f"temperature {temperature:.1f}" + (f", top-{top_k}" if top_k else "") + (
+            f", top-p {top_p}" if top_p else "")
+        sampled = re.findall(r"[A-Za-z]+", sample)[:-1]              # the last may be cut off
+        known = sum(w in vocabulary for w in sampled)
+        print(f"    {setting + ':':<28} {known:2d} of {len(sampled)} words from TEXT: "
+              f"{sample[:64]!r}...")
 
     # The cache's speed-up, measured: the same tokens generated both ways, for longer and longer
-    # runs. Without the cache step t recomputes all t positions, so the time grows like n²; with
-    # it each step computes one row, so it grows like n.
+    # runs (the work each way is counted in the comment at the top of this section).
     short = prompt[:4]
     lengths = [16, 32, 64] if ctx.quick else [16, 32, 64, 96, CONTEXT - len(short)]
     seconds = {True: [], False: []}
@@ -583,6 +745,13 @@ def chapter_charlm(ctx):
           f"({lengths[0]} tokens: {seconds[False][0] / seconds[True][0]:.1f}x)")
     print(f"    same tokens: {np.array_equal(tokens, cached_tokens)}; largest logit difference "
           f"{np.max(np.abs(logits - cached_logits)):.1e} (float32 rounding)")
+    steps_t = np.arange(len(short), len(short) + lengths[-1])          # positions run at each step
+    print(f"    work per layer for those {lengths[-1]} tokens: recomputing, step t sends t rows "
+          f"through the projections and the feed-forward layer")
+    print(f"      and computes t² attention scores per head, {steps_t.sum():,} rows and "
+          f"{np.sum(steps_t ** 2):,} scores in all; with the cache, one row and t scores: "
+          f"{len(short) + len(steps_t) - 1:,} rows and {len(short) ** 2 + steps_t[1:].sum():,} "
+          f"scores")
     hidden, _ = charlm_activations(ctx)
     print(f"  feed-forward layer {len(model.blocks)}: on average "
           f"{np.mean(np.sum(hidden > 0, axis=1)):.0f} of {hidden.shape[1]} neurons fire per "
@@ -674,8 +843,7 @@ def _circuits_induction(ctx):
 
     print(f"  induction: vocabulary {V}, {n} tokens, a segment of {n // 4}-{n // 2} tokens "
           f"repeated at a random later offset; d_model 32, 2 heads, Adam lr {config['lr']}, "
-          f"batch 32, {config['steps']} steps" + (" (quick: hardly a plateau at this learning rate)"
-                                                  if ctx.quick else ""))
+          f"batch 32, {config['steps']} steps")
     two, _, two_log = C.train_induction_model(n_layers=2, seed=ctx.seed, every=every,
                                               monitor=monitor, **config)
     one, _, one_log = C.train_induction_model(n_layers=1, seed=ctx.seed, every=every,
@@ -716,17 +884,20 @@ def _circuits_induction(ctx):
             for name, term in paths.items()}
     top = sorted(gain, key=gain.get, reverse=True)[:3]
     print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} "
-          f"of the logits; the paths that raise the right token's logit most inside repeats: "
+          f"of the logits")
+    print("      the paths that raise the right token's logit most inside repeats: "
           + ", ".join(f"{name} {gain[name]:+.1f}" for name in top))
     prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
     k_scores = composition["K"][best]
     partner = int(np.argmax(k_scores))
+    ratio, damage = k_scores[partner] / baseline, ablation[prev_head, 0] - two_in
     print(f"    reading: L0H{prev_head} has the highest previous-token score "
           f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
-          f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}. "
-          f"The induction head L1H{best} K-composes most with L0H{partner} "
-          f"({k_scores[partner]:.2f}, {k_scores[partner] / baseline:.1f}x the random value: at "
-          f"this size the composition score is a weak signal, the ablation a clear one).")
+          f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}.")
+    print(f"      The induction head L1H{best} K-composes most with L0H{partner} "
+          f"({k_scores[partner]:.2f}, {ratio:.1f}x the random value" +
+          ("; here the composition score is a weak signal, the ablation a clear one)."
+           if ratio < 1.5 and damage > 0.5 else ")."))
     return SimpleNamespace(two=two, one=one, two_log=log, one_log=np.array(one_log),
                            tokens=tokens, inside=inside, induction=induction, previous=previous)
 
@@ -811,8 +982,7 @@ def _circuits_induction_figures(ctx, runs):
         ax.set_xlabel("training step")
         ax.legend(fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle("The induction head forms and the loss inside repeats drops" +
-                 ("" if ctx.quick else ", after a plateau"))
+    fig.suptitle("The induction head forms and the loss inside repeats drops")
     fig.tight_layout()
     ctx.save(fig, "circuits_training")
 
@@ -829,8 +999,9 @@ def chapter_circuits(ctx):
     V = bigram.vocab_size
     seen = int(np.isfinite(C.bigram_log_probs(corpus, V)).sum())
     print(f"  zero layers ({V} tokens, a random bigram chain, no positional code, {len(losses)} "
-          f"steps): loss {losses[-20:].mean():.3f}; log softmax W_U W_E against the corpus's "
-          f"log p(next | current) over the {seen} bigrams seen: r = {corr:.3f}")
+          f"steps): loss {losses[-20:].mean():.3f}")
+    print(f"    log softmax W_U W_E against the corpus's log p(next | current) over the {seen} "
+          f"bigrams seen: r = {corr:.3f}")
 
     skip_model, table = _circuits_skip_trigrams(ctx)
     runs = _circuits_induction(ctx)
@@ -1028,7 +1199,13 @@ def chapter_superposition(ctx):
     print(f"    at p={probabilities[-1]:.3f}: neighbour angles "
           f"{_rounded(S.polygon_angles(sparsest), 1)} deg, norms "
           f"{_rounded(S.feature_norms(sparsest), 2)}, biases {_rounded(b5[-1], 2)}")
-    print("    (seeds that miss the pentagon stop in local minima such as antipodal pairs)")
+    # Where some seeds found the pentagon and others did not, say what the others settled into.
+    for i, p in enumerate(probabilities):
+        if 0 < pentagon_seeds[i] < n_seeds:
+            others = [_describe(model.W[j], model.b[j])
+                      for j in range(i * n_seeds, (i + 1) * n_seeds) if not regular[j]]
+            print(f"    at p={p:.3f} the seeds that missed the pentagon stopped at: "
+                  + ", ".join(others))
 
     # (c) The n = 2, m = 1 phase diagram.
     grid = 6 if quick else 10
@@ -1235,8 +1412,8 @@ def chapter_bert(ctx):
     tok, sentences = bert.tokenizer, [s for group in BOROVOY_SENTENCES.values() for s in group]
     print(f"  all-MiniLM-L6-v2: {len(bert.encoder)} Post-LN blocks, d_model "
           f"{bert.word_embed.params['W'].shape[1]}, {bert.encoder[0].self_attn.n_heads} heads, "
-          f"{bert.encoder[0].ffn.fc1.params['W'].shape[1]} GELU neurons per feed-forward layer, "
-          f"{tok.vocab_size:,} WordPiece pieces")
+          f"{bert.encoder[0].ffn.fc1.params['W'].shape[1]} GELU neurons per feed-forward layer,\n"
+          f"    {tok.vocab_size:,} WordPiece pieces")
     for sentence in (sentences[2], sentences[11]):
         print(f"    {sentence!r}\n      -> {' '.join(tok.tokenize(sentence))}")
 
@@ -1249,14 +1426,14 @@ def chapter_bert(ctx):
               for g in range(len(BOROVOY_SENTENCES))]
     across = cos[~same].mean()
     nearest = np.where(other, cos, -np.inf).argmax(axis=1)
-    print(f"  sentence similarity (cosine of the embeddings): English and German cat "
-          f"{cos[0, 2]:.2f}" + (" (far apart: the model was trained on English)" if cos[0, 2] < 0.5
-                                else "") + "; within each category "
-          + ", ".join(f"{name} {w:.2f}" for name, w in zip(BOROVOY_SENTENCES, within))
-          + f"; across categories {across:.2f}.\n    The nearest neighbour of a sentence is in its "
-          f"own category for {np.sum(group[nearest] == group)} of the 12, so the categories are "
-          + ("visible, if faintly: each is closer to itself than to the others"
-             if min(within) > across else "not all visible"))
+    print(f"  sentence similarity (cosine of the embeddings): English and German cat {cos[0, 2]:.2f}"
+          + (" (far apart: the model was trained on English)" if cos[0, 2] < 0.5 else ""))
+    print("    within each category " + ", ".join(f"{name} {w:.2f}" for name, w in
+                                              zip(BOROVOY_SENTENCES, within))
+          + f"; across categories {across:.2f}")
+    print(f"    the nearest neighbour of a sentence is in its own category for "
+          f"{np.sum(group[nearest] == group)} of the 12: the categories are "
+          + ("visible, if faintly" if min(within) > across else "not all visible"))
 
     # Borovoy's four measurements on layer 0's feed-forward neurons, each sentence on its own.
     hidden, labels = layer0_activations(bert, sentences)
@@ -1264,12 +1441,12 @@ def chapter_bert(ctx):
     print("  layer 0's feed-forward neurons over the twelve sentences (no padding):")
     print_polysemanticity(trained)
     median = np.median(trained.pairs)
-    print(f"    Borovoy's bert-base layer showed mostly small distances (a blue heatmap, a histogram "
-          f"skewed to 0) and sums around +500;\n    here the median distance is {median:.2f} ("
+    print(f"    Borovoy's bert-base layer showed mostly small distances (a blue heatmap, a histogram\n"
+          f"    skewed to 0) and sums around +500; here the median distance is {median:.2f} ("
           + ("most pairs near orthogonal" if median > 0.8 else "mostly similar")
-          + f") and the sums centre on {trained.sums.mean():.1f}")
-    print("    (the cosine is uncentred: two neurons that are both often positive get a small "
-          "distance whatever they respond to, and one mostly negative gets a distance near 2)")
+          + f") and the sums\n    centre on {trained.sums.mean():.1f}. The cosine is uncentred: two "
+          f"neurons that are both often positive get a small\n    distance whatever they respond "
+          f"to, and one mostly negative beside one mostly positive gets a distance near 2")
     for j in np.random.default_rng(ctx.seed).choice(hidden.shape[1], 3, replace=False):
         top = np.argsort(-hidden[:, j])[:6]
         print(f"    neuron {j:4d} fires most on: {', '.join(labels[i] for i in top)}")
@@ -1285,12 +1462,12 @@ def chapter_bert(ctx):
     padded = polysemanticity(padded_hidden, padded_labels)
     unpadded = polysemanticity(padded_hidden[~padding], [padded_labels[i] for i in np.flatnonzero(~padding)])
     print(f"  the miscellaneous sentences as one padded batch {tokens.shape}: padding at flat "
-          f"positions {np.flatnonzero(padding).tolist()}.")
-    print(f"    Padding is masked only as a key, so padded positions still get hidden states; they "
-          f"differ only by position,\n    so their activations agree (mean cosine "
+          f"positions {np.flatnonzero(padding).tolist()}")
+    print(f"    padding is masked only as a key, so padded positions still get hidden states; they "
+          f"differ only by\n    position, so their activations agree (mean cosine "
           f"{pad_cos[np.triu_indices(padding.sum(), 1)].mean():.2f} between padding tokens, "
-          f"{real_cos[np.triu_indices((~padding).sum(), 1)].mean():.2f} between real ones). "
-          f"Mean neuron distance {padded.pairs.mean():.3f}\n    with the padding in, "
+          f"{real_cos[np.triu_indices((~padding).sum(), 1)].mean():.2f} between real ones)\n"
+          f"    mean neuron distance {padded.pairs.mean():.3f} with the padding in, "
           f"{unpadded.pairs.mean():.3f} without it")
 
     # Baselines: the share of parameters in the MLPs, and the same measurement, random weights.
@@ -1321,8 +1498,9 @@ def chapter_bert(ctx):
     rng = np.random.default_rng(ctx.seed + 1)
     fill = [P.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
     print(f"  masked-LM pretraining of a 2-layer BERT, {steps} steps: loss {losses[0]:.2f} -> "
-          f"{losses[-1]:.2f}; blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} "
-          f"(it needs both neighbours; one side alone gives 25%), right word {fill[2]:.0%}")
+          f"{losses[-1]:.2f}")
+    print(f"    blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} (it needs both "
+          f"neighbours; one side alone gives 25%), right word {fill[2]:.0%}")
     if not ctx.plots:
         return
     plt = ctx.plt

@@ -135,6 +135,18 @@ def test_bpe_merges_are_those_of_the_textbook_loop(text):
     assert bpe.decode(bpe.encode(text)) == text
 
 
+def test_bpe_merges_the_most_frequent_pair_first_and_cuts_words_into_learned_pieces():
+    # Pair counts inside words (a word keeps its leading space), counted by hand:
+    # u+g 5, then h+ug 4, then ' '+hug 3; each the single most frequent pair of its round.
+    bpe = T.BPETokenizer("hug hug hug pug pun bun hugs", vocab_size=259)
+    ug, hug, space_hug = 256, 257, 258
+    assert bpe.merges == {(ord("u"), ord("g")): ug, (ord("h"), ug): hug, (ord(" "), hug): space_hug}
+    assert bpe.pieces[256:] == [b"ug", b"hug", b" hug"]
+    assert bpe.encode(" hugs") == [space_hug, ord("s")]          # a seen word: learned pieces
+    assert bpe.encode(" mug") == [ord(" "), ord("m"), ug]        # an unseen one: pieces and bytes
+    assert bpe.encode("hug hug") == [hug, space_hug]
+
+
 # ----------------------------------------------------------------------------------------------
 # Gradient checks, layer by layer
 # ----------------------------------------------------------------------------------------------
@@ -452,6 +464,32 @@ def test_top_k_sampling_only_draws_from_the_k_best():
     assert np.array_equal(T.sample_next(logits, 0.0), np.full(2000, 9))
 
 
+def test_top_p_sampling_draws_only_from_the_smallest_set_that_reaches_p():
+    probs = np.array([0.15, 0.5, 0.1, 0.25])              # ranked: id 1, 3, 0, 2
+    logits = np.tile(np.log(probs), (4000, 1))
+    # cumulative mass in rank order is 0.5, 0.75, 0.9, 1: the nucleus stops at the first rank
+    # that reaches top_p
+    for top_p, nucleus in [(0.4, [1]), (0.6, [1, 3]), (0.8, [0, 1, 3]), (0.95, [0, 1, 2, 3])]:
+        drawn = T.sample_next(logits, 1.0, rng=_rng(), top_p=top_p)
+        assert sorted(np.unique(drawn)) == nucleus
+        # inside the nucleus the probabilities keep their ratios (4000 draws: std below 0.008)
+        expected = np.zeros(4)
+        expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+        assert np.abs(np.bincount(drawn, minlength=4) / len(drawn) - expected).max() < 0.03
+    # top_p = 1 keeps every token: the same draws as plain sampling from the same seed
+    assert np.array_equal(T.sample_next(logits, 1.0, rng=_rng(3), top_p=1.0),
+                          T.sample_next(logits, 1.0, rng=_rng(3)))
+    # the nucleus is taken after the temperature (0.5 squares the ratios: 0.72, 0.18, ...) and
+    # after top_k
+    assert sorted(np.unique(T.sample_next(logits, 0.5, rng=_rng(), top_p=0.8))) == [1, 3]
+    assert sorted(np.unique(T.sample_next(logits, 1.0, 2, _rng(), top_p=0.99))) == [1, 3]
+    # generate passes top_p on: a nucleus that only the likeliest token fills is greedy decoding
+    lm = T.DecoderOnlyTransformer(12, 16, 4, 2, 32, 20, seed=1)
+    prompt = _rng().integers(0, 12, (2, 5))
+    assert np.array_equal(lm.generate(prompt, 10, temperature=1.0, top_p=1e-9, seed=5),
+                          lm.generate(prompt, 10))
+
+
 def test_beam_search_with_beam_one_is_greedy_and_wider_beams_score_no_worse():
     mt = T.Transformer(9, 9, 16, 2, 2, 32, 12, seed=2)
     src = _rng().integers(3, 9, (5, 6))
@@ -557,6 +595,9 @@ def test_bad_configurations_and_arguments_are_rejected():
         lm.generate([1, 2, 3], 8)
     with pytest.raises(ValueError, match="top_k"):
         lm.generate([1, 2, 3], 2, temperature=1.0, top_k=0)
+    for top_p in (0, 1.5, True, "0.9"):
+        with pytest.raises(ValueError, match=r"top_p must be None or a number in \(0, 1\]"):
+            lm.generate([1, 2, 3], 2, temperature=1.0, top_p=top_p)
     with pytest.raises(ValueError, match="targets"):
         T.cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 4), int))
     with pytest.raises(ValueError, match="vocab_size"):
@@ -590,6 +631,8 @@ def test_bad_configurations_and_arguments_are_rejected():
     (lambda: T.padding_mask(np.array([1, 2, 0]), 0), ValueError, r"tokens must have shape \(B, T\)"),
     (lambda: T.sample_next(np.zeros((1, 4)), temperature=1.0), TypeError, "rng"),
     (lambda: T.sample_next(np.zeros(4)), ValueError, r"logits must have shape \(B, V\)"),
+    (lambda: T.sample_next(np.zeros((1, 4)), 1.0, rng=_rng(), top_p=0.0), ValueError, "top_p"),
+    (lambda: T.sample_next(np.zeros((1, 4)), 1.0, 5, _rng()), ValueError, r"top_k .*\[1, 4\]"),
     (lambda: T.noam_lr(5, 0), ValueError, "d_model"),
     (lambda: T.noam_lr(5, 8, warmup=0), ValueError, "warmup"),
     (lambda: T.noam_lr(2.5, 8), ValueError, "step"),
@@ -2417,8 +2460,22 @@ def test_demo_prints_the_story_it_tells():
     assert "before masking: down 5, please 4    after masking: down 1, please 0" in out
     # the trained decoder-only model gets the eight-word-deep dependency right (chapter 2)
     assert "'program ... ran' -> 'please'" in out and "'battery ... ran' -> 'down'" in out
+    # the shape table follows one forward pass from token ids to logits (chapter 2)
+    assert re.search(r"input +token ids +\(2, 14\) +\(B, T\)", out)
+    assert re.search(r"logits .* \(2, 14, 18\) +\(B, T, vocab\)", out)
+    # byte-pair encoding gives back a string of characters it never saw (chapter 4)
+    assert "decoded back unchanged: True" in out
     # the key/value cache gives the same tokens as recomputing everything (chapter 4)
     assert "same tokens: True" in out
+
+
+def test_demo_progress_into_a_pipe_is_a_few_short_plain_lines():
+    out = _demo_quick_run().stdout                    # captured through a pipe, not a terminal
+    assert "\r" not in out
+    assert max(len(line) for line in out.split("\n")) <= 200
+    for label in ("rohrer", "translate", "charlm"):
+        progress = re.findall(rf"^  {label}: step \d+/\d+  loss [\d.]+  \d+ steps/s$", out, re.M)
+        assert 2 <= len(progress) <= 5, (label, progress)
 
 
 def test_demo_one_chapter_writes_the_figures_it_names(tmp_path):

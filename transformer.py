@@ -15,8 +15,8 @@ Read this file top to bottom; each section uses only what came before it.
     8. Feed-forward        position-wise two-layer network (3.3)
     9. Blocks              residual connections, Post-LN (the paper) or Pre-LN (GPT-2)
    10. Models              DecoderOnlyTransformer (a GPT) and Transformer (encoder-decoder)
-                           with their decoding: greedy, temperature, top-k, beam search and a
-                           key/value cache
+                           with their decoding: greedy, temperature, top-k, top-p (nucleus),
+                           beam search and a key/value cache
    11. Loss                softmax cross-entropy with padding and label smoothing
    12. Optimizers          SGD, Adam with decoupled weight decay, clipping, one training step,
                            the warm-up schedule
@@ -927,11 +927,13 @@ def _check_dlogits(model, dlogits):
                          f"got {np.shape(dlogits)}")
 
 
-def sample_next(logits, temperature=0.0, top_k=None, rng=None):
+def sample_next(logits, temperature=0.0, top_k=None, rng=None, top_p=None):
     """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
-    softmax(logits / temperature), keeping only the top_k largest logits if top_k is given."""
+    softmax(logits / temperature), keeping only the top_k largest logits if top_k is given and
+    then only the nucleus of probability top_p if top_p is given (1 keeps every token)."""
     if np.ndim(logits) != 2:
         raise ValueError(f"logits must have shape (B, V), got shape {np.shape(logits)}")
+    _check_decoding(temperature, top_k, top_p, np.shape(logits)[-1])
     if temperature == 0:
         return np.argmax(logits, axis=-1)
     check_rng(rng)
@@ -939,16 +941,31 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None):
     if top_k is not None:
         kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
         logits = np.where(logits >= kth, logits, -np.inf)
+    if top_p is not None and top_p < 1:
+        # Nucleus sampling (Holtzman et al. 2020, "The Curious Case of Neural Text
+        # Degeneration"): keep the smallest set of most likely tokens whose probabilities add
+        # up to top_p. Going down the tokens from the most likely, a token belongs to the set
+        # while the tokens before it hold less than top_p; the first token always does.
+        p = softmax(logits)
+        order = np.argsort(-p, axis=-1, kind="stable")                  # most likely first
+        p_sorted = np.take_along_axis(p, order, axis=-1)
+        inside = np.cumsum(p_sorted, axis=-1) - p_sorted < top_p        # mass before each token
+        keep = np.zeros(p.shape, bool)
+        np.put_along_axis(keep, order, inside, axis=-1)
+        logits = np.where(keep, logits, -np.inf)
     cdf = np.cumsum(softmax(logits), axis=-1)
     u = rng.random((logits.shape[0], 1)) * cdf[:, -1:]
     return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
 
 
-def _check_decoding(temperature, top_k, vocab_size):
+def _check_decoding(temperature, top_k, top_p, vocab_size):
     if not (isinstance(temperature, (int, float)) and temperature >= 0):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
         raise ValueError(f"top_k must be None or an int in [1, {vocab_size}], got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
 def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes, dtype, seed):
@@ -1036,14 +1053,15 @@ class DecoderOnlyTransformer(Module):
             self.pos_embed.backward(dx.sum(axis=0))    # one position row served every batch row
         self.embed.backward(dx * self.embed_scale)
 
-    def generate(self, prompt, max_new_tokens, temperature=0.0, top_k=None, use_cache=True,
-                 seed=0, return_logits=False):
+    def generate(self, prompt, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
+                 use_cache=True, seed=0, return_logits=False):
         """Extend prompt (T0,) or (B, T0) by max_new_tokens tokens, one at a time.
 
         With use_cache the prompt is run once (prefill) and then each new token alone, reusing
         the keys and values of earlier positions; without it, the whole sequence is recomputed
-        every step. Both give the same tokens and logits. return_logits also returns the
-        (B, max_new_tokens, vocab) logits each new token was chosen from.
+        every step. Both give the same tokens and logits. temperature, top_k and top_p choose
+        each token as in sample_next. return_logits also returns the (B, max_new_tokens, vocab)
+        logits each new token was chosen from.
         """
         tokens = np.asarray(prompt)
         squeeze = tokens.ndim == 1
@@ -1051,14 +1069,14 @@ class DecoderOnlyTransformer(Module):
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0 or tokens.shape[1] + max_new_tokens > self.max_len:
             raise ValueError(f"max_new_tokens must be an int in [0, {self.max_len - tokens.shape[1]}] "
                              f"(prompt length {tokens.shape[1]}, max_len {self.max_len}), got {max_new_tokens!r}")
-        _check_decoding(temperature, top_k, self.vocab_size)
+        _check_decoding(temperature, top_k, top_p, self.vocab_size)
         rng = np.random.default_rng(seed)
         caches = [{} for _ in self.blocks] if use_cache else None
         logits = self._run(tokens, 0, caches)[:, -1]
         chosen = []
         for step in range(max_new_tokens):
             chosen.append(logits)
-            nxt = sample_next(logits, temperature, top_k, rng)
+            nxt = sample_next(logits, temperature, top_k, rng, top_p)
             tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
             if step + 1 < max_new_tokens:
                 new = self._run(nxt[:, None], tokens.shape[1] - 1, caches) if use_cache else self._run(tokens)
