@@ -352,7 +352,8 @@ def pair_sentences(rng, n, k=4, triples=3):
 
 def train_masked_lm(steps=300, k=4, d_model=32, seed=0, lr=3e-3, batch_size=64):
     """A two-layer BERT with an MLM head, trained on pair_sentences; -> (model, losses)."""
-    steps, k, batch_size = check_count("steps", steps), check_count("k", k), check_count("batch_size", batch_size)
+    for name, value in (("steps", steps), ("k", k), ("d_model", d_model), ("batch_size", batch_size)):
+        check_count(name, value)
     check_positive("lr", lr)
     vocab_size = 2 + 2 * k + k * k
     bert = Bert(vocab_size, d_model, 2, 2, 2 * d_model, 9, dtype=np.float32, seed=seed)
@@ -509,11 +510,13 @@ def _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len, ty
     check_float_dtype(dtype)
     check_count("seed", seed, minimum=0)
     if tokenizer is not None and not isinstance(tokenizer, WordPieceTokenizer):
-        raise TypeError(f"tokenizer must be None or a WordPieceTokenizer, got {type(tokenizer).__name__}")
-    numbers = d_model * (vocab_size + max_len + type_vocab_size) + n_layers * (4 * d_model + 2 * d_ff) * d_model
+        raise TypeError(f"tokenizer must be None or a WordPieceTokenizer, got "
+                        f"{type(tokenizer).__name__}")
+    numbers = d_model * (vocab_size + max_len + type_vocab_size + n_layers * (4 * d_model + 2 * d_ff))
     if numbers > MAX_NUMBERS:
         raise ValueError(f"the sizes (vocab_size={vocab_size}, d_model={d_model}, n_layers={n_layers}, "
-                         f"d_ff={d_ff}, max_len={max_len}) ask for more than {MAX_NUMBERS:.0e} "
+                         f"d_ff={d_ff}, max_len={max_len}, type_vocab_size={type_vocab_size}) ask for "
+                         f"more than {MAX_NUMBERS:.0e} "
                          f"numbers (one was mistyped?)")
 
 

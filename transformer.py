@@ -987,7 +987,8 @@ def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes, dtype,
     weights = int(d_model) * sum(int(v) for _, v in vocab_sizes) \
         + int(n_layers) * len(vocab_sizes) * (4 * int(d_model) + 2 * d_ff) * int(d_model)
     if weights + int(max_len) * int(d_model) > MAX_NUMBERS:
-        raise ValueError(f"the sizes (d_model={d_model}, n_layers={n_layers}, max_len={max_len}, "
+        raise ValueError(f"the sizes (d_model={d_model}, n_layers={n_layers}, d_ff={d_ff}, "
+                         f"max_len={max_len}, "
                          f"{', '.join(f'{n}={v}' for n, v in vocab_sizes)}) ask for more than "
                          f"{MAX_NUMBERS:.0e} numbers (one was mistyped?)")
     return weights
@@ -1130,10 +1131,8 @@ class Transformer(Module):
                       [("norm_first", norm_first), ("tie_weights", tie_weights)])
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1 for the encoder-decoder, got {n_layers!r}")
-        if pad_id is not None and not (isinstance(pad_id, (int, np.integer)) and not isinstance(pad_id, bool)
-                                       and 0 <= pad_id < min(src_vocab_size, tgt_vocab_size)):
-            raise ValueError(f"pad_id must be None or an id in [0, {min(src_vocab_size, tgt_vocab_size)}) "
-                             f"(in both vocabularies), got {pad_id!r}")
+        if pad_id is not None:                                      # an id of both vocabularies
+            check_count("pad_id", pad_id, 0, min(src_vocab_size, tgt_vocab_size) - 1)
         self.config = _python_values(dict(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
                            d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
                            max_len=max_len, norm_first=norm_first, activation=activation,
@@ -1240,7 +1239,7 @@ class Transformer(Module):
         eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
         b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
         src = self._check_decode_args(src, bos_id, eos_id, max_len)
-        check_count("beam_size", beam_size, 1, self.tgt_vocab_size)    # more beams than tokens: none to fill them
+        check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more beams than tokens: idle
         B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
         memory, src_mask = self.encode(src)
         memory = np.repeat(memory, K, axis=0)
@@ -1450,7 +1449,8 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     them, already diverged (restore a copy saved earlier and lower the lr). A gradient that
     overflows to inf is refused by clipping or by optimizer.step before any weight changes,
     with the gradients of this step left in place."""
-    vocab_size = getattr(model, "tgt_vocab_size" if isinstance(model, Transformer) else "vocab_size", None)
+    vocab_size = getattr(model, "tgt_vocab_size" if isinstance(model, Transformer) else "vocab_size",
+                         None)
     if not isinstance(model, Module) or vocab_size is None:
         raise TypeError(f"model must be a model that gives logits, such as a "
                         f"DecoderOnlyTransformer, got {type(model).__name__}")
@@ -1556,14 +1556,16 @@ def load(path):
                                     [("attention_only", config.get("attention_only", False))])
             held = sum(n for name, n in sizes.items() if name != "__config__")
             if weights > held:
-                raise ValueError(f"its config asks for at least {weights} weights, its arrays hold {held}")
+                raise ValueError(f"its config asks for at least {weights} weights, its arrays "
+                                 f"hold {held}")
             model = cls(**config)
             expected = {n: v for n, v, _ in model.parameters()}
             if set(expected) != set(sizes) - {"__config__"}:
                 raise ValueError("its arrays are not the parameters its config describes")
             for name, value in expected.items():
                 array = data[name]
-                if array.shape != value.shape or array.dtype.kind != "f" or not np.all(np.isfinite(array)):
+                if array.shape != value.shape or array.dtype.kind != "f" \
+                        or not np.all(np.isfinite(array)):
                     raise ValueError(f"{name} must be finite floats of shape {value.shape}, got "
                                      f"{array.dtype} of shape {array.shape}")
                 value[...] = array
