@@ -25,13 +25,15 @@ on real tokens, False on padding.
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import unicodedata
 
 import numpy as np
 
-from transformer import (Adam, Block, Embedding, GELU, LayerNorm, Linear, Module, TiedUnembedding,
-                         check_count, check_float_dtype, check_id_array, check_positive, train_step)
+from transformer import (MAX_LAYERS, MAX_NUMBERS, Adam, Block, Embedding, GELU, LayerNorm, Linear,
+                         Module, TiedUnembedding, check_count, check_finite, check_float_dtype,
+                         check_id_array, check_positive, check_rng, train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ class Bert(Module):
                  norm_eps=1e-12, dtype=np.float64, seed=0, tokenizer=None):
         super().__init__()
         _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len,
-                           type_vocab_size, norm_eps, dtype, seed)
+                           type_vocab_size, norm_eps, dtype, seed, tokenizer)
         rng = np.random.default_rng(seed)
         self.vocab_size, self.max_len, self.type_vocab_size = vocab_size, max_len, type_vocab_size
         self.dtype = np.dtype(dtype)
@@ -100,7 +102,8 @@ class Bert(Module):
         if np.shape(dh) != self.cache:
             raise ValueError(f"dh must have the shape of the last forward's output {self.cache}, "
                              f"got {np.shape(dh)}")
-        dx = dh
+        check_finite("dh", dh)
+        dx = np.asarray(dh)
         for block in reversed(self.encoder):
             dx, _ = block.backward(dx)
         dx = self.embed_norm.backward(dx)
@@ -120,6 +123,7 @@ class Bert(Module):
                    for t in texts[start:start + batch_size]]
             tokens, real = pad_batch(ids, self.tokenizer.pad_id)
             rows.append(mean_pool(self.forward(tokens, real), real))
+            check_finite("the sentence embeddings (are the weights finite?)", rows[-1])
         return np.concatenate(rows)
 
 
@@ -186,6 +190,8 @@ class WordPieceTokenizer:
     """vocab: the list of pieces, id = position (BERT's vocab.txt, one piece per line)."""
 
     def __init__(self, vocab):
+        if not isinstance(vocab, (list, tuple)) or not all(isinstance(p, str) for p in vocab):
+            raise TypeError(f"vocab must be a list of str pieces, got {type(vocab).__name__}")
         self.itos = list(vocab)
         self.stoi = {piece: i for i, piece in enumerate(self.itos)}
         missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in self.stoi]
@@ -296,7 +302,9 @@ class MaskedLanguageModel(Module):
 
     def __init__(self, bert, seed=0):
         super().__init__()
-        self.bert = bert
+        if not isinstance(bert, Bert):
+            raise TypeError(f"bert must be a Bert, got {type(bert).__name__}")
+        self.bert, self.vocab_size = bert, bert.vocab_size
         self.head = MaskedLMHead(bert.word_embed, np.random.default_rng(check_count("seed", seed, 0)),
                                  bert.embed_norm.eps)
 
@@ -311,7 +319,11 @@ def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
     """BERT's corruption. tokens (B, T) int -> (inputs, targets): inputs with the chosen
     positions replaced (80% mask_id, 10% a random id, 10% unchanged); targets the original id at
     chosen positions and -1 (the ignore_index) elsewhere. Ids in special are never chosen."""
-    tokens = np.asarray(tokens)
+    vocab_size = check_count("vocab_size", vocab_size)
+    tokens, rng = check_id_array(tokens, "tokens", vocab_size), check_rng(rng)
+    check_count("mask_id", mask_id, 0, vocab_size - 1)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 < rate <= 1:
+        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}")
     chosen = (rng.random(tokens.shape) < rate) & ~np.isin(tokens, special)
     fate = rng.random(tokens.shape)
     inputs = np.where(chosen & (fate < 0.8), mask_id, tokens)
@@ -328,6 +340,8 @@ def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
 
 def pair_sentences(rng, n, k=4, triples=3):
     """-> (n, 3·triples) int: n sentences of the toy task, ids as described above."""
+    check_rng(rng)
+    n, k, triples = check_count("n", n), check_count("k", k), check_count("triples", triples)
     a, c = rng.integers(0, k, (n, triples)), rng.integers(0, k, (n, triples))
     tokens = np.empty((n, 3 * triples), np.intp)
     tokens[:, 0::3] = 2 + a
@@ -338,6 +352,9 @@ def pair_sentences(rng, n, k=4, triples=3):
 
 def train_masked_lm(steps=300, k=4, d_model=32, seed=0, lr=3e-3, batch_size=64):
     """A two-layer BERT with an MLM head, trained on pair_sentences; -> (model, losses)."""
+    for name, value in (("steps", steps), ("k", k), ("d_model", d_model), ("batch_size", batch_size)):
+        check_count(name, value)
+    check_positive("lr", lr)
     vocab_size = 2 + 2 * k + k * k
     bert = Bert(vocab_size, d_model, 2, 2, 2 * d_model, 9, dtype=np.float32, seed=seed)
     model = MaskedLanguageModel(bert, seed=seed + 1)
@@ -351,6 +368,7 @@ def train_masked_lm(steps=300, k=4, d_model=32, seed=0, lr=3e-3, batch_size=64):
 def fill_in_accuracy(model, rng, where, n=1000, k=4):
     """The share of sentences in which one masked word at position `where` (0: a left word,
     1: a middle word, 2: a right word, of some triple) is predicted exactly."""
+    check_count("where", where, 0, 2)
     tokens = pair_sentences(rng, n, k)
     rows, cols = np.arange(n), 3 * rng.integers(0, 3, n) + where
     inputs = tokens.copy()
@@ -378,7 +396,7 @@ SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "
 def read_safetensors(path):
     """A .safetensors file -> dict name -> np.ndarray (read-only views of one read of the file,
     except bfloat16, widened to float32)."""
-    path = pathlib.Path(path)
+    path = _check_path(path)
     data = _read_file(path, "path")
     header, start = _safetensors_header(data, path)
     tensors = {}
@@ -432,8 +450,8 @@ def unused_weight_names(n_layers):
 def load_bert(path=None, dtype=np.float32):
     """A folder holding config.json, model.safetensors and vocab.txt (None: the installed
     all-MiniLM-L6-v2) -> Bert, with its tokenizer, in dtype (float32 or float64)."""
-    folder = installed_model_folder() if path is None else pathlib.Path(path)
     dtype = check_float_dtype(dtype)
+    folder = installed_model_folder() if path is None else _check_path(path)
     config = _bert_config(folder)
     tensors = read_safetensors(folder / "model.safetensors")
     vocab = _read_file(folder / "vocab.txt", "path").decode("utf-8").splitlines()
@@ -482,14 +500,24 @@ def _check_texts(texts):
 
 
 def _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len, type_vocab_size,
-                       norm_eps, dtype, seed):
-    for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_heads", n_heads),
-                        ("d_ff", d_ff), ("max_len", max_len), ("type_vocab_size", type_vocab_size)):
-        check_count(name, value)
-    check_count("n_layers", n_layers, minimum=0)
+                       norm_eps, dtype, seed, tokenizer):
+    vocab_size, d_model, n_heads, d_ff, max_len, type_vocab_size = (
+        check_count(name, value) for name, value in (
+            ("vocab_size", vocab_size), ("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff),
+            ("max_len", max_len), ("type_vocab_size", type_vocab_size)))
+    n_layers = check_count("n_layers", n_layers, minimum=0, maximum=MAX_LAYERS)
     check_positive("norm_eps", norm_eps)
     check_float_dtype(dtype)
     check_count("seed", seed, minimum=0)
+    if tokenizer is not None and not isinstance(tokenizer, WordPieceTokenizer):
+        raise TypeError(f"tokenizer must be None or a WordPieceTokenizer, got "
+                        f"{type(tokenizer).__name__}")
+    numbers = d_model * (vocab_size + max_len + type_vocab_size + n_layers * (4 * d_model + 2 * d_ff))
+    if numbers > MAX_NUMBERS:
+        raise ValueError(f"the sizes (vocab_size={vocab_size}, d_model={d_model}, n_layers={n_layers}, "
+                         f"d_ff={d_ff}, max_len={max_len}, type_vocab_size={type_vocab_size}) ask for "
+                         f"more than {MAX_NUMBERS:.0e} "
+                         f"numbers (one was mistyped?)")
 
 
 def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
@@ -517,6 +545,12 @@ def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
         raise ValueError(f"token_type_ids must have the shape of tokens {tokens.shape}, got "
                          f"{token_type_ids.shape}")
     return tokens, attention_mask, token_type_ids
+
+
+def _check_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a pathlib.Path, got {type(path).__name__}")
+    return pathlib.Path(path)
 
 
 def _read_file(path, name):

@@ -40,7 +40,11 @@ import heapq
 import json
 import math
 import numbers
+import os
+import pathlib
 import re
+import zipfile
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -53,10 +57,12 @@ import numpy as np
 # TypeError) that names the argument, what was given and what is allowed. These checks are
 # shared by superposition.py and circuits.py too.
 
-def check_count(name, value, minimum=1):
-    """An int >= minimum (a bool is not a count) -> int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+def check_count(name, value, minimum=1, maximum=None):
+    """An int >= minimum (and <= maximum, if given; a bool is not a count) -> int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
+            or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
     return int(value)
 
 
@@ -70,9 +76,19 @@ def check_positive(name, value, or_zero=False):
 
 def check_finite(name, x):
     """No NaN or inf: one would travel silently through every later result."""
+    if np.asarray(x).dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__} of dtype "
+                        f"{np.asarray(x).dtype}")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} must be finite, got NaN or inf in "
                          f"{np.count_nonzero(~np.isfinite(x))} of its {np.size(x)} entries")
+
+
+def check_flag(name, value):
+    """True or False (NumPy's bool too) -> bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_float_dtype(dtype):
@@ -108,11 +124,15 @@ def _check_text(text):
 
 def _check_ids(ids, vocab_size):
     """A sequence of ids to decode -> list of ints, each in [0, vocab_size)."""
-    ids = [int(i) for i in ids]
-    bad = [i for i in ids if not 0 <= i < vocab_size]
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return []
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise TypeError(f"ids must be a sequence of int ids, got dtype {ids.dtype}, shape {ids.shape}")
+    bad = ids[(ids < 0) | (ids >= vocab_size)].tolist()
     if bad:
         raise ValueError(f"ids must lie in [0, {vocab_size}), got {bad[:5]}")
-    return ids
+    return ids.tolist()
 
 
 class Tokenizer:
@@ -134,12 +154,13 @@ class Tokenizer:
 
     def encode(self, text, bos=False, eos=False):
         """str -> list of ids; pieces never seen in training become <unk>."""
+        bos, eos = check_flag("bos", bos), check_flag("eos", eos)
         ids = [self.stoi.get(piece, self.unk_id) for piece in self.split(_check_text(text))]
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids, skip_special=True):
         """list of ids -> str; special tokens are dropped unless skip_special is False."""
-        ids = _check_ids(ids, self.vocab_size)
+        ids, skip_special = _check_ids(ids, self.vocab_size), check_flag("skip_special", skip_special)
         pieces = [self.itos[i] for i in ids if not (skip_special and i < len(SPECIAL_TOKENS))]
         return self.join(pieces)
 
@@ -182,8 +203,7 @@ class BPETokenizer:
 
     def __init__(self, text, vocab_size):
         _check_text(text)
-        if not isinstance(vocab_size, int) or vocab_size < 256:
-            raise ValueError(f"vocab_size must be an int >= 256 (the byte alphabet), got {vocab_size!r}")
+        vocab_size = check_count("vocab_size", vocab_size, minimum=256)     # the byte alphabet
         self.merges = {}                              # (id, id) -> new id, in order of creation
         self.pieces = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
         # Merges never cross a word boundary: count pairs inside each distinct word only.
@@ -313,7 +333,7 @@ class Module:
 
 
 def _normal(rng, shape, std, dtype):
-    return (check_rng(rng).standard_normal(shape) * std).astype(dtype)
+    return (check_rng(rng).standard_normal(shape) * std).astype(check_float_dtype(dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +378,7 @@ class Embedding(Module):
     def backward(self, dout):
         """(B, T, d_model) -> None: ids have no gradient."""
         ids = self._saved()
+        _check_dout(dout, ids.shape + self.params["W"].shape[1:], type(self).__name__)
         d = dout.shape[-1]
         # np.add.at is several times faster on 1-D arrays, so scatter single numbers: entry j
         # of row i of the table is entry i·d + j of the flattened table (a view of the grad).
@@ -393,6 +414,13 @@ def _check_width(x, d, layer):
         raise ValueError(f"{layer} expects x with {d} features on its last axis, got shape {np.shape(x)}")
 
 
+def _check_dout(dout, shape, layer):
+    """A backward takes the gradient of its last forward's output: an array of that shape."""
+    if not isinstance(dout, np.ndarray) or dout.shape != shape:
+        raise ValueError(f"{layer}.backward expects dout of shape {shape} (the last forward's "
+                         f"output), got {type(dout).__name__} of shape {np.shape(dout)}")
+
+
 def matmul_rows(x, W):
     """x (..., k) @ W (k, n) -> (..., n). Rows are independent, so this is one 2-D product of
     all rows at once: a 3-D @ 2-D product would make NumPy call BLAS once per batch entry,
@@ -423,6 +451,7 @@ class Linear(Module):
     def backward(self, dout):
         """(..., d_out) -> (..., d_in).  dW = xᵀ dout summed over all rows, db = Σ dout."""
         x = self._saved()
+        _check_dout(dout, x.shape[:-1] + self.params["W"].shape[1:], type(self).__name__)
         x2, d2 = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
         self.grads["W"] += x2.T @ d2
         if "b" in self.params:
@@ -572,6 +601,12 @@ class TanhGELU(Module):
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "gelu_tanh": TanhGELU}
 
 
+def check_activation(activation):
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    return activation
+
+
 def softmax(x, axis=-1, mask=None):
     """Numerically stable softmax. Masked-out entries (mask False) get probability 0, and a row
     whose entries are all masked is all zeros, not NaN: its max is -inf, which we replace by 0
@@ -593,9 +628,12 @@ def softmax(x, axis=-1, mask=None):
 
 
 def log_softmax(x, axis=-1):
-    """log softmax(x) = x - max - log Σ exp(x - max): finite for any finite x."""
-    z = x - np.max(x, axis=axis, keepdims=True)
-    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+    """log softmax(x) = x - max - log Σ exp(x - max): finite for any finite x. A row that is all
+    -inf (every entry masked) stays -inf, the log of the zeros softmax gives it, not NaN."""
+    m = np.max(x, axis=axis, keepdims=True)
+    z = x - np.where(np.isfinite(m), m, 0)
+    s = np.sum(np.exp(z), axis=axis, keepdims=True)
+    return z - np.log(np.where(s == 0, 1, s))
 
 
 def row_dot(a, b):
@@ -646,6 +684,7 @@ class LayerNorm(Module):
 
     def backward(self, dout):
         xhat, r = self._saved()
+        _check_dout(dout, xhat.shape, type(self).__name__)
         d = dout.shape[-1]
         self.grads["g"] += (dout * xhat).reshape(-1, d).sum(axis=0)
         self.grads["b"] += dout.reshape(-1, d).sum(axis=0)
@@ -715,6 +754,14 @@ class ScaledDotProductAttention(Module):
         return (ds @ k) * scale, (ds.swapaxes(-1, -2) @ q) * scale, dv   # scale the small factors
 
 
+def _check_attention_inputs(x, context, d):
+    """x (B, T, d) and context None or (B, S, d), before a layer records anything."""
+    for name, a in [("x", x)] + ([] if context is None else [("context", context)]):
+        if np.ndim(a) != 3 or np.shape(a)[2] != d or np.shape(a)[0] != np.shape(x)[0]:
+            raise ValueError(f"MultiHeadAttention expects {name} of shape (B, T, {d}) with the batch "
+                             f"size of x, got shape {np.shape(a)}")
+
+
 class MultiHeadAttention(Module):
     """Multi-head attention (Vaswani et al. 3.2.2).
 
@@ -760,6 +807,7 @@ class MultiHeadAttention(Module):
 
     def forward(self, x, context=None, mask=None, cache=None):
         """x (B, T, d) queries; context (B, S, d) or None -> (B, T, d)"""
+        _check_attention_inputs(x, context, self.query.params["W"].shape[0])
         self.cross = context is not None
         source = context if self.cross else x
         q = self.split_heads(self.query.forward(x))
@@ -790,8 +838,7 @@ class FeedForward(Module):
 
     def __init__(self, d_model, d_ff, rng, dtype=np.float64, activation="relu", bias=True):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        check_activation(activation)
         self.fc1 = Linear(d_model, d_ff, rng, dtype, bias)
         self.act = ACTIVATIONS[activation]()
         self.fc2 = Linear(d_ff, d_model, rng, dtype, bias)
@@ -925,15 +972,22 @@ def _check_dlogits(model, dlogits):
     if np.shape(dlogits) != shape:
         raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
                          f"got {np.shape(dlogits)}")
+    check_finite("dlogits", dlogits)
+    return np.asarray(dlogits)
 
 
 def sample_next(logits, temperature=0.0, top_k=None, rng=None, top_p=None):
     """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
     softmax(logits / temperature), keeping only the top_k largest logits if top_k is given and
     then only the nucleus of probability top_p if top_p is given (1 keeps every token)."""
-    if np.ndim(logits) != 2:
-        raise ValueError(f"logits must have shape (B, V), got shape {np.shape(logits)}")
-    _check_decoding(temperature, top_k, top_p, np.shape(logits)[-1])
+    if np.ndim(logits) != 2 or np.shape(logits)[1] == 0:
+        raise ValueError(f"logits must have shape (B, V) with V >= 1, got shape {np.shape(logits)}")
+    check_finite("logits", logits)
+    _check_decoding(temperature, top_k, top_p, np.shape(logits)[1])
+    return _sample(np.asarray(logits), temperature, top_k, top_p, rng)
+
+
+def _sample(logits, temperature, top_k, top_p, rng):
     if temperature == 0:
         return np.argmax(logits, axis=-1)
     check_rng(rng)
@@ -959,24 +1013,50 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None, top_p=None):
 
 
 def _check_decoding(temperature, top_k, top_p, vocab_size):
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be None or an int in [1, {vocab_size}], got {top_k!r}")
+    check_positive("temperature", temperature, or_zero=True)
+    if top_k is not None:
+        check_count("top_k", top_k, maximum=vocab_size)
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
                               or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
-def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes, dtype, seed):
-    """The sizes, float type and seed a model is built from; the layers check the rest
-    (MultiHeadAttention that n_heads divides d_model, FeedForward the activation's name)."""
+# Sizes are bounded so that a mistyped one (or a crafted file) is refused at once, instead of
+# hanging or exhausting memory: far beyond any model this file can train.
+MAX_LAYERS = 1000
+MAX_NUMBERS = 10 ** 8           # parameters and position table: 0.8 GB in float64
+
+
+def _check_config(d_model, n_heads, n_layers, d_ff, max_len, vocab_sizes, dtype, seed, norm_eps,
+                  activation, flags):
+    """The sizes, float type, seed, eps, activation and switches a model is built from (the
+    layers check that n_heads divides d_model) -> a lower bound on the number of parameters:
+    the embeddings, each layer's four attention matrices and two feed-forward ones (one stack
+    of layers per vocabulary)."""
     check_float_dtype(dtype)
     check_count("seed", seed, minimum=0)
     for name, value in [("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff),
                         ("max_len", max_len)] + vocab_sizes:
         check_count(name, value)
-    check_count("n_layers", n_layers, minimum=0)
+    check_count("n_layers", n_layers, minimum=0, maximum=MAX_LAYERS)
+    check_positive("norm_eps", norm_eps, or_zero=True)
+    check_activation(activation)
+    for name, value in flags:
+        check_flag(name, value)
+    d_ff = 0 if dict(flags).get("attention_only") else int(d_ff)
+    weights = int(d_model) * sum(int(v) for _, v in vocab_sizes) \
+        + int(n_layers) * len(vocab_sizes) * (4 * int(d_model) + 2 * d_ff) * int(d_model)
+    if weights + int(max_len) * int(d_model) > MAX_NUMBERS:
+        raise ValueError(f"the sizes (d_model={d_model}, n_layers={n_layers}, d_ff={d_ff}, "
+                         f"max_len={max_len}, "
+                         f"{', '.join(f'{n}={v}' for n, v in vocab_sizes)}) ask for more than "
+                         f"{MAX_NUMBERS:.0e} numbers (one was mistyped?)")
+    return weights
+
+
+def _python_values(config):
+    """NumPy scalars (np.int64 from len() or arithmetic on arrays) as Python's, for JSON."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
 
 
 POSITIONAL_CODES = ("sinusoidal", "learned", None)
@@ -997,16 +1077,18 @@ class DecoderOnlyTransformer(Module):
                  activation="relu", tie_weights=False, attention_only=False, layer_norm=True,
                  bias=True, positional="sinusoidal", norm_eps=1e-5, dtype=np.float64, seed=0):
         super().__init__()
-        _check_config(d_model, n_heads, n_layers, d_ff, max_len,
-                      [("vocab_size", vocab_size)], dtype, seed)
-        if positional not in POSITIONAL_CODES:
+        _check_config(d_model, n_heads, n_layers, d_ff, max_len, [("vocab_size", vocab_size)],
+                      dtype, seed, norm_eps, activation,
+                      [("norm_first", norm_first), ("tie_weights", tie_weights),
+                       ("attention_only", attention_only), ("layer_norm", layer_norm), ("bias", bias)])
+        if not (positional is None or isinstance(positional, str)) or positional not in POSITIONAL_CODES:
             raise ValueError(f"positional must be one of {POSITIONAL_CODES}, got {positional!r}")
-        self.config = dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads,
+        self.config = _python_values(dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads,
                            n_layers=n_layers, d_ff=d_ff, max_len=max_len, norm_first=norm_first,
                            activation=activation, tie_weights=tie_weights,
                            attention_only=attention_only, layer_norm=layer_norm, bias=bias,
                            positional=positional, norm_eps=norm_eps, dtype=np.dtype(dtype).name,
-                           seed=seed)
+                           seed=seed))
         rng = np.random.default_rng(seed)
         self.vocab_size, self.max_len, self.dtype = vocab_size, max_len, np.dtype(dtype)
         self.embed_scale = math.sqrt(d_model)
@@ -1045,7 +1127,7 @@ class DecoderOnlyTransformer(Module):
 
     def backward(self, dlogits):
         """(B, T, vocab_size) -> None; adds into every parameter's grad."""
-        _check_dlogits(self, dlogits)
+        dlogits = _check_dlogits(self, dlogits)
         dx = self.norm.backward(self.unembed.backward(dlogits))
         for block in reversed(self.blocks):
             dx, _ = block.backward(dx)
@@ -1066,17 +1148,19 @@ class DecoderOnlyTransformer(Module):
         tokens = np.asarray(prompt)
         squeeze = tokens.ndim == 1
         tokens = check_tokens(tokens[None] if squeeze else tokens, "prompt", self.vocab_size, self.max_len)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0 or tokens.shape[1] + max_new_tokens > self.max_len:
-            raise ValueError(f"max_new_tokens must be an int in [0, {self.max_len - tokens.shape[1]}] "
-                             f"(prompt length {tokens.shape[1]}, max_len {self.max_len}), got {max_new_tokens!r}")
+        check_count("max_new_tokens", max_new_tokens, 0, self.max_len - tokens.shape[1])
         _check_decoding(temperature, top_k, top_p, self.vocab_size)
+        check_count("seed", seed, minimum=0)
+        check_flag("use_cache", use_cache)
+        check_flag("return_logits", return_logits)
         rng = np.random.default_rng(seed)
         caches = [{} for _ in self.blocks] if use_cache else None
         logits = self._run(tokens, 0, caches)[:, -1]
         chosen = []
         for step in range(max_new_tokens):
+            check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
             chosen.append(logits)
-            nxt = sample_next(logits, temperature, top_k, rng, top_p)
+            nxt = _sample(logits, temperature, top_k, top_p, rng)
             tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
             if step + 1 < max_new_tokens:
                 new = self._run(nxt[:, None], tokens.shape[1] - 1, caches) if use_cache else self._run(tokens)
@@ -1104,14 +1188,17 @@ class Transformer(Module):
         super().__init__()
         _check_config(d_model, n_heads, n_layers, d_ff, max_len,
                       [("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)],
-                      dtype, seed)
+                      dtype, seed, norm_eps, activation,
+                      [("norm_first", norm_first), ("tie_weights", tie_weights)])
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1 for the encoder-decoder, got {n_layers!r}")
-        self.config = dict(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+        if pad_id is not None:                                      # an id of both vocabularies
+            check_count("pad_id", pad_id, 0, min(src_vocab_size, tgt_vocab_size) - 1)
+        self.config = _python_values(dict(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
                            d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
                            max_len=max_len, norm_first=norm_first, activation=activation,
                            pad_id=pad_id, tie_weights=tie_weights, norm_eps=norm_eps,
-                           dtype=np.dtype(dtype).name, seed=seed)
+                           dtype=np.dtype(dtype).name, seed=seed))
         rng = np.random.default_rng(seed)
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
         self.max_len, self.pad_id, self.dtype = max_len, pad_id, np.dtype(dtype)
@@ -1169,7 +1256,7 @@ class Transformer(Module):
     def backward(self, dlogits):
         """Backward through the decoder, collecting the gradient of the encoder output from every
         cross-attention, then through the encoder."""
-        _check_dlogits(self, dlogits)
+        dlogits = _check_dlogits(self, dlogits)
         dx = self.decoder_norm.backward(self.unembed.backward(dlogits))
         dmemory = 0
         for block in reversed(self.decoder):
@@ -1184,11 +1271,8 @@ class Transformer(Module):
     def _check_decode_args(self, src, bos_id, eos_id, max_len):
         src = check_tokens(src, "src", self.src_vocab_size, self.max_len)
         for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-            if not (isinstance(value, (int, np.integer)) and 0 <= value < self.tgt_vocab_size):
-                raise ValueError(f"{name} must be an id in [0, {self.tgt_vocab_size}), got {value!r}")
-        if not (isinstance(max_len, int) and 1 <= max_len < self.max_len):
-            raise ValueError(f"max_len must be an int in [1, {self.max_len - 1}] (the model's "
-                             f"max_len minus the <bos>), got {max_len!r}")
+            check_count(name, value, 0, self.tgt_vocab_size - 1)
+        check_count("max_len", max_len, 1, self.max_len - 1)     # the model's max_len minus the <bos>
         return src
 
     def greedy_decode(self, src, bos_id, eos_id, max_len):
@@ -1199,7 +1283,9 @@ class Transformer(Module):
         out = np.full((src.shape[0], 1), bos_id)
         done = np.zeros(src.shape[0], bool)
         for _ in range(max_len):
-            nxt = np.argmax(self.decode(out, memory, src_mask)[:, -1], axis=-1)
+            logits = self.decode(out, memory, src_mask)[:, -1]
+            check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
+            nxt = np.argmax(logits, axis=-1)
             nxt = np.where(done, eos_id, nxt)
             out = np.concatenate([out, nxt[:, None]], axis=1)
             done |= nxt == eos_id
@@ -1214,8 +1300,7 @@ class Transformer(Module):
         eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
         b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
         src = self._check_decode_args(src, bos_id, eos_id, max_len)
-        if not (isinstance(beam_size, int) and beam_size >= 1):
-            raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
+        check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more beams than tokens: idle
         B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
         memory, src_mask = self.encode(src)
         memory = np.repeat(memory, K, axis=0)
@@ -1227,6 +1312,7 @@ class Transformer(Module):
         rows = np.arange(B)[:, None]
         for _ in range(max_len):
             logits = self.decode(seqs.reshape(B * K, -1), memory, src_mask)[:, -1]
+            check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
             logp = log_softmax(logits).reshape(B, K, V)
             stay = np.full(V, -np.inf)
             stay[eos_id] = 0
@@ -1256,26 +1342,48 @@ class Transformer(Module):
 
 def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
     """logits (..., V), targets (...) int -> (loss, dlogits of the same shape as logits)."""
-    logits, targets = np.asarray(logits), np.asarray(targets)
+    logits = np.asarray(logits)
     check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
+    if logits.ndim < 1 or logits.shape[-1] == 0 or logits.dtype.kind != "f":
+        raise TypeError(f"logits must be a float array (..., V) with V >= 1, got dtype "
+                        f"{logits.dtype}, shape {logits.shape}")
+    targets, keep = _check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index,
+                                   label_smoothing)
+    return _softmax_cross_entropy(logits, targets, keep, label_smoothing)
+
+
+def _check_targets(targets, shape, V, ignore_index, label_smoothing):
+    """-> (targets as an integer array of the given shape, keep: True where a target counts)."""
+    targets = np.asarray(targets)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets must have shape {logits.shape[:-1]} (logits without the last "
+    if targets.shape != shape:
+        raise ValueError(f"targets must have shape {shape} (logits without the last "
                          f"axis), got {targets.shape}")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-    V = logits.shape[-1]
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+            or not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool)
+                                     or not isinstance(ignore_index, (int, np.integer))):
+        raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}")
     keep = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
     if keep.any() and (targets[keep].min() < 0 or targets[keep].max() >= V):
         raise ValueError(f"targets must hold ids in [0, {V}) (or ignore_index), got values in "
                          f"[{targets[keep].min()}, {targets[keep].max()}]")
+    return targets, keep
+
+
+def _softmax_cross_entropy(logits, targets, keep, label_smoothing):
+    V = logits.shape[-1]
     safe = np.where(keep, targets, 0)[..., None]
     logp = log_softmax(logits)
     n = max(int(keep.sum()), 1)
-    per_token = -(1 - label_smoothing) * np.take_along_axis(logp, safe, -1)[..., 0] \
-        - label_smoothing * logp.mean(axis=-1)
+    per_token = -(1 - label_smoothing) * np.take_along_axis(logp, safe, -1)[..., 0]
+    if label_smoothing:                 # (else 0 · mean could be 0 · -inf: logits near float's max)
+        per_token -= label_smoothing * logp.mean(axis=-1)
     loss = float(np.sum(per_token * keep)) / n
+    if not math.isfinite(loss):
+        raise ValueError(f"logits lie too far apart: the loss overflows {logits.dtype} ({loss})")
     dlogits = np.exp(logp)
     np.put_along_axis(dlogits, safe, np.take_along_axis(dlogits, safe, -1) - (1 - label_smoothing), -1)
     dlogits -= label_smoothing / V
@@ -1295,6 +1403,30 @@ def _check_decay_rate(name, value):
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
+def _check_parameters(parameters):
+    """model.parameters(): (name, value, grad) triples of float arrays -> a list of them."""
+    try:
+        params = list(parameters)
+    except TypeError:
+        raise TypeError(f"parameters must be the (name, value, grad) triples of model.parameters(), "
+                        f"got {type(parameters).__name__}") from None
+    for triple in params:
+        if not (isinstance(triple, tuple) and len(triple) == 3 and all(
+                isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.shape == triple[1].shape
+                for a in triple[1:])):
+            raise TypeError(f"parameters must be the (name, value, grad) triples of "
+                            f"model.parameters(), got an item {triple!r}"[:300])
+    return params
+
+
+def _check_step(optimizer):
+    """Before an update: lr (a plain attribute a schedule sets) and every gradient finite.
+    One inf gradient would make every weight it touches NaN."""
+    check_positive("lr", optimizer.lr, or_zero=True)
+    for name, _, grad in optimizer.params:
+        check_finite(f"the gradient of {name}", grad)
+
+
 class SGD:
     """v = μ v + g;  w -= lr (v + λ w)."""
 
@@ -1302,11 +1434,12 @@ class SGD:
         check_positive("lr", lr, or_zero=True)
         _check_decay_rate("momentum", momentum)
         check_positive("weight_decay", weight_decay, or_zero=True)
-        self.params = list(parameters)
+        self.params = _check_parameters(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
 
     def step(self):
+        _check_step(self)
         for (_, p, g), v in zip(self.params, self.velocity):
             v *= self.momentum
             v += g
@@ -1328,13 +1461,14 @@ class Adam:
         _check_decay_rate("betas[1]", betas[1])
         check_positive("eps", eps)
         check_positive("weight_decay", weight_decay, or_zero=True)
-        self.params = list(parameters)
+        self.params = _check_parameters(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = [np.zeros_like(p) for _, p, _ in self.params]
         self.v = [np.zeros_like(p) for _, p, _ in self.params]
         self.t = 0
 
     def step(self):
+        _check_step(self)
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
@@ -1352,8 +1486,11 @@ def clip_grad_norm(parameters, max_norm):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
     before clipping."""
     check_positive("max_norm", max_norm)
-    grads = [g for _, _, g in parameters]
+    grads = [g for _, _, g in _check_parameters(parameters)]
     norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
+    if not math.isfinite(norm):
+        raise ValueError(f"the gradients must be finite to be clipped, got a norm of {norm} (a NaN "
+                         f"or inf gradient, or squares beyond the float type's range)")
     if norm > max_norm:
         for g in grads:
             g *= max_norm / norm
@@ -1364,14 +1501,38 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
                max_grad_norm=None):
     """One step of training: forward, loss, zero the grads, backward, clip, update.
     inputs is the tuple of forward's arguments: (tokens,) for the decoder-only model, (src,
-    tgt_in) for the encoder-decoder. Returns the loss (before the update). Bad arguments are
-    refused before any gradient or weight changes."""
-    if not isinstance(inputs, tuple):
+    tgt_in) for the encoder-decoder; targets has the shape of the last of them. optimizer must
+    update this model's parameters. Returns the loss (before the update).
+
+    Bad arguments are refused before anything changes, the layers' saved forward included.
+    Logits that are NaN or inf mean that training has diverged: the step is refused with a
+    ValueError before the gradients change, and the weights stay as the previous step left
+    them, already diverged (restore a copy saved earlier and lower the lr). A gradient that
+    overflows to inf is refused by clipping or by optimizer.step before any weight changes,
+    with the gradients of this step left in place."""
+    vocab_size = getattr(model, "tgt_vocab_size" if isinstance(model, Transformer) else "vocab_size",
+                         None)
+    if not isinstance(model, Module) or vocab_size is None:
+        raise TypeError(f"model must be a model that gives logits, such as a "
+                        f"DecoderOnlyTransformer, got {type(model).__name__}")
+    params = getattr(optimizer, "params", None)
+    if not callable(getattr(optimizer, "step", None)) or not isinstance(params, list):
+        raise TypeError(f"optimizer must be an optimizer such as Adam(model.parameters()), got "
+                        f"{type(optimizer).__name__}")
+    ours = {id(value) for _, value, _ in model.parameters()}
+    if not all(isinstance(p, tuple) and len(p) == 3 and id(p[1]) in ours for p in params):
+        raise ValueError("optimizer must update this model's parameters (Adam(model.parameters())), "
+                         "but it holds arrays that are not this model's")
+    if not isinstance(inputs, tuple) or not inputs:
         raise TypeError(f"inputs must be the tuple of forward's arguments, such as (tokens,), "
                         f"got {type(inputs).__name__}")
     if max_grad_norm is not None:
         check_positive("max_grad_norm", max_grad_norm)
-    loss, dlogits = cross_entropy(model.forward(*inputs), targets, ignore_index, label_smoothing)
+    targets, keep = _check_targets(targets, np.shape(inputs[-1]), vocab_size, ignore_index,
+                                   label_smoothing)
+    logits = model.forward(*inputs)
+    check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
+    loss, dlogits = _softmax_cross_entropy(logits, targets, keep, label_smoothing)
     model.zero_grad()
     model.backward(dlogits)
     if max_grad_norm is not None:
@@ -1392,31 +1553,86 @@ def noam_lr(step, d_model, warmup=4000, factor=1.0):
 # 13. Saving and loading
 # ----------------------------------------------------------------------------------------------
 # One .npz file: the constructor arguments as a JSON string, then every parameter by its dotted
-# name. np.load(allow_pickle=False) never runs code from the file.
+# name. np.load(allow_pickle=False) never runs code from the file. A file from a stranger may
+# still lie, so load reads nothing it has not measured: each array's header must fit the bytes
+# it has, and the config must ask for no more numbers than the file's arrays hold, before any
+# model is built.
 
 MODELS = {"DecoderOnlyTransformer": DecoderOnlyTransformer, "Transformer": Transformer}
+MAX_CONFIG_BYTES = 10 ** 5
+
+
+def _npz_path(path):
+    """np.savez adds ".npz" to a name without it; load looks for the same file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a pathlib.Path, got {type(path).__name__}")
+    path = pathlib.Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
 def save(model, path):
+    """Write model to path (".npz" is added unless path ends with it, as np.savez does)."""
+    if type(model) not in MODELS.values():
+        raise TypeError(f"model must be one of {sorted(MODELS)}, got {type(model).__name__}")
+    path = _npz_path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"path {str(path)!r} is in a folder that does not exist")
     config = json.dumps({"class": type(model).__name__, **model.config})
     np.savez(path, __config__=np.array(config), **{n: v for n, v, _ in model.parameters()})
 
 
+def _array_sizes(archive):
+    """{member: number of entries} from each .npy header, checked against the bytes it holds."""
+    sizes = {}
+    for info in archive.infolist():
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        if math.prod(shape) * dtype.itemsize > info.file_size:
+            raise ValueError(f"{info.filename} claims shape {shape} of {dtype}, more than its "
+                             f"{info.file_size} bytes")
+        sizes[info.filename.removesuffix(".npy")] = math.prod(shape)
+    return sizes
+
+
 def load(path):
-    """Rebuild a model saved with save(); raises ValueError for a file that is not one."""
+    """Rebuild a model saved with save(); raises ValueError, naming the path, for a file that
+    is not one: missing, damaged, or lying about its contents."""
+    path = _npz_path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        config = json.loads(str(arrays.pop("__config__")))
-        cls = MODELS[config.pop("class")]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
-        raise ValueError(f"path {str(path)!r} is not a model saved by transformer.save ({err})") from None
-    model = cls(**config)
-    expected = {n: v for n, v, _ in model.parameters()}
-    if set(expected) != set(arrays) or any(expected[n].shape != arrays[n].shape for n in arrays):
-        raise ValueError(f"path {str(path)!r} holds parameters that do not match its config")
-    for name, value in expected.items():
-        value[...] = arrays[name]
+            sizes = _array_sizes(data.zip)
+            if sizes.get("__config__", math.inf) > MAX_CONFIG_BYTES:
+                raise ValueError(f"no __config__ of at most {MAX_CONFIG_BYTES} characters")
+            config = json.loads(str(data["__config__"]))
+            cls = MODELS[config.pop("class")]
+            vocab_sizes = [(k, config.get(k)) for k in ("vocab_size", "src_vocab_size", "tgt_vocab_size")
+                           if k in config]
+            weights = _check_config(*(config.get(k) for k in ("d_model", "n_heads", "n_layers", "d_ff",
+                                                              "max_len")), vocab_sizes,
+                                    config.get("dtype"), config.get("seed"),
+                                    config.get("norm_eps", 1e-5), config.get("activation", "relu"),
+                                    [("attention_only", config.get("attention_only", False))])
+            held = sum(n for name, n in sizes.items() if name != "__config__")
+            if weights > held:
+                raise ValueError(f"its config asks for at least {weights} weights, its arrays "
+                                 f"hold {held}")
+            model = cls(**config)
+            expected = {n: v for n, v, _ in model.parameters()}
+            if set(expected) != set(sizes) - {"__config__"}:
+                raise ValueError("its arrays are not the parameters its config describes")
+            for name, value in expected.items():
+                array = data[name]
+                if array.shape != value.shape or array.dtype.kind != "f" \
+                        or not np.all(np.isfinite(array)):
+                    raise ValueError(f"{name} must be finite floats of shape {value.shape}, got "
+                                     f"{array.dtype} of shape {array.shape}")
+                value[...] = array
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"path {str(path)!r} is not a model saved by transformer.save ({err})"[:500]) from None
     return model
 
 
@@ -1443,9 +1659,9 @@ def gradient_check(loss_fn, parameters, num_checks=10, eps=1e-5, seed=0):
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a function loss_fn() -> float, got {type(loss_fn).__name__}")
     num_checks, eps = check_count("num_checks", num_checks), check_positive("eps", eps)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_count("seed", seed, minimum=0))
     errors = {}
-    for name, value, grad in parameters:
+    for name, value, grad in _check_parameters(parameters):
         picked = rng.choice(value.size, min(num_checks, value.size), replace=False)
         numeric = []
         for i in picked:
@@ -1456,5 +1672,6 @@ def gradient_check(loss_fn, parameters, num_checks=10, eps=1e-5, seed=0):
             minus = loss_fn()
             value.flat[i] = old
             numeric.append((plus - minus) / (2 * eps))
+        check_finite(f"loss_fn()'s differences for {name}", numeric)
         errors[name] = relative_error(grad.flat[picked], numeric)
     return errors
