@@ -43,9 +43,9 @@ import tracemalloc
 
 import numpy as np
 
-import pretrained as P
+import pretrained
 import superposition as S
-import transformer as T
+import transformer
 
 # ----------------------------------------------------------------------------------------------
 # 1. Configs
@@ -111,14 +111,14 @@ def train_step_flops(vocab_size, d_model, n_layers, d_ff, seq_len, batch, **_):
 def make_train_step(cfg, seed=0):
     """A float32 model of config cfg, Adam, and one fixed random batch; returns a function that
     runs one training step on them (forward, cross_entropy, backward, Adam)."""
-    model = T.DecoderOnlyTransformer(cfg["vocab_size"], cfg["d_model"], cfg["n_heads"],
+    model = transformer.DecoderOnlyTransformer(cfg["vocab_size"], cfg["d_model"], cfg["n_heads"],
                                      cfg["n_layers"], cfg["d_ff"], cfg["seq_len"],
                                      dtype=np.float32, seed=seed)
-    optimizer = T.Adam(model.parameters(), lr=1e-3)
+    optimizer = transformer.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, cfg["vocab_size"], (cfg["batch"], cfg["seq_len"]))
     targets = rng.integers(0, cfg["vocab_size"], (cfg["batch"], cfg["seq_len"]))
-    return lambda: T.train_step(model, optimizer, (tokens,), targets)
+    return lambda: transformer.train_step(model, optimizer, (tokens,), targets)
 
 
 def step_times(step, steps, warmup=3):
@@ -230,7 +230,7 @@ def bench_bpe(args, peak):
     encoded (target < 5 s). A tokenizer does no FLOPs worth counting: seconds are what count."""
     text = stdlib_text()
     start = time.perf_counter()
-    bpe = T.BPETokenizer(text, vocab_size=256 + 5000)
+    bpe = transformer.BPETokenizer(text, vocab_size=256 + 5000)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     ids = bpe.encode(text)
@@ -260,31 +260,31 @@ def bench_bert(args, peak):
         return
     tracemalloc.start()
     start = time.perf_counter()
-    bert = P.load_bert()
+    bert = pretrained.load_bert()
     load_seconds = time.perf_counter() - start
     held, load_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     weights = sum(value.nbytes for _, value, _ in bert.parameters())
-    B, T_, rng = 32, 64, np.random.default_rng(0)
-    lengths = rng.integers(T_ // 2, T_ + 1, B)
-    tokens, real = P.pad_batch([[101] + rng.integers(1000, 30000, n - 2).tolist() + [102]
+    B, T, rng = 32, 64, np.random.default_rng(0)
+    lengths = rng.integers(T // 2, T + 1, B)
+    tokens, real = pretrained.pad_batch([[101] + rng.integers(1000, 30000, n - 2).tolist() + [102]
                                 for n in lengths], bert.tokenizer.pad_id)
     times = step_times(lambda: bert.forward(tokens, real), max(3, args.steps // 2), warmup=2)
     d, d_ff, H = 384, 1536, bert.encoder[0].self_attn.n_heads
-    x, hidden = rng.standard_normal((B * T_, d), np.float32), rng.standard_normal((B * T_, d_ff), np.float32)
-    q = rng.standard_normal((B, H, T_, d // H), np.float32)
-    p = rng.standard_normal((B, H, T_, T_), np.float32)
+    x, hidden = rng.standard_normal((B * T, d), np.float32), rng.standard_normal((B * T, d_ff), np.float32)
+    q = rng.standard_normal((B, H, T, d // H), np.float32)
+    p = rng.standard_normal((B, H, T, T), np.float32)
     W, W1, W2 = (rng.standard_normal(shape, np.float32) for shape in ((d, d), (d, d_ff), (d_ff, d)))
     per_layer = (4 * product_seconds(x, W) + product_seconds(x, W1) + product_seconds(hidden, W2)
                  + product_seconds(q, q.swapaxes(-1, -2)) + product_seconds(p, q))
     products = len(bert.encoder) * per_layer
-    flops = 2 * B * T_ * len(bert.encoder) * (4 * d * d + 2 * d * d_ff + 2 * T_ * d)
+    flops = 2 * B * T * len(bert.encoder) * (4 * d * d + 2 * d * d_ff + 2 * T * d)
     print(f"BERT  all-MiniLM-L6-v2, float32: loaded in {load_seconds:.2f} s; holds {held / 1e6:.0f} MB "
           f"(tracemalloc): the weights, {weights / 1e6:.0f} MB, once, and as much again for their "
           f"gradients; {load_peak / 1e6:.0f} MB at the peak of loading, with the file's bytes")
     for label, seconds in (("best", times.min()), ("median", np.median(times))):
-        print(f"  forward {B} x {T_} padded: {label:6s} {seconds * 1e3:7.1f} ms  "
-              f"{B * T_ / seconds:7.0f} tokens/s  {flops / seconds / 1e9:6.1f} GFLOP/s = "
+        print(f"  forward {B} x {T} padded: {label:6s} {seconds * 1e3:7.1f} ms  "
+              f"{B * T / seconds:7.0f} tokens/s  {flops / seconds / 1e9:6.1f} GFLOP/s = "
               f"{flops / seconds / 1e9 / peak:5.1%} of peak; matrix products alone "
               f"{products * 1e3:.1f} ms = {products / seconds:.0%} of it")
 

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-import transformer as T
+import transformer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def attention_pattern(X, W_Q, W_K, causal=True):
     A[i, j] is the weight destination i puts on source j; causal masks j > i."""
     X, W_Q, W_K, causal = _check_attention(X, W_Q, W_K, causal)
     scores = (W_Q @ X).T @ (W_K @ X) / np.sqrt(W_Q.shape[0])
-    return T.softmax(scores, axis=-1, mask=T.causal_mask(X.shape[1]) if causal else None)
+    return transformer.softmax(scores, axis=-1, mask=transformer.causal_mask(X.shape[1]) if causal else None)
 
 
 def head_output(X, A, W_V, W_O):
@@ -115,14 +115,14 @@ def head_output_kronecker(X, A, W_V, W_O, explicit=False):
 
 def virtual_weight(W, n):
     """I_n ⊗ W (n·d', n·d): the per-token matrix W applied at every one of n positions."""
-    W, n = _check_matrix("W", W), T.check_count("n", n)
+    W, n = _check_matrix("W", W), transformer.check_count("n", n)
     return np.kron(np.eye(n), W)
 
 
 def kronecker_identity_errors(seed=0):
     """Check every identity of sections 1-2 on random matrices of different shapes.
     Returns {identity: largest absolute difference between its two sides}."""
-    rng = np.random.default_rng(T.check_count("seed", seed, minimum=0))
+    rng = np.random.default_rng(transformer.check_count("seed", seed, minimum=0))
 
     def r(*shape):
         return rng.standard_normal(shape)
@@ -199,7 +199,7 @@ def embedding_weights(model):
 
 def _embedding_weights(model):
     W_E = model.embed.params["W"].T * model.embed_scale
-    if isinstance(model.unembed, T.TiedUnembedding):
+    if isinstance(model.unembed, transformer.TiedUnembedding):
         W_U = model.embed.params["W"]                    # logits = h Eᵀ: E itself is W_U
     else:
         W_U = model.unembed.params["W"].T
@@ -255,7 +255,7 @@ def _ablated(model, layer, head):
 def attention_only_model(vocab_size, d_model, n_heads, n_layers, max_len, dtype=np.float64, seed=0,
                          positional="sinusoidal"):
     """The simplified transformer of the framework, built by transformer.py."""
-    return T.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, d_ff=1, max_len=max_len,
+    return transformer.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, d_ff=1, max_len=max_len,
                                     attention_only=True, layer_norm=False, bias=False,
                                     positional=positional, dtype=dtype, seed=seed)
 
@@ -271,11 +271,11 @@ def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
     steps, seed, every = _check_train(model, sample, steps, lr, seed, every, monitor)
     rng = np.random.default_rng(seed)
     tokens = _check_sequences(model, "sample(rng)", sample(rng)) if steps else None
-    optimizer = T.Adam(list(model.parameters()), lr=lr)
+    optimizer = transformer.Adam(list(model.parameters()), lr=lr)
     losses, records = np.empty(steps), []
     for step in range(steps):
         tokens = sample(rng) if step else tokens
-        losses[step] = T.train_step(model, optimizer, (tokens[:, :-1],), tokens[:, 1:])
+        losses[step] = transformer.train_step(model, optimizer, (tokens[:, :-1],), tokens[:, 1:])
         if every and (step % every == 0 or step == steps - 1):
             records.append(monitor(step, model))
     return losses, records
@@ -284,7 +284,7 @@ def train(model, sample, steps, lr=3e-3, seed=0, every=0, monitor=None):
 def to_float64(model):
     """A float64 copy of a model (train in float32 for speed, check identities in float64)."""
     _check_model(model)
-    copy = T.DecoderOnlyTransformer(**{**model.config, "dtype": np.float64})
+    copy = transformer.DecoderOnlyTransformer(**{**model.config, "dtype": np.float64})
     for (_, value, _), (_, source, _) in zip(copy.parameters(), model.parameters()):
         value[...] = source
     return copy
@@ -297,8 +297,8 @@ def next_token_losses(logits, targets):
 
 
 def _next_token_losses(logits, targets):
-    T.check_finite("logits", logits)
-    logp = T.log_softmax(np.asarray(logits, np.float64))
+    transformer.check_finite("logits", logits)
+    logp = transformer.log_softmax(np.asarray(logits, np.float64))
     return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
@@ -359,15 +359,15 @@ def bigram_correlation(model, tokens):
     seen = np.isfinite(table)
     _check_spread(table[seen])
     W_E, W_U, _ = _embedding_weights(model)
-    return float(np.corrcoef(table[seen], T.log_softmax(W_U @ W_E, axis=0)[seen])[0, 1])
+    return float(np.corrcoef(table[seen], transformer.log_softmax(W_U @ W_E, axis=0)[seen])[0, 1])
 
 
 def train_bigram_model(vocab_size=16, d_model=16, length=16, n_seqs=2000, steps=300, lr=1e-2,
                        batch=64, seed=0, dtype=np.float32):
     """A zero-layer model, without positional code, trained on a random bigram chain.
     Returns (model, corpus (n_seqs, length + 1), losses)."""
-    length, batch = T.check_count("length", length), T.check_count("batch", batch)
-    seed = T.check_count("seed", seed, minimum=0)
+    length, batch = transformer.check_count("length", length), transformer.check_count("batch", batch)
+    seed = transformer.check_count("seed", seed, minimum=0)
     corpus = markov_corpus(np.random.default_rng(seed), vocab_size, n_seqs, length + 1)
     model = attention_only_model(vocab_size, d_model, 1, 0, length, dtype, seed, positional=None)
     losses, _ = train(model, lambda rng: corpus[rng.integers(0, n_seqs, batch)], steps, lr, seed)
@@ -468,8 +468,8 @@ PLANTED_TRIPLES = ((0, 4, 6), (1, 4, 7), (2, 5, 8), (3, 5, 9))   # (a, b, c): tw
 def train_skip_trigram_model(triples=PLANTED_TRIPLES, vocab_size=16, d_model=32, n_heads=4,
                              length=8, steps=800, lr=3e-3, batch=32, seed=0, dtype=np.float32):
     """A one-layer model trained on skip_trigram_corpus. Returns (model, losses)."""
-    batch = T.check_count("batch", batch)
-    length = T.check_count("length", length, minimum=2)   # the corpus has length + 1 >= 3 tokens
+    batch = transformer.check_count("batch", batch)
+    length = transformer.check_count("length", length, minimum=2)   # the corpus has length + 1 >= 3 tokens
     model = attention_only_model(vocab_size, d_model, n_heads, 1, length, dtype, seed)
 
     def sample(rng):
@@ -504,8 +504,8 @@ def skip_trigrams(model, top_k=10):
     share = 0.5 * (1 + np.tanh((qk - self_score) / 2))   # s_h (H, b, a); σ(z) = (1 + tanh(z/2)) / 2
                                                           # cannot overflow, unlike 1 / (1 + e^-z)
     moved = share[:, None] * (ov[:, :, None, :] - ov[:, :, :, None])             # (H, c, b, a)
-    with_a = T.softmax(alone[:, :, None] + moved.sum(axis=0), axis=0)          # (c, b, a)
-    score = (with_a - T.softmax(alone, axis=0)[:, :, None]).transpose(2, 1, 0)  # (a, b, c)
+    with_a = transformer.softmax(alone[:, :, None] + moved.sum(axis=0), axis=0)          # (c, b, a)
+    score = (with_a - transformer.softmax(alone, axis=0)[:, :, None]).transpose(2, 1, 0)  # (a, b, c)
     best = np.argsort(-score, axis=None, kind="stable")[:top_k]
     rows = []
     for i in best:
@@ -548,9 +548,9 @@ def train_induction_model(n_layers=2, vocab_size=16, length=16, d_model=32, n_he
     """A model trained on repeated_segment_batch (segments of length//4 .. length//2 tokens).
     The defaults are a small setting in which two layers grow an induction head and one layer
     cannot. monitor/every as in train. Returns (model, losses, records)."""
-    batch = T.check_count("batch", batch)
-    length = T.check_count("length", length, minimum=8)   # segments of length // 4 >= 2 tokens
-    T.check_count("vocab_size", vocab_size)
+    batch = transformer.check_count("batch", batch)
+    length = transformer.check_count("length", length, minimum=8)   # segments of length // 4 >= 2 tokens
+    transformer.check_count("vocab_size", vocab_size)
     model = attention_only_model(vocab_size, d_model, n_heads, n_layers, length, dtype, seed)
 
     def sample(rng):
@@ -659,8 +659,8 @@ def random_composition_baseline(d_model, d_head, rng, samples=200):
     """Mean composition score of two random Gaussian rank-d_head products W_1ᵀ W_2 and
     W_3ᵀ W_4 (d_model, d_model), W_i (d_head, d_model), shaped like W_QK = W_Qᵀ W_K and
     W_OV = W_O W_V: the value that means "no more than chance"."""
-    d_model, d_head = T.check_count("d_model", d_model), T.check_count("d_head", d_head)
-    samples, rng = T.check_count("samples", samples), T.check_rng(rng)
+    d_model, d_head = transformer.check_count("d_model", d_model), transformer.check_count("d_head", d_head)
+    samples, rng = transformer.check_count("samples", samples), transformer.check_rng(rng)
     W = rng.standard_normal((samples, 4, d_head, d_model))
     first = W[:, 0].swapaxes(1, 2) @ W[:, 1]
     second = W[:, 2].swapaxes(1, 2) @ W[:, 3]
@@ -701,7 +701,7 @@ def check_simplified(model):
 
 
 def _check_model(model):
-    if not isinstance(model, T.DecoderOnlyTransformer):
+    if not isinstance(model, transformer.DecoderOnlyTransformer):
         raise ValueError(f"model must be a transformer.DecoderOnlyTransformer, got "
                          f"{type(model).__name__}")
 
@@ -716,7 +716,7 @@ def _check_real(name, value, layout, min_ndim=0, ndim=None, finite=True):
         raise ValueError(f"{name} must {layout} of real numbers, not empty; got a {a.dtype} array "
                          f"of shape {a.shape}")
     if finite:
-        T.check_finite(name, a)
+        transformer.check_finite(name, a)
     return a.astype(np.float64) if a.dtype.kind in "iu" else a
 
 
@@ -739,7 +739,7 @@ def _check_flag(name, value):
 
 def _check_index(name, value, stop, what):
     """An int in [0, stop): a layer, a head."""
-    value = T.check_count(name, value, minimum=0)
+    value = transformer.check_count(name, value, minimum=0)
     if value >= stop:
         allowed = f"an int in [0, {stop - 1}]" if stop else f"nothing: the model has no {what}s"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
@@ -749,7 +749,7 @@ def _check_index(name, value, stop, what):
 def _check_unvec(x, shape):
     if not (isinstance(shape, (tuple, list, np.ndarray)) and np.ndim(shape) == 1 and len(shape) == 2):
         raise ValueError(f"shape must be a pair of ints (d, n), got {shape!r}")
-    shape = tuple(T.check_count(f"shape[{i}]", s, minimum=1) for i, s in enumerate(shape))
+    shape = tuple(transformer.check_count(f"shape[{i}]", s, minimum=1) for i, s in enumerate(shape))
     x = _check_real("x", x, "be a vector", ndim=1)
     if x.size != shape[0] * shape[1]:
         raise ValueError(f"x must be a vector of d·n entries for shape = (d, n), got x of shape "
@@ -796,7 +796,7 @@ def _check_layer_head(model, layer, head):
 
 def _check_sequences(model, name, tokens):
     """tokens (B, n + 1) for next-token prediction: the model reads the first n <= max_len."""
-    tokens = T.check_id_array(tokens, name, model.vocab_size)
+    tokens = transformer.check_id_array(tokens, name, model.vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] < 1 or not 2 <= tokens.shape[1] <= model.max_len + 1:
         raise ValueError(f"{name} must have shape (B, n + 1) with B >= 1 and 1 <= n <= max_len = "
                          f"{model.max_len}, got shape {tokens.shape}")
@@ -807,9 +807,9 @@ def _check_train(model, sample, steps, lr, seed, every, monitor):
     _check_model(model)
     if not callable(sample):
         raise TypeError(f"sample must be a function sample(rng) -> tokens, got {type(sample).__name__}")
-    steps, seed = T.check_count("steps", steps, minimum=0), T.check_count("seed", seed, minimum=0)
-    every = T.check_count("every", every, minimum=0)
-    T.check_positive("lr", lr)
+    steps, seed = transformer.check_count("steps", steps, minimum=0), transformer.check_count("seed", seed, minimum=0)
+    every = transformer.check_count("every", every, minimum=0)
+    transformer.check_positive("lr", lr)
     if every and not callable(monitor):
         raise TypeError(f"monitor must be a function monitor(step, model) when every > 0, got "
                         f"{type(monitor).__name__}")
@@ -818,7 +818,7 @@ def _check_train(model, sample, steps, lr, seed, every, monitor):
 
 def _check_logits_targets(logits, targets):
     logits = _check_real("logits", logits, "have shape (B, n, V)", min_ndim=1, finite=False)
-    targets = T.check_id_array(targets, "targets", logits.shape[-1])
+    targets = transformer.check_id_array(targets, "targets", logits.shape[-1])
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"targets must have the shape of logits without the vocabulary axis, "
                          f"{logits.shape[:-1]}, got {targets.shape}")
@@ -826,9 +826,9 @@ def _check_logits_targets(logits, targets):
 
 
 def _check_markov(rng, vocab_size, n_seqs, length, successors):
-    T.check_rng(rng)
-    vocab_size, n_seqs = T.check_count("vocab_size", vocab_size), T.check_count("n_seqs", n_seqs)
-    length, successors = T.check_count("length", length), T.check_count("successors", successors)
+    transformer.check_rng(rng)
+    vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
+    length, successors = transformer.check_count("length", length), transformer.check_count("successors", successors)
     if successors > vocab_size:
         raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
                          f"{successors!r}")
@@ -836,8 +836,8 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
 
 
 def _check_corpus(tokens, vocab_size):
-    vocab_size = T.check_count("vocab_size", vocab_size)
-    tokens = T.check_id_array(tokens, "tokens", vocab_size)
+    vocab_size = transformer.check_count("vocab_size", vocab_size)
+    tokens = transformer.check_id_array(tokens, "tokens", vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "
                          f"(at least one bigram), got shape {tokens.shape}")
@@ -851,10 +851,10 @@ def _check_spread(log_probs):
 
 
 def _check_skip_corpus(rng, triples, vocab_size, n_seqs, length):
-    T.check_rng(rng)
-    vocab_size, n_seqs = T.check_count("vocab_size", vocab_size), T.check_count("n_seqs", n_seqs)
-    length = T.check_count("length", length, minimum=3)    # a, then b, then the token after b
-    triples = T.check_id_array(triples, "triples", vocab_size)
+    transformer.check_rng(rng)
+    vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
+    length = transformer.check_count("length", length, minimum=3)    # a, then b, then the token after b
+    triples = transformer.check_id_array(triples, "triples", vocab_size)
     if triples.ndim != 2 or triples.shape[0] < 1 or triples.shape[1] != 3:
         raise ValueError(f"triples must be a non-empty list of (a, b, c) triples, shape (k, 3), "
                          f"got shape {triples.shape}")
@@ -869,17 +869,17 @@ def _check_skip_trigrams(model, top_k):
     check_simplified(model)
     if len(model.blocks) != 1:
         raise ValueError(f"model must have exactly 1 layer for skip-trigrams, got {len(model.blocks)}")
-    top_k = T.check_count("top_k", top_k)
+    top_k = transformer.check_count("top_k", top_k)
     if top_k > model.vocab_size ** 3:
         raise ValueError(f"top_k must be an int in [1, {model.vocab_size ** 3}], got {top_k!r}")
     return top_k
 
 
 def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
-    T.check_rng(rng)
-    batch, length = T.check_count("batch", batch), T.check_count("length", length)
-    vocab_size = T.check_count("vocab_size", vocab_size)
-    min_len, max_len = T.check_count("min_len", min_len, 2), T.check_count("max_len", max_len, 2)
+    transformer.check_rng(rng)
+    batch, length = transformer.check_count("batch", batch), transformer.check_count("length", length)
+    vocab_size = transformer.check_count("vocab_size", vocab_size)
+    min_len, max_len = transformer.check_count("min_len", min_len, 2), transformer.check_count("max_len", max_len, 2)
     if not min_len <= max_len <= length // 2:
         raise ValueError(f"min_len and max_len must be ints with 2 <= min_len <= max_len <= "
                          f"length // 2 = {length // 2}, got min_len={min_len!r}, max_len={max_len!r}")
@@ -928,7 +928,7 @@ def _check_where(where, shape):
 
 def _check_induction(patterns, tokens, where):
     patterns = _check_patterns(patterns)
-    tokens = T.check_id_array(tokens, "tokens", np.iinfo(np.int64).max)
+    tokens = transformer.check_id_array(tokens, "tokens", np.iinfo(np.int64).max)
     if tokens.shape != (patterns.shape[1], patterns.shape[-1]):
         raise ValueError(f"tokens must have shape (B, n) = {(patterns.shape[1], patterns.shape[-1])} "
                          f"to match patterns of shape {patterns.shape}, got {tokens.shape}")
@@ -945,7 +945,7 @@ def _check_tokens_where(model, tokens, where, min_n=1):
     check_simplified(model)
     if not model.blocks:
         raise ValueError("model must have at least one layer to have attention patterns")
-    tokens = T.check_tokens(tokens, "tokens", model.vocab_size, model.max_len)
+    tokens = transformer.check_tokens(tokens, "tokens", model.vocab_size, model.max_len)
     if tokens.shape[1] < min_n:
         raise ValueError(f"tokens must cover n >= {min_n} positions (tokens) to have a previous "
                          f"token, got shape {tokens.shape}")

@@ -56,9 +56,9 @@ from types import SimpleNamespace  # noqa: E402
 import numpy as np  # noqa: E402
 
 import circuits as C  # noqa: E402
-import pretrained as P  # noqa: E402
+import pretrained  # noqa: E402
 import superposition as S  # noqa: E402
-import transformer as T  # noqa: E402
+import transformer  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,20 +179,20 @@ def train(model, next_batch, steps, peak_lr, label, schedule="linear", **loss_op
     chapters use the linear decay. loss_options go to train_step (ignore_index,
     label_smoothing, max_grad_norm).
     """
-    optimizer = T.Adam(list(model.parameters()), lr=peak_lr)
+    optimizer = transformer.Adam(list(model.parameters()), lr=peak_lr)
     warmup = max(1, steps // 10)
     d_model = model.config["d_model"]
     losses = np.empty(steps)
     report = progress_line(label, steps)
     for step in range(steps):
         if schedule == "noam":
-            optimizer.lr = peak_lr * (T.noam_lr(step + 1, d_model, warmup)
-                                      / T.noam_lr(warmup, d_model, warmup))
+            optimizer.lr = peak_lr * (transformer.noam_lr(step + 1, d_model, warmup)
+                                      / transformer.noam_lr(warmup, d_model, warmup))
         else:
             optimizer.lr = peak_lr * min((step + 1) / warmup,
                                          (steps - step) / (steps - warmup + 1))
         inputs, targets = next_batch()
-        losses[step] = T.train_step(model, optimizer, inputs, targets, **loss_options)
+        losses[step] = transformer.train_step(model, optimizer, inputs, targets, **loss_options)
         report(step, losses[step])
     return losses
 
@@ -267,14 +267,14 @@ def chapter_onehot(ctx):
     print(f"  vocabulary ({V} words): {vocab}")
     sentence = "show me my files please"
     ids = [vocab.index(w) for w in words(sentence)]
-    onehot = T.one_hot(ids, V)                                   # (5, V): one row per word
+    onehot = transformer.one_hot(ids, V)                                   # (5, V): one row per word
     print(f"  '{sentence}' as one-hot rows (5, {V}):")
     for w, row in zip(words(sentence), onehot):
         print(f"    {w:>11} {row.astype(int)}")
     M = transition_matrix(COMMANDS, vocab)                        # (V, V)
     print(f"  one_hot(ids) @ M equals the rows M[ids]: "
           f"{np.array_equal(onehot @ M, M[ids])} (a matrix product is a table lookup)")
-    after_my = T.one_hot([vocab.index("my")], V) @ M
+    after_my = transformer.one_hot([vocab.index("my")], V) @ M
     print("  first-order model, one_hot('my') @ M: "
           + ", ".join(f"{w} {p:.1f}" for w, p in zip(vocab, after_my[0]) if p))
 
@@ -384,10 +384,10 @@ def forward_shapes(model, tokens, logits):
 
 def chapter_rohrer(ctx):
     """A decoder-only transformer learns Rohrer's two sentences"""
-    tok = T.WordTokenizer(" ".join(ROHRER_SENTENCES))
+    tok = transformer.WordTokenizer(" ".join(ROHRER_SENTENCES))
     batch = padded_batch([tok.encode(s, bos=True, eos=True) for s in ROHRER_SENTENCES], tok.pad_id)
     inputs, targets = batch[:, :-1], batch[:, 1:]                   # (2, 14): predict the next id
-    model = T.DecoderOnlyTransformer(tok.vocab_size, d_model=32, n_heads=4, n_layers=1, d_ff=128,
+    model = transformer.DecoderOnlyTransformer(tok.vocab_size, d_model=32, n_heads=4, n_layers=1, d_ff=128,
                                      max_len=16, dtype=np.float32, seed=ctx.seed)
     print(f"  {tok.vocab_size} tokens (13 words, '.', 4 specials); one layer, 4 heads, "
           f"{n_parameters(model)} parameters")
@@ -399,7 +399,7 @@ def chapter_rohrer(ctx):
           f"word is a coin toss)")
 
     logits = model.forward(inputs)                                  # (2, 14, V)
-    probs = T.softmax(logits.astype(np.float64))
+    probs = transformer.softmax(logits.astype(np.float64))
     ran = [list(row).index(tok.stoi["ran"]) for row in inputs]
     keyword = int(np.argmax(inputs[0] != inputs[1]))                # where the sentences differ
     for b in range(len(ROHRER_SENTENCES)):
@@ -485,7 +485,7 @@ def exact_matches(decoded, tgt_out, lengths):
 
 def chapter_translate(ctx):
     """Encoder-decoder: reverse a digit string, decode greedily and with a beam"""
-    tok = T.CharTokenizer(DIGITS)
+    tok = transformer.CharTokenizer(DIGITS)
     rng = np.random.default_rng(ctx.seed)
     n_held_out = 200 if ctx.quick else 500
     held_out = reversal_batch(rng, n_held_out, tok)
@@ -504,8 +504,8 @@ def chapter_translate(ctx):
     # noam_lr's warm-up and 1/√step decay.
     sizes = dict(d_model=32, n_heads=4, n_layers=1, d_ff=64, max_len=MAX_DIGITS + 2,
                  pad_id=tok.pad_id, dtype=np.float32, seed=ctx.seed)
-    model = T.Transformer(tok.vocab_size, tok.vocab_size, tie_weights=True, **sizes)
-    untied = n_parameters(T.Transformer(tok.vocab_size, tok.vocab_size, **sizes))
+    model = transformer.Transformer(tok.vocab_size, tok.vocab_size, tie_weights=True, **sizes)
+    untied = n_parameters(transformer.Transformer(tok.vocab_size, tok.vocab_size, **sizes))
     steps, peak_lr, smoothing = (300 if ctx.quick else 600), 1e-2, 0.1
     print(f"  {MIN_DIGITS}-{MAX_DIGITS} digits, one encoder and one decoder block, "
           f"{n_parameters(model)} parameters")
@@ -616,9 +616,9 @@ def charlm(ctx):
     """The chapter-4 model, trained on first use and kept on ctx (chapter 7 reuses it).
     -> namespace with model, tokenizer, data (N,) ids of TEXT, losses."""
     if ctx.charlm is None:
-        tok = T.CharTokenizer(TEXT)
+        tok = transformer.CharTokenizer(TEXT)
         data = np.array(tok.encode(TEXT))
-        model = T.DecoderOnlyTransformer(tok.vocab_size, d_model=64, n_heads=4, n_layers=2,
+        model = transformer.DecoderOnlyTransformer(tok.vocab_size, d_model=64, n_heads=4, n_layers=2,
                                          d_ff=256, max_len=CONTEXT, dtype=np.float32,
                                          seed=ctx.seed)
         rng = np.random.default_rng(ctx.seed)
@@ -650,7 +650,7 @@ def charlm_activations(ctx):
 
 def bpe_tour(text):
     """Byte-pair encoding on TEXT: the first merges, words cut into pieces, a round trip."""
-    bpe = T.BPETokenizer(text, vocab_size=512)
+    bpe = transformer.BPETokenizer(text, vocab_size=512)
 
     def shown(ids):
         return "+".join(repr(bpe.decode([i])) for i in ids)
@@ -1402,7 +1402,7 @@ def layer0_activations(bert, sentences):
 def chapter_bert(ctx):
     """A real pretrained BERT run by our own layers: WordPiece, sentence similarity, polysemantic neurons"""
     try:
-        bert = P.load_bert()
+        bert = pretrained.load_bert()
     except ValueError as err:
         if "not installed" not in str(err):
             raise
@@ -1452,7 +1452,7 @@ def chapter_bert(ctx):
         print(f"    neuron {j:4d} fires most on: {', '.join(labels[i] for i in top)}")
 
     # The same with the padding of a batch: one category's four sentences padded together.
-    tokens, real = P.pad_batch([tok.encode(s) for s in BOROVOY_SENTENCES["miscellaneous"]], tok.pad_id)
+    tokens, real = pretrained.pad_batch([tok.encode(s) for s in BOROVOY_SENTENCES["miscellaneous"]], tok.pad_id)
     bert.forward(tokens, real)
     padded_hidden = bert.encoder[0].ffn.hidden.reshape(-1, hidden.shape[1])
     padding = ~real.reshape(-1)
@@ -1475,7 +1475,7 @@ def chapter_bert(ctx):
     sizes = {name: value.size for name, value, _ in bert.parameters()}
     mlp = sum(sizes[n] for n in names if ".ffn." in n) / sum(sizes[n] for n in names)
     print(f"  {mlp:.1%} of the non-embedding parameters sit in the feed-forward layers")
-    random_bert = P.Bert(tok.vocab_size, 384, 12, 1, 1536, 512, dtype=np.float32, seed=ctx.seed,
+    random_bert = pretrained.Bert(tok.vocab_size, 384, 12, 1, 1536, 512, dtype=np.float32, seed=ctx.seed,
                          tokenizer=tok)
     random = polysemanticity(*layer0_activations(random_bert, sentences))
     print(f"  the same layer with random weights: mean neuron distance {random.pairs.mean():.3f} "
@@ -1494,9 +1494,9 @@ def chapter_bert(ctx):
 
     # BERT's own training objective, at toy size (pretrained.train_masked_lm).
     steps = 250 if ctx.quick else 400
-    mlm, losses = P.train_masked_lm(steps=steps, seed=ctx.seed)
+    mlm, losses = pretrained.train_masked_lm(steps=steps, seed=ctx.seed)
     rng = np.random.default_rng(ctx.seed + 1)
-    fill = [P.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
+    fill = [pretrained.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
     print(f"  masked-LM pretraining of a 2-layer BERT, {steps} steps: loss {losses[0]:.2f} -> "
           f"{losses[-1]:.2f}")
     print(f"    blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} (it needs both "

