@@ -365,19 +365,19 @@ def forward_shapes(model, tokens, logits):
             ("", "positional encoding PE[:T]", "(T, d_model)", model.pos[:tokens.shape[1]])]
     for i, block in enumerate(model.blocks):
         attention = block.self_attn
-        q, _, _, weights, _ = attention.attention.cache
+        q, _, _, weights, _ = attention.attention.saved
         after = model.blocks[i + 1].norm1 if i + 1 < len(model.blocks) else model.norm
         rows += [
             (f"block {i + 1}", "x, the residual stream (E[ids]·√d + PE at first)",
-             "(B, T, d_model)", block.norm1.cache[0]),
-            ("", "LN(x), the input of W_Q, W_K, W_V", "(B, T, d_model)", attention.query.cache),
+             "(B, T, d_model)", block.norm1.saved[0]),
+            ("", "LN(x), the input of W_Q, W_K, W_V", "(B, T, d_model)", attention.query.saved),
             ("", f"Q (K, V alike): LN(x) W_Q in {q.shape[1]} heads", "(B, H, T, d_k)", q),
             ("", "scores QKᵀ/√d_k, weights softmax(scores)", "(B, H, T, T)", weights),
-            ("", "weights·V, the heads concatenated", "(B, T, H·d_k)", attention.out.cache),
-            ("", "x + (concatenation) W_O", "(B, T, d_model)", block.norm3.cache[0]),
+            ("", "weights·V, the heads concatenated", "(B, T, H·d_k)", attention.out.saved),
+            ("", "x + (concatenation) W_O", "(B, T, d_model)", block.norm3.saved[0]),
             ("", "hidden act(LN(x) W_1 + b_1)", "(B, T, d_ff)", block.ffn.hidden),
-            ("", "x + hidden W_2 + b_2", "(B, T, d_model)", after.cache[0])]
-    rows += [("output", "LN(x)", "(B, T, d_model)", model.unembed.cache),
+            ("", "x + hidden W_2 + b_2", "(B, T, d_model)", after.saved[0])]
+    rows += [("output", "LN(x)", "(B, T, d_model)", model.unembed.saved),
              ("", "logits LN(x) W_U + b_U", "(B, T, vocab)", logits)]
     return rows
 

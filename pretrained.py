@@ -77,7 +77,7 @@ class Bert(Module):
         self.encoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first=False,
                               activation="gelu", norm_eps=norm_eps) for _ in range(n_layers)]
         self.tokenizer = tokenizer
-        self.cache = None
+        self.output_shape = None
 
     def forward(self, tokens, attention_mask=None, token_type_ids=None):
         """tokens (B, T) int; attention_mask (B, T) bool, True on real tokens (None: all real);
@@ -92,15 +92,15 @@ class Bert(Module):
         mask = attention_mask[:, None, None, :]                      # (B, 1, 1, T): keys only
         for block in self.encoder:
             x = block.forward(x, mask)
-        self.cache = x.shape
+        self.output_shape = x.shape
         return x
 
     def backward(self, dh):
         """dh (B, T, d_model), the gradient of the last forward's output -> None."""
-        if self.cache is None:
+        if self.output_shape is None:
             raise ValueError("Bert.backward called before forward")
-        if np.shape(dh) != self.cache:
-            raise ValueError(f"dh must have the shape of the last forward's output {self.cache}, "
+        if np.shape(dh) != self.output_shape:
+            raise ValueError(f"dh must have the shape of the last forward's output {self.output_shape}, "
                              f"got {np.shape(dh)}")
         check_finite("dh", dh)
         dx = np.asarray(dh)

@@ -130,7 +130,7 @@ class ToyModel(transformer.Module):
         std = math.sqrt(2.0 / (m + n))                          # Xavier (Glorot) normal
         self.add_param("W", (self.rng.standard_normal((k, m, n)) * std).astype(self.dtype))
         self.add_param("b", np.zeros((k, n), self.dtype))
-        self.cache = None
+        self.saved = None
 
     @property
     def W(self):
@@ -161,7 +161,7 @@ class ToyModel(transformer.Module):
         out += self.b[:, None, :]
         if self.activation == "relu":
             np.maximum(out, 0, out=out)
-        self.cache = (x, h, out)
+        self.saved = (x, h, out)
         return out
 
     def loss(self, x, x_hat):
@@ -641,7 +641,7 @@ class SparseAutoencoder(transformer.Module):
         self.add_param("b_enc", np.zeros(f, self.dtype))
         self.add_param("W_dec", W_dec.astype(self.dtype))
         self.add_param("b_dec", np.zeros(d, self.dtype))
-        self.cache = None
+        self.saved = None
 
     def encode(self, h):
         """(B, d) -> z (B, F)."""
@@ -651,12 +651,12 @@ class SparseAutoencoder(transformer.Module):
         return np.maximum((h - self.params["b_dec"]) @ self.params["W_enc"] + self.params["b_enc"], 0)
 
     def forward(self, h):
-        """(B, d) -> ĥ (B, d); the latents z (B, F) are kept in self.cache."""
+        """(B, d) -> ĥ (B, d); the latents z (B, F) are kept in self.saved."""
         return self._forward(_check_rows(self, "h", h))
 
     def _forward(self, h):
         z = self._encode(h)
-        self.cache = (h - self.params["b_dec"], z)
+        self.saved = (h - self.params["b_dec"], z)
         return z @ self.params["W_dec"] + self.params["b_dec"]
 
     def loss(self, h, h_hat):
@@ -749,7 +749,7 @@ class SparseAutoencoder(transformer.Module):
             self.remove_parallel_decoder_gradient()
             optimizer.step()
             self.normalize_decoder()
-            fired |= np.any(self.cache[1] > 0, axis=0)
+            fired |= np.any(self.saved[1] > 0, axis=0)
             if (step + 1) % resample_every == 0:
                 dead = np.flatnonzero(~fired)
                 if dead.size and step < 0.75 * steps:

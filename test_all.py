@@ -1869,7 +1869,7 @@ def _state_of(*objects):
             modules = [obj]
             while modules:
                 module = modules.pop()
-                state.append(pickle.dumps((module.params, module.grads, getattr(module, "cache", None))))
+                state.append(pickle.dumps((module.params, module.grads, getattr(module, "saved", None))))
                 modules += [child for _, child in module.children()]
         if isinstance(obj, transformer.Adam):
             state.append(pickle.dumps((obj.m, obj.v, obj.t)))

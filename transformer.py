@@ -327,9 +327,9 @@ class Module:
 
     def _saved(self):
         """What forward kept for backward; a backward before any forward is an error."""
-        if getattr(self, "cache", None) is None:
+        if getattr(self, "saved", None) is None:
             raise ValueError(f"{type(self).__name__}.backward called before forward")
-        return self.cache
+        return self.saved
 
 
 def _normal(rng, shape, std, dtype):
@@ -368,12 +368,12 @@ class Embedding(Module):
         super().__init__()
         vocab_size, d_model = check_count("vocab_size", vocab_size), check_count("d_model", d_model)
         self.add_param("W", _normal(rng, (vocab_size, d_model), d_model ** -0.5, dtype))
-        self.cache = None
+        self.saved = None
 
     def forward(self, ids):
         """(B, T) int -> (B, T, d_model)"""
-        self.cache = check_id_array(ids, "ids", self.params["W"].shape[0])
-        return self.params["W"][self.cache]
+        self.saved = check_id_array(ids, "ids", self.params["W"].shape[0])
+        return self.params["W"][self.saved]
 
     def backward(self, dout):
         """(B, T, d_model) -> None: ids have no gradient."""
@@ -437,12 +437,12 @@ class Linear(Module):
         self.add_param("W", _normal(rng, (d_in, d_out), d_in ** -0.5, dtype))
         if bias:
             self.add_param("b", np.zeros(d_out, dtype))
-        self.cache = None
+        self.saved = None
 
     def forward(self, x):
         """(..., d_in) -> (..., d_out)"""
         _check_width(x, self.params["W"].shape[0], type(self).__name__)
-        self.cache = x
+        self.saved = x
         y = matmul_rows(x, self.params["W"])
         if "b" in self.params:
             y += self.params["b"]
@@ -461,7 +461,7 @@ class Linear(Module):
 
 class ReLU(Module):
     def forward(self, x):
-        self.cache = x > 0
+        self.saved = x > 0
         return np.maximum(x, 0)
 
     def backward(self, dout):
@@ -570,7 +570,7 @@ class GELU(Module):
 
     def forward(self, x):
         phi = blockwise(normal_cdf, x)            # normal_cdf(x), kept for backward
-        self.cache = (x, phi)
+        self.saved = (x, phi)
         return x * phi
 
     def backward(self, dout):
@@ -588,7 +588,7 @@ class TanhGELU(Module):
     def forward(self, x):
         # x * x * x rather than x ** 3: NumPy sends ** 3 to the general pow(), far slower
         t = np.tanh(self.C * (x + 0.044715 * (x * x * x)))
-        self.cache = (x, t)
+        self.saved = (x, t)
         return 0.5 * x * (1 + t)
 
     def backward(self, dout):
@@ -669,7 +669,7 @@ class LayerNorm(Module):
         self.add_param("g", np.ones(d_model, dtype))
         self.add_param("b", np.zeros(d_model, dtype))
         self.eps = check_positive("eps", eps, or_zero=True)
-        self.cache = None
+        self.saved = None
 
     def forward(self, x):
         """(..., d) -> (..., d)"""
@@ -677,7 +677,7 @@ class LayerNorm(Module):
         xhat = x - x.mean(axis=-1, keepdims=True)                        # centred: x - μ
         r = 1 / np.sqrt(row_dot(xhat, xhat) / x.shape[-1] + self.eps)    # σ² = mean((x - μ)²)
         xhat *= r        # now (x - μ) r, in place (as below): each new (B, T, d) array costs time
-        self.cache = (xhat, r)
+        self.saved = (xhat, r)
         y = xhat * self.params["g"]
         y += self.params["b"]
         return y
@@ -737,7 +737,7 @@ class ScaledDotProductAttention(Module):
         scale = 1 / math.sqrt(q.shape[-1])
         # (q·scale) kᵀ = (q kᵀ)·scale: scale q, which is smaller than the scores when Tk > dk
         p = softmax((q * scale) @ k.swapaxes(-1, -2), mask=mask)   # (B, H, Tq, Tk)
-        self.cache = (q, k, v, p, scale)
+        self.saved = (q, k, v, p, scale)
         return p @ v
 
     @property
@@ -805,7 +805,7 @@ class MultiHeadAttention(Module):
         B, H, T, dk = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, T, H * dk)
 
-    def forward(self, x, context=None, mask=None, cache=None):
+    def forward(self, x, context=None, mask=None, kv_cache=None):
         """x (B, T, d) queries; context (B, S, d) or None -> (B, T, d)"""
         _check_attention_inputs(x, context, self.query.params["W"].shape[0])
         self.cross = context is not None
@@ -813,11 +813,11 @@ class MultiHeadAttention(Module):
         q = self.split_heads(self.query.forward(x))
         k = self.split_heads(self.key.forward(source))
         v = self.split_heads(self.value.forward(source))
-        if cache is not None:
-            if "k" in cache:
-                k = np.concatenate([cache["k"], k], axis=2)
-                v = np.concatenate([cache["v"], v], axis=2)
-            cache["k"], cache["v"] = k, v
+        if kv_cache is not None:
+            if "k" in kv_cache:
+                k = np.concatenate([kv_cache["k"], k], axis=2)
+                v = np.concatenate([kv_cache["v"], v], axis=2)
+            kv_cache["k"], kv_cache["v"] = k, v
         return self.out.forward(self.merge_heads(self.attention.forward(q, k, v, mask)))
 
     def backward(self, dout):
@@ -900,9 +900,9 @@ class Block(Module):
         dz = norm.backward(dy)
         return dz + f_backward(dz)
 
-    def forward(self, x, mask=None, memory=None, memory_mask=None, cache=None):
+    def forward(self, x, mask=None, memory=None, memory_mask=None, kv_cache=None):
         """x (B, T, d); memory (B, S, d) is the encoder output for cross-attention."""
-        x = self._residual(self.norm1, lambda h: self.self_attn.forward(h, mask=mask, cache=cache), x)
+        x = self._residual(self.norm1, lambda h: self.self_attn.forward(h, mask=mask, kv_cache=kv_cache), x)
         if self.cross_attn is not None:
             x = self._residual(self.norm2, lambda h: self.cross_attn.forward(h, memory, memory_mask), x)
         if self.ffn is not None:
@@ -938,10 +938,10 @@ class TiedUnembedding(Module):
     def __init__(self, embedding):
         super().__init__()
         self._embedding = embedding      # a reference, not a child: E is listed once
-        self.cache = None
+        self.saved = None
 
     def forward(self, h):
-        self.cache = h
+        self.saved = h
         return matmul_rows(h, self._embedding.params["W"].T)
 
     def backward(self, dout):
@@ -964,11 +964,11 @@ def check_tokens(tokens, name, vocab_size, max_len):
 def _check_dlogits(model, dlogits):
     """A model's backward takes the gradient of the logits of its last forward, same shape.
     Decoding (generate, greedy_decode, beam_search) leaves the layers holding its last step,
-    not a forward to differentiate, so it clears model.cache and a backward after it fails."""
-    if model.cache is None:
+    not a forward to differentiate, so it clears model.logits_shape and a backward after it fails."""
+    if model.logits_shape is None:
         raise ValueError(f"{type(model).__name__}.backward called before forward (decoding does "
                          f"not count: it keeps nothing to differentiate)")
-    shape = model.cache
+    shape = model.logits_shape
     if np.shape(dlogits) != shape:
         raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
                          f"got {np.shape(dlogits)}")
@@ -1102,9 +1102,9 @@ class DecoderOnlyTransformer(Module):
                        for _ in range(n_layers)]
         self.norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first and layer_norm)
         self.unembed = TiedUnembedding(self.embed) if tie_weights else Linear(d_model, vocab_size, rng, dtype, bias)
-        self.cache = None
+        self.logits_shape = None
 
-    def _run(self, tokens, start=0, caches=None):
+    def _run(self, tokens, start=0, kv_caches=None):
         """Forward pass without checks; start is the position of tokens[:, 0] (nonzero only
         when feeding new tokens to a filled cache)."""
         T = tokens.shape[1]
@@ -1115,9 +1115,9 @@ class DecoderOnlyTransformer(Module):
             x += self.pos_embed.forward(np.arange(start, start + T))    # (T, d), onto every row
         mask = causal_mask(T, start + T)
         for i, block in enumerate(self.blocks):
-            x = block.forward(x, mask, cache=None if caches is None else caches[i])
+            x = block.forward(x, mask, kv_cache=None if kv_caches is None else kv_caches[i])
         logits = self.unembed.forward(self.norm.forward(x))
-        self.cache = logits.shape
+        self.logits_shape = logits.shape
         return logits
 
     def forward(self, tokens):
@@ -1154,8 +1154,8 @@ class DecoderOnlyTransformer(Module):
         check_flag("use_cache", use_cache)
         check_flag("return_logits", return_logits)
         rng = np.random.default_rng(seed)
-        caches = [{} for _ in self.blocks] if use_cache else None
-        logits = self._run(tokens, 0, caches)[:, -1]
+        kv_caches = [{} for _ in self.blocks] if use_cache else None
+        logits = self._run(tokens, 0, kv_caches)[:, -1]
         chosen = []
         for step in range(max_new_tokens):
             check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
@@ -1163,9 +1163,9 @@ class DecoderOnlyTransformer(Module):
             nxt = _sample(logits, temperature, top_k, top_p, rng)
             tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
             if step + 1 < max_new_tokens:
-                new = self._run(nxt[:, None], tokens.shape[1] - 1, caches) if use_cache else self._run(tokens)
+                new = self._run(nxt[:, None], tokens.shape[1] - 1, kv_caches) if use_cache else self._run(tokens)
                 logits = new[:, -1]
-        self.cache = None                      # nothing here for backward (see _check_dlogits)
+        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         out = tokens[0] if squeeze else tokens
         if return_logits:
             stacked = np.stack(chosen, axis=1) if chosen else np.zeros((tokens.shape[0], 0, self.vocab_size))
@@ -1214,7 +1214,7 @@ class Transformer(Module):
                               cross_attention=True, norm_eps=norm_eps) for _ in range(n_layers)]
         self.decoder_norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first)
         self.unembed = TiedUnembedding(self.tgt_embed) if tie_weights else Linear(d_model, tgt_vocab_size, rng, dtype)
-        self.cache = None
+        self.logits_shape = None
 
     def _key_mask(self, tokens):
         return None if self.pad_id is None else padding_mask(tokens, self.pad_id)
@@ -1250,7 +1250,7 @@ class Transformer(Module):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
         src, tgt_in = self._check_pair(src, tgt_in)
         logits = self.decode(tgt_in, *self.encode(src))
-        self.cache = logits.shape
+        self.logits_shape = logits.shape
         return logits
 
     def backward(self, dlogits):
@@ -1291,7 +1291,7 @@ class Transformer(Module):
             done |= nxt == eos_id
             if done.all():
                 break
-        self.cache = None                      # nothing here for backward (see _check_dlogits)
+        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         return out[:, 1:]
 
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size):
@@ -1325,7 +1325,7 @@ class Transformer(Module):
             done = done[rows, beam] | (tok == eos_id)
             if done.all():
                 break
-        self.cache = None                      # nothing here for backward (see _check_dlogits)
+        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         return seqs[np.arange(B), np.argmax(scores, axis=1), 1:]
 
     def save(self, path):
