@@ -721,14 +721,9 @@ class DecoderOnlyTransformer(Module):
         each token as in sample_next. return_logits also returns the (B, max_new_tokens, vocab)
         logits each new token was chosen from.
         """
-        tokens = np.asarray(prompt)
-        squeeze = tokens.ndim == 1
-        tokens = check_tokens(tokens[None] if squeeze else tokens, "prompt", self.vocab_size, self.max_len)
-        check_count("max_new_tokens", max_new_tokens, 0, self.max_len - tokens.shape[1])
-        _check_decoding(temperature, top_k, top_p, self.vocab_size)
-        check_count("seed", seed, minimum=0)
-        check_flag("use_cache", use_cache)
-        check_flag("return_logits", return_logits)
+        squeeze = np.ndim(prompt) == 1
+        tokens = _check_generate(self, prompt, max_new_tokens, temperature, top_k, top_p, use_cache,
+                                 seed, return_logits)                        # (B, T0)
         rng = np.random.default_rng(seed)
         kv_caches = [{} for _ in self.blocks] if use_cache else None
         logits = self._run(tokens, 0, kv_caches)[:, -1]
@@ -802,17 +797,9 @@ class Transformer(Module):
             x = block.forward(x, mask, memory, src_mask)
         return self.unembed.forward(self.decoder_norm.forward(x))
 
-    def _check_pair(self, src, tgt_in):
-        src = check_tokens(src, "src", self.src_vocab_size, self.max_len)
-        tgt_in = check_tokens(tgt_in, "tgt_in", self.tgt_vocab_size, self.max_len)
-        if src.shape[0] != tgt_in.shape[0]:
-            raise ValueError(f"src and tgt_in must have the same batch size, got {src.shape[0]} "
-                             f"and {tgt_in.shape[0]}")
-        return src, tgt_in
-
     def forward(self, src, tgt_in):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
-        src, tgt_in = self._check_pair(src, tgt_in)
+        src, tgt_in = _check_pair(self, src, tgt_in)
         logits = self.decode(tgt_in, *self.encode(src))
         self.logits_shape = logits.shape
         return logits
@@ -832,17 +819,10 @@ class Transformer(Module):
             dx, _ = block.backward(dx)
         self.src_embed.backward(dx * self.embed_scale)
 
-    def _check_decode_args(self, src, bos_id, eos_id, max_len):
-        src = check_tokens(src, "src", self.src_vocab_size, self.max_len)
-        for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-            check_count(name, value, 0, self.tgt_vocab_size - 1)
-        check_count("max_len", max_len, 1, self.max_len - 1)     # the model's max_len minus the <bos>
-        return src
-
     def greedy_decode(self, src, bos_id, eos_id, max_len):
         """(B, S) -> (B, L) int, L <= max_len: the most likely token at every step. The encoder
         runs once. A sequence that has emitted eos_id is padded with eos_id afterwards."""
-        src = self._check_decode_args(src, bos_id, eos_id, max_len)
+        src = _check_decode_args(self, src, bos_id, eos_id, max_len)
         memory, src_mask = self.encode(src)
         out = np.full((src.shape[0], 1), bos_id)
         done = np.zeros(src.shape[0], bool)
@@ -863,7 +843,7 @@ class Transformer(Module):
         log-probabilities) at every step, and return the best. Finished beams are extended by
         eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
         b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
-        src = self._check_decode_args(src, bos_id, eos_id, max_len)
+        src = _check_decode_args(self, src, bos_id, eos_id, max_len)
         check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more beams than tokens: idle
         B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
         memory, src_mask = self.encode(src)
@@ -909,11 +889,8 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None, top_p=None):
     """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
     softmax(logits / temperature), keeping only the top_k largest logits if top_k is given and
     then only the nucleus of probability top_p if top_p is given (1 keeps every token)."""
-    if np.ndim(logits) != 2 or np.shape(logits)[1] == 0:
-        raise ValueError(f"logits must have shape (B, V) with V >= 1, got shape {np.shape(logits)}")
-    check_finite("logits", logits)
-    _check_decoding(temperature, top_k, top_p, np.shape(logits)[1])
-    return _sample(np.asarray(logits), temperature, top_k, top_p, rng)
+    logits = _check_sample_next(logits, temperature, top_k, top_p)
+    return _sample(logits, temperature, top_k, top_p, rng)
 
 
 def _sample(logits, temperature, top_k, top_p, rng):
@@ -951,13 +928,7 @@ def _sample(logits, temperature, top_k, top_p, rng):
 
 def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
     """logits (..., V), targets (...) int -> (loss, dlogits of the same shape as logits)."""
-    logits = np.asarray(logits)
-    check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
-    if logits.ndim < 1 or logits.shape[-1] == 0 or logits.dtype.kind != "f":
-        raise TypeError(f"logits must be a float array (..., V) with V >= 1, got dtype "
-                        f"{logits.dtype}, shape {logits.shape}")
-    targets, keep = _check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index,
-                                   label_smoothing)
+    logits, targets, keep = _check_loss(logits, targets, ignore_index, label_smoothing)
     return _softmax_cross_entropy(logits, targets, keep, label_smoothing)
 
 
@@ -1012,13 +983,7 @@ class Adam:
     rescaled by √v̂."""
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        check_positive("lr", lr, or_zero=True)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}")
-        _check_decay_rate("betas[0]", betas[0])
-        _check_decay_rate("betas[1]", betas[1])
-        check_positive("eps", eps)
-        check_positive("weight_decay", weight_decay, or_zero=True)
+        _check_adam(lr, betas, eps, weight_decay)
         self.params = _check_parameters(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = [np.zeros_like(p) for _, p, _ in self.params]
@@ -1680,3 +1645,64 @@ def _check_step(optimizer):
     check_positive("lr", optimizer.lr, or_zero=True)
     for name, _, grad in optimizer.params:
         check_finite(f"the gradient of {name}", grad)
+
+
+def _check_generate(model, prompt, max_new_tokens, temperature, top_k, top_p, use_cache, seed,
+                    return_logits):
+    """generate's arguments -> the prompt as (B, T0), a row added if it came as (T0,)."""
+    tokens = np.asarray(prompt)
+    tokens = check_tokens(tokens[None] if tokens.ndim == 1 else tokens, "prompt", model.vocab_size,
+                          model.max_len)
+    check_count("max_new_tokens", max_new_tokens, 0, model.max_len - tokens.shape[1])
+    _check_decoding(temperature, top_k, top_p, model.vocab_size)
+    check_count("seed", seed, minimum=0)
+    check_flag("use_cache", use_cache)
+    check_flag("return_logits", return_logits)
+    return tokens
+
+
+def _check_pair(model, src, tgt_in):
+    src = check_tokens(src, "src", model.src_vocab_size, model.max_len)
+    tgt_in = check_tokens(tgt_in, "tgt_in", model.tgt_vocab_size, model.max_len)
+    if src.shape[0] != tgt_in.shape[0]:
+        raise ValueError(f"src and tgt_in must have the same batch size, got {src.shape[0]} "
+                         f"and {tgt_in.shape[0]}")
+    return src, tgt_in
+
+
+def _check_decode_args(model, src, bos_id, eos_id, max_len):
+    src = check_tokens(src, "src", model.src_vocab_size, model.max_len)
+    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+        check_count(name, value, 0, model.tgt_vocab_size - 1)
+    check_count("max_len", max_len, 1, model.max_len - 1)     # the model's max_len minus the <bos>
+    return src
+
+
+def _check_sample_next(logits, temperature, top_k, top_p):
+    if np.ndim(logits) != 2 or np.shape(logits)[1] == 0:
+        raise ValueError(f"logits must have shape (B, V) with V >= 1, got shape {np.shape(logits)}")
+    check_finite("logits", logits)
+    _check_decoding(temperature, top_k, top_p, np.shape(logits)[1])
+    return np.asarray(logits)
+
+
+def _check_loss(logits, targets, ignore_index, label_smoothing):
+    """-> logits, targets as arrays, keep (the positions that count)."""
+    logits = np.asarray(logits)
+    check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
+    if logits.ndim < 1 or logits.shape[-1] == 0 or logits.dtype.kind != "f":
+        raise TypeError(f"logits must be a float array (..., V) with V >= 1, got dtype "
+                        f"{logits.dtype}, shape {logits.shape}")
+    targets, keep = _check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index,
+                                   label_smoothing)
+    return logits, targets, keep
+
+
+def _check_adam(lr, betas, eps, weight_decay):
+    check_positive("lr", lr, or_zero=True)
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}")
+    _check_decay_rate("betas[0]", betas[0])
+    _check_decay_rate("betas[1]", betas[1])
+    check_positive("eps", eps)
+    check_positive("weight_decay", weight_decay, or_zero=True)
