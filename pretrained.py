@@ -97,13 +97,7 @@ class Bert(Module):
 
     def backward(self, dh):
         """dh (B, T, d_model), the gradient of the last forward's output -> None."""
-        if self.output_shape is None:
-            raise ValueError("Bert.backward called before forward")
-        if np.shape(dh) != self.output_shape:
-            raise ValueError(f"dh must have the shape of the last forward's output {self.output_shape}, "
-                             f"got {np.shape(dh)}")
-        check_finite("dh", dh)
-        dx = np.asarray(dh)
+        dx = _check_dh(self, dh)
         for block in reversed(self.encoder):
             dx, _ = block.backward(dx)
         dx = self.embed_norm.backward(dx)
@@ -113,10 +107,7 @@ class Bert(Module):
 
     def sentence_embeddings(self, texts, batch_size=32, max_len=256):
         """A list of N str -> (N, d_model), each row of unit length (section 3 below)."""
-        texts = _check_texts(texts)
-        batch_size, max_len = check_count("batch_size", batch_size), check_count("max_len", max_len)
-        if self.tokenizer is None:
-            raise ValueError("this Bert has no tokenizer: build it with load_bert()")
+        texts, batch_size, max_len = _check_sentence_args(self, texts, batch_size, max_len)
         rows = []
         for start in range(0, len(texts), batch_size):
             ids = [self.tokenizer.encode(t, max_len=min(max_len, self.max_len))
@@ -186,20 +177,20 @@ def basic_words(text):
     return words
 
 
+# [CLS] opens every sequence and [SEP] closes it (and separates the two of a pair); [PAD] fills
+# a batch, [MASK] hides a word from the masked-language-model objective; [UNK] is what no pieces
+# could build.
+SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
 class WordPieceTokenizer:
     """vocab: the list of pieces, id = position (BERT's vocab.txt, one piece per line)."""
 
     def __init__(self, vocab):
-        if not isinstance(vocab, (list, tuple)) or not all(isinstance(p, str) for p in vocab):
-            raise TypeError(f"vocab must be a list of str pieces, got {type(vocab).__name__}")
-        self.itos = list(vocab)
+        self.itos = _check_vocab(vocab)
         self.stoi = {piece: i for i, piece in enumerate(self.itos)}
-        missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in self.stoi]
-        if missing or len(self.stoi) != len(self.itos):
-            raise ValueError(f"vocab must hold each piece once and the special tokens, missing "
-                             f"{missing}, {len(self.itos) - len(self.stoi)} repeated")
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
-            self.stoi[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
+            self.stoi[t] for t in SPECIAL_PIECES)
 
     @property
     def vocab_size(self):
@@ -319,11 +310,7 @@ def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
     """BERT's corruption. tokens (B, T) int -> (inputs, targets): inputs with the chosen
     positions replaced (80% mask_id, 10% a random id, 10% unchanged); targets the original id at
     chosen positions and -1 (the ignore_index) elsewhere. Ids in special are never chosen."""
-    vocab_size = check_count("vocab_size", vocab_size)
-    tokens, rng = check_id_array(tokens, "tokens", vocab_size), check_rng(rng)
-    check_count("mask_id", mask_id, 0, vocab_size - 1)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 < rate <= 1:
-        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}")
+    tokens = _check_mask_args(tokens, rng, mask_id, vocab_size, rate)
     chosen = (rng.random(tokens.shape) < rate) & ~np.isin(tokens, special)
     fate = rng.random(tokens.shape)
     inputs = np.where(chosen & (fate < 0.8), mask_id, tokens)
@@ -352,9 +339,7 @@ def pair_sentences(rng, n, k=4, triples=3):
 
 def train_masked_lm(steps=300, k=4, d_model=32, seed=0, lr=3e-3, batch_size=64):
     """A two-layer BERT with an MLM head, trained on pair_sentences; -> (model, losses)."""
-    for name, value in (("steps", steps), ("k", k), ("d_model", d_model), ("batch_size", batch_size)):
-        check_count(name, value)
-    check_positive("lr", lr)
+    _check_training_args(steps, k, d_model, lr, batch_size)
     vocab_size = 2 + 2 * k + k * k
     bert = Bert(vocab_size, d_model, 2, 2, 2 * d_model, 9, dtype=np.float32, seed=seed)
     model = MaskedLanguageModel(bert, seed=seed + 1)
@@ -677,3 +662,49 @@ def _parameter_shape(ours, config):
         return tables[ours], d
     return {"ffn.fc1.W": (d, d_ff), "ffn.fc1.b": (d_ff,), "ffn.fc2.W": (d_ff, d)}.get(
         ours.split(".", 2)[-1], (d, d) if ours.endswith(".W") else (d,))
+
+
+def _check_dh(model, dh):
+    if model.output_shape is None:
+        raise ValueError("Bert.backward called before forward")
+    if np.shape(dh) != model.output_shape:
+        raise ValueError(f"dh must have the shape of the last forward's output {model.output_shape}, "
+                         f"got {np.shape(dh)}")
+    check_finite("dh", dh)
+    return np.asarray(dh)
+
+
+def _check_sentence_args(model, texts, batch_size, max_len):
+    texts = _check_texts(texts)
+    batch_size, max_len = check_count("batch_size", batch_size), check_count("max_len", max_len)
+    if model.tokenizer is None:
+        raise ValueError("this Bert has no tokenizer: build it with load_bert()")
+    return texts, batch_size, max_len
+
+
+def _check_vocab(vocab):
+    """-> the list of pieces, once it is known to hold each piece once, the special ones too."""
+    if not isinstance(vocab, (list, tuple)) or not all(isinstance(p, str) for p in vocab):
+        raise TypeError(f"vocab must be a list of str pieces, got {type(vocab).__name__}")
+    missing = [t for t in SPECIAL_PIECES if t not in vocab]
+    repeated = len(vocab) - len(set(vocab))
+    if missing or repeated:
+        raise ValueError(f"vocab must hold each piece once and the special tokens, missing "
+                         f"{missing}, {repeated} repeated")
+    return list(vocab)
+
+
+def _check_mask_args(tokens, rng, mask_id, vocab_size, rate):
+    vocab_size = check_count("vocab_size", vocab_size)
+    tokens = check_id_array(tokens, "tokens", vocab_size)
+    check_rng(rng)
+    check_count("mask_id", mask_id, 0, vocab_size - 1)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 < rate <= 1:
+        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}")
+    return tokens
+
+
+def _check_training_args(steps, k, d_model, lr, batch_size):
+    for name, value in (("steps", steps), ("k", k), ("d_model", d_model), ("batch_size", batch_size)):
+        check_count(name, value)
+    check_positive("lr", lr)
