@@ -1262,6 +1262,8 @@ def parse_args(argv):
     parser.add_argument("--no-plots", action="store_true",
                         help="text only: no figures (--outdir unused), matplotlib is not imported")
     args = parser.parse_args(argv)
+    if args.seed < 0:                               # NumPy's generators take seeds >= 0
+        parser.error(f"--seed must be an int >= 0, got {args.seed}")
     if not args.no_plots and not args.list:
         try:                                        # fail now, not after a minute of training
             pathlib.Path(args.outdir).mkdir(parents=True, exist_ok=True)

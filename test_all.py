@@ -2715,8 +2715,9 @@ def test_demo_bad_arguments_fail_fast_with_a_message(tmp_path):
     unknown = _demo_run("--chapter", "no-such-chapter")
     assert unknown.returncode == 2 and "no-such-chapter" in unknown.stderr
     assert "onehot" in unknown.stderr                        # the message lists what is allowed
-    seed = _demo_run("--seed", "zero")
-    assert seed.returncode == 2 and "--seed" in seed.stderr
+    for bad in ("zero", "-1"):
+        seed = _demo_run("--seed", bad)
+        assert seed.returncode == 2 and "--seed" in seed.stderr and "==" not in seed.stdout
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     unwritable = _demo_run("--chapter", "onehot", "--outdir", str(blocker / "figures"))
