@@ -796,7 +796,7 @@ def _check_layer_head(model, layer, head):
 
 def _check_sequences(model, name, tokens):
     """tokens (B, n + 1) for next-token prediction: the model reads the first n <= max_len."""
-    tokens = transformer.check_id_array(tokens, name, model.vocab_size)
+    tokens = transformer.check_id_array(name, tokens, model.vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] < 1 or not 2 <= tokens.shape[1] <= model.max_len + 1:
         raise ValueError(f"{name} must have shape (B, n + 1) with B >= 1 and 1 <= n <= max_len = "
                          f"{model.max_len}, got shape {tokens.shape}")
@@ -818,7 +818,7 @@ def _check_train(model, sample, steps, lr, seed, every, monitor):
 
 def _check_logits_targets(logits, targets):
     logits = _check_real("logits", logits, "have shape (B, n, V)", min_ndim=1, finite=False)
-    targets = transformer.check_id_array(targets, "targets", logits.shape[-1])
+    targets = transformer.check_id_array("targets", targets, logits.shape[-1])
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"targets must have the shape of logits without the vocabulary axis, "
                          f"{logits.shape[:-1]}, got {targets.shape}")
@@ -837,7 +837,7 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
 
 def _check_corpus(tokens, vocab_size):
     vocab_size = transformer.check_count("vocab_size", vocab_size)
-    tokens = transformer.check_id_array(tokens, "tokens", vocab_size)
+    tokens = transformer.check_id_array("tokens", tokens, vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "
                          f"(at least one bigram), got shape {tokens.shape}")
@@ -854,7 +854,7 @@ def _check_skip_corpus(rng, triples, vocab_size, n_seqs, length):
     transformer.check_rng(rng)
     vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
     length = transformer.check_count("length", length, minimum=3)    # a, then b, then the token after b
-    triples = transformer.check_id_array(triples, "triples", vocab_size)
+    triples = transformer.check_id_array("triples", triples, vocab_size)
     if triples.ndim != 2 or triples.shape[0] < 1 or triples.shape[1] != 3:
         raise ValueError(f"triples must be a non-empty list of (a, b, c) triples, shape (k, 3), "
                          f"got shape {triples.shape}")
@@ -928,7 +928,7 @@ def _check_where(where, shape):
 
 def _check_induction(patterns, tokens, where):
     patterns = _check_patterns(patterns)
-    tokens = transformer.check_id_array(tokens, "tokens", np.iinfo(np.int64).max)
+    tokens = transformer.check_id_array("tokens", tokens, np.iinfo(np.int64).max)
     if tokens.shape != (patterns.shape[1], patterns.shape[-1]):
         raise ValueError(f"tokens must have shape (B, n) = {(patterns.shape[1], patterns.shape[-1])} "
                          f"to match patterns of shape {patterns.shape}, got {tokens.shape}")
@@ -945,7 +945,7 @@ def _check_tokens_where(model, tokens, where, min_n=1):
     check_simplified(model)
     if not model.blocks:
         raise ValueError("model must have at least one layer to have attention patterns")
-    tokens = transformer.check_tokens(tokens, "tokens", model.vocab_size, model.max_len)
+    tokens = transformer.check_tokens("tokens", tokens, model.vocab_size, model.max_len)
     if tokens.shape[1] < min_n:
         raise ValueError(f"tokens must cover n >= {min_n} positions (tokens) to have a previous "
                          f"token, got shape {tokens.shape}")

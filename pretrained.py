@@ -225,7 +225,7 @@ class WordPieceTokenizer:
 
     def decode(self, ids, skip_special=True):
         """ids -> str: pieces joined by spaces, each "##" piece glued to the one before."""
-        ids = check_id_array(ids, "ids", self.vocab_size)
+        ids = check_id_array("ids", ids, self.vocab_size)
         special = {self.pad_id, self.cls_id, self.sep_id, self.mask_id}
         pieces = [self.itos[i] for i in ids.reshape(-1).tolist() if not (skip_special and i in special)]
         return " ".join(pieces).replace(" ##", "")
@@ -506,7 +506,7 @@ def _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len, ty
 
 
 def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
-    tokens = check_id_array(tokens, "tokens", model.vocab_size)
+    tokens = check_id_array("tokens", tokens, model.vocab_size)
     if tokens.ndim != 2 or 0 in tokens.shape:
         raise ValueError(f"tokens must have shape (B, T) with B, T >= 1, got shape {tokens.shape}")
     if tokens.shape[1] > model.max_len:
@@ -525,7 +525,7 @@ def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
                          f"{np.flatnonzero(~attention_mask.any(axis=1))[:5].tolist()} have none")
     if token_type_ids is None:
         token_type_ids = np.zeros(tokens.shape, np.intp)
-    token_type_ids = check_id_array(token_type_ids, "token_type_ids", model.type_vocab_size)
+    token_type_ids = check_id_array("token_type_ids", token_type_ids, model.type_vocab_size)
     if token_type_ids.shape != tokens.shape:
         raise ValueError(f"token_type_ids must have the shape of tokens {tokens.shape}, got "
                          f"{token_type_ids.shape}")
@@ -696,7 +696,7 @@ def _check_vocab(vocab):
 
 def _check_mask_args(tokens, rng, mask_id, vocab_size, rate):
     vocab_size = check_count("vocab_size", vocab_size)
-    tokens = check_id_array(tokens, "tokens", vocab_size)
+    tokens = check_id_array("tokens", tokens, vocab_size)
     check_rng(rng)
     check_count("mask_id", mask_id, 0, vocab_size - 1)
     if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 < rate <= 1:

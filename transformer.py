@@ -116,7 +116,7 @@ def _normal(rng, shape, std, dtype):
 
 def one_hot(ids, n):
     """(...,) int -> (..., n) float64 with a single 1 per row."""
-    ids = check_id_array(ids, "ids", n)
+    ids = check_id_array("ids", ids, n)
     return (ids[..., None] == np.arange(n)).astype(np.float64)
 
 
@@ -129,7 +129,7 @@ class Embedding(Module):
 
     def forward(self, ids):
         """(B, T) int -> (B, T, d_model)"""
-        self.saved = check_id_array(ids, "ids", self.params["W"].shape[0])
+        self.saved = check_id_array("ids", ids, self.params["W"].shape[0])
         return self.params["W"][self.saved]
 
     def backward(self, dout):
@@ -698,7 +698,7 @@ class DecoderOnlyTransformer(Module):
 
     def forward(self, tokens):
         """(B, T) int -> (B, T, vocab_size) logits; position t predicts token t + 1."""
-        tokens = check_tokens(tokens, "tokens", self.vocab_size, self.max_len)
+        tokens = check_tokens("tokens", tokens, self.vocab_size, self.max_len)
         return self._run(tokens)
 
     def backward(self, dlogits):
@@ -1458,7 +1458,7 @@ def check_rng(rng):
     return rng
 
 
-def check_id_array(ids, name, n):
+def check_id_array(name, ids, n):
     """An integer array of ids, each a row of an (n, ...) table; returns it as an ndarray.
     (An id outside [0, n) would be an IndexError in a lookup, or a silent row of zeros in a
     one-hot.)"""
@@ -1470,9 +1470,9 @@ def check_id_array(ids, name, n):
     return ids
 
 
-def check_tokens(tokens, name, vocab_size, max_len):
+def check_tokens(name, tokens, vocab_size, max_len):
     """Validate a (B, T) integer array of ids; returns it as an ndarray."""
-    tokens = check_id_array(tokens, name, vocab_size)
+    tokens = check_id_array(name, tokens, vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise ValueError(f"{name} must have shape (B, T) with B, T >= 1, got shape {tokens.shape}")
     if tokens.shape[1] > max_len:
@@ -1651,7 +1651,7 @@ def _check_generate(model, prompt, max_new_tokens, temperature, top_k, top_p, us
                     return_logits):
     """generate's arguments -> the prompt as (B, T0), a row added if it came as (T0,)."""
     tokens = np.asarray(prompt)
-    tokens = check_tokens(tokens[None] if tokens.ndim == 1 else tokens, "prompt", model.vocab_size,
+    tokens = check_tokens("prompt", tokens[None] if tokens.ndim == 1 else tokens, model.vocab_size,
                           model.max_len)
     check_count("max_new_tokens", max_new_tokens, 0, model.max_len - tokens.shape[1])
     _check_decoding(temperature, top_k, top_p, model.vocab_size)
@@ -1662,8 +1662,8 @@ def _check_generate(model, prompt, max_new_tokens, temperature, top_k, top_p, us
 
 
 def _check_pair(model, src, tgt_in):
-    src = check_tokens(src, "src", model.src_vocab_size, model.max_len)
-    tgt_in = check_tokens(tgt_in, "tgt_in", model.tgt_vocab_size, model.max_len)
+    src = check_tokens("src", src, model.src_vocab_size, model.max_len)
+    tgt_in = check_tokens("tgt_in", tgt_in, model.tgt_vocab_size, model.max_len)
     if src.shape[0] != tgt_in.shape[0]:
         raise ValueError(f"src and tgt_in must have the same batch size, got {src.shape[0]} "
                          f"and {tgt_in.shape[0]}")
@@ -1671,7 +1671,7 @@ def _check_pair(model, src, tgt_in):
 
 
 def _check_decode_args(model, src, bos_id, eos_id, max_len):
-    src = check_tokens(src, "src", model.src_vocab_size, model.max_len)
+    src = check_tokens("src", src, model.src_vocab_size, model.max_len)
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         check_count(name, value, 0, model.tgt_vocab_size - 1)
     check_count("max_len", max_len, 1, model.max_len - 1)     # the model's max_len minus the <bos>
