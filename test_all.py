@@ -192,7 +192,8 @@ def test_embedding_is_a_one_hot_product_and_scatters_repeated_ids():
     emb.forward(ids)
     emb.backward(R)
     assert np.allclose(emb.grads["W"][1], R[0, 0] + R[0, 2] + R[1, 1], rtol=0, atol=IDENTITY_TOL)  # id 1: three times
-    _assert_gradients_within(LAYER_GRADIENT_TOL, transformer.gradient_check(lambda: float(np.sum(emb.forward(ids) * R)), emb.parameters()))
+    _assert_gradients_within(LAYER_GRADIENT_TOL, transformer.gradient_check(
+        lambda: float(np.sum(emb.forward(ids) * R)), emb.parameters()))
 
 
 @pytest.mark.parametrize("make", [
@@ -224,7 +225,8 @@ def test_erf_matches_math_erf_on_a_dense_grid_and_in_the_tails():
     assert np.isnan(transformer.erf(np.array([np.nan]))).all()
     x32 = x.astype(np.float32)                  # the float32 formula: to float32's precision
     assert transformer.erf(x32).dtype == np.float32
-    assert np.max(np.abs(transformer.erf(x32) - np.array([math.erf(v) for v in x32.astype(float)]))) < FLOAT32_ERF_TOL
+    reference32 = np.array([math.erf(v) for v in x32.astype(float)])
+    assert np.max(np.abs(transformer.erf(x32) - reference32)) < FLOAT32_ERF_TOL
 
 
 def test_exact_gelu_is_x_times_the_normal_cdf_and_tanh_gelu_is_close():
@@ -239,7 +241,8 @@ def test_exact_gelu_is_x_times_the_normal_cdf_and_tanh_gelu_is_close():
                          ids=["gelu-exact", "gelu-tanh"])
 def test_gelu_gradients(make):
     layer = make(_rng())
-    _assert_gradients_within(LAYER_GRADIENT_TOL, _layer_gradient_errors(layer, (_rng(2).standard_normal((2, 3, 6)) * 2,), layer.forward))
+    x = _rng(2).standard_normal((2, 3, 6)) * 2
+    _assert_gradients_within(LAYER_GRADIENT_TOL, _layer_gradient_errors(layer, (x,), layer.forward))
 
 
 def test_layernorm_normalises_with_biased_variance():
@@ -264,7 +267,8 @@ def test_softmax_backward_matches_central_differences():
     s = _rng().standard_normal((3, 5))
     R = _rng(1).standard_normal((3, 5))
     ds = transformer.softmax_backward(transformer.softmax(s), R)
-    _assert_gradients_within(LAYER_GRADIENT_TOL, transformer.gradient_check(lambda: float(np.sum(transformer.softmax(s) * R)), [("s", s, ds)]))
+    _assert_gradients_within(LAYER_GRADIENT_TOL, transformer.gradient_check(
+        lambda: float(np.sum(transformer.softmax(s) * R)), [("s", s, ds)]))
 
 
 def test_attention_gradients_with_causal_and_padding_masks():
@@ -273,7 +277,8 @@ def test_attention_gradients_with_causal_and_padding_masks():
     pad = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     mask = transformer.causal_mask(T) & transformer.padding_mask(pad, 0)
     att = transformer.ScaledDotProductAttention()
-    _assert_gradients_within(LAYER_GRADIENT_TOL, _layer_gradient_errors(att, (q, k, v), lambda *a: att.forward(*a, mask=mask)))
+    _assert_gradients_within(LAYER_GRADIENT_TOL,
+                             _layer_gradient_errors(att, (q, k, v), lambda *a: att.forward(*a, mask=mask)))
     p = att.pattern
     assert np.allclose(p.sum(-1), 1, rtol=0, atol=IDENTITY_TOL)
     assert np.all(p[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)  # no future
@@ -293,7 +298,8 @@ def test_attention_row_with_every_key_masked_gives_zeros_not_nan():
 def test_multi_head_self_attention_gradients():
     mha = transformer.MultiHeadAttention(8, 2, _rng())
     x = _rng(5).standard_normal((2, 4, 8))
-    _assert_gradients_within(LAYER_GRADIENT_TOL, _layer_gradient_errors(mha, (x,), lambda x: mha.forward(x, mask=transformer.causal_mask(4))))
+    _assert_gradients_within(LAYER_GRADIENT_TOL, _layer_gradient_errors(
+        mha, (x,), lambda x: mha.forward(x, mask=transformer.causal_mask(4))))
 
 
 def test_cross_attention_gradients_flow_into_both_inputs():
