@@ -106,7 +106,9 @@ class Bert(Module):
         self.type_embed.backward(dx)
 
     def sentence_embeddings(self, texts, batch_size=32, max_len=256):
-        """A list of N str -> (N, d_model), each row of unit length (section 3 below)."""
+        """A list of N str -> (N, d_model), each row of unit length (section 3 below). Each
+        sentence is cut to max_len pieces, [CLS] and [SEP] included, as sentence-transformers
+        cuts this model's input at 256; batch_size sentences run at once, padded."""
         texts, batch_size, max_len = _check_sentence_args(self, texts, batch_size, max_len)
         rows = []
         for start in range(0, len(texts), batch_size):
