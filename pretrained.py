@@ -243,6 +243,7 @@ class WordPieceTokenizer:
 
 def pad_batch(ids, pad_id):
     """A list of B id lists -> tokens (B, T) padded with pad_id, real (B, T) bool."""
+    _check_id_lists(ids, pad_id)
     T = max(len(row) for row in ids)
     tokens = np.full((len(ids), T), pad_id)
     real = np.zeros((len(ids), T), bool)
@@ -254,6 +255,7 @@ def pad_batch(ids, pad_id):
 
 def mean_pool(h, real):
     """h (B, T, d), real (B, T) bool -> (B, d): the mean over real tokens, unit length."""
+    _check_pooling(h, real)
     pooled = (h * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True).astype(h.dtype)
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
@@ -329,8 +331,7 @@ def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
 
 def pair_sentences(rng, n, k=4, triples=3):
     """-> (n, 3·triples) int: n sentences of the toy task, ids as described above."""
-    check_rng(rng)
-    n, k, triples = check_count("n", n), check_count("k", k), check_count("triples", triples)
+    n, k, triples = _check_pair_sentences(rng, n, k, triples)
     a, c = rng.integers(0, k, (n, triples)), rng.integers(0, k, (n, triples))
     tokens = np.empty((n, 3 * triples), np.intp)
     tokens[:, 0::3] = 2 + a
@@ -710,3 +711,30 @@ def _check_training_args(steps, k, d_model, lr, batch_size):
     for name, value in (("steps", steps), ("k", k), ("d_model", d_model), ("batch_size", batch_size)):
         check_count(name, value)
     check_positive("lr", lr)
+
+
+def _check_id_lists(ids, pad_id):
+    if not isinstance(ids, (list, tuple)) or not ids or not all(
+            isinstance(row, (list, tuple)) and row and all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in row)
+            for row in ids):
+        raise TypeError(f"ids must be a non-empty list of non-empty lists of int ids, got {ids!r}"[:200])
+    check_count("pad_id", pad_id, minimum=0)
+
+
+def _check_pooling(h, real):
+    if np.ndim(h) != 3 or np.shape(real) != np.shape(h)[:2] or np.asarray(real).dtype != bool:
+        raise ValueError(f"h must be (B, T, d) and real a (B, T) bool array, got shapes "
+                         f"{np.shape(h)} and {np.shape(real)}")
+    if not np.asarray(real).any(axis=1).all():
+        raise ValueError("real must mark at least one real token in each row: a sentence of "
+                         "padding alone has no mean")
+
+
+def _check_pair_sentences(rng, n, k, triples):
+    check_rng(rng)
+    n, k, triples = check_count("n", n), check_count("k", k), check_count("triples", triples)
+    if n * 3 * triples > MAX_NUMBERS:
+        raise ValueError(f"n={n} sentences of {3 * triples} ids ask for more than {MAX_NUMBERS:.0e} "
+                         f"numbers (one was mistyped?)")
+    return n, k, triples

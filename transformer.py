@@ -477,10 +477,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, d_model, n_heads, rng, dtype=np.float64, bias=True):
         super().__init__()
-        check_count("n_heads", n_heads)
-        if d_model % n_heads:
-            raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, "
-                             f"n_heads={n_heads}")
+        _check_heads(d_model, n_heads)
         self.n_heads = n_heads
         self.query = Linear(d_model, d_model, rng, dtype, bias)
         self.key = Linear(d_model, d_model, rng, dtype, bias=False)   # see the note above
@@ -1706,3 +1703,11 @@ def _check_adam(lr, betas, eps, weight_decay):
     _check_decay_rate("betas[1]", betas[1])
     check_positive("eps", eps)
     check_positive("weight_decay", weight_decay, or_zero=True)
+
+
+def _check_heads(d_model, n_heads):
+    check_count("d_model", d_model)
+    check_count("n_heads", n_heads)
+    if d_model % n_heads:
+        raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, "
+                         f"n_heads={n_heads}")
