@@ -116,7 +116,7 @@ def _normal(rng, shape, std, dtype):
 
 def one_hot(ids, n):
     """(...,) int -> (..., n) float64 with a single 1 per row."""
-    ids = check_id_array("ids", ids, n)
+    ids = check_id_array("ids", ids, _check_size("n", n, per_entry=np.size(ids)))
     return (ids[..., None] == np.arange(n)).astype(np.float64)
 
 
@@ -152,7 +152,7 @@ class Embedding(Module):
 
 def sinusoidal_encoding(max_len, d_model):
     """-> (max_len, d_model) float64"""
-    max_len, d_model = check_count("max_len", max_len), check_count("d_model", d_model)
+    max_len, d_model = check_count("max_len", max_len), _check_size("d_model", d_model, max_len)
     pos = np.arange(max_len)[:, None]
     two_i = (np.arange(d_model) // 2 * 2)[None, :]        # 0, 0, 2, 2, 4, 4, ...
     angle = pos / 10000.0 ** (two_i / d_model)
@@ -423,15 +423,14 @@ def causal_mask(t_q, t_k=None):
     """(t_q, t_k) bool, True where query i may look at key j. Queries are the last t_q of the
     t_k positions (t_k > t_q while decoding with a cache), so query i sits at t_k - t_q + i."""
     t_q = check_count("t_q", t_q)
-    t_k = t_q if t_k is None else check_count("t_k", t_k, minimum=t_q)
+    t_k = _check_size("t_q", t_q, t_q) if t_k is None else _check_size("t_k", t_k, t_q, minimum=t_q)
     return np.arange(t_k)[None, :] <= np.arange(t_k - t_q, t_k)[:, None]
 
 
 def padding_mask(tokens, pad_id):
     """(B, T) int -> (B, 1, 1, T) bool, False on padding keys."""
-    if np.ndim(tokens) != 2:
-        raise ValueError(f"tokens must have shape (B, T), got shape {np.shape(tokens)}")
-    return (np.asarray(tokens) != pad_id)[:, None, None, :]
+    tokens = _check_padding_args(tokens, pad_id)
+    return (tokens != pad_id)[:, None, None, :]
 
 
 class ScaledDotProductAttention(Module):
@@ -1711,3 +1710,21 @@ def _check_heads(d_model, n_heads):
     if d_model % n_heads:
         raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, "
                          f"n_heads={n_heads}")
+
+
+def _check_size(name, value, per_entry=1, minimum=1):
+    """A count whose array, value · per_entry numbers, stays within MAX_NUMBERS."""
+    value = check_count(name, value, minimum)
+    if value * max(int(per_entry), 1) > MAX_NUMBERS:
+        raise ValueError(f"{name}={value} asks for more than {MAX_NUMBERS:.0e} numbers "
+                         f"(mistyped?)")
+    return value
+
+
+def _check_padding_args(tokens, pad_id):
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+        raise ValueError(f"tokens must have shape (B, T) and hold integer ids, got shape "
+                         f"{tokens.shape}, dtype {tokens.dtype}")
+    check_count("pad_id", pad_id, minimum=0)
+    return tokens
