@@ -929,6 +929,7 @@ def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
 
 
 def _softmax_cross_entropy(logits, targets, keep, label_smoothing):
+    check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
     V = logits.shape[-1]
     safe = np.where(keep, targets, 0)[..., None]
     logp = log_softmax(logits)
@@ -1049,9 +1050,7 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
         check_positive("max_grad_norm", max_grad_norm)
     targets, keep = _check_targets(targets, np.shape(inputs[-1]), vocab_size, ignore_index,
                                    label_smoothing)
-    logits = model.forward(*inputs)
-    check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
-    loss, dlogits = _softmax_cross_entropy(logits, targets, keep, label_smoothing)
+    loss, dlogits = _softmax_cross_entropy(model.forward(*inputs), targets, keep, label_smoothing)
     model.zero_grad()
     model.backward(dlogits)
     if max_grad_norm is not None:
@@ -1685,7 +1684,6 @@ def _check_sample_next(logits, temperature, top_k, top_p):
 def _check_loss(logits, targets, ignore_index, label_smoothing):
     """-> logits, targets as arrays, keep (the positions that count)."""
     logits = np.asarray(logits)
-    check_finite("logits", logits)          # NaN logits mean training diverged: lower the lr
     if logits.ndim < 1 or logits.shape[-1] == 0 or logits.dtype.kind != "f":
         raise TypeError(f"logits must be a float array (..., V) with V >= 1, got dtype "
                         f"{logits.dtype}, shape {logits.shape}")
