@@ -55,7 +55,7 @@ CONFIGS = {
     "A": dict(vocab_size=256, d_model=128, n_heads=4, n_layers=2, d_ff=512, seq_len=64, batch=32),
     "B": dict(vocab_size=512, d_model=256, n_heads=8, n_layers=4, d_ff=1024, seq_len=128, batch=16),
 }
-TARGETS = {"A": 0.50, "B": 0.70}   # fraction of the peak to reach (issue 2)
+TARGETS = {"A": 0.50, "B": 0.70}   # fraction of the peak set as the first goal
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def bench_training(args, peak):
 
 
 def bench_superposition_sweep(args, peak):
-    """The sweep of issue 3: n = 20 features in m = 5 dimensions at 8 sparsities, trained at once
+    """The sparsity sweep of superposition.py: n = 20 features in m = 5 dimensions at 8 sparsities, trained at once
     along the instance axis (float32, batch 1024, Adam lr 1e-3). Target: 10,000 steps in <= 20 s.
     Its matmuls are tiny, so the peak means little here; seconds are what count."""
     steps = args.sweep_steps
@@ -310,7 +310,7 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="also show which functions take the time of a training step")
     parser.add_argument("--sweep-steps", type=int, default=10_000,
-                        help="Adam steps of the superposition sweep (default 10,000, as issue 3 times)")
+                        help="Adam steps of the superposition sweep (default 10,000, the sweep of the tour)")
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
                         help=f"run only this benchmark; repeatable; one of: {', '.join(BENCHMARKS)}")
     args = parser.parse_args()
