@@ -201,8 +201,8 @@ def bench_training(args, peak):
 
 
 def bench_superposition_sweep(args, peak):
-    """The sparsity sweep of superposition.py: n = 20 features in m = 5 dimensions at 8 sparsities, trained at once
-    along the instance axis (float32, batch 1024, Adam lr 1e-3). Target: 10,000 steps in <= 20 s.
+    """The sparsity sweep of superposition.py: n = 20 features in m = 5 dimensions at 8
+    sparsities, trained at once along the instance axis (float32, batch 1024, Adam lr 1e-3). Target: 10,000 steps in <= 20 s.
     Its matmuls are tiny, so the peak means little here; seconds are what count."""
     steps = args.sweep_steps
     start = time.perf_counter()
@@ -310,7 +310,7 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="also show which functions take the time of a training step")
     parser.add_argument("--sweep-steps", type=int, default=10_000,
-                        help="Adam steps of the superposition sweep (default 10,000, the sweep of the tour)")
+                        help="Adam steps of the superposition sweep (default 10,000)")
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
                         help=f"run only this benchmark; repeatable; one of: {', '.join(BENCHMARKS)}")
     args = parser.parse_args()
