@@ -202,8 +202,9 @@ def bench_training(args, peak):
 
 def bench_superposition_sweep(args, peak):
     """The sparsity sweep of superposition.py: n = 20 features in m = 5 dimensions at 8
-    sparsities, trained at once along the instance axis (float32, batch 1024, Adam lr 1e-3). Target: 10,000 steps in <= 20 s.
-    Its matmuls are tiny, so the peak means little here; seconds are what count."""
+    sparsities, trained at once along the instance axis (float32, batch 1024, Adam lr 1e-3).
+    Target: 10,000 steps in <= 20 s. Its matmuls are tiny, so the peak means little here;
+    seconds are what count."""
     steps = args.sweep_steps
     start = time.perf_counter()
     model, _ = S.sparsity_sweep(steps=steps, batch_size=1024, lr=1e-3, dtype=np.float32)
