@@ -47,6 +47,7 @@ import re
 import zipfile
 import zlib
 from collections import Counter
+
 import numpy as np
 
 
