@@ -68,11 +68,7 @@ def matmul_peak(n=2048, repeats=10):
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - start)
+    best = step_times(lambda: np.matmul(a, b, out=c), repeats, warmup=0).min()
     return 2 * n ** 3 / best / 1e9
 
 
@@ -243,12 +239,7 @@ def bench_bpe(args, peak):
 
 def product_seconds(a, b, repeats=5):
     """The best time of a @ b over `repeats` runs."""
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return best
+    return step_times(lambda: a @ b, repeats, warmup=0).min()
 
 
 def bench_bert(args, peak):

@@ -33,7 +33,8 @@ import numpy as np
 
 from transformer import (MAX_LAYERS, MAX_NUMBERS, Adam, Block, Embedding, GELU, LayerNorm, Linear,
                          Module, TiedUnembedding, check_count, check_finite, check_float_dtype,
-                         check_id_array, check_positive, check_rng, train_step)
+                         check_id_array, check_positive, check_rng, check_text, check_tokens,
+                         train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class WordPieceTokenizer:
 
     def tokenize(self, text):
         """str -> list of pieces (no [CLS] or [SEP])."""
-        return [p for word in basic_words(_check_text(text)) for p in self.word_pieces(word)]
+        return [p for word in basic_words(check_text(text)) for p in self.word_pieces(word)]
 
     def encode(self, text, max_len=None):
         """str -> [CLS] ids [SEP]; max_len (>= 2) cuts the pieces so the whole fits."""
@@ -472,12 +473,6 @@ def installed_model_folder():
 # about its contents is refused before any model is built, in time and memory bounded by the
 # file's size.
 
-def _check_text(text):
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return text
-
-
 def _check_texts(texts):
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts \
             or not all(isinstance(t, str) for t in texts):
@@ -509,12 +504,7 @@ def _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len, ty
 
 
 def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
-    tokens = check_id_array("tokens", tokens, model.vocab_size)
-    if tokens.ndim != 2 or 0 in tokens.shape:
-        raise ValueError(f"tokens must have shape (B, T) with B, T >= 1, got shape {tokens.shape}")
-    if tokens.shape[1] > model.max_len:
-        raise ValueError(f"tokens has length {tokens.shape[1]}, longer than the model's "
-                         f"{model.max_len} positions")
+    tokens = check_tokens("tokens", tokens, model.vocab_size, model.max_len)
     if attention_mask is None:
         attention_mask = np.ones(tokens.shape, bool)
     attention_mask = np.asarray(attention_mask)

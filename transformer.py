@@ -1086,7 +1086,7 @@ class Tokenizer:
     """
 
     def __init__(self, text):
-        pieces = sorted(set(self.split(_check_text(text))) - set(SPECIAL_TOKENS))
+        pieces = sorted(set(self.split(check_text(text))) - set(SPECIAL_TOKENS))
         self.itos = list(SPECIAL_TOKENS) + pieces
         self.stoi = {piece: i for i, piece in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(4)
@@ -1098,7 +1098,7 @@ class Tokenizer:
     def encode(self, text, bos=False, eos=False):
         """str -> list of ids; pieces never seen in training become <unk>."""
         bos, eos = check_flag("bos", bos), check_flag("eos", eos)
-        ids = [self.stoi.get(piece, self.unk_id) for piece in self.split(_check_text(text))]
+        ids = [self.stoi.get(piece, self.unk_id) for piece in self.split(check_text(text))]
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids, skip_special=True):
@@ -1145,7 +1145,7 @@ class BPETokenizer:
     """
 
     def __init__(self, text, vocab_size):
-        _check_text(text)
+        check_text(text)
         vocab_size = check_count("vocab_size", vocab_size, minimum=256)     # the byte alphabet
         self.merges = {}                              # (id, id) -> new id, in order of creation
         self.pieces = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
@@ -1219,7 +1219,7 @@ class BPETokenizer:
 
     def encode(self, text):
         """str -> list of ids."""
-        return [i for word in self._words(_check_text(text)) for i in self._encode_word(word)]
+        return [i for word in self._words(check_text(text)) for i in self._encode_word(word)]
 
     def decode(self, ids):
         """list of ids -> str (bytes that do not form valid UTF-8 become U+FFFD)."""
@@ -1476,7 +1476,7 @@ def check_tokens(name, tokens, vocab_size, max_len):
     return tokens
 
 
-def _check_text(text):
+def check_text(text):
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return text
