@@ -198,7 +198,7 @@ class Linear(Module):
         x2, d2 = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
         self.grads["W"] += x2.T @ d2
         if "b" in self.params:
-            self.grads["b"] += d2.sum(axis=0)
+            self.grads["b"] += column_sum(d2)
         return matmul_rows(dout, self.params["W"].T)
 
 
@@ -378,7 +378,7 @@ class LayerNorm(Module):
     def forward(self, x):
         """(..., d) -> (..., d)"""
         _check_width(x, self.params["g"].shape[0], type(self).__name__)
-        xhat = x - x.mean(axis=-1, keepdims=True)                        # centred: x - μ
+        xhat = x - row_sum(x) / x.shape[-1]                              # centred: x - μ
         r = 1 / np.sqrt(row_dot(xhat, xhat) / x.shape[-1] + self.eps)    # σ² = mean((x - μ)²)
         xhat *= r        # now (x - μ) r, in place (as below): each new (B, T, d) array costs time
         self.saved = (xhat, r)
@@ -390,10 +390,10 @@ class LayerNorm(Module):
         xhat, r = self._saved()
         _check_dout(dout, xhat.shape, type(self).__name__)
         d = dout.shape[-1]
-        self.grads["g"] += (dout * xhat).reshape(-1, d).sum(axis=0)
-        self.grads["b"] += dout.reshape(-1, d).sum(axis=0)
+        self.grads["g"] += column_sum(dout * xhat)
+        self.grads["b"] += column_sum(dout)
         dxhat = dout * self.params["g"]
-        dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
+        dx = dxhat - row_sum(dxhat) / d
         dx -= xhat * (row_dot(dxhat, xhat) / d)
         dx *= r
         return dx
@@ -1384,6 +1384,22 @@ def blockwise(f, x, block=1 << 16):
     for start in range(0, flat.size, block):
         out[start:start + block] = f(flat[start:start + block])
     return out.reshape(x.shape)
+
+
+# Sums of rows and of columns through BLAS. NumPy sums a short last axis one row at a time, with
+# some 30 ns of set-up a row; a product with a vector of ones is the same sum, done by BLAS in
+# one call. On a (2048, 128) float32 array: row sums 67 µs -> 14 µs, column sums 49 µs -> 17 µs,
+# which makes a training step of the layer norms and biases 1-3% faster.
+
+def row_sum(x):
+    """x.sum(axis=-1, keepdims=True): (..., d) -> (..., 1)"""
+    return (x @ np.ones(x.shape[-1], x.dtype))[..., None]
+
+
+def column_sum(x):
+    """The sum over all rows of x: (..., d) -> (d,), x.reshape(-1, d).sum(axis=0)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return np.ones(rows.shape[0], x.dtype) @ rows
 
 
 # np.add.at on rows. NumPy's add.at is several times faster on 1-D arrays (0.65 ms instead of
