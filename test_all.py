@@ -263,6 +263,24 @@ def test_softmax_is_stable_and_a_fully_masked_row_is_zero():
     assert np.array_equal(p[1], np.zeros(3))
 
 
+@pytest.mark.parametrize("dtype, tol", [(np.float64, IDENTITY_TOL), (np.float32, FLOAT32_ERF_TOL)],
+                         ids=["float64", "float32"])
+def test_fast_softmax_is_softmax_and_redoes_rows_far_below_the_rest(dtype, tol):
+    x = (_rng().standard_normal((2, 3, 6, 6)) * 3).astype(dtype)
+    causal = transformer.causal_mask(6)
+    padded = transformer.padding_mask(np.array([[1, 1, 1, 1, 0, 0], [0] * 6]), 0)  # a row all padding
+    x[0, 1, 2] -= 1000          # a row far below the shared shift: it underflows and is redone
+    x[1, 2] += 500              # a head far above the rest
+    for mask in (None, causal, padded):
+        fast = transformer.fast_softmax(x, mask)
+        assert fast.dtype == dtype
+        assert np.max(np.abs(fast - transformer.softmax(x, mask=mask))) < tol
+    assert np.array_equal(transformer.fast_softmax(x, padded)[1], np.zeros((3, 6, 6)))
+    x[0, 0, 0, 0] = np.nan      # NaN stays in its own row, as in the textbook softmax
+    assert np.array_equal(np.isnan(transformer.fast_softmax(x, causal)),
+                          np.isnan(transformer.softmax(x, mask=causal)))
+
+
 def test_softmax_backward_matches_central_differences():
     s = _rng().standard_normal((3, 5))
     R = _rng(1).standard_normal((3, 5))

@@ -438,8 +438,9 @@ class ScaledDotProductAttention(Module):
     def forward(self, q, k, v, mask=None):
         """q (B, H, Tq, dk), k (B, H, Tk, dk), v (B, H, Tk, dv) -> (B, H, Tq, dv)"""
         scale = 1 / math.sqrt(q.shape[-1])
-        # (q·scale) kᵀ = (q kᵀ)·scale: scale q, which is smaller than the scores when Tk > dk
-        p = softmax((q * scale) @ k.swapaxes(-1, -2), mask=mask)   # (B, H, Tq, Tk)
+        # (q·scale) kᵀ = (q kᵀ)·scale: scale q, which is smaller than the scores when Tk > dk.
+        # fast_softmax gives softmax's numbers over the keys, faster (Appendix A).
+        p = fast_softmax((q * scale) @ k.swapaxes(-1, -2), mask)   # (B, H, Tq, Tk)
         self.saved = (q, k, v, p, scale)
         return p @ v
 
@@ -1400,6 +1401,34 @@ def column_sum(x):
     """The sum over all rows of x: (..., d) -> (d,), x.reshape(-1, d).sum(axis=0)."""
     rows = x.reshape(-1, x.shape[-1])
     return np.ones(rows.shape[0], x.dtype) @ rows
+
+
+# Softmax with one shift for all rows. softmax(s) = softmax(s - c) for any c that is the same
+# along a row; the row's max is the textbook c because it keeps every exp(s - c) at most 1.
+# NumPy takes the max of a short row at some 80 ns of set-up a row, more than the exp costs,
+# while the max of the whole array is one vectorised pass. A c at or above every row's max
+# cannot overflow; it can underflow a row that lies far below the others. A row whose sum is
+# at least √tiny (1e-19 in float32, 1e-154 in float64) keeps every term that matters above the
+# smallest normal number, so it is exact to rounding; a row below is computed again with its
+# own max. On the (32, 4, 64, 64) causal attention scores of bench.py's config A: 1.65 ms ->
+# 0.75 ms, and a training step 5-7% faster.
+
+def fast_softmax(x, mask=None):
+    """softmax(x, axis=-1, mask=mask) for a float array x, the same to rounding."""
+    bias = np.where(True if mask is None else mask, 0, -np.inf).astype(x.dtype)
+    e = x + bias
+    c = e.max(initial=-np.inf)
+    if not np.isfinite(c):          # NaN or inf scores, or every entry masked: the textbook way
+        return softmax(x, mask=mask)
+    e -= c
+    np.exp(e, out=e)
+    s = row_sum(e)
+    low = s[..., 0] < np.sqrt(np.finfo(x.dtype).tiny)                # rows far below the rest
+    if low.any():
+        e[low] = softmax(x[low] + np.broadcast_to(bias, x.shape)[low])
+        s[low] = 1
+    e /= s
+    return e
 
 
 # np.add.at on rows. NumPy's add.at is several times faster on 1-D arrays (0.65 ms instead of
