@@ -22,7 +22,8 @@ Read this file top to bottom: each idea comes before the ones built on it, and t
    13. Tokenizing          characters, words, byte-pair encoding (Rohrer; Sennrich et al. 2016)
    14. Saving and loading  np.savez / np.load(allow_pickle=False), safe on a stranger's file
    15. Gradient checking   central differences, as used by the tests
-    A. Making it fast      erf in float32, elementwise chains in cache-sized blocks, np.add.at
+    A. Making it fast      erf in float32, elementwise chains in cache-sized blocks, sums
+                           through BLAS, softmax with one shift for all rows, np.add.at on rows
     B. Checking arguments  the checks at every public entry point, shared by the other files
 
 Conventions, used everywhere in this file:
@@ -192,7 +193,8 @@ class Linear(Module):
         return y
 
     def backward(self, dout):
-        """(..., d_out) -> (..., d_in).  dW = xᵀ dout summed over all rows, db = Σ dout."""
+        """(..., d_out) -> (..., d_in).  dW = xᵀ dout summed over all rows, db = Σ dout over
+        the rows (column_sum: that sum through BLAS, Appendix A)."""
         x = self._saved()
         _check_dout(dout, x.shape[:-1] + self.params["W"].shape[1:], type(self).__name__)
         x2, d2 = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
@@ -362,7 +364,9 @@ def softmax_backward(p, dp):
 # rest. With x̂ = (x - μ) r and upstream gradient dy:
 #     dx̂ = dy ⊙ g
 #     dx = r (dx̂ - mean(dx̂) - x̂ ⊙ mean(dx̂ ⊙ x̂))
-# (the two means are the gradient flowing back through μ and through σ).
+# (the two means are the gradient flowing back through μ and through σ). row_sum(x) is
+# x.sum(axis=-1, keepdims=True) and column_sum(x) the sum over all rows, both through BLAS
+# (Appendix A).
 
 class LayerNorm(Module):
     """eps is 1e-5 in most models; BERT uses 1e-12 (Devlin et al. 2019's released code)."""
