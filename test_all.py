@@ -181,6 +181,24 @@ def test_bpe_merges_the_most_frequent_pair_first_and_cuts_words_into_learned_pie
     assert bpe.encode("hug hug") == [hug, space_hug]
 
 
+def test_prose_paragraphs_keep_prose_and_drop_headings_grammar_and_examples():
+    page = ("Assignment statements\n*********************\n\n"
+            "An assignment statement evaluates the expression list\nand assigns the result.\n\n"
+            "   assignment_stmt ::= (target_list \"=\")+ expression\n\n"
+            ">>> x = [1, 2]\n>>> x\n[1, 2]\n\n"
+            "   d[key] = value, d |= other, x[i:j] = y\n\n"
+            "Too short to keep.\n")
+    assert transformer.prose_paragraphs(page) == [
+        "An assignment statement evaluates the expression list and assigns the result."]
+
+
+def test_pydoc_paragraphs_are_the_same_prose_every_time():
+    first, second = transformer.pydoc_paragraphs(), transformer.pydoc_paragraphs()
+    assert first == second and len(first) > 1000
+    assert all(isinstance(p, str) and "\n" not in p and len(p.split()) >= 6 for p in first)
+    assert not any("::=" in p or p.startswith(">>>") for p in first)
+
+
 # ----------------------------------------------------------------------------------------------
 # Gradient checks, layer by layer
 # ----------------------------------------------------------------------------------------------
