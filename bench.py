@@ -130,6 +130,40 @@ def step_times(step, steps, warmup=3):
     return np.array(times)
 
 
+def pytorch():
+    """PyTorch, where it is installed (a throwaway environment: it is no dependency of the
+    project), for the side-by-side timings; None elsewhere, and those benchmarks time ours alone."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+    return torch
+
+
+def side_by_side(ours, theirs, steps, rounds=5, pause=0.2):
+    """Seconds of each call of ours() and theirs(), timed in alternating blocks in one process:
+    `rounds` blocks of steps // rounds calls each, with a pause between blocks, so that a busy
+    neighbour slows both alike instead of whichever ran during the busy minute. -> (ours, theirs)
+    arrays of per-call seconds, after a warm-up of three calls of each."""
+    per_round = max(1, steps // rounds)
+    mine, others = np.empty(0), np.empty(0)
+    for _ in range(3):
+        ours(), theirs()
+    for _ in range(rounds):
+        mine = np.concatenate([mine, step_times(ours, per_round, warmup=0)])
+        time.sleep(pause)
+        others = np.concatenate([others, step_times(theirs, per_round, warmup=0)])
+        time.sleep(pause)
+    return mine, others
+
+
+def print_side_by_side(label, mine, others, unit="ms", scale=1e3):
+    """One line: the best and the median call of ours and of PyTorch's, and their ratio."""
+    print(f"  {label}: ours best {mine.min() * scale:.1f} / median {np.median(mine) * scale:.1f} {unit}, "
+          f"PyTorch eager best {others.min() * scale:.1f} / median {np.median(others) * scale:.1f} {unit}: "
+          f"{np.median(mine) / np.median(others):.2f}x PyTorch's median "
+          f"({mine.min() / others.min():.2f}x its best)")
+
+
 def peak_allocation(step):
     """Bytes allocated at the peak of one step, after a warm-up step: NumPy reports its arrays
     to tracemalloc, so this counts the activations kept for backward and the temporaries."""
