@@ -80,16 +80,19 @@ class Bert(Module):
         self.tokenizer = tokenizer
         self.output_shape = None
 
+    hook_points = ("embed.hook_embed", "embed.hook_pos_embed", "embed.hook_token_type_embed",
+                   "embed.ln.hook_normalized")          # transformer.py's section 9b
+
     def forward(self, tokens, attention_mask=None, token_type_ids=None):
         """tokens (B, T) int; attention_mask (B, T) bool, True on real tokens (None: all real);
         token_type_ids (B, T) int in [0, type_vocab_size) (None: all 0) -> (B, T, d_model)."""
         tokens, attention_mask, token_type_ids = _check_bert_inputs(self, tokens, attention_mask,
                                                                        token_type_ids)
         T = tokens.shape[1]
-        x = self.word_embed.forward(tokens)                          # (B, T, d)
-        x += self.pos_embed.forward(np.arange(T))                    # (T, d) onto every row
-        x += self.type_embed.forward(token_type_ids)                 # (B, T, d)
-        x = self.embed_norm.forward(x)
+        x = self.hook("embed.hook_embed", self.word_embed.forward(tokens))                  # (B, T, d)
+        x = x + self.hook("embed.hook_pos_embed", self.pos_embed.forward(np.arange(T)))     # (T, d) onto every row
+        x = x + self.hook("embed.hook_token_type_embed", self.type_embed.forward(token_type_ids))
+        x = self.hook("embed.ln.hook_normalized", self.embed_norm.forward(x))
         mask = attention_mask[:, None, None, :]                      # (B, 1, 1, T): keys only
         for block in self.encoder:
             x = block.forward(x, mask)

@@ -992,6 +992,106 @@ def test_ablation_restores_the_weights_even_after_an_error():
     assert np.array_equal(model.blocks[1].self_attn.out.params["W"], before)
 
 
+# ----------------------------------------------------------------------------------------------
+# Named activations and interventions (transformer.py's section 9b, circuits.py's section 9)
+# ----------------------------------------------------------------------------------------------
+# On all three kinds of model (a Pre-LN GPT with learned positions, a Post-LN encoder-decoder
+# with padding, a small BERT with random weights): the hooked runs read what the layers compute,
+# change nothing unless a hook does, and leave the model as it was.
+
+def _hooked_model(kind):
+    """(model, its inputs, whether its blocks are Pre-LN), after a forward and a backward."""
+    rng = _rng(3)
+    if kind == "gpt":
+        model = transformer.DecoderOnlyTransformer(13, 8, 2, 2, 16, 12, positional="learned")
+        inputs, pre_ln = (rng.integers(0, 13, (2, 6)),), True
+    elif kind == "encoder-decoder":
+        model = transformer.Transformer(9, 12, 8, 2, 2, 16, 10, pad_id=0, norm_first=False)
+        inputs, pre_ln = (np.array([[1, 2, 3, 0], [4, 5, 6, 7]]), np.array([[1, 2, 3], [4, 5, 0]])), False
+    else:
+        model = _small_bert()
+        inputs, pre_ln = (rng.integers(5, 23, (2, 5)), np.array([[1, 1, 1, 1, 0], [1] * 5], bool)), False
+    model.backward(rng.standard_normal(model.forward(*inputs).shape))
+    return model, inputs, pre_ln
+
+
+def _stacks(model):
+    """(hook prefix, blocks) of each stack of blocks, as transformer.py's section 9b names them."""
+    if isinstance(model, transformer.Transformer):
+        return [("encoder.blocks", model.encoder), ("decoder.blocks", model.decoder)]
+    return [("blocks", model.blocks if hasattr(model, "blocks") else model.encoder)]
+
+
+HOOKED_KINDS = ["gpt", "encoder-decoder", "bert"]
+
+
+@pytest.mark.parametrize("kind", HOOKED_KINDS)
+def test_the_cache_holds_what_the_layers_compute(kind):
+    model, inputs, pre_ln = _hooked_model(kind)
+    output, cache = transformer.run_with_cache(model, *inputs)
+    assert set(cache) == set(transformer.hook_names(model))
+    assert np.array_equal(output, model.forward(*inputs))          # the same numbers, bit for bit
+    for prefix, blocks in _stacks(model):
+        for l, block in enumerate(blocks):
+            p = f"{prefix}.{l}."
+            attentions = [("attn.", block.self_attn)] + [("cross_attn.", block.cross_attn)] * (block.cross_attn is not None)
+            for name, attn in attentions:
+                assert np.array_equal(cache[p + name + "hook_pattern"], attn.attention.pattern)
+                assert np.array_equal(cache[p + name + "hook_z"], cache[p + name + "hook_pattern"] @ cache[p + name + "hook_v"])
+            assert np.array_equal(cache[p + "mlp.hook_post"], block.ffn.hidden)
+            cross = block.cross_attn is not None               # the stream the MLP reads:
+            mlp_in = ("hook_resid_mid_cross" if cross else "hook_resid_mid") if pre_ln else \
+                ("ln_cross.hook_normalized" if cross else "ln1.hook_normalized")     # Post-LN: a norm's output
+            assert np.array_equal(cache[p + "hook_resid_post"], cache[p + mlp_in] + cache[p + "hook_mlp_out"])
+            out = cache[p + ("hook_resid_post" if pre_ln else "ln2.hook_normalized")]   # the block's output
+            if l + 1 < len(blocks):
+                assert np.array_equal(out, cache[f"{prefix}.{l + 1}.hook_resid_pre"])
+        if kind == "bert":
+            assert np.array_equal(out, output)
+        else:                                       # the final norm reads the last block's output
+            norm = model.norm if kind == "gpt" else model.encoder_norm if prefix == "encoder.blocks" else model.decoder_norm
+            assert np.array_equal(norm.forward(out), cache[prefix.replace("blocks", "ln_final.hook_normalized")])
+    if kind == "gpt":
+        assert np.array_equal(output, model.unembed.forward(cache["ln_final.hook_normalized"]))
+
+
+@pytest.mark.parametrize("kind", HOOKED_KINDS)
+def test_hooks_that_return_their_input_change_nothing_and_leave_no_trace(kind):
+    model, inputs, _ = _hooked_model(kind)
+    expected = model.forward(*inputs)
+    model.backward(_rng(4).standard_normal(expected.shape))      # the state the hooked runs must keep
+    before, pickled = _reachable_state(model), _pickled_state(model)
+    hooks = dict.fromkeys(transformer.hook_names(model), lambda a, name: a)
+    assert np.array_equal(transformer.run_with_hooks(model, *inputs, hooks=hooks), expected)
+    transformer.run_with_cache(model, *inputs)
+    zero_head = {transformer.hook_names(model)[-1]: lambda a, name: np.zeros_like(a)}
+    assert not np.array_equal(transformer.run_with_hooks(model, *inputs, hooks=zero_head), expected)
+
+    def fails(a, name):
+        raise RuntimeError("a hook that fails half-way")
+    with pytest.raises(RuntimeError):
+        transformer.run_with_hooks(model, *inputs, hooks={transformer.hook_names(model)[5]: fails})
+    assert _same_state(before, _reachable_state(model)) and pickled == _pickled_state(model)
+    assert all("_hooks" not in vars(m) for m in [model, *transformer._submodules(model)])
+
+
+@pytest.mark.parametrize("kind", HOOKED_KINDS)
+def test_a_backward_after_a_hooked_run_is_that_of_the_last_ordinary_forward(kind):
+    model, inputs, _ = _hooked_model(kind)
+    model.zero_grad()
+    dout = _rng(5).standard_normal(model.forward(*inputs).shape)
+    model.backward(dout)
+    expected = [grad.copy() for _, _, grad in model.parameters()]
+    model.zero_grad()
+    transformer.run_with_hooks(model, *inputs, hooks={transformer.hook_names(model)[-1]: lambda a, n: 2 * a})
+    model.backward(dout)
+    assert all(np.array_equal(g, e) for (_, _, g), e in zip(model.parameters(), expected))
+    fresh = type(model)(**model.config) if hasattr(model, "config") else _small_bert()
+    transformer.run_with_cache(fresh, *inputs)
+    with pytest.raises(ValueError, match="before forward"):
+        fresh.backward(dout)
+
+
 # ==============================================================================================
 # superposition.py: the toy model's gradients and three results, exact geometries, the pentagon, JL, the SAE
 # ==============================================================================================
@@ -2752,6 +2852,50 @@ def test_bert_refuses_bad_input_by_name_and_changes_nothing(call, error, name):
     after = [(value, grad) for _, value, grad in bert.parameters()]
     assert all(np.array_equal(a, b) and np.array_equal(c, d) for (a, c), (b, d) in zip(before, after))
     bert.backward(np.ones((1, 3, 8)))                  # the earlier forward is still there
+
+
+# ----------------------------------------------------------------------------------------------
+# Named activations and interventions: hooked runs, patching, the logit lens, attribution
+# ----------------------------------------------------------------------------------------------
+# Each row builds a model of one kind (after a forward and a backward), makes the refused call,
+# and checks that the message names what was wrong and that the model is as it was.
+
+def _replaced_by(value):
+    return lambda a, name: value(a)
+
+
+HOOK_BAD_INPUT = [
+    ("gpt", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"blocks.9.attn.hook_q": _replaced_by(lambda a: a)}),
+     ValueError, r"unknown hook name 'blocks.9.attn.hook_q'.*\(l in 0..1\).*blocks.\{l\}.attn.hook_q"),
+    ("bert", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"hook_embed": _replaced_by(lambda a: a)}),
+     ValueError, r"unknown hook name 'hook_embed'.*Bert.*embed.hook_embed"),
+    ("encoder-decoder", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"blocks.0.hook_resid_pre": _replaced_by(lambda a: a)}),
+     ValueError, r"unknown hook name.*encoder.blocks.\{l\}.hook_resid_pre.*decoder.blocks.\{l\}.cross_attn.hook_q"),
+    ("gpt", lambda m, i: transformer.run_with_hooks(m, *i, hooks=[("hook_embed", _replaced_by(lambda a: a))]), TypeError, "hooks must be a dict"),
+    ("gpt", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"hook_embed": 0}), TypeError, r"hooks\['hook_embed'\] must be a function"),
+    ("gpt", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"blocks.1.hook_resid_pre": _replaced_by(lambda a: a[:, :-1])}),
+     ValueError, r"hook for 'blocks.1.hook_resid_pre' must return an array of shape \(2, 6, 8\)"),
+    ("encoder-decoder", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"decoder.blocks.1.cross_attn.hook_pattern": _replaced_by(lambda a: a.astype(np.float32))}),
+     ValueError, r"hook for 'decoder.blocks.1.cross_attn.hook_pattern'.*dtype float64.*got ndarray .* dtype float32"),
+    ("bert", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"blocks.0.mlp.hook_post": _replaced_by(lambda a: a.tolist())}),
+     ValueError, r"hook for 'blocks.0.mlp.hook_post' must return an array.*got list"),
+    ("bert", lambda m, i: transformer.run_with_hooks(m, *i, hooks={"embed.ln.hook_normalized": _replaced_by(lambda a: a * np.nan)}),
+     ValueError, r"result of the hook for 'embed.ln.hook_normalized' must be finite"),
+    ("gpt", lambda m, i: transformer.run_with_cache(m.blocks[0], *i), TypeError, "model must be a model with named activations.*got Block"),
+    ("gpt", lambda m, i: transformer.hook_names(None), TypeError, "model must be a model with named activations.*got NoneType"),
+    ("gpt", lambda m, i: transformer.run_with_cache(m, i[0] + 20), ValueError, r"tokens must hold ids in \[0, 13\)"),
+]
+
+
+@pytest.mark.parametrize("kind,call,error,pattern", HOOK_BAD_INPUT,
+                         ids=[f"{i}-{row[3]}"[:60] for i, row in enumerate(HOOK_BAD_INPUT)])
+def test_bad_hooks_and_interventions_are_refused_by_name_and_change_nothing(kind, call, error, pattern):
+    model, inputs, _ = _hooked_model(kind)
+    before, pickled = _reachable_state(model), _pickled_state(model)
+    with pytest.raises(error, match=pattern):
+        call(model, inputs)
+    assert _same_state(before, _reachable_state(model)) and pickled == _pickled_state(model)
+    assert all("_hooks" not in vars(m) for m in [model, *transformer._submodules(model)])
 
 
 # ==============================================================================================

@@ -15,6 +15,8 @@ Read this file top to bottom: each idea comes before the ones built on it, and t
     8. Blocks              residual connections, Post-LN (the paper) or Pre-LN (GPT-2)
     9. Models              DecoderOnlyTransformer (a GPT) and Transformer (encoder-decoder),
                            with greedy decoding, beam search and a key/value cache
+   9b. Hooks               named activations in TransformerLens's spelling; run_with_cache,
+                           run_with_hooks: read or replace any of them for one call
    10. The next token      temperature, top-k, top-p (nucleus) sampling
    11. Loss                softmax cross-entropy with padding and label smoothing
    12. Optimizers          SGD, Adam with decoupled weight decay, clipping, one training step,
@@ -96,6 +98,13 @@ class Module:
     def zero_grad(self):
         for _, _, grad in self.parameters():
             grad[...] = 0
+
+    _hooks = None     # {hook name: function}, set only during a hooked run (section 9b)
+
+    def hook(self, name, x):
+        """A hook point: returns x itself, unless a hooked run (section 9b) has set a function
+        for this name, which then returns the activation to use instead."""
+        return x if self._hooks is None or name not in self._hooks else self._hooks[name](x)
 
     def _saved(self):
         """What forward kept for backward; a backward before any forward is an error."""
@@ -446,6 +455,7 @@ class ScaledDotProductAttention(Module):
         # (q·scale) kᵀ = (q kᵀ)·scale: scale q, which is smaller than the scores when Tk > dk.
         # fast_softmax gives softmax's numbers over the keys, faster (Appendix A).
         p = fast_softmax((q * scale) @ k.swapaxes(-1, -2), mask)   # (B, H, Tq, Tk)
+        p = self.hook("hook_pattern", p)
         self.saved = (q, k, v, p, scale)
         return p @ v
 
@@ -508,15 +518,21 @@ class MultiHeadAttention(Module):
         _check_attention_inputs(x, context, self.query.params["W"].shape[0])
         self.cross = context is not None
         source = context if self.cross else x
-        q = self.split_heads(self.query.forward(x))
-        k = self.split_heads(self.key.forward(source))
-        v = self.split_heads(self.value.forward(source))
+        q = self.hook("hook_q", self.split_heads(self.query.forward(x)))        # (B, H, T, d_k)
+        k = self.hook("hook_k", self.split_heads(self.key.forward(source)))     # (B, H, S, d_k)
+        v = self.hook("hook_v", self.split_heads(self.value.forward(source)))
         if kv_cache is not None:
             if "k" in kv_cache:
                 k = np.concatenate([kv_cache["k"], k], axis=2)
                 v = np.concatenate([kv_cache["v"], v], axis=2)
             kv_cache["k"], kv_cache["v"] = k, v
-        return self.out.forward(self.merge_heads(self.attention.forward(q, k, v, mask)))
+        z = self.hook("hook_z", self.attention.forward(q, k, v, mask))         # (B, H, T, d_k)
+        return self.out.forward(self.merge_heads(z))
+
+    def hook_sites(self):
+        """{local hook name: (module, its name there)}, for section 9b."""
+        sites = {name: (self, name) for name in ("hook_q", "hook_k", "hook_v", "hook_z")}
+        return {**sites, "hook_pattern": (self.attention, "hook_pattern")}
 
     def backward(self, dout):
         if self.cross is None:
@@ -544,11 +560,15 @@ class FeedForward(Module):
     def forward(self, x):
         """(B, T, d_model) -> (B, T, d_model); the hidden activations (B, T, d_ff) are kept
         in self.hidden for readers who want to look at the neurons (demo.py's chapter 7 does)."""
-        self.hidden = self.act.forward(self.fc1.forward(x))
+        self.hidden = self.hook("hook_post", self.act.forward(self.hook("hook_pre", self.fc1.forward(x))))
         return self.fc2.forward(self.hidden)
 
     def backward(self, dout):
         return self.fc1.backward(self.act.backward(self.fc2.backward(dout)))
+
+    def hook_sites(self):
+        """{local hook name: (module, its name there)}, for section 9b."""
+        return {name: (self, name) for name in ("hook_pre", "hook_post")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -587,10 +607,15 @@ class Block(Module):
         self.ffn = None if attention_only else FeedForward(d_model, d_ff, rng, dtype, activation, bias)
         self.norm3 = None if attention_only else norm()
 
-    def _residual(self, norm, f, x):
-        if self.norm_first:
-            return x + f(norm.forward(x))
-        return norm.forward(x + f(x))
+    def _residual(self, norm, f, x, names):
+        """names: the hook names (section 9b) of the norm's output, of f's output and of the
+        sum x + f(...)."""
+        normalized, out, resid = names
+        if self.norm_first:                                           # x + f(LN(x))
+            h = self.hook(normalized, norm.forward(x))
+            return self.hook(resid, x + self.hook(out, f(h)))
+        y = self.hook(resid, x + self.hook(out, f(x)))                # LN(x + f(x))
+        return self.hook(normalized, norm.forward(y))
 
     def _residual_backward(self, norm, f_backward, dy):
         if self.norm_first:
@@ -600,12 +625,35 @@ class Block(Module):
 
     def forward(self, x, mask=None, memory=None, memory_mask=None, kv_cache=None):
         """x (B, T, d); memory (B, S, d) is the encoder output for cross-attention."""
-        x = self._residual(self.norm1, lambda h: self.self_attn.forward(h, mask=mask, kv_cache=kv_cache), x)
+        x = self.hook("hook_resid_pre", x)
+        names = self._sublayer_hooks()
+        x = self._residual(self.norm1, lambda h: self.self_attn.forward(h, mask=mask, kv_cache=kv_cache), x, names[0])
         if self.cross_attn is not None:
-            x = self._residual(self.norm2, lambda h: self.cross_attn.forward(h, memory, memory_mask), x)
+            x = self._residual(self.norm2, lambda h: self.cross_attn.forward(h, memory, memory_mask), x, names[1])
         if self.ffn is not None:
-            x = self._residual(self.norm3, self.ffn.forward, x)
+            x = self._residual(self.norm3, self.ffn.forward, x, names[-1])
         return x
+
+    def _sublayer_hooks(self):
+        """Per sublayer (self-attention, cross-attention if any, feed-forward if any): the hook
+        names of its norm's output, its output and the residual sum after it; the last sum
+        is hook_resid_post (section 9b)."""
+        names = [("ln1.hook_normalized", "hook_attn_out", "hook_resid_mid")]
+        if self.cross_attn is not None:
+            names.append(("ln_cross.hook_normalized", "hook_cross_attn_out", "hook_resid_mid_cross"))
+        if self.ffn is not None:
+            names.append(("ln2.hook_normalized", "hook_mlp_out", "hook_resid_post"))
+        names[-1] = names[-1][:2] + ("hook_resid_post",)
+        return names
+
+    def hook_sites(self):
+        """{local hook name: (module, its name there)}, for section 9b."""
+        sites = {"hook_resid_pre": (self, "hook_resid_pre")}
+        sites.update((name, (self, name)) for names in self._sublayer_hooks() for name in names)
+        for prefix, child in (("attn.", self.self_attn), ("cross_attn.", self.cross_attn), ("mlp.", self.ffn)):
+            if child is not None:
+                sites.update((prefix + name, site) for name, site in child.hook_sites().items())
+        return sites
 
     def backward(self, dout):
         """-> (dx, dmemory); dmemory is None without cross-attention."""
@@ -663,6 +711,8 @@ class DecoderOnlyTransformer(Module):
     zero-layer model has.
     """
 
+    hook_points = ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized")   # section 9b
+
     def __init__(self, vocab_size, d_model, n_heads, n_layers, d_ff, max_len, norm_first=True,
                  activation="relu", tie_weights=False, attention_only=False, layer_norm=True,
                  bias=True, positional="sinusoidal", norm_eps=1e-5, dtype=np.float64, seed=0):
@@ -687,15 +737,16 @@ class DecoderOnlyTransformer(Module):
         """Forward pass without checks; start is the position of tokens[:, 0] (nonzero only
         when feeding new tokens to a filled cache)."""
         T = tokens.shape[1]
-        x = self.embed.forward(tokens) * self.embed_scale
+        x = self.hook("hook_embed", self.embed.forward(tokens) * self.embed_scale)      # (B, T, d)
         if self.pos_embed is None:
-            x += self.pos[start:start + T]
+            pos = self.pos[start:start + T]
         else:
-            x += self.pos_embed.forward(np.arange(start, start + T))    # (T, d), onto every row
+            pos = self.pos_embed.forward(np.arange(start, start + T))
+        x = x + self.hook("hook_pos_embed", pos)                         # (T, d), onto every row
         mask = causal_mask(T, start + T)
         for i, block in enumerate(self.blocks):
             x = block.forward(x, mask, kv_cache=None if kv_caches is None else kv_caches[i])
-        logits = self.unembed.forward(self.norm.forward(x))
+        logits = self.unembed.forward(self.hook("ln_final.hook_normalized", self.norm.forward(x)))
         self.logits_shape = logits.shape
         return logits
 
@@ -756,6 +807,9 @@ class Transformer(Module):
     with cross-attention. pad_id marks padding in both src and tgt; padded keys are masked.
     tie_weights ties the target embedding to the output layer."""
 
+    hook_points = tuple(f"{side}.{name}" for side in ("encoder", "decoder")       # section 9b
+                        for name in DecoderOnlyTransformer.hook_points)
+
     def __init__(self, src_vocab_size, tgt_vocab_size, d_model, n_heads, n_layers, d_ff, max_len,
                  norm_first=True, activation="relu", pad_id=None, tie_weights=False,
                  norm_eps=1e-5, dtype=np.float64, seed=0):
@@ -784,10 +838,11 @@ class Transformer(Module):
     def encode(self, src):
         """(B, S) int -> memory (B, S, d), and the key mask for attending to it."""
         src_mask = self._key_mask(src)
-        x = self.src_embed.forward(src) * self.embed_scale + self.pos[:src.shape[1]]
+        x = self.hook("encoder.hook_embed", self.src_embed.forward(src) * self.embed_scale)
+        x = x + self.hook("encoder.hook_pos_embed", self.pos[:src.shape[1]])
         for block in self.encoder:
             x = block.forward(x, src_mask)
-        return self.encoder_norm.forward(x), src_mask
+        return self.hook("encoder.ln_final.hook_normalized", self.encoder_norm.forward(x)), src_mask
 
     def decode(self, tgt_in, memory, src_mask):
         """(B, T) int, memory (B, S, d) -> (B, T, tgt_vocab_size) logits."""
@@ -795,10 +850,11 @@ class Transformer(Module):
         mask = causal_mask(T)
         if self.pad_id is not None:
             mask = mask & padding_mask(tgt_in, self.pad_id)
-        x = self.tgt_embed.forward(tgt_in) * self.embed_scale + self.pos[:T]
+        x = self.hook("decoder.hook_embed", self.tgt_embed.forward(tgt_in) * self.embed_scale)
+        x = x + self.hook("decoder.hook_pos_embed", self.pos[:T])
         for block in self.decoder:
             x = block.forward(x, mask, memory, src_mask)
-        return self.unembed.forward(self.decoder_norm.forward(x))
+        return self.unembed.forward(self.hook("decoder.ln_final.hook_normalized", self.decoder_norm.forward(x)))
 
     def forward(self, src, tgt_in):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
@@ -877,6 +933,124 @@ class Transformer(Module):
 
     def save(self, path):
         save(self, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9b. Named activations and hooks
+# ----------------------------------------------------------------------------------------------
+# To find out which part of a model does what, we read its activations and change them: run a
+# prompt, keep what every layer wrote into the residual stream, run another prompt with one of
+# those activations put back (activation patching, circuits.py). Each activation worth reading
+# has a name, and a hook point in the forward where it is computed: the line
+#     x = self.hook("hook_resid_pre", x)
+# returns x itself, unless a hooked run has set a function for that name; then the forward goes
+# on with what the function returns. The names are those of TransformerLens (Nanda & Bloom
+# 2022), so what a student learns here reads the same there:
+#
+#   name                               shape              what it is
+#   hook_embed                         (B, T, d)          token embeddings (times √d_model here)
+#   hook_pos_embed                     (T, d)             the positional code, added onto every row
+#   blocks.{l}.hook_resid_pre          (B, T, d)          the residual stream entering block l
+#   blocks.{l}.ln1.hook_normalized     (B, T, d)          the first norm's output: attention's input
+#                                                         (Pre-LN), the stream after it (Post-LN)
+#   blocks.{l}.attn.hook_q, hook_k,    (B, H, T, d_head)  queries, keys and values, per head
+#                       hook_v
+#   blocks.{l}.attn.hook_pattern       (B, H, T_q, T_k)   the attention weights
+#   blocks.{l}.attn.hook_z             (B, H, T, d_head)  each head's mix of values, before W_O
+#   blocks.{l}.hook_attn_out           (B, T, d)          what attention adds to the stream
+#   blocks.{l}.hook_resid_mid          (B, T, d)          the sum x + attention, when an MLP follows
+#   blocks.{l}.ln2.hook_normalized     (B, T, d)          the MLP's norm's output, as ln1 for attention
+#   blocks.{l}.mlp.hook_pre            (B, T, d_ff)       before the activation function
+#   blocks.{l}.mlp.hook_post           (B, T, d_ff)       after it (FeedForward.hidden)
+#   blocks.{l}.hook_mlp_out            (B, T, d)          what the MLP adds to the stream
+#   blocks.{l}.hook_resid_post         (B, T, d)          the sum after the block's last sublayer
+#   ln_final.hook_normalized           (B, T, d)          the final norm's output, which the
+#                                                         unembedding reads (Pre-LN)
+#
+# A hook_resid_* is always a sum x + f(...), a ln*.hook_normalized always a norm's output. In a
+# Pre-LN block the sum is the block's output, so hook_resid_post of layer l is hook_resid_pre of
+# layer l + 1; in a Post-LN block (the 2017 paper, BERT) the output is LN(sum), the last
+# ln*.hook_normalized, as TransformerLens's BERT has it. Without layer norms the ln points are
+# the identity. The encoder-decoder puts "encoder." or "decoder." before every name
+# (encoder.blocks.0.attn.hook_pattern, decoder.hook_embed); its decoder blocks also have
+# cross_attn.hook_q ... hook_z (queries from the decoder, keys and values from the encoder),
+# ln_cross.hook_normalized, hook_cross_attn_out and hook_resid_mid_cross. A model with one stack
+# of blocks calls it "blocks". pretrained.Bert adds embed.hook_embed, embed.hook_pos_embed,
+# embed.hook_token_type_embed and embed.ln.hook_normalized (its embeddings' layer norm).
+#
+# A hooked run is for analysis. It leaves no trace: hooks are set for one call and removed in a
+# `finally`, and everything the forward rebinds in the layers (what backward needs, the logits'
+# shape) is put back, so the model's state after it is what it was before. A backward after it
+# therefore differentiates the model's last ordinary forward, exactly as if the hooked run had not
+# happened, and refuses ("called before forward") when there was none; the hooked forward itself
+# is never differentiated. Each hook gets a copy of the activation (so it may edit it in place)
+# and what it returns is copied before the forward uses it (so a cache is never overwritten).
+
+def hook_names(model):
+    """The hook names valid for model (a DecoderOnlyTransformer, Transformer or pretrained.Bert)."""
+    return list(_check_hooked_model(model))
+
+
+def run_with_hooks(model, *inputs, hooks):
+    """model.forward(*inputs) with hooks {name: fn}: at the point `name` the forward goes on with
+    fn(activation, name), an array of the activation's shape and dtype (replace it, add to it,
+    zero it). -> the forward's output. inputs as forward takes them: (tokens,) for the GPT,
+    (src, tgt_in) for the encoder-decoder, (tokens, attention_mask[, token_type_ids]) for BERT."""
+    sites = _check_hooks(model, hooks)
+    modules = [model, *_submodules(model)]
+    before = [dict(vars(module)) for module in modules]    # saved, cross, hidden, logits_shape
+    try:
+        for name, fn in hooks.items():
+            module, local = sites[name]
+            if module._hooks is None:
+                module._hooks = {}                         # on the instance, gone with `before`
+            module._hooks[local] = _hook_call(fn, name)
+        return model.forward(*inputs)
+    finally:
+        for module, attributes in zip(modules, before):
+            vars(module).clear()
+            vars(module).update(attributes)
+
+
+def run_with_cache(model, *inputs):
+    """-> (output, cache): cache {name: activation} of every named activation of this run, in
+    the order the forward reached them."""
+    cache = {}
+
+    def keep(activation, name):
+        cache[name] = activation
+        return activation
+
+    output = run_with_hooks(model, *inputs, hooks=dict.fromkeys(hook_names(model), keep))
+    return output, cache
+
+
+def _hook_sites(model):
+    """{full hook name: (module, its local name)}: the model's own points, then each block's,
+    named blocks.{l}. (one stack) or encoder.blocks.{l}. and decoder.blocks.{l}. (two)."""
+    stacks = [(attribute, blocks) for attribute, blocks in vars(model).items()
+              if isinstance(blocks, list) and blocks and all(isinstance(b, Block) for b in blocks)]
+    sites = {name: (model, name) for name in model.hook_points}
+    for attribute, blocks in stacks:
+        prefix = "blocks" if len(stacks) == 1 else f"{attribute}.blocks"
+        for l, block in enumerate(blocks):
+            sites.update((f"{prefix}.{l}.{name}", site) for name, site in block.hook_sites().items())
+    return sites
+
+
+def _submodules(module):
+    for _, child in module.children():
+        yield child
+        yield from _submodules(child)
+
+
+def _hook_call(fn, name):
+    """The function a hook point calls: fn on a copy, its result checked and copied."""
+    def call(activation):
+        result = fn(activation.copy(), name)
+        _check_hook_result(name, result, activation)
+        return result.copy()
+    return call
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1817,3 +1991,42 @@ def _check_padding_args(tokens, pad_id):
                          f"{tokens.shape}, dtype {tokens.dtype}")
     check_count("pad_id", pad_id, minimum=0)
     return tokens
+
+
+# The hooked runs of section 9b: a model with named activations, hooks {name: callable} with
+# names of that model, each hook's result an array like the activation it replaces.
+
+def _check_hooked_model(model):
+    """-> the model's hook sites."""
+    if not isinstance(model, Module) or not isinstance(getattr(model, "hook_points", None), tuple):
+        raise TypeError(f"model must be a model with named activations (DecoderOnlyTransformer, "
+                        f"Transformer, pretrained.Bert), got {type(model).__name__}")
+    return _hook_sites(model)
+
+
+def _check_hooks(model, hooks):
+    """-> the model's hook sites, after checking every name and function in hooks."""
+    sites = _check_hooked_model(model)
+    if not isinstance(hooks, dict):
+        raise TypeError(f"hooks must be a dict {{hook name: function}}, got {type(hooks).__name__}")
+    for name, fn in hooks.items():
+        if name not in sites:
+            n_layers = max([int(n) for n in re.findall(r"\.(\d+)\.", " ".join(sites))] + [-1]) + 1
+            valid = ", ".join(dict.fromkeys(re.sub(r"\.\d+\.", ".{l}.", n) for n in sites))
+            raise ValueError(f"hooks has an unknown hook name {name!r}; the names of this "
+                             f"{type(model).__name__} are (l in 0..{n_layers - 1}): {valid}")
+        if not callable(fn):
+            raise TypeError(f"hooks[{name!r}] must be a function fn(activation, name), got "
+                            f"{type(fn).__name__}")
+    return sites
+
+
+def _check_hook_result(name, result, activation):
+    """A hook returns an array of the activation's shape and dtype, finite."""
+    if not isinstance(result, np.ndarray) or result.shape != activation.shape \
+            or result.dtype != activation.dtype:
+        raise ValueError(f"the hook for {name!r} must return an array of shape {activation.shape} "
+                         f"and dtype {activation.dtype} (the activation's), got "
+                         f"{type(result).__name__} of shape {np.shape(result)}, dtype "
+                         f"{getattr(result, 'dtype', None)}")
+    check_finite(f"the result of the hook for {name!r}", result)
