@@ -1011,6 +1011,9 @@ def _hooked_model(kind):
     else:
         model = _small_bert()
         inputs, pre_ln = (rng.integers(5, 23, (2, 5)), np.array([[1, 1, 1, 1, 0], [1] * 5], bool)), False
+    for name, value, _ in model.parameters():            # biases and gains not at their start
+        if name.endswith((".b", ".g")):
+            value[...] = rng.standard_normal(value.shape) * 0.5 + name.endswith(".g")
     model.backward(rng.standard_normal(model.forward(*inputs).shape))
     return model, inputs, pre_ln
 
@@ -1090,6 +1093,103 @@ def test_a_backward_after_a_hooked_run_is_that_of_the_last_ordinary_forward(kind
     transformer.run_with_cache(fresh, *inputs)
     with pytest.raises(ValueError, match="before forward"):
         fresh.backward(dout)
+
+
+def _clean_and_corrupt(kind, model, inputs):
+    """(clean inputs, corrupt inputs: the first token array changed at position 1, the layer-0
+    point that reads it)."""
+    corrupt = list(inputs)
+    corrupt[0] = inputs[0].copy()
+    corrupt[0][:, 1] = (inputs[0][:, 1] + 1) % 9 + 1                 # ids in [1, 9]: every vocabulary
+    first = "encoder.blocks.0.hook_resid_pre" if kind == "encoder-decoder" else "blocks.0.hook_resid_pre"
+    return tuple(inputs), tuple(corrupt), first
+
+
+def _readout_metric(model):
+    """A metric of any model's output: the mean of its last position along a fixed direction."""
+    return lambda output: float(np.mean(output[:, -1] @ np.cos(np.arange(output.shape[-1]))))
+
+
+@pytest.mark.parametrize("kind", HOOKED_KINDS)
+def test_patching_all_of_layer_0_gives_the_corrupt_run_and_patching_nothing_the_clean_one(kind):
+    model, inputs, _ = _hooked_model(kind)
+    clean, corrupt, first = _clean_and_corrupt(kind, model, inputs)
+    before = _reachable_state(model)
+    _, corrupt_cache = transformer.run_with_cache(model, *corrupt)
+    everywhere = C.patch(model, clean, corrupt_cache, first)
+    nowhere = C.patch(model, clean, corrupt_cache, first, np.s_[:, :0])
+    assert _same_state(before, _reachable_state(model))
+    assert np.array_equal(everywhere, model.forward(*corrupt)) and np.array_equal(nowhere, model.forward(*clean))
+    assert not np.array_equal(everywhere, nowhere)
+
+
+@pytest.mark.parametrize("kind", HOOKED_KINDS)
+def test_the_residual_patching_grid_is_exact_where_the_answer_is_known(kind):
+    # Where clean and corrupt agree, the stream entering layer 0 is the same in both runs; the
+    # stream leaving the last block reaches the output at its own position only.
+    model, inputs, _ = _hooked_model(kind)
+    clean, corrupt, _ = _clean_and_corrupt(kind, model, inputs)
+    metric = None if kind == "gpt" else _readout_metric(model)
+    stack = "decoder.blocks" if kind == "encoder-decoder" else "blocks"
+    before = _reachable_state(model)
+    grid, names = C.residual_patching(model, clean, corrupt, metric, stack)
+    assert _same_state(before, _reachable_state(model))
+    assert names == [f"{stack}.{l}.hook_resid_pre" for l in range(2)] + [f"{stack}.1.hook_resid_post"]
+    if metric is None:
+        clean_out, corrupt_out = model.forward(*clean), model.forward(*corrupt)
+        metric = C.logit_difference(clean_out[:, -1].argmax(-1), corrupt_out[:, -1].argmax(-1))
+    m_clean, m_corrupt = metric(model.forward(*clean)), metric(model.forward(*corrupt))
+    assert m_clean != m_corrupt and grid.shape == (3, clean[-1 if kind == "encoder-decoder" else 0].shape[1])
+    agree = np.all(clean[0] == corrupt[0], axis=0) if kind != "encoder-decoder" else np.ones(grid.shape[1], bool)
+    assert np.all(grid[0, agree] == m_corrupt) and np.all(grid[0, ~agree] != m_corrupt)
+    assert np.all(grid[-1, :-1] == m_corrupt) and grid[-1, -1] == m_clean
+
+
+def test_head_patching_adds_up_in_a_one_layer_attention_only_model():
+    # Without layer norms the logits are linear in the heads' outputs, and a logit difference is
+    # linear in the logits: what the heads restore one by one adds up to patching them all.
+    model = _simplified_model(1)
+    rng = _rng(7)
+    clean = rng.integers(0, model.vocab_size, (3, 9))
+    corrupt = clean.copy()
+    corrupt[:, :4] = rng.integers(0, model.vocab_size, (3, 4))
+    metric = C.logit_difference(clean[:, 0], corrupt[:, 0])
+    grid = C.head_patching(model, clean, corrupt, metric)
+    m_corrupt = metric(model.forward(corrupt))
+    _, clean_cache = transformer.run_with_cache(model, clean)
+    m_all = metric(C.patch(model, corrupt, clean_cache, "blocks.0.attn.hook_z"))
+    assert grid.shape == (1, model.config["n_heads"])
+    assert abs(np.sum(grid - m_corrupt) - (m_all - m_corrupt)) <= IDENTITY_TOL * 10 * abs(m_all - m_corrupt) + IDENTITY_TOL
+
+
+@pytest.mark.parametrize("simplified", [False, True], ids=["pre-ln", "simplified"])
+def test_the_logit_lens_ends_at_the_logits_and_starts_at_the_embedding(simplified):
+    model = _simplified_model(2, tie_weights=True) if simplified else _hooked_model("gpt")[0]
+    tokens = _rng(8).integers(0, model.vocab_size, (2, 7))
+    before = _reachable_state(model)
+    lens = C.logit_lens(model, tokens)
+    assert _same_state(before, _reachable_state(model))
+    assert lens.shape == (3, 2, 7, model.vocab_size) and np.array_equal(lens[-1], model.forward(tokens))
+    _, cache = transformer.run_with_cache(model, tokens)
+    x0 = cache["hook_embed"] + cache["hook_pos_embed"]
+    assert np.allclose(lens[0], model.unembed.forward(model.norm.forward(x0)), rtol=0, atol=IDENTITY_TOL * 10)
+
+
+@pytest.mark.parametrize("simplified", [False, True], ids=["pre-ln", "simplified"])
+def test_the_direct_logit_attributions_sum_to_the_logit_difference(simplified):
+    model = _simplified_model(2, tie_weights=True) if simplified else _hooked_model("gpt")[0]
+    rng = _rng(9)
+    tokens = rng.integers(0, model.vocab_size, (3, 6))
+    right, wrong = rng.integers(0, model.vocab_size, 3), rng.integers(0, model.vocab_size, 3)
+    before = _reachable_state(model)
+    labels, parts = C.direct_logit_attribution(model, tokens, right, wrong, position=4)
+    assert _same_state(before, _reachable_state(model))
+    logits = model.forward(tokens)[np.arange(3), 4]
+    H = model.config["n_heads"]
+    expected = ["embed", "pos"] + [f"L{l}H{h}" for l in range(2) for h in range(H)] + ([] if simplified else ["L0 attn bias", "L0 mlp", "L1 attn bias", "L1 mlp"])
+    assert sorted(labels) == sorted(expected + ["biases"]) and parts.shape == (len(labels), 3)
+    assert np.max(np.abs(parts.sum(axis=0) - (logits[np.arange(3), right] - logits[np.arange(3), wrong]))) < 1e-12
+    assert simplified == np.all(parts[labels.index("biases")] == 0)
 
 
 # ==============================================================================================
@@ -2884,6 +2984,28 @@ HOOK_BAD_INPUT = [
     ("gpt", lambda m, i: transformer.run_with_cache(m.blocks[0], *i), TypeError, "model must be a model with named activations.*got Block"),
     ("gpt", lambda m, i: transformer.hook_names(None), TypeError, "model must be a model with named activations.*got NoneType"),
     ("gpt", lambda m, i: transformer.run_with_cache(m, i[0] + 20), ValueError, r"tokens must hold ids in \[0, 13\)"),
+    # patching: prompts of the same shapes, a metric that returns a number, names and indices that exist
+    ("gpt", lambda m, i: C.residual_patching(m, i[0], i[0][:, :-1]), ValueError, r"clean and corrupt must have the same shapes.*\(2, 6\).*\(2, 5\)"),
+    ("bert", lambda m, i: C.head_patching(m, i, (i[0], i[1][:, :4]), _readout_metric(m)), ValueError, "clean and corrupt must have the same shapes"),
+    ("gpt", lambda m, i: C.residual_patching(m, i[0], i[0][::-1], metric=lambda out: out[:, -1]), TypeError, "metric must return a number, got ndarray"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric=lambda out: "large"), TypeError, "metric must return a number, got str"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric=lambda out: None), TypeError, "metric must return a number, got NoneType"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric=lambda out: np.nan), ValueError, "metric must return a finite number"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric="logit difference"), TypeError, "metric must be None or a function"),
+    ("bert", lambda m, i: C.residual_patching(m, i, (i[0][::-1], i[1])), ValueError, "metric is None.*needs logits.*pass a metric"),
+    ("encoder-decoder", lambda m, i: C.residual_patching(m, i, i), ValueError, r"stack must be one of .*\['encoder.blocks', 'decoder.blocks'\], got 'blocks'"),
+    ("gpt", lambda m, i: C.patch(m, i[0], {}, "blocks.0.hook_resid_pre"), ValueError, "source must be a cache of run_with_cache holding 'blocks.0.hook_resid_pre'"),
+    ("gpt", lambda m, i: C.patch(m, i[0], transformer.run_with_cache(m, i[0])[1], "blocks.3.hook_resid_pre"), ValueError, r"unknown hook name 'blocks.3.hook_resid_pre'"),
+    ("gpt", lambda m, i: C.patch(m, i[0], transformer.run_with_cache(m, i[0])[1], "hook_embed", np.s_[:, 9]), ValueError, r"index must be a NumPy index into source\['hook_embed'\] of shape \(2, 6, 8\)"),
+    ("gpt", lambda m, i: C.patch(m, i[0], transformer.run_with_cache(m, i[0][:, :4])[1], "hook_embed", np.s_[:, 1]), ValueError, r"source\['hook_embed'\] must come from a run of the same shapes"),
+    # the logit lens and attribution: a Pre-LN GPT, ids and a position it has
+    ("encoder-decoder", lambda m, i: C.logit_lens(m, i[0]), ValueError, "model must be a transformer.DecoderOnlyTransformer, got Transformer"),
+    ("gpt", lambda m, i: C.logit_lens(transformer.DecoderOnlyTransformer(13, 8, 2, 1, 16, 12, norm_first=False), i[0]), ValueError, "logit_lens needs a Pre-LN model"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], 13, 0), ValueError, r"right must be an id in \[0, 13\)"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], [1, 2, 3], 0), ValueError, r"right must be an id in \[0, 13\) or B = 2"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], 1, 2, position=6), ValueError, r"position must be in \[-6, 6\)"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], 1.5, 2), TypeError, "right must be a token id"),
+    ("gpt", lambda m, i: C.logit_difference(1, 2, position="last"), TypeError, "position must be an int"),
 ]
 
 
