@@ -3074,6 +3074,12 @@ def test_demo_prints_the_story_it_tells():
     assert "decoded back unchanged: True" in out
     # the key/value cache gives the same tokens as recomputing everything (chapter 4)
     assert "same tokens: True" in out
+    # patching names the head whose attention was read, and the one the ablation hurts (2, 5)
+    assert re.search(r"\(head \d, the one whose attention looks from 'ran' to the keyword\)", out)
+    assert "the head whose ablation hurts most" in out
+    # the direct logit attribution's parts add up to the logit difference it splits (chapter 4)
+    difference, total = re.search(r"strongest rival .* is ([-+][\d.]+)\n +\(the \d+ parts sum to ([-+][\d.]+)", out).groups()
+    assert difference == total
 
 
 def test_demo_progress_into_a_pipe_is_a_few_short_plain_lines():

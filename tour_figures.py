@@ -8,6 +8,8 @@ a model. Every figure has the one style FIGURE_STYLE.
     0. The style, the saver, a labelled heatmap and a loss curve (used by several chapters)
     1. onehot  2. rohrer  3. translate  4. charlm  5. circuits  6. superposition
     7. polysemantic (also drawn for the BERT layer)  8. bert
+    9. interventions: patching grids, the logit lens, direct logit attribution (drawn for
+       chapters 2, 4 and 5), and the heads of chapter patching
 
 matplotlib is imported on the first figure, not with this file, so `demo.py --no-plots` never
 imports it.
@@ -141,11 +143,13 @@ def onehot(save, M, vocab, W, vocab2, decisive, votes):
 # 2. A decoder-only transformer learns Rohrer's sentences
 # ----------------------------------------------------------------------------------------------
 
-def rohrer(save, head, weights, sentences, keyword, ran, looks, one_sided, losses, floor):
+def rohrer(save, head, weights, sentences, keyword, ran, looks, one_sided, losses, floor,
+           patching):
     """weights (2, T, T): head's attention weights in the padded batch; sentences[b]: the
     tokens of sentence b, without its padding; keyword: the position where the two sentences
     differ; ran[b]: the position of "ran"; looks (2,): the weight from "ran" to the keyword;
-    losses per training step, floor the lowest loss the data allows."""
+    losses per training step, floor the lowest loss the data allows; patching: (grid
+    (rows, T), row labels, words, heads (H,)), the shares restored by activation patching."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.8), layout="constrained")
     for b, ax in enumerate(axes):
@@ -163,6 +167,14 @@ def rohrer(save, head, weights, sentences, keyword, ran, looks, one_sided, losse
     save(fig, "rohrer_attention")
     loss_figure(save, losses, "rohrer_loss", "Learning Rohrer's two sentences", floor,
                 "floor: 2 ln 2 / tokens (the coin toss)")
+    grid, rows, words, heads = patching
+    patching_grids(save, "rohrer_patching", [
+        (grid, words, rows, "position (the clean sentence)", "residual stream",
+         "One vector of the residual stream"),
+        (heads[None], [f"head {h}" for h in range(len(heads))], ["block 1"], "head", "",
+         "One head's output (hook_z)")],
+        "Patching \"program \u2026 ran\" into \"battery \u2026 ran\": share of the logit "
+        "difference restored")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,9 +200,10 @@ def translate(save, cross, source, output, n_heads, losses, floor, smoothing):
 # 4. A character-level language model and the key/value cache
 # ----------------------------------------------------------------------------------------------
 
-def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds):
+def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds, lens):
     """losses per training step; the seconds to generate lengths[i] tokens with and without
-    the key/value cache."""
+    the key/value cache; lens: the logit lens and attribution, lens_and_attribution's
+    arguments."""
     loss_figure(save, losses, "charlm_loss", "Character-level language model on TEXT",
                 np.log(vocab_size), "uniform guess, ln(vocabulary size)", log=False)
     fig, ax = pyplot().subplots(figsize=(6, 3.6))
@@ -204,6 +217,7 @@ def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds)
     ax.legend()
     ax.grid(alpha=0.3)
     save(fig, "charlm_kv_cache")
+    lens_and_attribution(save, "charlm_logit_lens", **lens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,13 +225,14 @@ def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds)
 # ----------------------------------------------------------------------------------------------
 
 def circuits(save, letters, qk_ov, stripe, position_losses, repeat_start, vocab_size, two_log,
-             one_log):
+             one_log, head_patching):
     """letters: the token names; qk_ov {head: (QK (V, V), OV (V, V))} of the skip-trigram
     model; stripe: (tokens, [(layer, head, weights (n, n), caption)]) on one sequence whose
     second half repeats its first; position_losses {label: (n - 1,) mean loss per position} on
     such sequences, whose repeat starts at repeat_start;
     two_log, one_log (records, 5): the monitor's (step, loss inside repeats, loss elsewhere,
-    best induction score, best previous-token score) for two layers and one."""
+    best induction score, best previous-token score) for two layers and one; head_patching
+    (2, H): the share each head's output restores on prompts that end inside a repeat."""
     plt = pyplot()
     fig, axes = plt.subplots(2, len(qk_ov), figsize=(6 * len(qk_ov), 10), squeeze=False)
     for col, (h, (qk, ov)) in enumerate(qk_ov.items()):
@@ -279,6 +294,11 @@ def circuits(save, letters, qk_ov, stripe, position_losses, repeat_start, vocab_
     fig.suptitle("The induction head forms and the loss inside repeats drops")
     fig.tight_layout()
     save(fig, "circuits_training")
+    H = head_patching.shape[1]
+    patching_grids(save, "circuits_head_patching", [
+        (head_patching, [f"head {h}" for h in range(H)], ["layer 0", "layer 1"], "head", "",
+         "One head's output (hook_z), all positions")],
+        "Head patching on repeats: the previous-token head\nand the induction head it feeds")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,3 +520,75 @@ def bert(save, similarity, sentences, head_weights, pieces, layer, head, neurons
     polysemantic(save, "bert_polysemantic", *neurons, seed)
     activations, labels, padding = padded_neurons
     sampled_neurons(save, "bert_polysemantic_padded", activations, labels, seed, padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Interventions: patching grids, the logit lens, direct logit attribution (chapters 2, 4, 5
+#    and patching)
+# ----------------------------------------------------------------------------------------------
+
+def patching_grids(save, name, panels, title):
+    """panels: (matrix, xlabels, ylabels, xlabel, ylabel, panel title), each matrix the share
+    of the clean run's metric that patching restores (0: as corrupt, 1: as clean), drawn side by
+    side on one colour scale."""
+    plt = pyplot()
+    widths = [max(3.0, 0.55 * len(p[1]) + 2) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.8), squeeze=False,
+                             width_ratios=widths, layout="constrained")
+    for ax, (matrix, xlabels, ylabels, xlabel, ylabel, panel_title) in zip(axes[0], panels):
+        heatmap(ax, matrix, xlabels, ylabels, xlabel, ylabel, panel_title, "share restored",
+                vmin=-1, vmax=1, cmap="RdBu_r")
+        if matrix.size <= 64:                       # the numbers too, dark on the pale middle
+            for (i, j), value in np.ndenumerate(matrix):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if abs(value) > 0.6 else "black")
+    fig.suptitle(title)
+    return save(fig, name)
+
+
+def lens_and_attribution(save, name, p_right, text, top, layers, labels, parts, title):
+    """The logit lens as a heatmap, p_right (layers, T): the probability of the right next token
+    read after each layer, text the T tokens read and top (layers, T) the top prediction at each
+    (written in the cells); and the direct logit attribution of one prediction, parts (n,) with
+    their labels, as bars."""
+    plt = pyplot()
+    fig, (lens, bars) = plt.subplots(2, 1, figsize=(max(8, 0.32 * len(text) + 2), 8.5),
+                                     layout="constrained", height_ratios=[1, 1.3])
+    heatmap(lens, p_right, text, layers, "token read (the next one is to be predicted)", "",
+            "Logit lens: p(right next token) from the residual stream after each layer",
+            "probability")
+    for (i, j), token in np.ndenumerate(top):
+        lens.text(j, i, token, ha="center", va="center", fontsize=8,
+                  color="black" if p_right[i, j] > 0.6 else "white")
+    bars.bar(range(len(parts)), parts, color=["C3" if v < 0 else "C0" for v in parts])
+    bars.set_xticks(range(len(parts)), labels, rotation=60, ha="right", rotation_mode="anchor")
+    bars.axhline(0, color="grey", lw=1)
+    bars.set_ylabel("direct contribution (logits)")
+    bars.set_title(title)
+    bars.grid(alpha=0.3, axis="y")
+    return save(fig, name)
+
+
+def patching(save, table):
+    """table {measurement: (L, H)} of chapter patching's heads, one panel each: the shares
+    restored by patching (-1 to 1), the mean attention weights (0 to 1), the direct effects on
+    IO - S (logits, on a scale of their own)."""
+    plt = pyplot()
+    L, H = next(iter(table.values())).shape
+    heads, layers = [f"H{h}" for h in range(H)], [f"L{l}" for l in range(L)]
+    fig, axes = plt.subplots(2, (len(table) + 1) // 2, figsize=(3.3 * ((len(table) + 1) // 2), 5.6),
+                             layout="constrained", squeeze=False)
+    for ax, (label, values) in zip(axes.flat, table.items()):
+        m = np.abs(values).max() if label.startswith("direct") else 1.0
+        heatmap(ax, values, heads, layers, "", "", label.replace(", ", ",\n"),
+                "logits" if label.startswith("direct") else "share" if label.startswith("patch") else "weight",
+                vmin=0 if label.startswith("attention") else -m, vmax=m,
+                cmap="viridis" if label.startswith("attention") else "RdBu_r")
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if (abs(value) > 0.6 * m) != label.startswith("attention") else "black")
+    for ax in axes.flat[len(table):]:
+        ax.axis("off")
+    fig.suptitle("A toy indirect-object task: what patching each head restores, what it attends "
+                 "to, what it writes")
+    return save(fig, "patching_heads")
