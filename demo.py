@@ -297,9 +297,10 @@ def _rohrer_patching(model, tok, inputs, ran, keyword, head):
     moved = next((l for l, values in enumerate(grid) if np.argmax(values) == ran), None)
     if moved is not None and moved > 0 and np.argmax(grid[0]) == keyword:
         print(f"    the choice sits at '{words[keyword]}' entering block 1 and at 'ran' from the "
-              f"stream {rows[moved]} on: block {moved}'s attention moved it\n    (with one block "
-              f"these rows are forced: only '{words[keyword]}' differs going in, only 'ran' is read "
-              f"coming out; what patching adds is which head did the moving)")
+              f"stream {rows[moved]} on: block {moved}'s attention moved it" + (
+                  f"\n    (with one block these rows are forced: only '{words[keyword]}' differs "
+                  f"going in, only 'ran' is read coming out; what patching adds is which head did "
+                  f"the moving)" if len(names) == 2 else ""))
     print("    one head's output (hook_z) from the clean run: " + ", ".join(
         f"head {h} {v:.2f}" for h, v in enumerate(heads)) + (
         f"\n      (head {head}, the one whose attention looks from 'ran' to the keyword)"
@@ -557,7 +558,7 @@ def chapter_charlm(ctx):
                             seconds[True], seconds[False], lens)
 
 
-def _charlm_lens(lm, shown=48):
+def _charlm_lens(lm, shown=40):
     """The logit lens on TEXT's first window and the direct logit attribution of one prediction
     (circuits.py section 9). -> the figure's data (tour_figures.lens_and_attribution)."""
     model, tok = lm.model, lm.tokenizer

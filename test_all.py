@@ -7,7 +7,10 @@ The proofs first, in the order of the files they check, then the bad-input contr
                      exact target; decoding, the KV cache, save/load.
     circuits.py      the Kronecker identities; one head computed three ways; the path expansion
                      equal to the logits term by term; QK/OV circuits; planted skip-trigrams
-                     recovered; an induction head grown in two layers and not in one.
+                     recovered; an induction head grown in two layers and not in one; named
+                     activations and interventions on all three model kinds (the cache equals
+                     what the layers compute, patching's exact cases, the logit lens, the
+                     attribution's sum, the model's state unchanged).
     superposition.py gradient checks of the toy model and the sparse autoencoder; the paper's
                      three results; exact dimensionalities of known geometries; the pentagon,
                      trained and hand-built; Johnson-Lindenstrauss; recovery of features by an SAE.

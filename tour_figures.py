@@ -534,7 +534,7 @@ def patching_grids(save, name, panels, title):
     plt = pyplot()
     widths = [max(3.0, 0.55 * len(p[1]) + 2) for p in panels]
     fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.8), squeeze=False,
-                             width_ratios=widths, layout="constrained")
+                             width_ratios=widths)
     for ax, (matrix, xlabels, ylabels, xlabel, ylabel, panel_title) in zip(axes[0], panels):
         heatmap(ax, matrix, xlabels, ylabels, xlabel, ylabel, panel_title, "share restored",
                 vmin=-1, vmax=1, cmap="RdBu_r")
@@ -543,6 +543,7 @@ def patching_grids(save, name, panels, title):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if abs(value) > 0.6 else "black")
     fig.suptitle(title)
+    fig.tight_layout()
     return save(fig, name)
 
 
@@ -552,8 +553,8 @@ def lens_and_attribution(save, name, p_right, text, top, layers, labels, parts, 
     (written in the cells); and the direct logit attribution of one prediction, parts (n,) with
     their labels, as bars."""
     plt = pyplot()
-    fig, (lens, bars) = plt.subplots(2, 1, figsize=(max(8, 0.32 * len(text) + 2), 8.5),
-                                     layout="constrained", height_ratios=[1, 1.3])
+    fig, (lens, bars) = plt.subplots(2, 1, figsize=(max(8, 0.3 * len(text) + 2), 6.5),
+                                     height_ratios=[1, 1.3])
     heatmap(lens, p_right, text, layers, "token read (the next one is to be predicted)", "",
             "Logit lens: p(right next token) from the residual stream after each layer",
             "probability")
@@ -566,29 +567,32 @@ def lens_and_attribution(save, name, p_right, text, top, layers, labels, parts, 
     bars.set_ylabel("direct contribution (logits)")
     bars.set_title(title)
     bars.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
     return save(fig, name)
 
 
 def patching(save, table):
-    """table {measurement: (L, H)} of chapter patching's heads, one panel each: the shares
-    restored by patching (-1 to 1), the mean attention weights (0 to 1), the direct effects on
-    IO - S (logits, on a scale of their own)."""
+    """table {measurement: (L, H)} of chapter patching's heads, one small panel each, every cell
+    written out: the shares restored by patching and the direct effects on IO - S in red (up)
+    and blue (down), the mean attention weights in grey."""
     plt = pyplot()
     L, H = next(iter(table.values())).shape
-    heads, layers = [f"H{h}" for h in range(H)], [f"L{l}" for l in range(L)]
-    fig, axes = plt.subplots(2, (len(table) + 1) // 2, figsize=(3.3 * ((len(table) + 1) // 2), 5.6),
-                             layout="constrained", squeeze=False)
+    columns = (len(table) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(2.9 * columns, 4.6), squeeze=False)
     for ax, (label, values) in zip(axes.flat, table.items()):
-        m = np.abs(values).max() if label.startswith("direct") else 1.0
-        heatmap(ax, values, heads, layers, "", "", label.replace(", ", ",\n"),
-                "logits" if label.startswith("direct") else "share" if label.startswith("patch") else "weight",
-                vmin=0 if label.startswith("attention") else -m, vmax=m,
-                cmap="viridis" if label.startswith("attention") else "RdBu_r")
+        attention = label.startswith("attention")
+        m = 1.0 if not label.startswith("direct") else np.abs(values).max()
+        ax.imshow(values, cmap="Greys" if attention else "RdBu_r", vmin=0 if attention else -m,
+                  vmax=m, aspect="auto")
         for (i, j), value in np.ndenumerate(values):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if (abs(value) > 0.6 * m) != label.startswith("attention") else "black")
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color="white" if abs(value) > 0.6 * m else "black")
+        ax.set_xticks(range(H), [f"H{h}" for h in range(H)])
+        ax.set_yticks(range(L), [f"L{l}" for l in range(L)])
+        ax.set_title(label.replace(", ", ",\n"), fontsize=10)
     for ax in axes.flat[len(table):]:
         ax.axis("off")
-    fig.suptitle("A toy indirect-object task: what patching each head restores, what it attends "
-                 "to, what it writes")
+    fig.suptitle("A toy indirect-object task: what patching each head restores (share of IO - S), "
+                 "what it attends to, what it writes (logits)", fontsize=11)
+    fig.tight_layout()
     return save(fig, "patching_heads")
