@@ -803,7 +803,8 @@ def logit_lens(model, tokens):
     _check_pre_ln("logit_lens", model)
     _, cache = transformer.run_with_cache(model, tokens)
     L = len(model.blocks)
-    streams = [cache["hook_embed"] + cache["hook_pos_embed"]] + [cache[f"blocks.{l}.hook_resid_post"] for l in range(L)]
+    streams = [cache["hook_embed"] + cache["hook_pos_embed"]]        # (B, T, d), after l blocks:
+    streams += [cache[f"blocks.{l}.hook_resid_post"] for l in range(L)]
     last = f"blocks.{L - 1}.hook_resid_post"
     return np.stack([transformer.run_with_hooks(model, tokens, hooks={last: lambda a, _, x=x: x})
                      for x in streams])
@@ -818,8 +819,8 @@ def direct_logit_attribution(model, tokens, right, wrong, position=-1):
     _check_pre_ln("direct_logit_attribution", model)
     logits, cache = transformer.run_with_cache(model, tokens)
     right, wrong, position = _check_logit_difference(right, wrong, position, logits.shape)
-    labels, parts = ["embed", "pos"], [cache["hook_embed"][:, position],
-                                       np.broadcast_to(cache["hook_pos_embed"][position], cache["hook_embed"][:, 0].shape)]
+    embed = cache["hook_embed"][:, position]                                   # (B, d)
+    labels, parts = ["embed", "pos"], [embed, np.broadcast_to(cache["hook_pos_embed"][position], embed.shape)]
     for l, block in enumerate(model.blocks):
         attn, H = block.self_attn, model.config["n_heads"]
         W_O = attn.out.params["W"].reshape(H, -1, attn.out.params["W"].shape[1])  # (H, d_k, d)
@@ -837,7 +838,8 @@ def direct_logit_attribution(model, tokens, right, wrong, position=-1):
     direction = W_U[right] - W_U[wrong]                                 # (B, d)
     constant = b_U[right] - b_U[wrong]
     if isinstance(model.norm, transformer.LayerNorm):   # freeze r on this prompt's final stream
-        x = cache[f"blocks.{len(model.blocks) - 1}.hook_resid_post"][:, position] if model.blocks else sum(parts)
+        x = cache[f"blocks.{len(model.blocks) - 1}.hook_resid_post"][:, position] \
+            if model.blocks else sum(parts)                                    # (B, d)
         centred = x - x.mean(-1, keepdims=True)
         r = 1 / np.sqrt((centred ** 2).mean(-1, keepdims=True) + model.norm.eps)   # (B, 1)
         constant = constant + direction @ model.norm.params["b"]
@@ -1159,7 +1161,8 @@ def _check_clean_corrupt(model, clean, corrupt, metric):
 
 
 def _check_stack(model, stack, names):
-    stacks = [n[:-len(".0.hook_resid_pre")] for n in names if re.fullmatch(r".*blocks\.0\.hook_resid_pre", n)]
+    stacks = [n[:-len(".0.hook_resid_pre")] for n in names
+              if re.fullmatch(r".*blocks\.0\.hook_resid_pre", n)]
     if stack not in stacks:
         raise ValueError(f"stack must be one of this {type(model).__name__}'s stacks of blocks "
                          f"{stacks}, got {stack!r}")
@@ -1209,8 +1212,9 @@ def _check_logit_difference(right, wrong, position, shape=None):
 
 def _check_patch(source, name, index):
     if not isinstance(source, dict) or not isinstance(source.get(name), np.ndarray):
+        keys = f" with keys {list(source)[:5]}..." if isinstance(source, dict) else ""
         raise ValueError(f"source must be a cache of run_with_cache holding {name!r}, got "
-                         f"{type(source).__name__}" + (f" with keys {list(source)[:5]}..." if isinstance(source, dict) else ""))
+                         f"{type(source).__name__}{keys}")
     try:
         source[name][index]
     except (IndexError, TypeError, ValueError):

@@ -23,9 +23,9 @@
     8. bert            pretrained.py: a real pretrained BERT run by our own layers: WordPiece,
                        sentence similarity, polysemantic neurons, a previous-token head, masked-LM
                        pretraining at toy size
-    8b. patching       activation patching on a toy indirect-object task (Wang et al. 2022):
+    9. patching        activation patching on a toy indirect-object task (Wang et al. 2022):
                        which heads carry the subject and the indirect object
-    9. The tour's machinery: the Context every chapter receives, the training loop with its
+   10. The tour's machinery: the Context every chapter receives, the training loop with its
        progress line, the command line
 
     python demo.py                        every chapter, under a minute on two cores
@@ -1281,7 +1281,7 @@ def _bert_masked_lm(steps, seed):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8b. Activation patching on a toy indirect-object task (Wang et al. 2022)
+# 9. Activation patching on a toy indirect-object task (Wang et al. 2022)
 # ----------------------------------------------------------------------------------------------
 # "When Mary and John went to the store, John gave a drink to" -> "Mary": the indirect object
 # (IO) is the name said once, the subject (S) the name said twice (S1, then S2). In GPT-2 small,
@@ -1441,7 +1441,7 @@ def _patching_reading(table, heads):
         for i in np.argsort(-io_heads)[:2]))
 
 # ----------------------------------------------------------------------------------------------
-# 9. The tour's machinery: the context, training with a progress line, the command line
+# 10. The tour's machinery: the context, training with a progress line, the command line
 # ----------------------------------------------------------------------------------------------
 
 class Context:

@@ -560,7 +560,8 @@ class FeedForward(Module):
     def forward(self, x):
         """(B, T, d_model) -> (B, T, d_model); the hidden activations (B, T, d_ff) are kept
         in self.hidden for readers who want to look at the neurons (demo.py's chapter 7 does)."""
-        self.hidden = self.hook("hook_post", self.act.forward(self.hook("hook_pre", self.fc1.forward(x))))
+        pre = self.hook("hook_pre", self.fc1.forward(x))                    # (B, T, d_ff)
+        self.hidden = self.hook("hook_post", self.act.forward(pre))
         return self.fc2.forward(self.hidden)
 
     def backward(self, dout):
@@ -650,7 +651,8 @@ class Block(Module):
         """{local hook name: (module, its name there)}, for section 9b."""
         sites = {"hook_resid_pre": (self, "hook_resid_pre")}
         sites.update((name, (self, name)) for names in self._sublayer_hooks() for name in names)
-        for prefix, child in (("attn.", self.self_attn), ("cross_attn.", self.cross_attn), ("mlp.", self.ffn)):
+        children = (("attn.", self.self_attn), ("cross_attn.", self.cross_attn), ("mlp.", self.ffn))
+        for prefix, child in children:
             if child is not None:
                 sites.update((prefix + name, site) for name, site in child.hook_sites().items())
         return sites
@@ -854,7 +856,8 @@ class Transformer(Module):
         x = x + self.hook("decoder.hook_pos_embed", self.pos[:T])
         for block in self.decoder:
             x = block.forward(x, mask, memory, src_mask)
-        return self.unembed.forward(self.hook("decoder.ln_final.hook_normalized", self.decoder_norm.forward(x)))
+        x = self.hook("decoder.ln_final.hook_normalized", self.decoder_norm.forward(x))
+        return self.unembed.forward(x)
 
     def forward(self, src, tgt_in):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
