@@ -23,7 +23,6 @@ on real tokens, False on padding.
 """
 
 import importlib.util
-import json
 import math
 import os
 import pathlib
@@ -33,8 +32,8 @@ import numpy as np
 
 from transformer import (MAX_LAYERS, MAX_NUMBERS, Adam, Block, Embedding, GELU, LayerNorm, Linear,
                          Module, TiedUnembedding, check_count, check_finite, check_float_dtype,
-                         check_id_array, check_positive, check_rng, check_text, check_tokens,
-                         train_step)
+                         check_id_array, check_plain_array, check_positive, check_rng, check_text,
+                         check_tokens, parse_json, read_regular_file, train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,17 +379,22 @@ def fill_in_accuracy(model, rng, where, n=1000, k=4):
 
 SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8",
                       "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+MAX_SAFETENSORS_BYTES = 2 ** 33         # 8 GB: the files read here are 90 MB
+MAX_CONFIG_BYTES = 10 ** 6              # config.json (about 600 bytes for MiniLM)
+MAX_VOCAB_BYTES = 10 ** 8               # vocab.txt (232 KB for MiniLM)
 
 
 def read_safetensors(path):
     """A .safetensors file -> dict name -> np.ndarray (read-only views of one read of the file,
-    except bfloat16, widened to float32)."""
+    except bfloat16, widened to float32). Refused before it is opened unless it is a regular
+    file; its tensors may not share a byte, so they take no more memory than the file."""
     path = _check_path(path)
-    data = _read_file(path, "path")
+    data = read_regular_file("path", path, MAX_SAFETENSORS_BYTES)
     header, start = _safetensors_header(data, path)
+    entries = {name: _tensor_entry(name, info, len(data) - start, path) for name, info in header.items()}
+    _check_disjoint(entries, path)
     tensors = {}
-    for name, info in header.items():
-        dtype, shape, (begin, end) = _tensor_entry(name, info, len(data) - start, path)
+    for name, (dtype, shape, (begin, end)) in entries.items():
         raw = np.frombuffer(data, SAFETENSORS_DTYPES[dtype], count=math.prod(shape),
                             offset=start + begin).reshape(shape)
         if dtype == "BF16":
@@ -443,7 +447,7 @@ def load_bert(path=None, dtype=np.float32):
     folder = installed_model_folder() if path is None else _check_path(path)
     config = _bert_config(folder)
     tensors = read_safetensors(folder / "model.safetensors")
-    vocab = _read_file(folder / "vocab.txt", "path").decode("utf-8").splitlines()
+    vocab = _vocab_lines(folder / "vocab.txt")
     tokenizer = WordPieceTokenizer(vocab)
     table = _checked_weight_table(tensors, config, len(vocab), folder)
     n_layers = config["num_hidden_layers"]
@@ -531,11 +535,14 @@ def _check_path(path):
     return pathlib.Path(path)
 
 
-def _read_file(path, name):
+def _vocab_lines(path):
+    """vocab.txt -> its lines, one piece each; a file that is not UTF-8 is refused by its path."""
+    data = read_regular_file("path", path, MAX_VOCAB_BYTES)
     try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"{name} {str(path)!r} cannot be read ({err.strerror or err})") from None
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"path {str(path)!r} is not UTF-8 text: byte {err.start} is "
+                         f"{data[err.start:err.start + 1]!r}") from None
 
 
 def _safetensors_header(data, path):
@@ -547,14 +554,14 @@ def _safetensors_header(data, path):
     if n > len(data) - 8:
         raise ValueError(f"path {str(path)!r}: its header claims {n} bytes, but only "
                          f"{len(data) - 8} follow")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"path {str(path)!r}: the header is not JSON ({err})") from None
+    header = parse_json(f"path {str(path)!r}: the header", data[8:8 + n])
     if not isinstance(header, dict):
         raise ValueError(f"path {str(path)!r}: the header must be a JSON object, got "
                          f"{type(header).__name__}")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError(f"path {str(path)!r}: __metadata__ must map names to strings, got "
+                         f"{metadata!r}"[:300])
     return header, 8 + n
 
 
@@ -579,6 +586,16 @@ def _tensor_entry(name, info, n_data, path):
     return dtype, shape, offsets
 
 
+def _check_disjoint(entries, path):
+    """No two tensors may share a byte: 800 names over one byte range would be 800 arrays read
+    from it (views here, but each a full copy once loaded into a model)."""
+    spans = sorted((begin, end, name) for name, (_, _, (begin, end)) in entries.items() if end > begin)
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ValueError(f"path {str(path)!r}: tensors {first!r} and {second!r} share bytes "
+                             f"(their data_offsets overlap)")
+
+
 BERT_CONFIG_SIZES = ("vocab_size", "hidden_size", "num_attention_heads", "num_hidden_layers",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size")
 
@@ -589,13 +606,10 @@ def _bert_config(folder):
         raise ValueError(f"path {str(folder)!r} must be a folder holding config.json, "
                          f"model.safetensors and vocab.txt")
     for file in ("config.json", "model.safetensors", "vocab.txt"):
-        if not (folder / file).is_file():
+        if not (folder / file).exists():
             raise ValueError(f"path {str(folder)!r} has no {file}")
     where = f"path {str(folder / 'config.json')!r}"
-    try:
-        config = json.loads(_read_file(folder / "config.json", "path").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{where} is not JSON ({err})") from None
+    config = parse_json(where, read_regular_file("path", folder / "config.json", MAX_CONFIG_BYTES))
     if not isinstance(config, dict) or config.get("model_type") != "bert":
         got = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"{where} must describe a model_type 'bert', got {got!r}")

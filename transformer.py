@@ -46,6 +46,8 @@ import numbers
 import os
 import pathlib
 import re
+import stat
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -1277,13 +1279,16 @@ def pydoc_paragraphs():
 # 14. Saving and loading
 # ----------------------------------------------------------------------------------------------
 # One .npz file: the constructor arguments as a JSON string, then every parameter by its dotted
-# name. np.load(allow_pickle=False) never runs code from the file. A file from a stranger may
-# still lie, so load reads nothing it has not measured: each array's header must fit the bytes
-# it has, and the config must ask for no more numbers than the file's arrays hold, before any
-# model is built.
+# name. Nothing in the file is ever run: the arrays are raw numbers (.npy), never pickles. A
+# file from a stranger may still lie, so load reads nothing it has not measured: it must be a
+# regular file (not a FIFO or a device), each member must declare how much it inflates to and
+# its .npy header must account for exactly those bytes, and the config must ask for no more
+# numbers than the file's arrays hold, all before any model is built.
 
 MODELS = {"DecoderOnlyTransformer": DecoderOnlyTransformer, "Transformer": Transformer}
 MAX_CONFIG_BYTES = 10 ** 5
+MAX_INFLATION = 20              # a file's members inflate to at most 20 times its size
+MAX_COMPUTED = 10 ** 6          # numbers a config may ask to compute beyond what its arrays hold
 
 
 def _npz_path(path):
@@ -1295,61 +1300,127 @@ def _npz_path(path):
 
 
 def save(model, path):
-    """Write model to path (".npz" is added unless path ends with it, as np.savez does)."""
+    """Write model to path (".npz" is added unless path ends with it, as np.savez does).
+
+    The save is atomic: the file is written under a temporary name in the same folder, flushed
+    and fsynced to the disk, and only then renamed over path (os.replace, a single step), so a
+    save that fails part-way (a full disk, an interrupt) leaves the old file as it was and no
+    temporary behind. A model with a NaN or inf weight is refused before anything is opened:
+    load would refuse the file."""
     if type(model) not in MODELS.values():
         raise TypeError(f"model must be one of {sorted(MODELS)}, got {type(model).__name__}")
     path = _npz_path(path)
+    for name, value, _ in model.parameters():
+        check_finite(f"the model's {name} (save writes only what load accepts)", value)
     if not path.parent.is_dir():
         raise ValueError(f"path {str(path)!r} is in a folder that does not exist")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"path {str(path)!r} is not a regular file (a folder, FIFO or device), "
+                         f"so it is not replaced")
     config = json.dumps({"class": type(model).__name__, **model.config})
-    np.savez(path, __config__=np.array(config), **{n: v for n, v, _ in model.parameters()})
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, __config__=np.array(config), **{n: v for n, v, _ in model.parameters()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o644)          # as np.savez's own file would be (mkstemp's is 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
-def _array_sizes(archive):
-    """{member: number of entries} from each .npy header, checked against the bytes it holds."""
-    sizes = {}
+def _members(archive, file_size):
+    """{array name: ZipInfo}: each member a .npy, stored or deflated, not encrypted, named once,
+    all of them declared to inflate to at most MAX_INFLATION times the file's size."""
+    members = {}
     for info in archive.infolist():
-        with archive.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-        if math.prod(shape) * dtype.itemsize > info.file_size:
-            raise ValueError(f"{info.filename} claims shape {shape} of {dtype}, more than its "
-                             f"{info.file_size} bytes")
-        sizes[info.filename.removesuffix(".npy")] = math.prod(shape)
-    return sizes
+        name = info.filename.removesuffix(".npy")
+        if name in members:
+            raise ValueError(f"it holds {info.filename} twice")
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{info.filename} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ValueError(f"{info.filename} uses compression method {info.compress_type}; only "
+                             f"stored (0) and deflated (8) are read")
+        members[name] = info
+    inflated = sum(info.file_size for info in members.values())
+    if inflated > MAX_INFLATION * file_size:
+        raise ValueError(f"its members inflate to {inflated} bytes, more than {MAX_INFLATION} "
+                         f"times its {file_size}")
+    return members
+
+
+def _npy_header(archive, info):
+    """-> (shape, fortran_order, dtype) from one member's .npy header, which must account for
+    every byte the member declares. Only the header is inflated."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{info.filename} is .npy version {version}, not 1.0 or 2.0")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        data_bytes = info.file_size - f.tell()
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize != data_bytes:
+        raise ValueError(f"{info.filename} claims shape {shape} of {dtype}, but it holds "
+                         f"{data_bytes} bytes of data")
+    return shape, fortran_order, dtype
+
+
+def _read_npy(archive, info, header):
+    """One member's array. zipfile inflates no more than the member's declared size and checks
+    its CRC; the header said how many of those bytes are the array's."""
+    shape, fortran_order, dtype = header
+    with archive.open(info) as f:
+        f.seek(info.file_size - math.prod(shape) * dtype.itemsize)
+        data = f.read()
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
 def load(path):
     """Rebuild a model saved with save(); raises ValueError, naming the path, for a file that
-    is not one: missing, damaged, or lying about its contents."""
+    is not one: missing, not a regular file, damaged, or lying about its contents. Time and
+    memory are bounded by the file's size: every member's header is read and checked first,
+    then the config, then the model is built, and only then are the arrays inflated."""
     path = _npz_path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            sizes = _array_sizes(data.zip)
-            if sizes.get("__config__", math.inf) > MAX_CONFIG_BYTES:
-                raise ValueError(f"no __config__ of at most {MAX_CONFIG_BYTES} characters")
-            config = json.loads(str(data["__config__"]))
+        with open_regular_file("path", path) as f, zipfile.ZipFile(f) as archive:
+            members = _members(archive, os.fstat(f.fileno()).st_size)
+            headers = {name: _npy_header(archive, info) for name, info in members.items()}
+            shape, _, dtype = headers.get("__config__", ((), False, np.dtype(float)))
+            if dtype.kind != "U" or shape != () or dtype.itemsize > 4 * MAX_CONFIG_BYTES:
+                raise ValueError(f"no __config__ string of at most {MAX_CONFIG_BYTES} characters")
+            config = parse_json("its __config__", str(_read_npy(archive, members["__config__"],
+                                                                  headers["__config__"])[()]))
+            if not isinstance(config, dict) or config.get("class") not in MODELS:
+                got = config.get("class") if isinstance(config, dict) else type(config).__name__
+                raise ValueError(f"its __config__ must name a class of {sorted(MODELS)}, got {got!r}")
             cls = MODELS[config.pop("class")]
-            weights = _weights_lower_bound(_model_config(config))
-            held = sum(n for name, n in sizes.items() if name != "__config__")
-            if weights > held:
-                raise ValueError(f"its config asks for at least {weights} weights, its arrays "
-                                 f"hold {held}")
+            config = _model_config(config)
+            held = sum(math.prod(s) for name, (s, _, _) in headers.items() if name != "__config__")
+            weights = _weights_lower_bound(config)
+            positions = config["max_len"] * config["d_model"]        # computed, not stored
+            if weights > held or positions > max(held, MAX_COMPUTED):
+                raise ValueError(f"its config asks for at least {weights} weights and a position "
+                                 f"table of {positions} numbers; its arrays hold {held}")
             model = cls(**config)
             expected = {n: v for n, v, _ in model.parameters()}
-            if set(expected) != set(sizes) - {"__config__"}:
+            if set(expected) != set(members) - {"__config__"}:
                 raise ValueError("its arrays are not the parameters its config describes")
             for name, value in expected.items():
-                array = data[name]
-                if array.shape != value.shape or array.dtype.kind != "f" \
-                        or not np.all(np.isfinite(array)):
+                shape, _, dtype = headers[name]
+                if shape != value.shape or dtype.kind != "f":
                     raise ValueError(f"{name} must be finite floats of shape {value.shape}, got "
-                                     f"{array.dtype} of shape {array.shape}")
-                value[...] = array
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
-            zipfile.BadZipFile, zlib.error) as err:
+                                     f"{dtype} of shape {shape}")
+                with np.errstate(over="ignore", invalid="ignore"):   # 1e300 is inf in float32
+                    value[...] = _read_npy(archive, members[name], headers[name])
+                if not np.all(np.isfinite(value)):
+                    raise ValueError(f"{name} must be finite floats of shape {value.shape}, and "
+                                     f"finite in {value.dtype}, got NaN or inf")
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile,
+            zlib.error) as err:
         raise ValueError(f"path {str(path)!r} is not a model saved by transformer.save ({err})"[:500]) from None
     return model
 
@@ -1495,31 +1566,140 @@ def add_rows_at(table, ids, rows):
 # TypeError) that names the argument, what was given and what is allowed. These checks are
 # shared by superposition.py and circuits.py too.
 
+MAX_INT = 2 ** 63 - 1           # the largest count, seed or id: what an int64 holds
+
+
+def _shown(value):
+    """A value as a message shows it: a huge int by its size (its digits could fill a page, and
+    beyond 4,300 of them Python refuses to print it), anything else by its repr, cut short."""
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        return f"an int of {value.bit_length()} bits"
+    return repr(value)[:100]
+
+
 def check_count(name, value, minimum=1, maximum=None):
-    """An int >= minimum (and <= maximum, if given; a bool is not a count) -> int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
-            or (maximum is not None and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
+    """An int >= minimum (and <= maximum, if given, and never above MAX_INT; a bool is not a
+    count) -> the Python int. A NumPy integer of any type is the same number: it is converted
+    before anything is computed with it, so np.uint8(255) + 1 cannot wrap to 0 later."""
+    maximum = MAX_INT if maximum is None else min(maximum, MAX_INT)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or not minimum <= int(value) <= maximum:
+        allowed = f">= {minimum}" if maximum == MAX_INT else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {allowed}, got {_shown(value)}")
     return int(value)
 
 
 def check_positive(name, value, or_zero=False):
-    """A finite number > 0 (>= 0 if or_zero) -> float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not or_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if or_zero else '>'} 0, got {value!r}")
-    return float(value)
+    """A finite number > 0 (>= 0 if or_zero) -> the Python float. A NumPy float of any type
+    (float16, float32, longdouble) is the same number as a float; an int too large for a float
+    (10**400) is refused by name, not an OverflowError."""
+    try:
+        number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) else None
+    except OverflowError:
+        number = None
+    if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not or_zero):
+        raise ValueError(f"{name} must be a finite number {'>=' if or_zero else '>'} 0, got "
+                         f"{_shown(value)}")
+    return number
+
+
+def check_plain_array(name, x):
+    """A subclass of np.ndarray is refused, not unwrapped: a masked array would lose its mask
+    (the masked entries, NaN or not, would count), a np.matrix multiplies with *. Pass
+    np.asarray(x) to mean the plain numbers."""
+    if isinstance(x, np.ndarray) and type(x) is not np.ndarray:
+        raise TypeError(f"{name} must be a plain np.ndarray, got a {type(x).__name__} (a subclass; "
+                        f"pass np.asarray({name}) to use its numbers as they are)")
+    return x
 
 
 def check_finite(name, x):
     """No NaN or inf: one would travel silently through every later result."""
-    if np.asarray(x).dtype.kind not in "biufc":
+    a = np.asarray(check_plain_array(name, x))
+    if a.dtype.kind not in "biufc":
         raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__} of dtype "
-                        f"{np.asarray(x).dtype}")
-    if not np.all(np.isfinite(x)):
+                        f"{a.dtype}")
+    if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite, got NaN or inf in "
-                         f"{np.count_nonzero(~np.isfinite(x))} of its {np.size(x)} entries")
+                         f"{np.count_nonzero(~np.isfinite(a))} of its {a.size} entries")
+
+
+def check_numbers(what, n):
+    """An array of n numbers is refused beyond MAX_NUMBERS, before it is allocated: a mistyped
+    size is a clear error at once, not a MemoryError (or minutes of swapping) later."""
+    if n > MAX_NUMBERS:
+        raise ValueError(f"{what} asks for {_shown(n)} numbers, more than {MAX_NUMBERS:.0e} "
+                         f"(one was mistyped?)")
+    return n
+
+
+# Files. A path may name a FIFO (opening it blocks until some writer comes), a device (/dev/zero
+# never ends) or a folder: each is refused by os.stat before anything opens it. A regular file
+# is then opened without blocking and checked again on the open descriptor, in case the path
+# was swapped in between.
+
+def open_regular_file(name, path):
+    """-> a binary file object reading the regular file at path; ValueError naming it for
+    anything else, before it is opened."""
+    def refuse(why):
+        return ValueError(f"{name} {str(path)!r} {why}")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise refuse("is not a regular file (a folder, FIFO or device), so it is not opened")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as err:
+        raise refuse(f"cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refuse("is not a regular file (a folder, FIFO or device), so it is not read")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_file(name, path, max_bytes):
+    """The bytes of the regular file at path, refused beyond max_bytes before any is read."""
+    with open_regular_file(name, path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ValueError(f"{name} {str(path)!r} has {size} bytes, more than the {max_bytes} "
+                             f"allowed for it")
+        try:
+            data = f.read(size + 1)             # no more than it had: a file that grows is cut
+        except OSError as err:
+            raise ValueError(f"{name} {str(path)!r} cannot be read ({err.strerror or err})") from None
+    if len(data) != size:
+        raise ValueError(f"{name} {str(path)!r} changed size while it was read")
+    return data
+
+
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(name, text):
+    """JSON text (str, or UTF-8 bytes) -> its value. Refused with a ValueError naming it: text
+    that is not UTF-8 or not JSON, nesting deeper than MAX_JSON_DEPTH (json.loads would recurse
+    until a RecursionError), a key given twice (json.loads keeps the last one silently), NaN
+    and Infinity (not JSON), a number of more than 4,300 digits (Python refuses to read it)."""
+    try:
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)      # brackets in strings do not nest
+        codes = np.frombuffer(outside.encode("utf-8"), np.uint8)
+        depth = np.cumsum(np.isin(codes, (91, 123)).astype(np.int64) - np.isin(codes, (93, 125)))
+        if depth.size and depth.max() > MAX_JSON_DEPTH:
+            raise ValueError(f"it nests {depth.max()} levels deep, more than {MAX_JSON_DEPTH}")
+        return json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
+    except ValueError as err:                  # UnicodeDecodeError and JSONDecodeError are too
+        raise ValueError(f"{name} is not JSON that can be read ({err})"[:300]) from None
+
+
+def _json_object(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} is given twice")
+    return dict(pairs)
+
+
+def _json_constant(word):
+    raise ValueError(f"{word} is not a JSON number")
 
 
 def check_flag(name, value):
@@ -1548,7 +1728,7 @@ def check_id_array(name, ids, n):
     """An integer array of ids, each a row of an (n, ...) table; returns it as an ndarray.
     (An id outside [0, n) would be an IndexError in a lookup, or a silent row of zeros in a
     one-hot.)"""
-    ids = np.asarray(ids)
+    ids = np.asarray(check_plain_array(name, ids))
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= n):
@@ -1586,13 +1766,14 @@ def _check_ids(ids, vocab_size):
 
 
 def _check_width(x, d, layer):
+    check_plain_array("x", x)
     if np.ndim(x) < 1 or np.shape(x)[-1] != d:
         raise ValueError(f"{layer} expects x with {d} features on its last axis, got shape {np.shape(x)}")
 
 
 def _check_dout(dout, shape, layer):
     """A backward takes the gradient of its last forward's output: an array of that shape."""
-    if not isinstance(dout, np.ndarray) or dout.shape != shape:
+    if type(dout) is not np.ndarray or dout.shape != shape:
         raise ValueError(f"{layer}.backward expects dout of shape {shape} (the last forward's "
                          f"output), got {type(dout).__name__} of shape {np.shape(dout)}")
 
@@ -1606,6 +1787,7 @@ def check_activation(activation):
 def _check_attention_inputs(x, context, d):
     """x (B, T, d) and context None or (B, S, d), before a layer records anything."""
     for name, a in [("x", x)] + ([] if context is None else [("context", context)]):
+        check_plain_array(name, a)
         if np.ndim(a) != 3 or np.shape(a)[2] != d or np.shape(a)[0] != np.shape(x)[0]:
             raise ValueError(f"MultiHeadAttention expects {name} of shape (B, T, {d}) with the batch "
                              f"size of x, got shape {np.shape(a)}")
