@@ -243,9 +243,9 @@ class WordPieceTokenizer:
 
 def pad_batch(ids, pad_id):
     """A list of B id lists -> tokens (B, T) padded with pad_id, real (B, T) bool."""
-    _check_id_lists(ids, pad_id)
+    pad_id = _check_id_lists(ids, pad_id)
     T = max(len(row) for row in ids)
-    tokens = np.full((len(ids), T), pad_id)
+    tokens = np.full((len(ids), T), pad_id, np.intp)
     real = np.zeros((len(ids), T), bool)
     for i, row in enumerate(ids):
         tokens[i, :len(row)] = row
@@ -257,7 +257,8 @@ def mean_pool(h, real):
     """h (B, T, d), real (B, T) bool -> (B, d): the mean over real tokens, unit length."""
     _check_pooling(h, real)
     pooled = (h * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True).astype(h.dtype)
-    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    norms = _check_norms(np.linalg.norm(pooled, axis=1, keepdims=True))
+    return pooled / norms
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,12 +303,16 @@ class MaskedLanguageModel(Module):
         self.bert, self.vocab_size = bert, bert.vocab_size
         self.head = MaskedLMHead(bert.word_embed, np.random.default_rng(check_count("seed", seed, 0)),
                                  bert.embed_norm.eps)
+        self.logits_shape = None
 
     def forward(self, tokens, attention_mask=None):
-        return self.head.forward(self.bert.forward(tokens, attention_mask))
+        logits = self.head.forward(self.bert.forward(tokens, attention_mask))
+        self.logits_shape = logits.shape
+        return logits
 
     def backward(self, dlogits):
-        self.bert.backward(self.head.backward(dlogits))
+        """dlogits (B, T, V) of the last forward -> None; checked before any gradient changes."""
+        self.bert.backward(self.head.backward(_check_dlogits(self, dlogits)))
 
 
 def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
@@ -449,7 +454,7 @@ def load_bert(path=None, dtype=np.float32):
     tensors = read_safetensors(folder / "model.safetensors")
     vocab = _vocab_lines(folder / "vocab.txt")
     tokenizer = WordPieceTokenizer(vocab)
-    table = _checked_weight_table(tensors, config, len(vocab), folder)
+    table = _checked_weight_table(tensors, config, len(vocab), folder, dtype)
     n_layers = config["num_hidden_layers"]
     bert = Bert(config["vocab_size"], config["hidden_size"], config["num_attention_heads"],
                 n_layers, config["intermediate_size"], config["max_position_embeddings"],
@@ -631,7 +636,7 @@ def _bert_config(folder):
     return config
 
 
-def _checked_weight_table(tensors, config, n_vocab, folder):
+def _checked_weight_table(tensors, config, n_vocab, folder, dtype):
     """bert_weight_names, once it is checked that every tensor the model needs is there, with
     the shape the config implies, and nothing else but the tensors known to be unused. Checked
     before any model is built, so a config cannot ask for more memory than its file holds."""
@@ -657,6 +662,9 @@ def _checked_weight_table(tensors, config, n_vocab, folder):
         if tensor.dtype.kind != "f" or not np.isfinite(tensor).all():
             raise ValueError(f"{where}: tensor {theirs!r} must hold finite floats, got "
                              f"{tensor.dtype}" + (" with NaN or inf" if tensor.dtype.kind == "f" else ""))
+        if tensor.size and np.abs(tensor).max() > np.finfo(dtype).max:    # 1e300 is inf in float32
+            raise ValueError(f"{where}: tensor {theirs!r} holds {np.abs(tensor).max():.3g}, beyond "
+                             f"{np.dtype(dtype).name}, the float type asked for")
     return table
 
 
@@ -672,6 +680,7 @@ def _parameter_shape(ours, config):
 
 
 def _check_dh(model, dh):
+    check_plain_array("dh", dh)
     if model.output_shape is None:
         raise ValueError("Bert.backward called before forward")
     if np.shape(dh) != model.output_shape:
@@ -679,6 +688,21 @@ def _check_dh(model, dh):
                          f"got {np.shape(dh)}")
     check_finite("dh", dh)
     return np.asarray(dh)
+
+
+def _check_dlogits(model, dlogits):
+    """MaskedLanguageModel.backward: the gradient of its last forward's logits, and the Bert's
+    last forward the one under them; checked before the head adds into any gradient."""
+    check_plain_array("dlogits", dlogits)
+    under = model.bert.output_shape
+    if model.logits_shape is None or under is None or under[:2] != model.logits_shape[:2]:
+        raise ValueError("MaskedLanguageModel.backward called before forward (or after a forward "
+                         "of its bert alone)")
+    if np.shape(dlogits) != model.logits_shape:
+        raise ValueError(f"dlogits must have the shape of the last forward's logits "
+                         f"{model.logits_shape}, got {np.shape(dlogits)}")
+    check_finite("dlogits", dlogits)
+    return np.asarray(dlogits)
 
 
 def _check_sentence_args(model, texts, batch_size, max_len):
@@ -718,15 +742,29 @@ def _check_training_args(steps, k, d_model, lr, batch_size):
 
 
 def _check_id_lists(ids, pad_id):
+    """-> pad_id as a Python int; every id an int in [0, 2**63) (NumPy's of any type too)."""
     if not isinstance(ids, (list, tuple)) or not ids or not all(
             isinstance(row, (list, tuple)) and row and all(
                 isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in row)
             for row in ids):
         raise TypeError(f"ids must be a non-empty list of non-empty lists of int ids, got {ids!r}"[:200])
-    check_count("pad_id", pad_id, minimum=0)
+    for row in ids:
+        for i in row:
+            check_count("each id of ids", i, minimum=0)
+    return check_count("pad_id", pad_id, minimum=0)
+
+
+def _check_norms(norms):
+    if not np.all(norms > 0):
+        raise ValueError(f"h must give a nonzero mean over the real tokens of each row, to be "
+                         f"scaled to unit length; rows {np.flatnonzero(norms == 0)[:5].tolist()} "
+                         f"have a zero mean")
+    return norms
 
 
 def _check_pooling(h, real):
+    check_plain_array("h", h)
+    check_plain_array("real", real)
     if np.ndim(h) != 3 or np.shape(real) != np.shape(h)[:2] or np.asarray(real).dtype != bool:
         raise ValueError(f"h must be (B, T, d) and real a (B, T) bool array, got shapes "
                          f"{np.shape(h)} and {np.shape(real)}")

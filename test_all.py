@@ -2006,21 +2006,46 @@ def test_crafted_model_files_are_refused_before_building(tmp_path, make, words):
     assert words in str(err.value)
 
 
-def test_backward_after_decoding_is_an_error():
-    # Decoding leaves each layer holding its last step (one token, or the beams), not the last
-    # forward: a backward would mix the two. It is refused, however dlogits is shaped.
+def _decoder_only_after_forward():
     lm = transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
-    lm.forward(np.zeros((1, 3), int))
-    lm.generate([1, 2, 3], 2)
-    with pytest.raises(ValueError, match="before forward"):
-        lm.backward(np.zeros((1, 3, 11)))
+    lm.forward(np.array([[1, 2, 3]]))
+    return lm, np.random.default_rng(1).standard_normal((1, 3, 11))
+
+
+def _encoder_decoder_after_forward():
     mt = transformer.Transformer(9, 12, 8, 2, 1, 16, 10)
-    src = np.ones((1, 3), int)
-    for decode in (lambda: mt.greedy_decode(src, 1, 2, 4), lambda: mt.beam_search(src, 1, 2, 4, 2)):
-        mt.forward(src, np.ones((1, 3), int))
-        decode()
-        with pytest.raises(ValueError, match="before forward"):
-            mt.backward(np.zeros((1, 3, 12)))
+    mt.unembed.params["b"][2] = -100.0            # eos_id 2 is never chosen: decoding runs on
+    mt.forward(np.ones((1, 3), int), np.array([[1, 2]]))
+    return mt, np.random.default_rng(1).standard_normal((1, 2, 12))
+
+
+@pytest.mark.parametrize("make,decode,spoil", [
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3), None),
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3, use_cache=False), None),
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3), 3),
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3, temperature=1.0), 4),
+    (_encoder_decoder_after_forward, lambda m: m.greedy_decode(np.ones((1, 1), int), 1, 2, 5), None),
+    (_encoder_decoder_after_forward, lambda m: m.greedy_decode(np.ones((1, 1), int), 1, 2, 5), 1),
+    (_encoder_decoder_after_forward, lambda m: m.beam_search(np.ones((1, 1), int), 1, 2, 5, 2), None),
+    (_encoder_decoder_after_forward, lambda m: m.beam_search(np.ones((1, 1), int), 1, 2, 5, 2), 1),
+], ids=["generate", "generate-no-cache", "generate-refused", "sample-refused", "greedy",
+        "greedy-refused", "beam", "beam-refused"])
+def test_backward_after_decoding_differentiates_the_last_forward(make, decode, spoil):
+    # Decoding runs the layers on its own steps (one token, the beams). Whether it returns or is
+    # refused part-way (NaN logits), the layers must keep the forward before it: a backward then
+    # gives exactly the gradients of a twin that never decoded.
+    (model, dlogits), (twin, _) = make(), make()
+    if spoil is not None:
+        clean = model.pos.copy()
+        model.pos[spoil:] = np.nan      # the decode runs until it reaches this position, then refuses
+        with pytest.raises(ValueError, match="logits must be finite"):
+            decode(model)
+        model.pos[...] = clean
+    else:
+        decode(model)
+    model.backward(dlogits)
+    twin.backward(dlogits)
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(model.parameters(), twin.parameters()))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ Conventions, used everywhere in this file:
     * float64 for checking gradients, float32 for speed: parameters have the model's dtype and
       nothing in a forward or backward pass changes it.
 """
+import functools
 import heapq
 import json
 import math
@@ -654,6 +655,26 @@ class TiedUnembedding(Module):
 POSITIONAL_CODES = ("sinusoidal", "learned", None)
 
 
+def _keeps_forward(decode):
+    """For the decoding methods. Decoding runs the layers on steps of its own (one new token, a
+    batch of beams), which overwrite what each layer kept for backward. The decorated method
+    puts back, when it returns and when it raises part-way, every attribute of every layer as
+    it was before the call: a backward after decoding differentiates the last forward."""
+    @functools.wraps(decode)
+    def decode_keeping_forward(model, *args, **kwargs):
+        modules = [model]
+        for module in modules:                         # the list grows as the tree is walked
+            modules.extend(child for _, child in module.children())
+        kept = [(module, dict(vars(module))) for module in modules]
+        try:
+            return decode(model, *args, **kwargs)
+        finally:
+            for module, attributes in kept:
+                vars(module).clear()
+                vars(module).update(attributes)
+    return decode_keeping_forward
+
+
 class DecoderOnlyTransformer(Module):
     """A GPT: tokens -> embedding + position -> causal blocks -> logits for the next token.
 
@@ -716,6 +737,7 @@ class DecoderOnlyTransformer(Module):
             self.pos_embed.backward(dx.sum(axis=0))    # one position row served every batch row
         self.embed.backward(dx * self.embed_scale)
 
+    @_keeps_forward
     def generate(self, prompt, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
                  use_cache=True, seed=0, return_logits=False):
         """Extend prompt (T0,) or (B, T0) by max_new_tokens tokens, one at a time.
@@ -727,8 +749,8 @@ class DecoderOnlyTransformer(Module):
         logits each new token was chosen from.
         """
         squeeze = np.ndim(prompt) == 1
-        tokens = _check_generate(self, prompt, max_new_tokens, temperature, top_k, top_p, use_cache,
-                                 seed, return_logits)                        # (B, T0)
+        tokens, max_new_tokens, temperature, top_k, top_p, seed = _check_generate(
+            self, prompt, max_new_tokens, temperature, top_k, top_p, use_cache, seed, return_logits)
         rng = np.random.default_rng(seed)
         kv_caches = [{} for _ in self.blocks] if use_cache else None
         logits = self._run(tokens, 0, kv_caches)[:, -1]
@@ -741,7 +763,6 @@ class DecoderOnlyTransformer(Module):
             if step + 1 < max_new_tokens:
                 new = self._run(nxt[:, None], tokens.shape[1] - 1, kv_caches) if use_cache else self._run(tokens)
                 logits = new[:, -1]
-        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         out = tokens[0] if squeeze else tokens
         if return_logits:
             stacked = np.stack(chosen, axis=1) if chosen else np.zeros((tokens.shape[0], 0, self.vocab_size))
@@ -824,10 +845,11 @@ class Transformer(Module):
             dx, _ = block.backward(dx)
         self.src_embed.backward(dx * self.embed_scale)
 
+    @_keeps_forward
     def greedy_decode(self, src, bos_id, eos_id, max_len):
         """(B, S) -> (B, L) int, L <= max_len: the most likely token at every step. The encoder
         runs once. A sequence that has emitted eos_id is padded with eos_id afterwards."""
-        src = _check_decode_args(self, src, bos_id, eos_id, max_len)
+        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
         memory, src_mask = self.encode(src)
         out = np.full((src.shape[0], 1), bos_id)
         done = np.zeros(src.shape[0], bool)
@@ -840,16 +862,16 @@ class Transformer(Module):
             done |= nxt == eos_id
             if done.all():
                 break
-        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         return out[:, 1:]
 
+    @_keeps_forward
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size):
         """(B, S) -> (B, L) int: keep the beam_size most likely partial targets (sum of
         log-probabilities) at every step, and return the best. Finished beams are extended by
         eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
         b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
-        src = _check_decode_args(self, src, bos_id, eos_id, max_len)
-        check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more beams than tokens: idle
+        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
+        beam_size = check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more: idle beams
         B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
         memory, src_mask = self.encode(src)
         memory = np.repeat(memory, K, axis=0)
@@ -874,7 +896,6 @@ class Transformer(Module):
             done = done[rows, beam] | (tok == eos_id)
             if done.all():
                 break
-        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         return seqs[np.arange(B), np.argmax(scores, axis=1), 1:]
 
     def save(self, path):
@@ -894,7 +915,7 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None, top_p=None):
     """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
     softmax(logits / temperature), keeping only the top_k largest logits if top_k is given and
     then only the nucleus of probability top_p if top_p is given (1 keeps every token)."""
-    logits = _check_sample_next(logits, temperature, top_k, top_p)
+    logits, temperature, top_k, top_p = _check_sample_next(logits, temperature, top_k, top_p)
     return _sample(logits, temperature, top_k, top_p, rng)
 
 
@@ -933,7 +954,7 @@ def _sample(logits, temperature, top_k, top_p, rng):
 
 def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
     """logits (..., V), targets (...) int -> (loss, dlogits of the same shape as logits)."""
-    logits, targets, keep = _check_loss(logits, targets, ignore_index, label_smoothing)
+    logits, targets, keep, label_smoothing = _check_loss(logits, targets, ignore_index, label_smoothing)
     return _softmax_cross_entropy(logits, targets, keep, label_smoothing)
 
 
@@ -966,15 +987,15 @@ class SGD:
     """v = μ v + g;  w -= lr (v + λ w)."""
 
     def __init__(self, parameters, lr, momentum=0.0, weight_decay=0.0):
-        check_positive("lr", lr, or_zero=True)
-        _check_decay_rate("momentum", momentum)
-        check_positive("weight_decay", weight_decay, or_zero=True)
+        lr = check_positive("lr", lr, or_zero=True)
+        momentum = _check_decay_rate("momentum", momentum)
+        weight_decay = check_positive("weight_decay", weight_decay, or_zero=True)
         self.params = _check_parameters(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
 
     def step(self):
-        _check_step(self)
+        _check_step(self, self.velocity)
         for (_, p, g), v in zip(self.params, self.velocity):
             v *= self.momentum
             v += g
@@ -989,7 +1010,7 @@ class Adam:
     rescaled by √v̂."""
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        _check_adam(lr, betas, eps, weight_decay)
+        lr, betas, eps, weight_decay = _check_adam(lr, betas, eps, weight_decay)
         self.params = _check_parameters(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = [np.zeros_like(p) for _, p, _ in self.params]
@@ -997,7 +1018,7 @@ class Adam:
         self.t = 0
 
     def step(self):
-        _check_step(self)
+        _check_step(self, self.m, self.v)
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
@@ -1014,7 +1035,7 @@ class Adam:
 def clip_grad_norm(parameters, max_norm):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
     before clipping."""
-    check_positive("max_norm", max_norm)
+    max_norm = check_positive("max_norm", max_norm)
     grads = [g for _, _, g in _check_parameters(parameters)]
     norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
     if not math.isfinite(norm):
@@ -1033,7 +1054,8 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     tgt_in) for the encoder-decoder; targets has the shape of the last of them. optimizer must
     update this model's parameters. Returns the loss (before the update).
 
-    Bad arguments are refused before anything changes, the layers' saved forward included.
+    Bad arguments are refused before anything changes, the layers' saved forward included (a
+    Adam or SGD is checked first: lr, and every parameter writeable and still its own).
     Logits that are NaN or inf mean that training has diverged: the step is refused with a
     ValueError before the gradients change, and the weights stay as the previous step left
     them, already diverged (restore a copy saved earlier and lower the lr). A gradient that
@@ -1052,13 +1074,15 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     if not all(isinstance(p, tuple) and len(p) == 3 and id(p[1]) in ours for p in params):
         raise ValueError("optimizer must update this model's parameters (Adam(model.parameters())), "
                          "but it holds arrays that are not this model's")
+    if isinstance(optimizer, (SGD, Adam)):
+        _check_update(optimizer, optimizer.velocity if isinstance(optimizer, SGD) else optimizer.m)
     if not isinstance(inputs, tuple) or not inputs:
         raise TypeError(f"inputs must be the tuple of forward's arguments, such as (tokens,), "
                         f"got {type(inputs).__name__}")
     if max_grad_norm is not None:
-        check_positive("max_grad_norm", max_grad_norm)
-    targets, keep = _check_targets(targets, np.shape(inputs[-1]), vocab_size, ignore_index,
-                                   label_smoothing)
+        max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
+    targets, keep, label_smoothing = _check_targets(targets, np.shape(inputs[-1]), vocab_size,
+                                                    ignore_index, label_smoothing)
     loss, dlogits = _softmax_cross_entropy(model.forward(*inputs), targets, keep, label_smoothing)
     model.zero_grad()
     model.backward(dlogits)
@@ -1071,7 +1095,7 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
 def noam_lr(step, d_model, warmup=4000, factor=1.0):
     """Vaswani et al. 5.3: lr = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5):
     a linear warm-up for `warmup` steps, then decay as 1/√step. step counts from 1."""
-    step, warmup = check_count("step", step), check_count("warmup", warmup)
+    step, warmup = check_count("step", step), check_count("warmup", warmup)    # Python ints
     d_model, factor = check_count("d_model", d_model), check_positive("factor", factor)
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
@@ -1795,11 +1819,10 @@ def _check_attention_inputs(x, context, d):
 
 def _check_dlogits(model, dlogits):
     """A model's backward takes the gradient of the logits of its last forward, same shape.
-    Decoding (generate, greedy_decode, beam_search) leaves the layers holding its last step,
-    not a forward to differentiate, so it clears model.logits_shape and a backward after it fails."""
+    (Decoding is not a forward: the layers keep the forward before it, see _keeps_forward.)"""
     if model.logits_shape is None:
         raise ValueError(f"{type(model).__name__}.backward called before forward (decoding does "
-                         f"not count: it keeps nothing to differentiate)")
+                         f"not count)")
     shape = model.logits_shape
     if np.shape(dlogits) != shape:
         raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
@@ -1808,13 +1831,26 @@ def _check_dlogits(model, dlogits):
     return np.asarray(dlogits)
 
 
+MIN_TEMPERATURE = 1e-3
+
+
 def _check_decoding(temperature, top_k, top_p, vocab_size):
-    check_positive("temperature", temperature, or_zero=True)
+    """-> temperature, top_k, top_p as Python numbers. A temperature between 0 and
+    MIN_TEMPERATURE is refused: logits / temperature would overflow to inf (and the softmax to
+    NaN) for a temperature near float's smallest, and below 1e-3 sampling differs from greedy
+    only where the best logits lie within 0.04 of each other."""
+    temperature = check_positive("temperature", temperature, or_zero=True)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got "
+                         f"{temperature!r}")
     if top_k is not None:
-        check_count("top_k", top_k, maximum=vocab_size)
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+        top_k = check_count("top_k", top_k, maximum=vocab_size)
+    if top_p is not None:
+        number = top_p if isinstance(top_p, numbers.Real) and not isinstance(top_p, (bool, np.bool_)) else None
+        if number is None or not 0 < number <= 1:
+            raise ValueError(f"top_p must be None or a number in (0, 1], got {_shown(top_p)}")
+        top_p = float(number)
+    return temperature, top_k, top_p
 
 
 # Sizes are bounded so that a mistyped one (or a crafted file) is refused at once, instead of
@@ -1865,34 +1901,40 @@ def _weights_lower_bound(config):
 
 
 def _check_targets(targets, shape, V, ignore_index, label_smoothing):
-    """-> (targets as an integer array of the given shape, keep: True where a target counts)."""
-    targets = np.asarray(targets)
+    """-> (targets as an integer array of the given shape, keep: True where a target counts,
+    label_smoothing as a Python float)."""
+    targets = np.asarray(check_plain_array("targets", targets))
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
     if targets.shape != shape:
         raise ValueError(f"targets must have shape {shape} (logits without the last "
                          f"axis), got {targets.shape}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
-            or not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool)
+    label_smoothing = _check_decay_rate("label_smoothing", label_smoothing)
+    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
                                      or not isinstance(ignore_index, (int, np.integer))):
-        raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}")
+        raise TypeError(f"ignore_index must be None or an int, got {_shown(ignore_index)}")
+    if ignore_index is not None and not -MAX_INT <= ignore_index <= MAX_INT:
+        raise ValueError(f"ignore_index must be an int in [-{MAX_INT}, {MAX_INT}], got "
+                         f"{_shown(ignore_index)}")
     keep = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
     if keep.any() and (targets[keep].min() < 0 or targets[keep].max() >= V):
         raise ValueError(f"targets must hold ids in [0, {V}) (or ignore_index), got values in "
                          f"[{targets[keep].min()}, {targets[keep].max()}]")
-    return targets, keep
+    return targets, keep, label_smoothing
 
 
 def _check_decay_rate(name, value):
-    """A momentum or β: the share of the old average kept at each step, in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    """A momentum or β (the share of the old average kept at each step), or a label smoothing:
+    a number in [0, 1) -> the Python float."""
+    number = value if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) else None
+    if number is None or not 0 <= number < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {_shown(value)}")
+    return float(number)
 
 
 def _check_parameters(parameters):
-    """model.parameters(): (name, value, grad) triples of float arrays -> a list of them."""
+    """model.parameters(): (name, value, grad) triples of float32 or float64 arrays (plain
+    ndarrays, writeable, each listed once) -> a list of them."""
     try:
         params = list(parameters)
     except TypeError:
@@ -1900,33 +1942,55 @@ def _check_parameters(parameters):
                         f"got {type(parameters).__name__}") from None
     for triple in params:
         if not (isinstance(triple, tuple) and len(triple) == 3 and all(
-                isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.shape == triple[1].shape
+                type(a) is np.ndarray and a.dtype in (np.float32, np.float64) and a.shape == triple[1].shape
                 for a in triple[1:])):
             raise TypeError(f"parameters must be the (name, value, grad) triples of "
                             f"model.parameters(), got an item {triple!r}"[:300])
+    for name, value, grad in params:
+        if not (value.flags.writeable and grad.flags.writeable):
+            raise ValueError(f"parameter {name} is read-only: an optimizer updates it in place")
+        if np.may_share_memory(value, grad):
+            raise ValueError(f"parameter {name} shares memory with its own gradient")
+    if len({id(value) for _, value, _ in params}) != len(params):
+        raise ValueError("parameters must list each array once: one listed twice would be "
+                         "updated twice a step")
     return params
 
 
-def _check_step(optimizer):
-    """Before an update: lr (a plain attribute a schedule sets) and every gradient finite.
-    One inf gradient would make every weight it touches NaN."""
+def _check_update(optimizer, moments):
+    """Before an update, all it will touch, so that it stops before the first array changes
+    (a read-only array half-way would leave the step half done): lr (a plain attribute a
+    schedule sets) and each parameter still writeable and the one the optimizer was built
+    for, of the shape and float type of its moments."""
     check_positive("lr", optimizer.lr, or_zero=True)
+    params = _check_parameters(optimizer.params)
+    if len(params) != len(moments) or any(value.shape != m.shape or value.dtype != m.dtype
+                                          for (_, value, _), m in zip(params, moments)):
+        raise ValueError(f"{type(optimizer).__name__}.params must be the parameters it was built "
+                         f"with: they changed after it was built")
+
+
+def _check_step(optimizer, *moments):
+    """_check_update, then every gradient finite: one inf gradient would make every weight it
+    touches NaN."""
+    _check_update(optimizer, moments[0])
     for name, _, grad in optimizer.params:
         check_finite(f"the gradient of {name}", grad)
 
 
 def _check_generate(model, prompt, max_new_tokens, temperature, top_k, top_p, use_cache, seed,
                     return_logits):
-    """generate's arguments -> the prompt as (B, T0), a row added if it came as (T0,)."""
-    tokens = np.asarray(prompt)
+    """generate's arguments -> the prompt as (B, T0) (a row added if it came as (T0,)),
+    max_new_tokens, temperature, top_k, top_p and seed as Python numbers."""
+    tokens = np.asarray(check_plain_array("prompt", prompt))
     tokens = check_tokens("prompt", tokens[None] if tokens.ndim == 1 else tokens, model.vocab_size,
                           model.max_len)
-    check_count("max_new_tokens", max_new_tokens, 0, model.max_len - tokens.shape[1])
-    _check_decoding(temperature, top_k, top_p, model.vocab_size)
-    check_count("seed", seed, minimum=0)
+    max_new_tokens = check_count("max_new_tokens", max_new_tokens, 0, model.max_len - tokens.shape[1])
+    temperature, top_k, top_p = _check_decoding(temperature, top_k, top_p, model.vocab_size)
+    seed = check_count("seed", seed, minimum=0)
     check_flag("use_cache", use_cache)
     check_flag("return_logits", return_logits)
-    return tokens
+    return tokens, max_new_tokens, temperature, top_k, top_p, seed
 
 
 def _check_pair(model, src, tgt_in):
@@ -1939,40 +2003,39 @@ def _check_pair(model, src, tgt_in):
 
 
 def _check_decode_args(model, src, bos_id, eos_id, max_len):
+    """-> src as an array, bos_id, eos_id and max_len as Python ints."""
     src = check_tokens("src", src, model.src_vocab_size, model.max_len)
-    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        check_count(name, value, 0, model.tgt_vocab_size - 1)
-    check_count("max_len", max_len, 1, model.max_len - 1)     # the model's max_len minus the <bos>
-    return src
+    bos_id, eos_id = (check_count(name, value, 0, model.tgt_vocab_size - 1)
+                      for name, value in (("bos_id", bos_id), ("eos_id", eos_id)))
+    max_len = check_count("max_len", max_len, 1, model.max_len - 1)   # the model's, minus <bos>
+    return src, bos_id, eos_id, max_len
 
 
 def _check_sample_next(logits, temperature, top_k, top_p):
+    """-> logits as an array, temperature, top_k, top_p as Python numbers."""
     if np.ndim(logits) != 2 or np.shape(logits)[1] == 0:
         raise ValueError(f"logits must have shape (B, V) with V >= 1, got shape {np.shape(logits)}")
     check_finite("logits", logits)
-    _check_decoding(temperature, top_k, top_p, np.shape(logits)[1])
-    return np.asarray(logits)
+    return (np.asarray(logits), *_check_decoding(temperature, top_k, top_p, np.shape(logits)[1]))
 
 
 def _check_loss(logits, targets, ignore_index, label_smoothing):
-    """-> logits, targets as arrays, keep (the positions that count)."""
-    logits = np.asarray(logits)
+    """-> logits, targets as arrays, keep (the positions that count), label_smoothing."""
+    logits = np.asarray(check_plain_array("logits", logits))
     if logits.ndim < 1 or logits.shape[-1] == 0 or logits.dtype.kind != "f":
         raise TypeError(f"logits must be a float array (..., V) with V >= 1, got dtype "
                         f"{logits.dtype}, shape {logits.shape}")
-    targets, keep = _check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index,
-                                   label_smoothing)
-    return logits, targets, keep
+    return (logits, *_check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index,
+                                    label_smoothing))
 
 
 def _check_adam(lr, betas, eps, weight_decay):
-    check_positive("lr", lr, or_zero=True)
+    """-> lr, betas, eps, weight_decay as Python floats."""
+    lr = check_positive("lr", lr, or_zero=True)
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}")
-    _check_decay_rate("betas[0]", betas[0])
-    _check_decay_rate("betas[1]", betas[1])
-    check_positive("eps", eps)
-    check_positive("weight_decay", weight_decay, or_zero=True)
+        raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}"[:200])
+    betas = (_check_decay_rate("betas[0]", betas[0]), _check_decay_rate("betas[1]", betas[1]))
+    return lr, betas, check_positive("eps", eps), check_positive("weight_decay", weight_decay, or_zero=True)
 
 
 def _check_heads(d_model, n_heads):
