@@ -1183,6 +1183,7 @@ class BPETokenizer:
         self.pieces = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
         # Merges never cross a word boundary: count pairs inside each distinct word only.
         distinct = Counter(tuple(w.encode("utf-8")) for w in self._words(text))
+        _check_bpe_work([len(word) for word in distinct], vocab_size - len(self.pieces))
         words, counts = list(distinct), list(distinct.values())   # word i occurs counts[i] times
         pairs = Counter()                             # (id, id) -> occurrences in the whole text
         words_with = {}                               # (id, id) -> indices of words that contain it
@@ -1921,6 +1922,22 @@ def _check_targets(targets, shape, V, ignore_index, label_smoothing):
         raise ValueError(f"targets must hold ids in [0, {V}) (or ignore_index), got values in "
                          f"[{targets[keep].min()}, {targets[keep].max()}]")
     return targets, keep, label_smoothing
+
+
+MAX_BPE_WORK = 10 ** 7          # byte rewrites: a few seconds of BPE training
+
+
+def _check_bpe_work(lengths, merges):
+    """A merge rewrites each word that holds its pair, and a word of w bytes can take at most
+    w - 1 merges: training rewrites at most min(Σ w², merges · Σ w) bytes over the distinct words.
+    A text without spaces is one long word, whose w² grows without bound; refused beyond
+    MAX_BPE_WORK before the first merge."""
+    work = min(sum(w * w for w in lengths), merges * sum(lengths))
+    if work > MAX_BPE_WORK:
+        raise ValueError(f"vocab_size asks for {merges} merges on a text whose distinct words hold "
+                         f"{sum(lengths)} bytes (the longest {max(lengths)}): up to {work} byte "
+                         f"rewrites, more than {MAX_BPE_WORK:.0e}; ask for fewer merges, or give "
+                         f"a text of shorter words (BPE never merges across a space)")
 
 
 def _check_decay_rate(name, value):
