@@ -912,7 +912,7 @@ def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
 
 def _check_split(losses, inside):
     losses = _check_real("losses", losses, "have shape (B, n)", min_ndim=1)
-    inside = np.asarray(inside)
+    inside = np.asarray(transformer.check_plain_array("inside", inside))
     if inside.dtype != bool or inside.shape != losses.shape:
         raise ValueError(f"inside must be a bool mask of the losses' shape {losses.shape}, got a "
                          f"{inside.dtype} array of shape {inside.shape}")

@@ -319,7 +319,7 @@ def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
     """BERT's corruption. tokens (B, T) int -> (inputs, targets): inputs with the chosen
     positions replaced (80% mask_id, 10% a random id, 10% unchanged); targets the original id at
     chosen positions and -1 (the ignore_index) elsewhere. Ids in special are never chosen."""
-    tokens = _check_mask_args(tokens, rng, mask_id, vocab_size, rate)
+    tokens, mask_id, vocab_size, rate = _check_mask_args(tokens, rng, mask_id, vocab_size, rate)
     chosen = (rng.random(tokens.shape) < rate) & ~np.isin(tokens, special)
     fate = rng.random(tokens.shape)
     inputs = np.where(chosen & (fate < 0.8), mask_id, tokens)
@@ -361,7 +361,7 @@ def train_masked_lm(steps=300, k=4, d_model=32, seed=0, lr=3e-3, batch_size=64):
 def fill_in_accuracy(model, rng, where, n=1000, k=4):
     """The share of sentences in which one masked word at position `where` (0: a left word,
     1: a middle word, 2: a right word, of some triple) is predicted exactly."""
-    check_count("where", where, 0, 2)
+    where, n = check_count("where", where, 0, 2), check_count("n", n)
     tokens = pair_sentences(rng, n, k)
     rows, cols = np.arange(n), 3 * rng.integers(0, 3, n) + where
     inputs = tokens.copy()
@@ -516,7 +516,7 @@ def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
     tokens = check_tokens("tokens", tokens, model.vocab_size, model.max_len)
     if attention_mask is None:
         attention_mask = np.ones(tokens.shape, bool)
-    attention_mask = np.asarray(attention_mask)
+    attention_mask = np.asarray(check_plain_array("attention_mask", attention_mask))
     if attention_mask.shape != tokens.shape or attention_mask.dtype.kind not in "biu" \
             or not np.isin(attention_mask, (0, 1)).all():
         raise ValueError(f"attention_mask must be a bool (or 0/1) array of the shape of tokens "
@@ -726,13 +726,15 @@ def _check_vocab(vocab):
 
 
 def _check_mask_args(tokens, rng, mask_id, vocab_size, rate):
+    """-> tokens as an array, mask_id, vocab_size and rate as Python numbers."""
     vocab_size = check_count("vocab_size", vocab_size)
     tokens = check_id_array("tokens", tokens, vocab_size)
     check_rng(rng)
-    check_count("mask_id", mask_id, 0, vocab_size - 1)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 < rate <= 1:
-        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}")
-    return tokens
+    mask_id = check_count("mask_id", mask_id, 0, vocab_size - 1)
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.floating)) \
+            or not 0 < rate <= 1:
+        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}"[:200])
+    return tokens, mask_id, vocab_size, float(rate)
 
 
 def _check_training_args(steps, k, d_model, lr, batch_size):

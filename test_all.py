@@ -2047,6 +2047,10 @@ D_HEAD_128 = dict(vocab_size=11, d_model=256, n_heads=2, n_layers=1, max_len=9) 
         lambda v: C.head_weights(C.attention_only_model(**D_HEAD_128), 0, v // 2),
         lambda v: C.ov_circuit(C.attention_only_model(**D_HEAD_128), v - v, v // 2),
         lambda v: C.qk_circuit(C.attention_only_model(**D_HEAD_128), v - v, v // 2),
+        lambda v: transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10).generate([v, v + 1], 2),   # uint64 ids
+        lambda v: pretrained.mask_tokens(np.full((2, 3), v + 1), _rng(), v - 1, v + 8, special=(v,)),
+        lambda v: pretrained.fill_in_accuracy(pretrained.MaskedLanguageModel(pretrained.Bert(26, 8, 2, 1, 16, 9)),
+                                              _rng(), v - 1, n=v),
     ]],
     *[(call, 2.0, FLOAT_TYPES) for call in [
         lambda v: transformer.sample_next(np.arange(4.0)[None], v, None, _rng(), top_p=v / 4),
@@ -2057,6 +2061,8 @@ D_HEAD_128 = dict(vocab_size=11, d_model=256, n_heads=2, n_layers=1, max_len=9) 
         lambda v: (lambda o: (o.lr, o.momentum, o.weight_decay))(transformer.SGD([], lr=v, momentum=v / 4, weight_decay=v)),
         lambda v: transformer.clip_grad_norm([("w", np.full(3, 5.0), np.full(3, 5.0))], v),
         lambda v: transformer.LayerNorm(4, eps=v).eps,
+        lambda v: transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, norm_eps=v / 8).config["norm_eps"],
+        lambda v: pretrained.mask_tokens(np.ones((2, 3), int), _rng(), 1, 10, rate=v / 4),
     ]],
 ])
 def test_numpy_scalars_of_every_type_are_the_same_python_number(call, value, types):
@@ -2547,6 +2553,9 @@ _PENTAGON_ARROWS = S.regular_polygon(5)
     (lambda: S.five_in_two(np.ma.array([0.5, 0.1])), TypeError, "probabilities must be a plain"),
     (lambda: C.attention_pattern(np.ones((2, 3)).view(_Tagged), np.ones((1, 2)), np.ones((1, 2))), TypeError,
      "X must be a plain np.ndarray, got a _Tagged"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ma.array(np.eye(2, 3, dtype=bool))), TypeError, "inside must be a plain"),
+    (lambda: _small_bert().forward(np.ones((1, 3), int), np.ma.array(np.ones((1, 3), bool))), TypeError,
+     "attention_mask must be a plain"),
 ] + [(functools.partial(S.ToyModel, **{"n_features": 6, "n_hidden": 2, **kwargs}), ValueError, name)
      for kwargs, name in [
          (dict(n_features=0), "n_features"), (dict(n_hidden=2.5), "n_hidden"),

@@ -1758,7 +1758,7 @@ def check_id_array(name, ids, n):
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= n):
         raise ValueError(f"{name} must hold ids in [0, {n}), got values in [{ids.min()}, {ids.max()}]")
-    return ids
+    return ids.astype(np.intp, copy=False)      # uint64 ids beside int64 ones would make floats
 
 
 def check_tokens(name, tokens, vocab_size, max_len):
@@ -1871,22 +1871,23 @@ def _model_config(arguments):
     config = {name: value.item() if isinstance(value, np.generic) else value
               for name, value in arguments.items() if name not in ("self", "__class__")}
     config["dtype"] = np.dtype(check_float_dtype(config["dtype"])).name
-    check_count("seed", config["seed"], minimum=0)
+    config["seed"] = check_count("seed", config["seed"], minimum=0)
     vocabularies = [name for name in VOCABULARIES if name in config]
     for name in ["d_model", "n_heads", "d_ff", "max_len"] + vocabularies:
-        check_count(name, config[name])
+        config[name] = check_count(name, config[name])
     encoder_decoder = "src_vocab_size" in config                 # it needs a layer on each side
-    check_count("n_layers", config["n_layers"], minimum=int(encoder_decoder), maximum=MAX_LAYERS)
-    check_positive("norm_eps", config["norm_eps"], or_zero=True)
+    config["n_layers"] = check_count("n_layers", config["n_layers"], minimum=int(encoder_decoder),
+                                     maximum=MAX_LAYERS)
+    config["norm_eps"] = check_positive("norm_eps", config["norm_eps"], or_zero=True)
     check_activation(config["activation"])
     for name in SWITCHES:
         if name in config:
-            check_flag(name, config[name])
+            config[name] = check_flag(name, config[name])
     positional = config.get("positional", "sinusoidal")
     if not (positional is None or isinstance(positional, str)) or positional not in POSITIONAL_CODES:
         raise ValueError(f"positional must be one of {POSITIONAL_CODES}, got {positional!r}")
     if config.get("pad_id") is not None:                          # an id of both vocabularies
-        check_count("pad_id", config["pad_id"], 0, min(config[n] for n in vocabularies) - 1)
+        config["pad_id"] = check_count("pad_id", config["pad_id"], 0, min(config[n] for n in vocabularies) - 1)
     if _weights_lower_bound(config) + config["max_len"] * config["d_model"] > MAX_NUMBERS:
         raise ValueError(f"the sizes ({', '.join(f'{n}={config[n]}' for n in ['d_model', 'n_layers', 'd_ff', 'max_len'] + vocabularies)}) "
                          f"ask for more than {MAX_NUMBERS:.0e} numbers (one was mistyped?)")
