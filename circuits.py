@@ -849,6 +849,7 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
     vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
     length, successors = transformer.check_count("length", length), transformer.check_count("successors", successors)
     transformer.check_numbers(f"a corpus of n_seqs·length = {n_seqs}·{length}", n_seqs * length)
+    transformer.check_numbers(f"a bigram table of vocab_size² = {vocab_size}²", vocab_size ** 2)
     if successors > vocab_size:
         raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
                          f"{successors!r}")
@@ -857,6 +858,7 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
 
 def _check_corpus(tokens, vocab_size):
     vocab_size = transformer.check_count("vocab_size", vocab_size)
+    transformer.check_numbers(f"a bigram table of vocab_size² = {vocab_size}²", vocab_size ** 2)
     tokens = transformer.check_id_array("tokens", tokens, vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "

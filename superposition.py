@@ -991,6 +991,7 @@ def _check_dimensions(m):
 
 def _check_directions(m, eps, n_candidates, rng):
     m, n_candidates = transformer.check_count("m", m), transformer.check_count("n_candidates", n_candidates)
+    transformer.check_numbers(f"n_candidates·m = {n_candidates}·{m} candidate coordinates", n_candidates * m)
     eps = transformer.check_positive("eps", eps)
     if eps >= 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
