@@ -1054,8 +1054,8 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     tgt_in) for the encoder-decoder; targets has the shape of the last of them. optimizer must
     update this model's parameters. Returns the loss (before the update).
 
-    Bad arguments are refused before anything changes, the layers' saved forward included (a
-    Adam or SGD is checked first: lr, and every parameter writeable and still its own).
+    Bad arguments are refused before anything changes, the layers' saved forward included (an
+    Adam or SGD optimizer is checked first: its lr, and every parameter writeable and its own).
     Logits that are NaN or inf mean that training has diverged: the step is refused with a
     ValueError before the gradients change, and the weights stay as the previous step left
     them, already diverged (restore a copy saved earlier and lower the lr). A gradient that
@@ -1095,7 +1095,7 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
 def noam_lr(step, d_model, warmup=4000, factor=1.0):
     """Vaswani et al. 5.3: lr = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5):
     a linear warm-up for `warmup` steps, then decay as 1/√step. step counts from 1."""
-    step, warmup = check_count("step", step), check_count("warmup", warmup)    # Python ints
+    step, warmup = check_count("step", step), check_count("warmup", warmup)
     d_model, factor = check_count("d_model", d_model), check_positive("factor", factor)
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
@@ -1708,7 +1708,7 @@ def parse_json(name, text):
         text = text.decode("utf-8") if isinstance(text, bytes) else text
         outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)      # brackets in strings do not nest
         codes = np.frombuffer(outside.encode("utf-8"), np.uint8)
-        depth = np.cumsum(np.isin(codes, (91, 123)).astype(np.int64) - np.isin(codes, (93, 125)))
+        depth = np.cumsum(np.isin(codes, (91, 123)).astype(np.int32) - np.isin(codes, (93, 125)))
         if depth.size and depth.max() > MAX_JSON_DEPTH:
             raise ValueError(f"it nests {depth.max()} levels deep, more than {MAX_JSON_DEPTH}")
         return json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
@@ -1981,11 +1981,15 @@ def _check_update(optimizer, moments):
     schedule sets) and each parameter still writeable and the one the optimizer was built
     for, of the shape and float type of its moments."""
     check_positive("lr", optimizer.lr, or_zero=True)
-    params = _check_parameters(optimizer.params)
-    if len(params) != len(moments) or any(value.shape != m.shape or value.dtype != m.dtype
-                                          for (_, value, _), m in zip(params, moments)):
-        raise ValueError(f"{type(optimizer).__name__}.params must be the parameters it was built "
-                         f"with: they changed after it was built")
+    params = optimizer.params
+    if isinstance(params, list) and len(params) == len(moments) and all(
+            isinstance(t, tuple) and len(t) == 3 and type(t[1]) is np.ndarray and type(t[2]) is np.ndarray
+            and t[1].shape == t[2].shape == m.shape and t[1].dtype == m.dtype
+            and t[1].flags.writeable and t[2].flags.writeable for t, m in zip(params, moments)):
+        return
+    _check_parameters(params)                     # says what is wrong with them, if it can
+    raise ValueError(f"{type(optimizer).__name__}.params must be the parameters it was built "
+                     f"with: they changed after it was built")
 
 
 def _check_step(optimizer, *moments):
