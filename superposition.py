@@ -929,8 +929,9 @@ def _check_toy_model(n_features, n_hidden, n_instances, feature_probability, imp
 def _check_sparse_features(rng, inverse_probability, batch_size, dtype):
     transformer.check_rng(rng)
     inverse = _check_array("inverse_probability", inverse_probability, ("K", 1, "n"))
-    transformer.check_numbers(f"a batch of K·batch_size·n = {inverse.shape[0]}·{batch_size}·"
-                              f"{inverse.shape[2]}", inverse.size * transformer.check_count("batch_size", batch_size))
+    K, _, n = inverse.shape
+    transformer.check_numbers(f"a batch of K·batch_size·n = {K}·{batch_size}·{n}",
+                              K * n * transformer.check_count("batch_size", batch_size))
     if not np.all((inverse == 0) | (inverse >= 1)):      # 1/p >= 1 for every p in (0, 1]
         raise ValueError(f"inverse_probability must hold 1/p for p in (0, 1] (so >= 1) or 0, "
                          f"got {inverse_probability!r}")
@@ -991,7 +992,7 @@ def _check_dimensions(m):
 
 def _check_directions(m, eps, n_candidates, rng):
     m, n_candidates = transformer.check_count("m", m), transformer.check_count("n_candidates", n_candidates)
-    transformer.check_numbers(f"n_candidates·m = {n_candidates}·{m} candidate coordinates", n_candidates * m)
+    transformer.check_numbers(f"n_candidates·m = {n_candidates}·{m} coordinates", n_candidates * m)
     eps = transformer.check_positive("eps", eps)
     if eps >= 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
