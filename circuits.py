@@ -177,7 +177,7 @@ def kronecker_identity_errors(seed=0):
 
 def head_weights(model, layer, head):
     """Paper-convention (float64) weights of one head: W_Q, W_K, W_V (d_k, d) and W_O (d, d_k)."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     return _head_weights(model, layer, head)
 
 
@@ -235,7 +235,7 @@ def ablated(model, layer, head):
     """Inside `with ablated(model, layer, head):` that head writes nothing: its rows of out.W,
     the only way its output reaches the residual stream, are zero. They are restored on exit,
     even after an exception."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     with _ablated(model, layer, head):
         yield model
 
@@ -402,7 +402,7 @@ def path_expansion(model, tokens):
     deeper models chains such as "tok > L0H1 > L1H3". The terms sum to model.forward(tokens)
     up to rounding, because the attention patterns are the ones that forward computed. The
     model must be the simplified transformer."""
-    check_simplified(model)
+    _check_path_expansion(model, tokens)
     _, patterns = _run_with_patterns(model, tokens)             # L arrays (B, H, n, n)
     tokens = np.asarray(tokens)
     W_E, W_U, P = _embedding_weights(model)
@@ -426,7 +426,7 @@ def qk_circuit(model, layer, head):
     """W_Eᵀ W_Qᵀ W_K W_E / √d_k (V_dest, V_src): the attention score destination token b gives
     source token a, from token embeddings alone (positions left out). For heads above layer 0
     this is only the part that reads the embeddings directly."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     return _qk_circuit(model, layer, head)
 
 
@@ -439,7 +439,7 @@ def _qk_circuit(model, layer, head):
 def ov_circuit(model, layer, head):
     """W_U W_O W_V W_E (V_out, V_src): how attending to source token a changes the logit of
     every out token, if the head attends to a alone."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     return _ov_circuit(model, layer, head)
 
 
@@ -880,7 +880,7 @@ def _check_real(name, value, layout, min_ndim=0, ndim=None, finite=True):
     """A non-empty array of real numbers (not bools) with ndim axes (or at least min_ndim),
     finite unless told -> the array, integers as float64. layout completes "{name} must ...",
     as in "have shape (B, n, V)"."""
-    a = np.asarray(value)
+    a = np.asarray(transformer.check_plain_array(name, value))
     if a.dtype.kind not in "iuf" or (a.ndim != ndim if ndim is not None else a.ndim < min_ndim) \
             or a.size == 0:
         raise ValueError(f"{name} must {layout} of real numbers, not empty; got a {a.dtype} array "
@@ -959,9 +959,28 @@ def _check_head(X, A, W_V, W_O):
 
 
 def _check_layer_head(model, layer, head):
+    """-> layer, head as Python ints: a np.uint8 head times d_k could wrap (255 + 1 is 0)."""
     check_simplified(model)
-    _check_index("layer", layer, len(model.blocks), "layer")
-    _check_index("head", head, model.config["n_heads"], "head")
+    return (_check_index("layer", layer, len(model.blocks), "layer"),
+            _check_index("head", head, model.config["n_heads"], "head"))
+
+
+MAX_PATHS = 10 ** 4
+
+
+def _check_path_expansion(model, tokens):
+    """The paths grow as (1 + H)^L: each head of each layer extends every path before it, so
+    2·(1 + H)^L arrays (B, n, V) come out (a 12-layer model with 4 heads would have 488 million).
+    Refused beyond MAX_PATHS paths or transformer.MAX_NUMBERS numbers, before any is computed."""
+    check_simplified(model)
+    B, n = np.shape(tokens) if np.ndim(tokens) == 2 else (1, 1)   # other shapes: forward refuses
+    H, L = model.config["n_heads"], len(model.blocks)
+    if 2 * (1 + H) ** L > MAX_PATHS:
+        raise ValueError(f"model has {L} layers of {H} heads: its path expansion would have "
+                         f"2·(1 + H)^L = {2 * (1 + H) ** L} paths, more than {MAX_PATHS}")
+    transformer.check_numbers(f"path_expansion of {L} layers of {H} heads (2·(1 + H)^L = "
+                              f"{2 * (1 + H) ** L} paths of B·n·max(V, d) numbers)",
+                              2 * (1 + H) ** L * B * n * max(model.vocab_size, model.config["d_model"]))
 
 
 def _check_sequences(model, name, tokens):
@@ -999,6 +1018,8 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
     transformer.check_rng(rng)
     vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
     length, successors = transformer.check_count("length", length), transformer.check_count("successors", successors)
+    transformer.check_numbers(f"a corpus of n_seqs·length = {n_seqs}·{length}", n_seqs * length)
+    transformer.check_numbers(f"a bigram table of vocab_size² = {vocab_size}²", vocab_size ** 2)
     if successors > vocab_size:
         raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
                          f"{successors!r}")
@@ -1007,6 +1028,7 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
 
 def _check_corpus(tokens, vocab_size):
     vocab_size = transformer.check_count("vocab_size", vocab_size)
+    transformer.check_numbers(f"a bigram table of vocab_size² = {vocab_size}²", vocab_size ** 2)
     tokens = transformer.check_id_array("tokens", tokens, vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "
@@ -1024,6 +1046,7 @@ def _check_skip_corpus(rng, triples, vocab_size, n_seqs, length):
     transformer.check_rng(rng)
     vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
     length = transformer.check_count("length", length, minimum=3)    # a, then b, then the token after b
+    transformer.check_numbers(f"a corpus of n_seqs·length = {n_seqs}·{length}", n_seqs * length)
     triples = transformer.check_id_array("triples", triples, vocab_size)
     if triples.ndim != 2 or triples.shape[0] < 1 or triples.shape[1] != 3:
         raise ValueError(f"triples must be a non-empty list of (a, b, c) triples, shape (k, 3), "
@@ -1040,6 +1063,8 @@ def _check_skip_trigrams(model, top_k):
     if len(model.blocks) != 1:
         raise ValueError(f"model must have exactly 1 layer for skip-trigrams, got {len(model.blocks)}")
     top_k = transformer.check_count("top_k", top_k)
+    H, V = model.config["n_heads"], model.vocab_size
+    transformer.check_numbers(f"skip_trigrams' table of H·V³ scores (H={H}, V={V})", H * V ** 3)
     if top_k > model.vocab_size ** 3:
         raise ValueError(f"top_k must be an int in [1, {model.vocab_size ** 3}], got {top_k!r}")
     return top_k
@@ -1048,6 +1073,7 @@ def _check_skip_trigrams(model, top_k):
 def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
     transformer.check_rng(rng)
     batch, length = transformer.check_count("batch", batch), transformer.check_count("length", length)
+    transformer.check_numbers(f"a batch of batch·length = {batch}·{length}", batch * length)
     vocab_size = transformer.check_count("vocab_size", vocab_size)
     min_len, max_len = transformer.check_count("min_len", min_len, 2), transformer.check_count("max_len", max_len, 2)
     if not min_len <= max_len <= length // 2:
@@ -1058,7 +1084,7 @@ def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
 
 def _check_split(losses, inside):
     losses = _check_real("losses", losses, "have shape (B, n)", min_ndim=1)
-    inside = np.asarray(inside)
+    inside = np.asarray(transformer.check_plain_array("inside", inside))
     if inside.dtype != bool or inside.shape != losses.shape:
         raise ValueError(f"inside must be a bool mask of the losses' shape {losses.shape}, got a "
                          f"{inside.dtype} array of shape {inside.shape}")
