@@ -385,8 +385,9 @@ def bench_grokking(args, peak):
     pairs: 3,831 sequences of 3 tokens, d_model 128, d_mlp 512), ours against PyTorch eager with
     the same architecture, side by side, each with the attention's query, the MLP and the
     unembedding on the last position alone (what grokking.train runs) and on all three
-    positions; then the --long run's wall time, estimated from its steps and the measured step
-    and checkpoint times."""
+    positions; then the --long run's wall time, estimated from the processor time of a step and
+    of a checkpoint (run with OPENBLAS_NUM_THREADS=1, as the tour runs: one thread's processor
+    time is the time it takes on an idle machine)."""
     config, steps = grokking.LONG, max(args.steps // 2, 5)
     ours_last, ours_full = make_grokking_step(config), make_grokking_step(config, last_only=False)
     print(f"grokking  the paper's configuration: p = {config['p']}, {config['train_fraction']:.0%} of "
@@ -398,16 +399,38 @@ def bench_grokking(args, peak):
     if torch is None:
         print("  PyTorch is not installed: ours alone")
     else:
-        for label, last_only, ours in (("last position only", True, ours_last), ("all three positions", False, ours_full)):
-            mine, others = side_by_side(ours, make_pytorch_grokking_step(torch, config, last_only), steps)
-            print_side_by_side(f"{label} ({torch.get_num_threads()} PyTorch threads)", mine, others)
+        for threads in sorted({1, torch.get_num_threads()}):
+            torch.set_num_threads(threads)
+            for label, last_only, ours in (("last position only", True, ours_last),
+                                           ("all three positions", False, ours_full)):
+                mine, others = side_by_side(ours, make_pytorch_grokking_step(torch, config, last_only), steps)
+                print_side_by_side(f"{label}, PyTorch on {threads} thread(s)", mine, others)
+    # The long run's time from the processor time of a step and of a checkpoint: with one BLAS
+    # thread that is what they take on an idle machine, however busy this one is.
     data = grokking.modular_addition_data(config["p"], config["train_fraction"], config["seed"])
     model = grokking.grokking_model(config["p"], config["d_model"], config["n_heads"], config["d_mlp"])
-    measure = np.median(step_times(lambda: grokking._measure(model, data, 0), 3, warmup=1))
+    keys = [1, 2, 3, 4, 5]     # five key frequencies, as the paper's model has; which five costs the same
+
+    def fourier_losses():
+        logits = grokking.answer_logits(model, data.tokens)
+        grokking.restricted_loss(logits, data.labels, keys)
+        grokking.excluded_loss(logits, data.labels, keys, data.train)
+    step_cpu, measure_cpu, fourier_cpu = (cpu_seconds(f, 3) for f in (
+        ours_last, lambda: grokking.checkpoint_measures(model, data, 0), fourier_losses))
     checkpoints = config["steps"] // config["measure_every"] + 1
-    estimate = config["steps"] * np.median(mine_last) + checkpoints * measure
-    print(f"  the --long run, estimated (not run): {config['steps']:,} steps x {np.median(mine_last) * 1e3:.0f} ms "
-          f"+ {checkpoints} checkpoints x {measure * 1e3:.0f} ms = {estimate / 60:.1f} min")
+    estimate = config["steps"] * step_cpu + checkpoints * (measure_cpu + fourier_cpu)
+    print(f"  the --long run, estimated (not run) from processor time: {config['steps']:,} steps x "
+          f"{step_cpu * 1e3:.0f} ms + {checkpoints} checkpoints x ({measure_cpu * 1e3:.0f} ms of "
+          f"measures + {fourier_cpu * 1e3:.0f} ms of Fourier losses) = {estimate / 60:.1f} min")
+
+
+def cpu_seconds(f, repeats):
+    """The processor time of one call of f, the mean of `repeats` calls after one warm-up."""
+    f()
+    start = time.process_time()
+    for _ in range(repeats):
+        f()
+    return (time.process_time() - start) / repeats
 
 
 # The benchmarks main() runs, in order: each is a function (args, peak) that prints its lines.

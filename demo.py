@@ -33,7 +33,7 @@
     python demo.py --list                 the chapters and what each shows
     python demo.py --no-plots             text only; matplotlib is never imported
     python demo.py --outdir DIR --seed N  where figures go (default figures/out), which seed
-    python demo.py --long                 adds the long experiments (a few minutes more)
+    python demo.py --long                 adds the long experiments (a quarter of an hour more)
 
 Every chapter is a function chapter_xxx(ctx) that reads the same way: its settings, the quick and
 the full run side by side (ctx.settings); the computing; the printing; then one call into
@@ -1229,9 +1229,9 @@ def _grokking_report(grok):
     if found["circuit_formation"]:
         start, end = found["circuit_formation"]
         print(f"    circuit formation steps {start:>5}-{end:<5}: restricted loss "
-              + " -> ".join(f"{_grokking_at(h, s, 'restricted_loss'):.3f}" for s in (start, end))
-              + ", excluded loss " + " -> ".join(f"{_grokking_at(h, s, 'excluded_loss'):.2f}" for s in (start, end))
-              + ", test loss " + " -> ".join(f"{_grokking_at(h, s, 'test_loss'):.2f}" for s in (start, end)))
+              + " -> ".join(f"{_grokking_at(h, s, 'restricted_loss'):.3g}" for s in (start, end))
+              + ", excluded loss " + " -> ".join(f"{_grokking_at(h, s, 'excluded_loss'):.3g}" for s in (start, end))
+              + ", test loss " + " -> ".join(f"{_grokking_at(h, s, 'test_loss'):.3g}" for s in (start, end)))
     if found["cleanup"]:
         start, end = found["cleanup"]
         print(f"    cleanup           steps {start:>5}-{end:<5}: total squared weight "
@@ -1399,7 +1399,8 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed for every model and data set")
     parser.add_argument("--long", action="store_true",
                         help="also run the long experiments (the 'sticky' 1/2 of the superposition "
-                             "chapter: n=200, m=20, 20 sparsities, a few minutes)")
+                             "chapter: n=200, m=20, 20 sparsities, a few minutes; the paper's "
+                             "grokking configuration, about ten minutes)")
     parser.add_argument("--no-plots", action="store_true",
                         help="text only: no figures (--outdir unused), matplotlib is not imported")
     args = parser.parse_args(argv)

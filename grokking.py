@@ -79,8 +79,9 @@ def modular_addition_data(p, train_fraction=0.3, seed=0):
 #     per answer. The loss and the accuracy read the first p logits only, so the logit of "="
 #     gets no gradient, weight decay shrinks its column towards zero, and it never enters a
 #     softmax: the same model as the paper's.
-#   * Our MLP's second matrix starts at std 1/√d_mlp, the paper's at 1/√d_model (twice as
-#     large at these sizes); we keep transformer.py's initialisation.
+#   * The weights start as transformer.py starts every matrix, with std 1/√d_in; the paper's
+#     code may scale some matrices differently at the start. Weight decay and training soon
+#     outweigh the starting scale; we did not measure how much it matters.
 #
 # Only the last position's logits enter the loss, so the MLP and the unembedding of the first
 # two positions would be wasted work. logits_at_last runs the attention with the last position
@@ -105,6 +106,7 @@ def logits_at_last(model, tokens):
     """tokens (N, 3) -> the logits of the last position (N, p + 1), the same numbers as
     model.forward(tokens)[:, -1]; the MLP's neurons stay in model.blocks[0].ffn.hidden (N, 1,
     d_mlp)."""
+    _check_model(model)
     tokens = transformer.check_tokens("tokens", tokens, model.vocab_size, model.max_len)
     block = model.blocks[0]
     x = model.embed.forward(tokens) * model.embed_scale                   # (N, T, d)
@@ -119,7 +121,7 @@ def logits_at_last(model, tokens):
 def backward_at_last(model, dlogits):
     """dlogits (N, p + 1), the gradient of the loss with respect to logits_at_last's output ->
     None; adds into every parameter's grad."""
-    dlogits = transformer._check_dlogits(model, np.asarray(dlogits)[:, None])
+    dlogits = _check_dlogits(model, dlogits)[:, None]                      # (N, 1, p + 1)
     block = model.blocks[0]
     dh = model.unembed.backward(dlogits)                                   # (N, 1, d)
     dh = dh + block.ffn.backward(dh)
@@ -189,7 +191,7 @@ def train(p=DEFAULT["p"], train_fraction=DEFAULT["train_fraction"], steps=DEFAUL
     records, snapshots = [], []
     for step in range(steps + 1):
         if step % measure_every == 0 or step == steps:
-            records.append(_measure(model, data, step))
+            records.append(checkpoint_measures(model, data, step))
             snapshots.append([value.copy() for _, value, _ in model.parameters()])
         if step == steps:
             break
@@ -234,7 +236,7 @@ def losses_and_accuracy(logits, labels):
     return -logp[np.arange(len(labels)), labels], logits.argmax(axis=1) == labels
 
 
-def _measure(model, data, step):
+def checkpoint_measures(model, data, step):
     """The progress measures at one checkpoint, from one run of the model on all p² pairs."""
     logits = answer_logits(model, data.tokens)
     hidden = model.blocks[0].ffn.hidden[:, 0]                               # (p², d_mlp)
@@ -493,7 +495,9 @@ def _check_train(config, progress):
     transformer.check_positive("lr", config["lr"])
     for name in ("d_model", "n_heads", "d_mlp"):
         transformer.check_count(name, config[name])
-    transformer._check_heads(config["d_model"], config["n_heads"])
+    if config["d_model"] % config["n_heads"]:
+        raise ValueError(f"d_model must be divisible by n_heads, got d_model={config['d_model']}, "
+                         f"n_heads={config['n_heads']}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a function progress(step, loss), "
                         f"got {type(progress).__name__}")
@@ -563,3 +567,26 @@ def _check_history(history):
         raise ValueError(f"history must be train()'s dict of arrays, with {', '.join(HISTORY_NAMES)}; "
                          f"missing: {', '.join(missing)}")
     return np.asarray(history["step"])
+
+
+def _check_model(model):
+    """logits_at_last runs the layers of grokking_model's architecture by hand: one block with
+    attention and an MLP, no layer norm, learned positions."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(model, transformer.DecoderOnlyTransformer) or len(blocks) != 1 \
+            or blocks[0].ffn is None or model.pos_embed is None \
+            or not isinstance(blocks[0].norm1, transformer.Identity):
+        raise TypeError(f"model must be a grokking_model (one block with an MLP, no layer norm, "
+                        f"learned positions), got {type(model).__name__}")
+
+
+def _check_dlogits(model, dlogits):
+    """The gradient of logits_at_last's last output: (N, p + 1), finite."""
+    shape = getattr(model, "logits_shape", None)
+    if shape is None or len(shape) != 3 or shape[1] != 1:
+        raise ValueError("backward_at_last called before logits_at_last")
+    if np.shape(dlogits) != (shape[0], shape[2]):
+        raise ValueError(f"dlogits must have the shape of logits_at_last's output "
+                         f"{(shape[0], shape[2])}, got {np.shape(dlogits)}")
+    transformer.check_finite("dlogits", dlogits)
+    return np.asarray(dlogits)

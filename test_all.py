@@ -2933,7 +2933,19 @@ GROKKING_BAD_INPUT = [
     (lambda: G.neuron_frequencies(np.zeros((50, 3))), ValueError, "hidden"),
     (lambda: G.key_frequencies([]), ValueError, "norms"),
     (lambda: G.phases({"step": np.arange(3)}, 7), ValueError, "history"),
+    (lambda: G.logits_at_last(transformer.DecoderOnlyTransformer(8, 8, 2, 2, 16, 3), np.zeros((1, 3), int)),
+     TypeError, "model must be a grokking_model"),
+    (lambda: G.logits_at_last(G.grokking_model(7, 8, 2, 16), np.full((1, 3), 8)), ValueError, "tokens"),
+    (lambda: G.backward_at_last(G.grokking_model(7, 8, 2, 16), np.zeros((1, 8))), ValueError, "before logits_at_last"),
+    (lambda: G.backward_at_last(_grokking_model_after_forward(), np.zeros((2, 8))), ValueError, "dlogits"),
+    (lambda: G.backward_at_last(_grokking_model_after_forward(), np.full((1, 8), np.nan)), ValueError, "dlogits"),
 ]
+
+
+def _grokking_model_after_forward():
+    model = G.grokking_model(7, 8, 2, 16)
+    G.logits_at_last(model, np.array([[1, 2, 7]]))
+    return model
 
 
 @pytest.mark.parametrize("call,error,pattern", GROKKING_BAD_INPUT)
