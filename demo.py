@@ -1217,8 +1217,8 @@ def _grokking_report(grok):
     and the Fourier losses at the end. -> the phases."""
     h, p = grok.history, grok.config["p"]
     memorised, grokked = _grokking_first(h, "train_accuracy", 1), _grokking_first(h, "test_accuracy", 0.99)
-    print(f"    train accuracy reached 100% at step {memorised}, test accuracy 99% at step "
-          f"{grokked}" + (" (never, in this run)" if grokked is None else "")
+    print(f"    train accuracy reached 100% at step {memorised}, test accuracy 99% "
+          + (f"at step {grokked}" if grokked is not None else "never in this run")
           + f"; at the end train {h['train_accuracy'][-1]:.1%}, test {h['test_accuracy'][-1]:.1%}")
     found = G.phases(h, p)
     if found["memorisation"]:
@@ -1237,9 +1237,14 @@ def _grokking_report(grok):
         print(f"    cleanup           steps {start:>5}-{end:<5}: total squared weight "
               + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end))
               + ", test accuracy " + " -> ".join(f"{_grokking_at(h, s, 'test_accuracy'):.1%}" for s in (start, end)))
+    if found["circuit_formation"] and not found["cleanup"]:
+        start, end = found["circuit_formation"][1], int(h["step"][-1])
+        print(f"    cleanup           steps {start:>5}-     : not over by step {end} (test accuracy "
+              f"{_grokking_at(h, end, 'test_accuracy'):.1%}); total squared weight "
+              + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end)))
     missing = [name for name, span in found.items() if span is None]
     if missing:
-        print(f"    not reached in this run: {', '.join(missing)}")
+        print(f"    phases whose closing event this run did not reach: {', '.join(missing)}")
     keys, norms = grok.key_frequencies, h["embedding_norms"]
     print(f"    key frequencies (read off the embedding): {', '.join(map(str, keys))}: "
           f"{len(keys)} of {p // 2} frequencies holding {G.norm_share(norms[-1], keys):.0%} of its "

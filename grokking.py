@@ -315,7 +315,9 @@ def fourier_multiplication(a, b, c, k, p):
     """cos(w(a + b - c)) with w = 2πk/p, computed as the model does: from products of the cos and
     sin of a, b and c alone (the identity above), elementwise over arrays a, b, c."""
     w = 2 * np.pi * k / p
-    ca, sa, cb, sb, cc, sc = np.cos(w * a), np.sin(w * a), np.cos(w * b), np.sin(w * b), np.cos(w * c), np.sin(w * c)
+    ca, sa = np.cos(w * a), np.sin(w * a)
+    cb, sb = np.cos(w * b), np.sin(w * b)
+    cc, sc = np.cos(w * c), np.sin(w * c)
     cos_sum, sin_sum = ca * cb - sa * sb, sa * cb + ca * sb       # cos(w(a + b)), sin(w(a + b))
     return cos_sum * cc + sin_sum * sc
 
@@ -390,16 +392,17 @@ def neuron_frequencies(hidden):
 
 # The restricted and excluded losses (section 5.1). The logits over (a, b, c), c the answer,
 # are split along the directions cos(w_k(a + b - c)) and sin(w_k(a + b - c)) of the key
-# frequencies: on the grid of all p³ triples these directions are orthogonal to each other, each
-# with squared norm p³/2, so a projection is a dot product over the grid divided by p³/2.
+# frequencies: on the grid of all p³ triples these directions are orthogonal to each other, so
+# the component along one is its dot product with the logits over the grid divided by its
+# squared norm (p³/2; for an even p the frequency p/2 has only its cosine, of squared norm p³).
 #   restricted loss: the logits keep only their key-frequency components (every other direction
-#       is ablated); the loss over all pairs. It falls as soon as the circuit forms, long before
-#       the test loss does.
+#       is ablated); the loss over all pairs. The paper finds that it falls while the circuit
+#       forms, long before the test loss does.
 #   excluded loss: the key-frequency components are removed and the rest kept; the loss over
-#       the training pairs. It rises while the circuit forms: the model relies on it more and
-#       more, also for the pairs it memorised.
-# A constant added to all the logits of a pair changes no softmax, so these are all the
-# directions that matter for the key frequencies.
+#       the training pairs. The paper finds that it rises while the circuit forms: the model
+#       comes to rely on the circuit for the pairs it memorised, too.
+# A constant added to all the logits of one pair changes no softmax, so the restricted logits
+# need no constant term.
 
 def key_frequency_logits(logits, frequencies):
     """logits (p², p) over all pairs -> their component along cos and sin(w_k(a + b - c)) for the
@@ -409,8 +412,9 @@ def key_frequency_logits(logits, frequencies):
     a, b = np.divmod(np.arange(p * p), p)
     phase = (a + b)[:, None] - np.arange(p)[None, :]                       # (p², p): a + b - c
     component = np.zeros_like(logits)
-    for k in np.asarray(frequencies):
-        for wave in (np.cos(2 * np.pi * k * phase / p), np.sin(2 * np.pi * k * phase / p)):
+    for k in frequencies:
+        waves = [np.cos(2 * np.pi * k * phase / p), np.sin(2 * np.pi * k * phase / p)]
+        for wave in waves[:1 if 2 * k == p else 2]:                # sin(π(a + b - c)) is 0
             component += wave * (np.sum(logits * wave) / np.sum(wave * wave))
     return component
 
@@ -562,7 +566,8 @@ HISTORY_NAMES = ("step", "train_accuracy", "test_accuracy", "test_loss")
 
 
 def _check_history(history):
-    missing = [name for name in HISTORY_NAMES if name not in history] if isinstance(history, dict) else HISTORY_NAMES
+    missing = HISTORY_NAMES if not isinstance(history, dict) else [
+        name for name in HISTORY_NAMES if name not in history]
     if missing:
         raise ValueError(f"history must be train()'s dict of arrays, with {', '.join(HISTORY_NAMES)}; "
                          f"missing: {', '.join(missing)}")

@@ -14,6 +14,10 @@ The proofs first, in the order of the files they check, then the bad-input contr
     pretrained.py    gradient checks of BERT and its masked-LM head; WordPiece; safetensors read
                      byte by byte; a checkpoint loaded into our layers; the real all-MiniLM-L6-v2
                      equal to the reference library; a masked LM that fills blanks from both sides.
+    grokking.py      the Fourier basis orthonormal; the trig identity of the Fourier algorithm; the
+                     data set; a gradient check of the paper's model on its last position, equal
+                     to the full forward; the restricted loss of logits made of key frequencies;
+                     planted frequencies found; a small model that memorises, then groks.
     bad input        apart from the proofs, one part for every module: tables of bad calls, each
                      refused by name with nothing changed; bad gradients, NaN weights, damaged and
                      crafted files; fuzzing of every argument of circuits.py and superposition.py.
@@ -1737,10 +1741,10 @@ def _key_frequency_logits_by_hand(p, amplitudes):
                for k, (alpha, beta) in amplitudes.items())
 
 
-def test_restricted_loss_of_logits_made_of_key_frequencies_is_their_full_loss():
-    p = 17
+@pytest.mark.parametrize("p,keys", [(17, {3: (2.0, 0.5), 5: (1.5, -0.3), 8: (3.0, 0.0)}),
+                                    (8, {1: (1.0, 0.5), 4: (2.0, 0.0)})])     # 4 = p/2: cosine only
+def test_restricted_loss_of_logits_made_of_key_frequencies_is_their_full_loss(p, keys):
     _, labels, train = G.modular_addition_data(p, 0.3, seed=0)
-    keys = {3: (2.0, 0.5), 5: (1.5, -0.3), 8: (3.0, 0.0)}
     logits = _key_frequency_logits_by_hand(p, keys)
     full, _ = G.losses_and_accuracy(logits, labels)
     assert abs(G.restricted_loss(logits, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
@@ -1749,7 +1753,7 @@ def test_restricted_loss_of_logits_made_of_key_frequencies_is_their_full_loss():
     # a constant per pair changes nothing; another frequency is ablated by the restriction
     shifted = logits + np.arange(p * p)[:, None] * 0.1
     assert abs(G.restricted_loss(shifted, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
-    noisy = logits + _key_frequency_logits_by_hand(p, {2: (1.0, 1.0)})
+    noisy = logits + _key_frequency_logits_by_hand(p, {2: (1.0, 1.0)})       # 2 is not a key
     assert abs(G.restricted_loss(noisy, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
     assert abs(G.losses_and_accuracy(noisy, labels)[0].mean() - full.mean()) > 0.01
 
