@@ -69,19 +69,8 @@ def modular_addition_data(p, train_fraction=0.3, seed=0):
 # 2. The model
 # ----------------------------------------------------------------------------------------------
 # The paper's model, from transformer.py's parts: one layer, d_model 128, 4 heads of 32, an MLP
-# of 512 ReLU neurons, learned positions, no layer norm and no biases. Where ours differed:
-#   * DecoderOnlyTransformer multiplies the embedding by √d_model (Vaswani et al. 3.4). The
-#     paper does not, and its table starts at std 1/√d_model, as ours does, so we set
-#     embed_scale to 1: the same numbers enter the residual stream, and Adam's steps, which
-#     have a size of about lr whatever the weight's scale, move the embedding as fast as the
-#     paper's.
-#   * Our output layer has a logit for each of the p + 1 tokens, "=" too; the paper's has one
-#     per answer. The loss and the accuracy read the first p logits only, so the logit of "="
-#     gets no gradient, weight decay shrinks its column towards zero, and it never enters a
-#     softmax: the same model as the paper's.
-#   * The weights start as transformer.py starts every matrix, with std 1/√d_in; the paper's
-#     code may scale some matrices differently at the start. Weight decay and training soon
-#     outweigh the starting scale; we did not measure how much it matters.
+# of 512 ReLU neurons, learned positions, no layer norm and no biases. grokking_model's
+# docstring says where it differs from the paper's.
 #
 # Only the last position's logits enter the loss, so the MLP and the unembedding of the first
 # two positions would be wasted work. logits_at_last runs the attention with the last position
@@ -93,7 +82,21 @@ def modular_addition_data(p, train_fraction=0.3, seed=0):
 #     dh = W_Uᵀ dlogits;  dh += MLP'(dh);  (dq, dx) = attn'(dh);  dx_T += dh + dq.
 
 def grokking_model(p, d_model=128, n_heads=4, d_mlp=512, seed=0, dtype=np.float32):
-    """The paper's one-layer transformer over the p + 1 tokens 0 .. p-1 and "=" (id p)."""
+    """The paper's one-layer transformer over the p + 1 tokens 0 .. p-1 and "=" (id p), a
+    transformer.DecoderOnlyTransformer. Where it would differ from the paper's model:
+      * DecoderOnlyTransformer multiplies the embedding by √d_model (Vaswani et al. 3.4). The
+        paper does not, and its table starts at std 1/√d_model, as ours does, so embed_scale is
+        set to 1: the same numbers enter the residual stream, and Adam's steps, which have a size
+        of about lr whatever the weight's scale, move the embedding as fast as the paper's.
+      * Its output layer has a logit for each of the p + 1 tokens, "=" too; the paper's has one
+        per answer. The loss and the accuracy read the first p logits only (answer_logits), so
+        the logit of "=" gets no gradient, weight decay shrinks its column towards zero, and it
+        never enters a softmax: in effect the paper's output layer.
+      * The weights start as transformer.py starts every matrix, with std 1/√d_in; the paper's
+        code may scale some matrices differently at the start. We did not measure whether that
+        changes when the model groks.
+    (model.save and transformer.load keep the weights but not embed_scale: build a model with
+    grokking_model and copy the weights in.)"""
     p = _check_p(p)
     model = transformer.DecoderOnlyTransformer(
         p + 1, d_model, n_heads, 1, d_mlp, 3, activation="relu", layer_norm=False, bias=False,
