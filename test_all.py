@@ -1698,8 +1698,7 @@ def test_modular_addition_data_has_every_pair_once_right_labels_and_a_seeded_spl
 
 
 def _grokking_gradient_errors(model, tokens, labels):
-    p = model.vocab_size - 1
-
+    """Gradient-check grokking's model through the loss of its p answers at the last position."""
     def loss():
         return transformer.cross_entropy(G.answer_logits(model, tokens), labels)[0]
     _, dlogits = transformer.cross_entropy(G.answer_logits(model, tokens), labels)
