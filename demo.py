@@ -25,7 +25,11 @@
                        pretraining at toy size
     9. patching        activation patching on a toy indirect-object task (Wang et al. 2022):
                        which heads carry the subject and the indirect object
-   10. The tour's machinery: the Context every chapter receives, the training loop with its
+   10. grokking        grokking.py: a one-layer transformer memorises modular addition, then
+                       finds a Fourier algorithm; the three phases located in the measured curves,
+                       the key frequencies, neurons clustered by frequency, restricted and excluded
+                       losses; controls without weight decay and with more training pairs
+   11. The tour's machinery: the Context every chapter receives, the training loop with its
        progress line, the command line
 
     python demo.py                        every chapter, under a minute on two cores
@@ -34,7 +38,7 @@
     python demo.py --list                 the chapters and what each shows
     python demo.py --no-plots             text only; matplotlib is never imported
     python demo.py --outdir DIR --seed N  where figures go (default figures/out), which seed
-    python demo.py --long                 adds the long experiments (a few minutes more)
+    python demo.py --long                 adds the long experiments (a quarter of an hour more)
 
 Every chapter is a function chapter_xxx(ctx) that reads the same way: its settings, the quick and
 the full run side by side (ctx.settings); the computing; the printing; then one call into
@@ -61,6 +65,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 
 import circuits as C
+import grokking as G
 import pretrained
 import superposition as S
 import tour_figures
@@ -1439,6 +1444,144 @@ def _patching_reading(table, heads):
         f"S1 {to_s1[i]:.2f}: " + ("it prefers IO, as a name mover does" if to_io[i] > 2 * to_s1[i]
                                   else "both names alike") + ")"
         for i in np.argsort(-io_heads)[:2]))
+# 9. Grokking modular addition (grokking.py; Nanda et al. 2023)
+# ----------------------------------------------------------------------------------------------
+# A one-layer transformer learns a + b mod p from a part of the pairs. The chapter trains it,
+# locates the three phases in the measured curves, reads the key frequencies off the embedding
+# and the neurons' frequencies off the MLP, and runs two controls beside it: the same run without
+# weight decay, and a larger training fraction. The default run is smaller than the paper's
+# (grokking.DEFAULT, chosen by measurement to grok in seconds); --long adds the paper's own
+# configuration for as many steps as fit in about ten minutes.
+
+# --quick: the default's model with twice its learning rate, which groks in fewer steps (99% test
+# accuracy at step 875, measured), and no controls
+GROKKING_QUICK = dict(G.DEFAULT, lr=2e-2, steps=1000)
+
+
+def chapter_grokking(ctx):
+    """Grokking: a transformer memorises modular addition, then finds a Fourier algorithm"""
+    run = ctx.settings(config=(GROKKING_QUICK, G.DEFAULT), controls=(False, True))  # (quick, full)
+    config = dict(run.config, seed=ctx.seed)
+    grok = _grokking_train(config, "grokking")
+    phases = _grokking_report(grok)
+    neuron = _grokking_neurons(grok)
+    if run.controls:
+        _grokking_controls(config, grok, larger_fraction=0.7)
+    else:
+        print("    (the controls, without weight decay and with more training pairs, run without --quick)")
+    if ctx.long:
+        print(f"  long run: the paper's configuration (p = 113, 30% of the pairs, d_model 128, "
+              f"d_mlp 512, lr 1e-3, weight decay 1) for {G.LONG['steps']:,} of its 40,000 steps")
+        long_run = _grokking_train(dict(G.LONG, seed=ctx.seed), "long run")
+        _grokking_report(long_run)
+        _grokking_neurons(long_run)
+    if ctx.plots:
+        tour_figures.grokking(ctx.save, grok.history, phases, grok.key_frequencies, neuron)
+
+
+def _grokking_train(config, label):
+    """grokking.train with a progress line; prints the run's sizes first."""
+    data_pairs = config["p"] ** 2
+    print(f"  {label}: p = {config['p']}, {config['train_fraction']:.0%} of the {data_pairs:,} "
+          f"pairs train, d_model {config['d_model']}, d_mlp {config['d_mlp']}, lr {config['lr']:g}, "
+          f"weight decay {config.get('weight_decay', 1.0):g}, {config['steps']:,} full-batch steps")
+    start = time.perf_counter()
+    grok = G.train(**config, progress=progress_line(label, config["steps"]))
+    print(f"    {time.perf_counter() - start:.1f} s, {n_parameters(grok.model):,} parameters")
+    return grok
+
+
+def _grokking_first(history, name, threshold):
+    """The first step at which history[name] >= threshold, or None."""
+    hits = np.flatnonzero(history[name] >= threshold)
+    return int(history["step"][hits[0]]) if len(hits) else None
+
+
+def _grokking_at(history, step, name):
+    return history[name][np.searchsorted(history["step"], step)]
+
+
+def _grokking_report(grok):
+    """The phases as the code found them, what the measures did in each, the key frequencies
+    and the Fourier losses at the end. -> the phases."""
+    h, p = grok.history, grok.config["p"]
+    memorised, grokked = _grokking_first(h, "train_accuracy", 1), _grokking_first(h, "test_accuracy", 0.99)
+    print(f"    train accuracy reached 100% at step {memorised}, test accuracy 99% "
+          + (f"at step {grokked}" if grokked is not None else "never in this run")
+          + f"; at the end train {h['train_accuracy'][-1]:.1%}, test {h['test_accuracy'][-1]:.1%}")
+    found = G.phases(h, p)
+    if found["memorisation"]:
+        end = found["memorisation"][1]
+        print(f"    memorisation      steps {0:>5}-{end:<5}: test accuracy at its end "
+              f"{_grokking_at(h, end, 'test_accuracy'):.1%} (chance {1 / p:.1%}), test loss "
+              f"{_grokking_at(h, end, 'test_loss'):.2f} (a uniform guess: log p = {np.log(p):.2f})")
+    if found["circuit_formation"]:
+        start, end = found["circuit_formation"]
+        print(f"    circuit formation steps {start:>5}-{end:<5}: restricted loss "
+              + " -> ".join(f"{_grokking_at(h, s, 'restricted_loss'):.3g}" for s in (start, end))
+              + ", excluded loss " + " -> ".join(f"{_grokking_at(h, s, 'excluded_loss'):.3g}" for s in (start, end))
+              + ", test loss " + " -> ".join(f"{_grokking_at(h, s, 'test_loss'):.3g}" for s in (start, end)))
+    if found["cleanup"]:
+        start, end = found["cleanup"]
+        print(f"    cleanup           steps {start:>5}-{end:<5}: total squared weight "
+              + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end))
+              + ", test accuracy " + " -> ".join(f"{_grokking_at(h, s, 'test_accuracy'):.1%}" for s in (start, end)))
+    if found["circuit_formation"] and not found["cleanup"]:
+        start, end = found["circuit_formation"][1], int(h["step"][-1])
+        print(f"    cleanup           steps {start:>5}-     : not over by step {end} (test accuracy "
+              f"{_grokking_at(h, end, 'test_accuracy'):.1%}); total squared weight "
+              + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end)))
+    missing = [name for name, span in found.items() if span is None]
+    if missing:
+        print(f"    phases whose closing event this run did not reach: {', '.join(missing)}")
+    keys, norms = grok.key_frequencies, h["embedding_norms"]
+    print(f"    key frequencies (read off the embedding): {', '.join(map(str, keys))}: "
+          f"{len(keys)} of {p // 2} frequencies holding {G.norm_share(norms[-1], keys):.0%} of its "
+          f"squared norm (at step 0: {G.norm_share(norms[0], keys):.0%})")
+    print(f"    at the end: train loss {h['train_loss'][-1]:.2e}, test loss {h['test_loss'][-1]:.2e}; "
+          f"restricted loss (key frequencies only, all pairs)\n      {h['restricted_loss'][-1]:.2e}, "
+          f"excluded loss (key frequencies removed, training pairs) {h['excluded_loss'][-1]:.2f}")
+    return found
+
+
+def _grokking_neurons(grok, explained=0.85):
+    """How the MLP's neurons cluster by frequency at the end. -> (grid (p, p), index, frequency,
+    fve) of the neuron drawn: the one a single key frequency explains best."""
+    frequency, fve = grok.history["neuron_frequency"][-1], grok.history["neuron_fve"][-1]
+    keys, p = grok.key_frequencies, grok.config["p"]
+    on_key = np.isin(frequency, keys)
+    clustered = fve >= explained
+    counts = ", ".join(f"{k}: {np.sum(clustered & (frequency == k))}" for k in keys)
+    print(f"    neurons: one frequency explains >= {explained:.0%} of the variance of "
+          f"{clustered.sum()} of {len(fve)} (median share {np.median(fve):.0%});\n      the best "
+          f"frequency of {on_key.mean():.0%} of them is a key frequency; clustered neurons per key "
+          f"frequency: {counts}")
+    best = int(np.argmax(np.where(on_key, fve, -1)))
+    G.answer_logits(grok.model, grok.data.tokens)
+    grid = grok.model.blocks[0].ffn.hidden[:, 0, best].reshape(p, p)
+    return grid, best, int(frequency[best]), float(fve[best])
+
+
+def _grokking_controls(config, grok, larger_fraction):
+    """The same run without weight decay, and with a larger share of the pairs for training."""
+    steps = config["steps"]
+    without = G.train(**dict(config, weight_decay=0.0))
+    h = without.history
+    grokked_without = _grokking_first(h, "test_accuracy", 0.99)
+    print(f"    control, weight decay 0, {steps:,} steps: train accuracy 100% at step "
+          f"{_grokking_first(h, 'train_accuracy', 1)}, test accuracy "
+          + (f"99% at step {grokked_without}" if grokked_without is not None else "never 99%")
+          + f", {h['test_accuracy'][-1]:.1%} at the end; total squared weight "
+          f"{h['total_squared_weight'][-1]:.0f} (with weight decay "
+          f"{grok.history['total_squared_weight'][-1]:.0f})")
+    # more training pairs: run only as long as the main run took to grok (all its steps if it
+    # never did), which is enough to see whether it groks sooner
+    grokked = _grokking_first(grok.history, "test_accuracy", 0.99)
+    larger = G.train(**dict(config, train_fraction=larger_fraction, steps=grokked or steps))
+    grokked_larger = _grokking_first(larger.history, "test_accuracy", 0.99)
+    print(f"    control, {larger_fraction:.0%} of the pairs train, {grokked or steps:,} steps: test "
+          f"accuracy 99% at step {grokked_larger} (with {config['train_fraction']:.0%}: {grokked})")
+
 
 # ----------------------------------------------------------------------------------------------
 # 10. The tour's machinery: the context, training with a progress line, the command line
@@ -1530,6 +1673,7 @@ CHAPTERS = {
     "polysemantic": chapter_polysemantic,
     "bert": chapter_bert,
     "patching": chapter_patching,
+    "grokking": chapter_grokking,
 }
 
 
@@ -1550,7 +1694,8 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed for every model and data set")
     parser.add_argument("--long", action="store_true",
                         help="also run the long experiments (the 'sticky' 1/2 of the superposition "
-                             "chapter: n=200, m=20, 20 sparsities, a few minutes)")
+                             "chapter: n=200, m=20, 20 sparsities, a few minutes; the paper's "
+                             "grokking configuration, about ten minutes)")
     parser.add_argument("--no-plots", action="store_true",
                         help="text only: no figures (--outdir unused), matplotlib is not imported")
     args = parser.parse_args(argv)

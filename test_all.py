@@ -17,6 +17,10 @@ The proofs first, in the order of the files they check, then the bad-input contr
     pretrained.py    gradient checks of BERT and its masked-LM head; WordPiece; safetensors read
                      byte by byte; a checkpoint loaded into our layers; the real all-MiniLM-L6-v2
                      equal to the reference library; a masked LM that fills blanks from both sides.
+    grokking.py      the Fourier basis orthonormal; the trig identity of the Fourier algorithm; the
+                     data set; a gradient check of the paper's model on its last position, equal
+                     to the full forward; the restricted loss of logits made of key frequencies;
+                     planted frequencies found; a small model that memorises, then groks.
     bad input        apart from the proofs, one part for every module: tables of bad calls, each
                      refused by name with nothing changed; bad gradients, NaN weights, damaged and
                      crafted files; fuzzing of every argument of circuits.py and superposition.py.
@@ -48,6 +52,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import circuits as C  # noqa: E402
+import grokking as G  # noqa: E402
 import pretrained  # noqa: E402
 import superposition as S  # noqa: E402
 import transformer  # noqa: E402
@@ -1847,6 +1852,148 @@ def test_minilm_backward_reaches_every_parameter():
 
 
 # ==============================================================================================
+# grokking.py: the Fourier basis, the trig identity, the data, the model's gradients, the
+# restricted loss, and a small run that groks
+# ==============================================================================================
+
+# A run small enough for the suite that still memorises first and groks later: the tour's
+# --quick run (measured: train accuracy 100% at step 75 with test accuracy 16%, test accuracy 99%
+# at step 875).
+GROKKING_TEST_RUN = dict(G.DEFAULT, lr=2e-2, steps=1000)
+
+
+@pytest.mark.parametrize("p", [7, 8, 53])
+def test_fourier_basis_is_orthonormal_and_made_of_the_waves_of_each_frequency(p):
+    B = G.fourier_basis(p)
+    assert np.max(np.abs(B @ B.T - np.eye(p))) < IDENTITY_TOL
+    k, a = G.basis_frequencies(p), np.arange(p)
+    for i in range(1, p):                      # row i is cos or sin of 2π k a / p, up to its norm
+        waves = [np.cos(2 * np.pi * k[i] * a / p), np.sin(2 * np.pi * k[i] * a / p)]
+        wave = waves[(i + 1) % 2]
+        assert np.max(np.abs(B[i] - wave / np.linalg.norm(wave))) < IDENTITY_TOL
+    assert np.bincount(k).tolist() == [1] + [2] * ((p - 1) // 2) + [1] * (p % 2 == 0)
+
+
+def test_fourier_multiplication_is_the_trig_identity_and_its_sum_picks_a_plus_b():
+    p = 13
+    a, b, c = np.meshgrid(np.arange(p), np.arange(p), np.arange(p), indexing="ij")
+    total = 0
+    for k in range(1, p // 2 + 1):
+        products = G.fourier_multiplication(a, b, c, k, p)
+        assert np.max(np.abs(products - np.cos(2 * np.pi * k * (a + b - c) / p))) < IDENTITY_TOL
+        total = total + products
+    # Σ_k cos(w_k n) over k = 1 .. (p-1)/2 is (p-1)/2 where n = 0 mod p and -1/2 elsewhere
+    right = c == (a + b) % p
+    assert np.max(np.abs(total - np.where(right, (p - 1) / 2, -0.5))) < IDENTITY_TOL
+
+
+def test_modular_addition_data_has_every_pair_once_right_labels_and_a_seeded_split():
+    p = 11
+    tokens, labels, train = G.modular_addition_data(p, 0.3, seed=4)
+    assert tokens.shape == (p * p, 3) and tokens.dtype.kind == "i"
+    assert len({(a, b) for a, b, _ in tokens.tolist()}) == p * p and np.all(tokens[:, 2] == p)
+    assert np.array_equal(labels, (tokens[:, 0] + tokens[:, 1]) % p)
+    assert np.array_equal(tokens[:, 0] * p + tokens[:, 1], np.arange(p * p))    # row a·p + b
+    assert train.dtype == bool and train.sum() == round(0.3 * p * p) and (~train).sum() == p * p - 36
+    again = G.modular_addition_data(p, 0.3, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(again, (tokens, labels, train)))
+    assert not np.array_equal(G.modular_addition_data(p, 0.3, seed=5).train, train)
+
+
+def _grokking_gradient_errors(model, tokens, labels):
+    """Gradient-check grokking's model through the loss of its p answers at the last position."""
+    def loss():
+        return transformer.cross_entropy(G.answer_logits(model, tokens), labels)[0]
+    _, dlogits = transformer.cross_entropy(G.answer_logits(model, tokens), labels)
+    model.zero_grad()
+    G.backward_at_last(model, np.concatenate([dlogits, np.zeros((len(labels), 1))], axis=1))
+    return transformer.gradient_check(loss, model.parameters(), num_checks=8)
+
+
+def test_grokking_model_gradients_and_its_last_position_equals_the_full_forward():
+    p = 7
+    model = G.grokking_model(p, d_model=8, n_heads=2, d_mlp=16, seed=1, dtype=np.float64)
+    names = [n for n, _, _ in model.parameters()]
+    assert "pos_embed.W" in names and not any("norm" in n or n.endswith(".b") for n in names)
+    tokens, labels, train = G.modular_addition_data(p, 0.5, seed=1)
+    tokens, labels = tokens[train], labels[train]
+    errors = _grokking_gradient_errors(model, tokens, labels)
+    _assert_gradients_within(MODEL_GRADIENT_TOL, errors)
+    assert set(errors) == set(names)
+    # the last position alone gives the full forward's last logits, and the same gradients as
+    # the full backward with the gradient of the loss on the last position only
+    fast = {name: grad.copy() for name, _, grad in model.parameters()}
+    last = G.logits_at_last(model, tokens)
+    full = model.forward(tokens)
+    assert np.max(np.abs(full[:, -1] - last)) < IDENTITY_TOL
+    _, dlogits = transformer.cross_entropy(full[:, -1, :p], labels)
+    dfull = np.zeros_like(full)
+    dfull[:, -1, :p] = dlogits
+    model.zero_grad()
+    model.backward(dfull)
+    assert all(np.max(np.abs(grad - fast[name])) < IDENTITY_TOL for name, _, grad in model.parameters())
+    assert not model.unembed.grads["W"][:, p].any()          # the logit of "=" is never trained
+
+
+def _key_frequency_logits_by_hand(p, amplitudes):
+    """Logits (p², p) that are exactly Σ_k α_k cos(w_k(a + b - c)) + β_k sin(w_k(a + b - c))."""
+    a, b = np.divmod(np.arange(p * p), p)
+    phase = 2 * np.pi * ((a + b)[:, None] - np.arange(p)[None]) / p
+    return sum(alpha * np.cos(k * phase) + beta * np.sin(k * phase)
+               for k, (alpha, beta) in amplitudes.items())
+
+
+@pytest.mark.parametrize("p,keys", [(17, {3: (2.0, 0.5), 5: (1.5, -0.3), 8: (3.0, 0.0)}),
+                                    (8, {1: (1.0, 0.5), 4: (2.0, 0.0)})])     # 4 = p/2: cosine only
+def test_restricted_loss_of_logits_made_of_key_frequencies_is_their_full_loss(p, keys):
+    _, labels, train = G.modular_addition_data(p, 0.3, seed=0)
+    logits = _key_frequency_logits_by_hand(p, keys)
+    full, _ = G.losses_and_accuracy(logits, labels)
+    assert abs(G.restricted_loss(logits, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
+    # with the key frequencies removed nothing is left: every answer equally likely, loss log p
+    assert abs(G.excluded_loss(logits, labels, sorted(keys), train) - math.log(p)) < IDENTITY_TOL
+    # a constant per pair changes nothing; another frequency is ablated by the restriction
+    shifted = logits + np.arange(p * p)[:, None] * 0.1
+    assert abs(G.restricted_loss(shifted, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
+    noisy = logits + _key_frequency_logits_by_hand(p, {2: (1.0, 1.0)})       # 2 is not a key
+    assert abs(G.restricted_loss(noisy, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
+    assert abs(G.losses_and_accuracy(noisy, labels)[0].mean() - full.mean()) > 0.01
+
+
+def test_key_frequencies_and_neuron_frequencies_of_planted_waves():
+    p, d = 23, 6
+    B, k = G.fourier_basis(p), G.basis_frequencies(p)
+    rng = _rng(3)
+    W = 1e-3 * rng.standard_normal((p, d))
+    for strong in (4, 9):                       # two frequencies far above the rest
+        W += np.outer(B[k == strong][0], rng.standard_normal(d))
+    model = G.grokking_model(p, d_model=d, n_heads=2, d_mlp=4, dtype=np.float64)
+    model.embed.params["W"][:p] = W
+    norms = G.embedding_norms(model)
+    assert G.key_frequencies(norms).tolist() == [4, 9] and G.norm_share(norms, [4, 9]) > 0.999
+    a, b = np.divmod(np.arange(p * p), p)
+    w = 2 * np.pi / p
+    hidden = np.stack([np.cos(5 * w * a) * np.cos(5 * w * b) + np.sin(5 * w * b),   # frequency 5 only
+                       np.cos(2 * w * (a + b)) + 0.1 * np.cos(7 * w * a),           # mostly 2
+                       ], axis=1)
+    frequency, fve = G.neuron_frequencies(hidden)
+    assert frequency.tolist() == [5, 2] and abs(fve[0] - 1) < IDENTITY_TOL
+    assert abs(fve[1] - 0.5 / (0.5 + 0.1 ** 2 / 2)) < IDENTITY_TOL      # mean squares 1/2 and 0.01/2
+
+
+def test_a_small_model_memorises_first_then_groks_held_out_pairs():
+    run = G.train(**GROKKING_TEST_RUN)
+    h = run.history
+    memorised = np.flatnonzero(h["train_accuracy"] == 1)[0]
+    grokked = np.flatnonzero(h["test_accuracy"] >= 0.99)[0]
+    assert h["test_accuracy"][memorised] < 0.5 < grokked and memorised < grokked
+    assert h["test_accuracy"][-1] >= 0.99 and h["train_accuracy"][-1] == 1
+    assert all(len(v) == len(h["step"]) for v in h.values())
+    phases = G.phases(run.history, run.config["p"])
+    assert phases["memorisation"][1] == h["step"][memorised] and phases["cleanup"][1] == h["step"][grokked]
+
+
+# ==============================================================================================
 # The bad-input contract of every module: a clear error naming the argument, nothing modified
 # ==============================================================================================
 # Apart from the proofs: every public entry point refuses bad input with a ValueError or
@@ -3413,6 +3560,62 @@ def test_bad_hooks_and_interventions_are_refused_by_name_and_change_nothing(kind
         call(model, inputs)
     assert _same_state(before, _reachable_state(model)) and pickled == _pickled_state(model)
     assert all("_hooks" not in vars(m) for m in [model, *transformer._submodules(model)])
+# grokking.py: bad sizes, fractions and step counts, each refused by name with nothing trained
+# ----------------------------------------------------------------------------------------------
+# p is bounded by memory: every pair's logits are p²·(p + 1) numbers, kept within
+# transformer.MAX_NUMBERS (10⁸), so p <= grokking.MAX_P = 463.
+
+_GROK_LOGITS = np.zeros((49, 7))
+_GROK_LABELS = np.zeros(49, int)
+
+GROKKING_BAD_INPUT = [
+    *[(lambda v=v: G.modular_addition_data(v), ValueError, r"p must be an int in \[3, 463\]")
+      for v in (2, 0, -3, 2.5, "7", True, None, float("nan"), G.MAX_P + 1, 10 ** 9)],
+    *[(lambda v=v: G.modular_addition_data(7, v), ValueError, r"train_fraction must be a number in \(0, 1\)")
+      for v in (0, 1, 1.0, 1.5, -0.1, float("nan"), "0.3", True, None)],
+    (lambda: G.modular_addition_data(7, 0.3, seed=-1), ValueError, "seed"),
+    *[(lambda v=v: G.train(steps=v), ValueError, "steps") for v in (0, -1, 2.5, None, True)],
+    *[(lambda v=v: G.train(p=v), ValueError, "p must be an int") for v in (2, 10 ** 6, "53")],
+    *[(lambda v=v: G.train(train_fraction=v), ValueError, "train_fraction") for v in (0.0, 1.0, 2)],
+    (lambda: G.train(measure_every=0), ValueError, "measure_every"),
+    (lambda: G.train(weight_decay=-1.0), ValueError, "weight_decay"),
+    (lambda: G.train(lr=0.0), ValueError, "lr"),
+    (lambda: G.train(d_model=30, n_heads=4), ValueError, "d_model must be divisible by n_heads"),
+    (lambda: G.train(d_mlp=0), ValueError, "d_mlp"),
+    (lambda: G.train(seed=-1), ValueError, "seed"),
+    (lambda: G.train(progress="yes"), TypeError, "progress"),
+    (lambda: G.fourier_basis(2), ValueError, "p"),
+    (lambda: G.grokking_model(10 ** 6), ValueError, "p"),
+    (lambda: G.restricted_loss(np.zeros((48, 7)), _GROK_LABELS, [1]), ValueError, "logits"),
+    (lambda: G.restricted_loss(_GROK_LOGITS, _GROK_LABELS, [4]), ValueError, "frequencies"),
+    (lambda: G.restricted_loss(_GROK_LOGITS, _GROK_LABELS, []), ValueError, "frequencies"),
+    (lambda: G.restricted_loss(_GROK_LOGITS, np.full(49, 7), [1]), ValueError, "labels"),
+    (lambda: G.excluded_loss(_GROK_LOGITS, _GROK_LABELS, [1], np.ones(48, bool)), ValueError, "train"),
+    (lambda: G.neuron_frequencies(np.zeros((50, 3))), ValueError, "hidden"),
+    (lambda: G.key_frequencies([]), ValueError, "norms"),
+    (lambda: G.phases({"step": np.arange(3)}, 7), ValueError, "history"),
+    (lambda: G.logits_at_last(transformer.DecoderOnlyTransformer(8, 8, 2, 2, 16, 3), np.zeros((1, 3), int)),
+     TypeError, "model must be a grokking_model"),
+    (lambda: G.logits_at_last(G.grokking_model(7, 8, 2, 16), np.full((1, 3), 8)), ValueError, "tokens"),
+    (lambda: G.backward_at_last(G.grokking_model(7, 8, 2, 16), np.zeros((1, 8))), ValueError, "before logits_at_last"),
+    (lambda: G.backward_at_last(_grokking_model_after_forward(), np.zeros((2, 8))), ValueError, "dlogits"),
+    (lambda: G.backward_at_last(_grokking_model_after_forward(), np.full((1, 8), np.nan)), ValueError, "dlogits"),
+]
+
+
+def _grokking_model_after_forward():
+    model = G.grokking_model(7, 8, 2, 16)
+    G.logits_at_last(model, np.array([[1, 2, 7]]))
+    return model
+
+
+@pytest.mark.parametrize("call,error,pattern", GROKKING_BAD_INPUT)
+def test_grokking_refuses_bad_input_by_name_before_training(call, error, pattern, monkeypatch):
+    trained = []
+    monkeypatch.setattr(G, "training_step", lambda *args: trained.append(args))
+    with pytest.raises(error, match=pattern):
+        call()
+    assert not trained
 
 
 # ==============================================================================================

@@ -10,6 +10,7 @@ a model. Every figure has the one style FIGURE_STYLE.
     7. polysemantic (also drawn for the BERT layer)  8. bert
     9. interventions: patching grids, the logit lens, direct logit attribution (drawn for
        chapters 2, 4 and 5), and the heads of chapter patching
+   10. grokking
 
 matplotlib is imported on the first figure, not with this file, so `demo.py --no-plots` never
 imports it.
@@ -596,3 +597,78 @@ def patching(save, table):
                  "what it attends to, what it writes (logits)", fontsize=11)
     fig.tight_layout()
     return save(fig, "patching_heads")
+# 9. Grokking modular addition
+# ----------------------------------------------------------------------------------------------
+
+PHASE_COLOURS = {"memorisation": "#d6604d", "circuit_formation": "#f4a582", "cleanup": "#92c5de"}
+
+
+def _shade_phases(ax, phases):
+    for name, span in phases.items():
+        if span is not None:
+            ax.axvspan(*span, color=PHASE_COLOURS[name], alpha=0.35, lw=0,
+                       label=name.replace("_", " "))
+
+
+def grokking(save, history, phases, key_frequencies, neuron):
+    """history from grokking.train, phases from grokking.phases ({name: (start, end) or None}),
+    key_frequencies, and neuron = (grid (p, p), index, frequency, fve): one MLP neuron's
+    activation over the pairs (a, b)."""
+    plt = pyplot()
+    step = history["step"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    _shade_phases(ax1, phases)
+    ax1.plot(step, history["train_loss"], lw=1.8, label="train loss")
+    ax1.plot(step, history["test_loss"], lw=1.8, label="test loss")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("cross-entropy (log scale)")
+    ax1.set_title("Memorise, then generalise")
+    ax1.legend(loc="lower left")
+    _shade_phases(ax2, phases)
+    ax2.plot(step, history["train_accuracy"], lw=1.8, label="train accuracy")
+    ax2.plot(step, history["test_accuracy"], lw=1.8, label="test accuracy")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel("accuracy")
+    ax2.set_title("Train accuracy at once, test accuracy much later")
+    ax2.legend(loc="center right")
+    fig.tight_layout()
+    save(fig, "grokking_curves")
+
+    norms = history["embedding_norms"]
+    frequencies = np.arange(1, norms.shape[1] + 1)
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    for i, colour in zip((0, len(step) // 2, len(step) - 1), ("#bbbbbb", "#f4a582", "#2166ac")):
+        ax.plot(frequencies, norms[i], "o-", ms=3, lw=1.2, color=colour, label=f"step {step[i]}")
+    for k in key_frequencies:
+        ax.axvline(k, color="k", ls=":", lw=0.8)
+    ax.set_xlabel("frequency k (dotted: the key frequencies of the trained model)")
+    ax.set_ylabel("norm of the embedding along cos, sin(2πka/p)")
+    ax.set_title("The embedding concentrates on a few frequencies")
+    ax.legend()
+    save(fig, "grokking_embedding_frequencies")
+
+    grid, index, frequency, fve = neuron
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(grid, cmap="viridis", origin="lower")
+    fig.colorbar(image, ax=ax, label="activation (ReLU)")
+    ax.set_xlabel("b")
+    ax.set_ylabel("a")
+    ax.set_title(f"Neuron {index} over all pairs (a, b): frequency {frequency},\n"
+                 f"{fve:.0%} of its variance")
+    save(fig, "grokking_neuron")
+
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    _shade_phases(ax, phases)
+    ax.plot(step, history["test_loss"], lw=1.8, color="#ff7f0e", label="test loss")
+    ax.plot(step, history["restricted_loss"], lw=1.8, color="#2166ac",
+            label="restricted loss (key frequencies only)")
+    ax.plot(step, history["excluded_loss"], lw=1.8, color="#b2182b",
+            label="excluded loss (key frequencies removed, train)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cross-entropy (log scale)")
+    ax.set_title("The circuit forms long before the test loss falls")
+    ax.legend(loc="lower left")
+    save(fig, "grokking_progress_measures")
