@@ -117,6 +117,62 @@ def make_train_step(cfg, seed=0):
     return lambda: transformer.train_step(model, optimizer, (tokens,), targets)
 
 
+def make_pytorch_train_step(torch, cfg, seed=0):
+    """The same step in PyTorch eager, for scale: the same architecture as make_train_step's
+    model (embedding · √d_model plus the sinusoidal code, Pre-LN blocks with four Linear maps
+    for attention written out with its causal mask, a ReLU feed-forward, a last layer norm, an
+    untied Linear unembedding), float32, cross-entropy, Adam at lr 1e-3, and a random batch of
+    the same shape. Its weights are PyTorch's own initialisation: the time does not depend on
+    them."""
+    nn = torch.nn
+    torch.manual_seed(seed)
+    V, d, H, T = cfg["vocab_size"], cfg["d_model"], cfg["n_heads"], cfg["seq_len"]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+            self.fc1, self.fc2 = nn.Linear(d, cfg["d_ff"]), nn.Linear(cfg["d_ff"], d)
+
+        def attention(self, x, mask):
+            B = x.shape[0]
+            q, k, v = (f(x).view(B, T, H, d // H).transpose(1, 2) for f in (self.query, self.key, self.value))
+            p = ((q * (d // H) ** -0.5) @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf")).softmax(-1)
+            return self.out((p @ v).transpose(1, 2).reshape(B, T, d))
+
+        def forward(self, x, mask):
+            x = x + self.attention(self.norm1(x), mask)
+            return x + self.fc2(torch.relu(self.fc1(self.norm3(x))))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(V, d)
+            self.blocks = nn.ModuleList(Block() for _ in range(cfg["n_layers"]))
+            self.norm, self.unembed = nn.LayerNorm(d), nn.Linear(d, V)
+            self.register_buffer("pos", torch.from_numpy(transformer.sinusoidal_encoding(T, d).astype(np.float32)))
+            self.register_buffer("mask", torch.from_numpy(transformer.causal_mask(T)))
+
+        def forward(self, tokens):
+            x = self.embed(tokens) * d ** 0.5 + self.pos
+            for block in self.blocks:
+                x = block(x, self.mask)
+            return self.unembed(self.norm(x))
+
+    model = Model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    tokens, targets = (torch.randint(0, V, (cfg["batch"], T), generator=generator) for _ in range(2))
+
+    def step():
+        loss = nn.functional.cross_entropy(model(tokens).view(-1, V), targets.view(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
 def step_times(step, steps, warmup=3):
     """Seconds of each of `steps` calls of step(), after `warmup` untimed ones (the first steps
     allocate memory)."""
@@ -226,6 +282,10 @@ def bench_training(args, peak):
             print(f"  {label:6s} {seconds * 1e3:8.1f} ms/step  {cfg['batch'] * cfg['seq_len'] / seconds:9.0f} tokens/s"
                   f"  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of peak{target}")
         print(f"  peak allocation of a step {peak_allocation(step) / 1e6:8.1f} MB (tracemalloc)")
+        torch = pytorch()
+        if torch is not None:
+            mine, others = side_by_side(step, make_pytorch_train_step(torch, cfg), args.steps)
+            print_side_by_side("step side by side", mine, others)
         if args.profile:
             print_profile(step, args.steps)
 
