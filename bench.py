@@ -351,7 +351,7 @@ def bench_bert(args, peak):
     load_seconds = time.perf_counter() - start
     held, load_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    weights = sum(value.nbytes for _, value, _ in bert.parameters())
+    weights = sum(value.nbytes for _, value in bert.weights())
     B, T, rng = 32, 64, np.random.default_rng(0)
     lengths = rng.integers(T // 2, T + 1, B)
     tokens, real = pretrained.pad_batch([[101] + rng.integers(1000, 30000, n - 2).tolist() + [102]
@@ -367,8 +367,8 @@ def bench_bert(args, peak):
     products = len(bert.encoder) * per_layer
     flops = 2 * B * T * len(bert.encoder) * (4 * d * d + 2 * d * d_ff + 2 * T * d)
     print(f"BERT  all-MiniLM-L6-v2, float32: loaded in {load_seconds:.2f} s; holds {held / 1e6:.0f} MB "
-          f"(tracemalloc): the weights, {weights / 1e6:.0f} MB, once, and as much again for their "
-          f"gradients; {load_peak / 1e6:.0f} MB at the peak of loading, with the file's bytes")
+          f"(tracemalloc), of which the weights are {weights / 1e6:.0f} MB and no gradients (none is "
+          f"made before a backward); {load_peak / 1e6:.0f} MB at the peak of loading, with the file's bytes")
     for label, seconds in (("best", times.min()), ("median", np.median(times))):
         print(f"  forward {B} x {T} padded: {label:6s} {seconds * 1e3:7.1f} ms  "
               f"{B * T / seconds:7.0f} tokens/s  {flops / seconds / 1e9:6.1f} GFLOP/s = "

@@ -1111,8 +1111,8 @@ def _bert_padding(bert):
 def _bert_baselines(bert, sentences, trained, seed):
     """The share of parameters in the MLPs, and the same measurement with random weights."""
     tok = bert.tokenizer
-    names = [name for name, _, _ in bert.parameters() if name.startswith("encoder.")]
-    sizes = {name: value.size for name, value, _ in bert.parameters()}
+    names = [name for name, _ in bert.weights() if name.startswith("encoder.")]
+    sizes = {name: value.size for name, value in bert.weights()}
     mlp = sum(sizes[n] for n in names if ".ffn." in n) / sum(sizes[n] for n in names)
     print(f"  {mlp:.1%} of the non-embedding parameters sit in the feed-forward layers")
     random_bert = pretrained.Bert(tok.vocab_size, 384, 12, 1, 1536, 512, dtype=np.float32,
@@ -1173,7 +1173,7 @@ class Context:
 
 def n_parameters(model):
     """How many numbers training adjusts: the sizes of all parameter arrays, summed."""
-    return sum(value.size for _, value, _ in model.parameters())
+    return sum(value.size for _, value in model.weights())
 
 
 def train(model, next_batch, steps, peak_lr, label, schedule="linear", **loss_options):

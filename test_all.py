@@ -525,6 +525,32 @@ def test_adam_weight_decay_is_decoupled_and_clipping_scales_globally():
     assert norm == 5.0 and np.isclose(np.hypot(g1, g2), 1.0) and np.isclose(g1 / g2, 0.75)
 
 
+
+def _modules(module):
+    yield module
+    for _, child in module.children():
+        yield from _modules(child)
+
+
+def test_gradients_are_made_when_first_needed_and_a_forward_makes_none():
+    lm = transformer.DecoderOnlyTransformer(9, 8, 2, 1, 16, 5, seed=0)
+    tokens = _rng().integers(0, 9, (2, 5))
+    logits = lm.forward(tokens)
+    lm.zero_grad()
+    assert not any(m.grads for m in _modules(lm))            # forward, zero_grad: no gradient
+    names = [name for name, _ in lm.weights()]
+    assert not any(m.grads for m in _modules(lm))             # nor does weights()
+    optimizer = transformer.Adam(lm.parameters())             # parameters() makes them: zeros
+    held = {name: grad for name, _, grad in optimizer.params}
+    assert list(held) == names
+    assert all(not grad.any() and grad.shape == value.shape and grad.dtype == value.dtype
+               for name, value, grad in lm.parameters())
+    lm.backward(_rng(1).standard_normal(logits.shape))       # and backward adds into those arrays
+    assert all(grad is held[name] and grad.any() for name, _, grad in lm.parameters())
+    lm.zero_grad()
+    assert not any(grad.any() for grad in held.values())
+
+
 # ----------------------------------------------------------------------------------------------
 # Training runs with exact targets
 # ----------------------------------------------------------------------------------------------
@@ -1649,6 +1675,13 @@ def test_minilm_backward_reaches_every_parameter():
     bert.zero_grad()
 
 
+@needs_weights
+def test_a_loaded_bert_run_forward_holds_no_gradient():
+    bert = pretrained.load_bert()
+    bert.forward(np.array([[101, 1996, 4937, 102]]))
+    assert not any(m.grads for m in _modules(bert))
+
+
 # ==============================================================================================
 # The bad-input contract of every module: a clear error naming the argument, nothing modified
 # ==============================================================================================
@@ -1798,7 +1831,7 @@ BAD_INPUT = [
     (lambda o: o["mha"].forward(np.ones((3, 8))), ValueError, r"x of shape \(B, T, 8\)"),
     (lambda o: transformer.Linear(0, 3, _rng()), ValueError, "d_in must be an int >= 1"),
     (lambda o: transformer.Linear(3, 2, _rng(), dtype=np.int64), ValueError, "dtype"),
-    (lambda o: transformer.Embedding(3, 2, None), TypeError, "rng must be a np.random.Generator"),
+    (lambda o: transformer.Embedding(3, 2, 7), TypeError, "rng must be a np.random.Generator"),
     (lambda o: transformer.LayerNorm(2.5), ValueError, "d_model"),
     (lambda o: transformer.MultiHeadAttention(8, 0, _rng()), ValueError, "n_heads must be an int >= 1"),
     (lambda o: transformer.MultiHeadAttention(None, 2, _rng()), ValueError, "d_model must be an int >= 1"),
@@ -2285,15 +2318,17 @@ def test_bad_input_is_refused_with_a_message_that_names_it(call, error, name):
 
 
 def _pickled_state(*objects):
-    """Everything a refused call must leave alone, as bytes: parameters, gradients, what each
-    layer kept for backward, Adam's moments and step count, the random generator."""
+    """Everything a refused call must leave alone, as bytes: parameters, gradients (one not made
+    yet is made here, as the zeros it stands for), what each layer kept for backward, Adam's
+    moments and step count, the random generator."""
     state = []
     for obj in objects:
         if isinstance(obj, transformer.Module):
             modules = [obj]
             while modules:
                 module = modules.pop()
-                state.append(pickle.dumps((module.params, module.grads, getattr(module, "saved", None))))
+                grads = {name: module.grads[name] for name in module.params}   # unmade ones as zeros
+                state.append(pickle.dumps((module.params, grads, getattr(module, "saved", None))))
                 modules += [child for _, child in module.children()]
         if isinstance(obj, transformer.Adam):
             state.append(pickle.dumps((obj.m, obj.v, obj.t)))

@@ -58,22 +58,40 @@ import numpy as np
 # A layer is a small object: forward(x) computes its output and keeps what backward will need;
 # backward(dout) takes the gradient of the loss with respect to that output, returns the
 # gradient with respect to the input, and adds the gradients of its parameters into grads.
+# A gradient is made when it is first needed, so a model that is only run forward (a loaded
+# BERT, say) holds its weights and nothing more.
+
+class Gradients(dict):
+    """{name: gradient} of one module's parameters. A name not yet here gets zeros of its
+    parameter's shape and dtype when first asked for, and keeps them: a backward's
+    grads[name] += ... adds into them, and an optimizer holds them."""
+
+    def __init__(self, params):
+        super().__init__()
+        self._params = params
+
+    def __missing__(self, name):
+        value = self._params[name]
+        grad = self[name] = np.zeros(value.shape, value.dtype)
+        return grad
+
 
 class Module:
     """Base class: a layer owns `params` and `grads` (same names, same shapes) and child modules.
 
     parameters() walks the module tree in the order attributes were set and yields
-    (dotted_name, value, grad). Values and grads are the arrays themselves, so an optimizer
-    updates them in place. Attributes whose name starts with "_" are references, not children
-    (a tied output layer keeps its embedding that way), so every array is yielded once.
+    (dotted_name, value, grad), making every gradient not made yet; weights() yields
+    (dotted_name, value) and makes none. Values and grads are the arrays themselves, so an
+    optimizer updates them in place. Attributes whose name starts with "_" are references, not
+    children (a tied output layer keeps its embedding that way), so every array is yielded once.
     """
 
     def __init__(self):
-        self.params, self.grads = {}, {}
+        self.params = {}
+        self.grads = Gradients(self.params)
 
     def add_param(self, name, value):
         self.params[name] = value
-        self.grads[name] = np.zeros(value.shape, value.dtype)     # calloc: no memory until written
 
     def children(self):
         for name, value in vars(self).items():
@@ -92,9 +110,19 @@ class Module:
         for name, child in self.children():
             yield from child.parameters(prefix + name + ".")
 
+    def weights(self, prefix=""):
+        for name, value in self.params.items():
+            yield prefix + name, value
+        for name, child in self.children():
+            yield from child.weights(prefix + name + ".")
+
     def zero_grad(self):
-        for _, _, grad in self.parameters():
+        """Zero the gradients made so far, in place (an optimizer may hold them); a gradient
+        not made yet is zeros when it is."""
+        for grad in self.grads.values():
             grad[...] = 0
+        for _, child in self.children():
+            child.zero_grad()
 
     def _saved(self):
         """What forward kept for backward; a backward before any forward is an error."""
@@ -104,6 +132,10 @@ class Module:
 
 
 def _normal(rng, shape, std, dtype):
+    """Initial weights drawn from N(0, std²); rng None draws nothing and gives zeros, for a
+    model whose weights are read from a file next (pretrained.load_bert)."""
+    if rng is None:
+        return np.zeros(shape, check_float_dtype(dtype))
     return (check_rng(rng).standard_normal(shape) * std).astype(check_float_dtype(dtype))
 
 
@@ -1043,7 +1075,7 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     if not callable(getattr(optimizer, "step", None)) or not isinstance(params, list):
         raise TypeError(f"optimizer must be an optimizer such as Adam(model.parameters()), got "
                         f"{type(optimizer).__name__}")
-    ours = {id(value) for _, value, _ in model.parameters()}
+    ours = {id(value) for _, value in model.weights()}
     if not all(isinstance(p, tuple) and len(p) == 3 and id(p[1]) in ours for p in params):
         raise ValueError("optimizer must update this model's parameters (Adam(model.parameters())), "
                          "but it holds arrays that are not this model's")
@@ -1299,7 +1331,7 @@ def save(model, path):
     if not path.parent.is_dir():
         raise ValueError(f"path {str(path)!r} is in a folder that does not exist")
     config = json.dumps({"class": type(model).__name__, **model.config})
-    np.savez(path, __config__=np.array(config), **{n: v for n, v, _ in model.parameters()})
+    np.savez(path, __config__=np.array(config), **dict(model.weights()))
 
 
 def _array_sizes(archive):
@@ -1335,7 +1367,7 @@ def load(path):
                 raise ValueError(f"its config asks for at least {weights} weights, its arrays "
                                  f"hold {held}")
             model = cls(**config)
-            expected = {n: v for n, v, _ in model.parameters()}
+            expected = dict(model.weights())
             if set(expected) != set(sizes) - {"__config__"}:
                 raise ValueError("its arrays are not the parameters its config describes")
             for name, value in expected.items():
