@@ -267,7 +267,7 @@ def to_float64(model):
     """A float64 copy of a model (train in float32 for speed, check identities in float64)."""
     _check_model(model)
     copy = transformer.DecoderOnlyTransformer(**{**model.config, "dtype": np.float64})
-    for (_, value, _), (_, source, _) in zip(copy.parameters(), model.parameters()):
+    for (_, value), (_, source) in zip(copy.weights(), model.weights()):
         value[...] = source
     return copy
 
