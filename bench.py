@@ -367,8 +367,8 @@ def bench_bert(args, peak):
     products = len(bert.encoder) * per_layer
     flops = 2 * B * T * len(bert.encoder) * (4 * d * d + 2 * d * d_ff + 2 * T * d)
     print(f"BERT  all-MiniLM-L6-v2, float32: loaded in {load_seconds:.2f} s; holds {held / 1e6:.0f} MB "
-          f"(tracemalloc), of which the weights are {weights / 1e6:.0f} MB and no gradients (none is "
-          f"made before a backward); {load_peak / 1e6:.0f} MB at the peak of loading, with the file's bytes")
+          f"(tracemalloc): the weights, {weights / 1e6:.0f} MB, and the tokenizer (no gradient is made "
+          f"before a backward); {load_peak / 1e6:.0f} MB at the peak of loading, with the file's bytes")
     for label, seconds in (("best", times.min()), ("median", np.median(times))):
         print(f"  forward {B} x {T} padded: {label:6s} {seconds * 1e3:7.1f} ms  "
               f"{B * T / seconds:7.0f} tokens/s  {flops / seconds / 1e9:6.1f} GFLOP/s = "

@@ -286,7 +286,7 @@ def erf(x):
     """The error function erf(x) = 2/√π ∫₀ˣ exp(-t²) dt, elementwise, in x's float type and to
     its precision: about 1e-16 in float64, 5.3e-7 in float32."""
     x = np.asarray(x)
-    if x.dtype == np.float32:        # one cheaper formula is as accurate as float32 (Appendix A)
+    if x.dtype == np.float32:       # a cheaper formula, as accurate as float32 (Appendix A)
         return erf_float32(x)
     y = np.abs(x).reshape(-1)                     # flat: indexing by positions is fastest
     out = np.empty_like(y)
@@ -314,7 +314,7 @@ class GELU(Module):
     d/dx = Φ(x) + x φ(x), with the normal density φ(x) = exp(-x²/2) / √(2π)."""
 
     def forward(self, x):
-        if x.size > BLOCK:      # a big array: the same numbers, a cache-sized block at a time (Appendix A)
+        if x.size > BLOCK:          # the same numbers, a cache-sized block at a time (Appendix A)
             phi = blockwise(normal_cdf, x)
         else:
             phi = normal_cdf(x)                   # Φ(x), kept for backward
@@ -1427,17 +1427,19 @@ def gradient_check(loss_fn, parameters, num_checks=10, eps=1e-5, seed=0):
 # ----------------------------------------------------------------------------------------------
 # Appendix A. Making it fast
 # ----------------------------------------------------------------------------------------------
-# Each function here computes what the line it stands beside computes, only faster. Only forms
-# that save at least 5% of a whole training step or of BERT's forward are kept, each next to
-# the textbook line it replaces, behind one visible `if`. Both are used only by the exact GELU,
-# that is by BERT: together they make its float32 forward about a quarter faster.
+# Each function here computes what the textbook line beside it computes (the same numbers, or
+# the same to float32's precision), only faster. Only forms that save at least 5% of a whole
+# training step or of BERT's forward are kept, each behind one visible `if` next to the line it
+# replaces. Both serve the exact GELU, that is
+# BERT: with the textbook form instead, its float32 forward of a padded 32 x 64 batch takes
+# 19% (erf) and 14% (blockwise) longer, measured side by side in one process.
 
 # erf in float32. float32 holds only 7 digits, and one formula for the whole line is that
 # accurate (Abramowitz & Stegun, Handbook of Mathematical Functions, 7.1.26, after Hastings):
 #     erf(x) = 1 - t (a1 + a2 t + a3 t² + a4 t³ + a5 t⁴) exp(-x²),  t = 1 / (1 + p x),  x >= 0
 # Computed in float32 it is within 5.3e-7 of math.erf (measured on a dense grid over [-8, 8]).
-# One exp and no sorting into intervals: three times faster than Cody's pieces in float32, and
-# some 14% of BERT's forward.
+# One exp and no sorting into intervals: on BERT's (32, 64, 1536) feed-forward activations
+# about twice as fast as Cody's pieces in float32 (three times Cody's in float64).
 
 _ERF_AS_P = 0.3275911
 _ERF_AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
@@ -1454,7 +1456,7 @@ def erf_float32(x):
 # Elementwise chains in blocks. A chain of elementwise operations such as erf's reads and
 # writes the whole array once per operation. Applied to blocks that fit in the processor's
 # cache, the same chain gives the same numbers faster on arrays of millions of entries, such
-# as BERT's (32, 64, 1536) feed-forward activations: some 14% of BERT's forward.
+# as BERT's (32, 64, 1536) feed-forward activations.
 
 BLOCK = 1 << 16          # entries per block: 256 KB of float32, 512 KB of float64
 
