@@ -123,7 +123,7 @@ def make_train_step(cfg, seed=0):
 def make_pytorch_train_step(torch, cfg, seed=0):
     """The same step in PyTorch eager, for scale: the same architecture as make_train_step's
     model (embedding · √d_model plus the sinusoidal code, Pre-LN blocks with four Linear maps
-    for attention written out with its causal mask, a ReLU feed-forward, a last layer norm, an
+    (the key's without a bias) for attention written out with its causal mask, a ReLU feed-forward, a last layer norm, an
     untied Linear unembedding), float32, cross-entropy, Adam at lr 1e-3, and a random batch of
     the same shape. Its weights are PyTorch's own initialisation: the time does not depend on
     them."""
@@ -135,7 +135,8 @@ def make_pytorch_train_step(torch, cfg, seed=0):
         def __init__(self):
             super().__init__()
             self.norm1, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+            self.query, self.value, self.out = (nn.Linear(d, d) for _ in range(3))
+            self.key = nn.Linear(d, d, bias=False)        # as ours: a key bias changes nothing
             self.fc1, self.fc2 = nn.Linear(d, cfg["d_ff"]), nn.Linear(cfg["d_ff"], d)
 
         def attention(self, x, mask):
