@@ -178,10 +178,6 @@ def kronecker_identity_errors(seed=0):
 def head_weights(model, layer, head):
     """Paper-convention (float64) weights of one head: W_Q, W_K, W_V (d_k, d) and W_O (d, d_k)."""
     layer, head = _check_layer_head(model, layer, head)
-    return _head_weights(model, layer, head)
-
-
-def _head_weights(model, layer, head):
     attn = model.blocks[layer].self_attn
     cols = _head_block(model, head)
     W_Q, W_K, W_V = (lin.params["W"][:, cols].T for lin in (attn.query, attn.key, attn.value))
@@ -200,27 +196,24 @@ def embedding_weights(model):
     """Paper-convention (float64) W_E (d, V) with the embedding scale folded in, W_U (V, d),
     and the positional code P (d, max_len)."""
     check_simplified(model)
-    return _embedding_weights(model)
-
-
-def _embedding_weights(model):
     W_E = model.embed.params["W"].T * model.embed_scale
+    pos = model.pos if model.pos_embed is None else model.pos_embed.params["W"]
+    return np.asarray(W_E, np.float64), unembedding_weights(model), np.asarray(pos.T, np.float64)
+
+
+def unembedding_weights(model):
+    """W_U (V, d) in float64, of any DecoderOnlyTransformer: logits = W_U h (+ a bias)."""
     if isinstance(model.unembed, transformer.TiedUnembedding):
         W_U = model.embed.params["W"]                    # logits = h Eᵀ: E itself is W_U
     else:
         W_U = model.unembed.params["W"].T
-    pos = model.pos if model.pos_embed is None else model.pos_embed.params["W"]
-    return np.asarray(W_E, np.float64), np.asarray(W_U, np.float64), np.asarray(pos.T, np.float64)
+    return np.asarray(W_U, np.float64)
 
 
 def run_with_patterns(model, tokens):
     """One forward pass; returns the logits (B, n, V) and a list with every layer's attention
     pattern (B, H, n, n), read from block.self_attn.attention.pattern."""
     _check_model(model)
-    return _run_with_patterns(model, tokens)
-
-
-def _run_with_patterns(model, tokens):
     logits = model.forward(tokens)                 # model.forward checks the tokens
     return logits, [block.self_attn.attention.pattern for block in model.blocks]
 
@@ -236,12 +229,6 @@ def ablated(model, layer, head):
     the only way its output reaches the residual stream, are zero. They are restored on exit,
     even after an exception."""
     layer, head = _check_layer_head(model, layer, head)
-    with _ablated(model, layer, head):
-        yield model
-
-
-@contextmanager
-def _ablated(model, layer, head):
     W_out = model.blocks[layer].self_attn.out.params["W"]
     rows = _head_block(model, head)
     saved = W_out[rows].copy()
@@ -291,7 +278,7 @@ def to_float64(model):
     """A float64 copy of a model (train in float32 for speed, check identities in float64)."""
     _check_model(model)
     copy = transformer.DecoderOnlyTransformer(**{**model.config, "dtype": np.float64})
-    for (_, value, _), (_, source, _) in zip(copy.parameters(), model.parameters()):
+    for (_, value), (_, source) in zip(copy.weights(), model.weights()):
         value[...] = source
     return copy
 
@@ -299,10 +286,6 @@ def to_float64(model):
 def next_token_losses(logits, targets):
     """logits (B, n, V), targets (B, n) -> (B, n) float64: -log p(target) at every position."""
     logits, targets = _check_logits_targets(logits, targets)
-    return _next_token_losses(logits, targets)
-
-
-def _next_token_losses(logits, targets):
     transformer.check_finite("logits", logits)
     logp = transformer.log_softmax(np.asarray(logits, np.float64))
     return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -311,11 +294,8 @@ def _next_token_losses(logits, targets):
 def token_losses(model, tokens):
     """(B, n + 1) tokens -> (B, n) float64: -log p(tokens[:, t+1] | tokens[:, :t+1])."""
     _check_model(model)
-    return _token_losses(model, _check_sequences(model, "tokens", tokens))
-
-
-def _token_losses(model, tokens):
-    return _next_token_losses(model.forward(tokens[:, :-1]), tokens[:, 1:])
+    tokens = _check_sequences(model, "tokens", tokens)
+    return next_token_losses(model.forward(tokens[:, :-1]), tokens[:, 1:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +344,7 @@ def bigram_correlation(model, tokens):
     table = bigram_log_probs(tokens, model.vocab_size)
     seen = np.isfinite(table)
     _check_spread(table[seen])
-    W_E, W_U, _ = _embedding_weights(model)
+    W_E, W_U, _ = embedding_weights(model)
     return float(np.corrcoef(table[seen], transformer.log_softmax(W_U @ W_E, axis=0)[seen])[0, 1])
 
 
@@ -403,16 +383,16 @@ def path_expansion(model, tokens):
     up to rounding, because the attention patterns are the ones that forward computed. The
     model must be the simplified transformer."""
     _check_path_expansion(model, tokens)
-    _, patterns = _run_with_patterns(model, tokens)             # L arrays (B, H, n, n)
+    _, patterns = run_with_patterns(model, tokens)              # L arrays (B, H, n, n)
     tokens = np.asarray(tokens)
-    W_E, W_U, P = _embedding_weights(model)
+    W_E, W_U, P = embedding_weights(model)
     n = tokens.shape[1]
     paths = {"tok": W_E[:, tokens].transpose(1, 0, 2),           # (B, d, n)
              "pos": np.broadcast_to(P[:, :n], (tokens.shape[0], *P[:, :n].shape))}
     H = model.config["n_heads"]
     for layer, A in enumerate(np.asarray(patterns, np.float64)):
         W_OV = np.stack([W_O @ W_V for _, _, W_V, W_O in
-                         (_head_weights(model, layer, h) for h in range(H))])     # (H, d, d)
+                         (head_weights(model, layer, h) for h in range(H))])      # (H, d, d)
         new = {}
         for name, X in paths.items():       # every path so far is in the residual stream
             # head h processes X with W_OV^h and moves it with A^h: W_OV^h X A^hᵀ, all heads at once
@@ -426,26 +406,16 @@ def qk_circuit(model, layer, head):
     """W_Eᵀ W_Qᵀ W_K W_E / √d_k (V_dest, V_src): the attention score destination token b gives
     source token a, from token embeddings alone (positions left out). For heads above layer 0
     this is only the part that reads the embeddings directly."""
-    layer, head = _check_layer_head(model, layer, head)
-    return _qk_circuit(model, layer, head)
-
-
-def _qk_circuit(model, layer, head):
-    W_Q, W_K, _, _ = _head_weights(model, layer, head)
-    W_E, _, _ = _embedding_weights(model)
+    W_Q, W_K, _, _ = head_weights(model, layer, head)         # checks the model, layer and head
+    W_E, _, _ = embedding_weights(model)
     return (W_Q @ W_E).T @ (W_K @ W_E) / np.sqrt(W_Q.shape[0])
 
 
 def ov_circuit(model, layer, head):
     """W_U W_O W_V W_E (V_out, V_src): how attending to source token a changes the logit of
     every out token, if the head attends to a alone."""
-    layer, head = _check_layer_head(model, layer, head)
-    return _ov_circuit(model, layer, head)
-
-
-def _ov_circuit(model, layer, head):
-    _, _, W_V, W_O = _head_weights(model, layer, head)
-    W_E, W_U, _ = _embedding_weights(model)
+    _, _, W_V, W_O = head_weights(model, layer, head)         # checks the model, layer and head
+    W_E, W_U, _ = embedding_weights(model)
     return W_U @ W_O @ W_V @ W_E
 
 
@@ -502,9 +472,9 @@ def skip_trigrams(model, top_k=10):
     term raises c's logit most."""
     top_k = _check_skip_trigrams(model, top_k)
     H = model.config["n_heads"]
-    W_E, W_U, _ = _embedding_weights(model)
-    qk = np.stack([_qk_circuit(model, 0, h) for h in range(H)])                 # (H, b, a)
-    ov = np.stack([_ov_circuit(model, 0, h) for h in range(H)])                 # (H, c, a)
+    W_E, W_U, _ = embedding_weights(model)
+    qk = np.stack([qk_circuit(model, 0, h) for h in range(H)])                  # (H, b, a)
+    ov = np.stack([ov_circuit(model, 0, h) for h in range(H)])                  # (H, c, a)
     alone = W_U @ W_E + ov.sum(axis=0)                                          # (c, b)
     self_score = np.diagonal(qk, axis1=1, axis2=2)[:, :, None]                  # QK^h[b, b]
     share = 0.5 * (1 + np.tanh((qk - self_score) / 2))   # s_h (H, b, a); σ(z) = (1 + tanh(z/2)) / 2
@@ -577,7 +547,7 @@ def repeat_losses(model, tokens, inside):
     from repeated_segment_batch -> (loss_inside, loss_outside)."""
     _check_model(model)
     tokens, inside = _check_repeats(model, tokens, inside)
-    losses = _token_losses(model, tokens)
+    losses = token_losses(model, tokens)
     return float(losses[inside].mean()), float(losses[~inside].mean())
 
 
@@ -587,8 +557,8 @@ def ablation_losses(model, tokens, inside, layer):
     tokens, inside = _check_repeats(model, tokens, inside)
     losses = np.empty((model.config["n_heads"], 2))
     for head in range(len(losses)):
-        with _ablated(model, layer, head):
-            per_token = _token_losses(model, tokens)
+        with ablated(model, layer, head):
+            per_token = token_losses(model, tokens)
             losses[head] = per_token[inside].mean(), per_token[~inside].mean()
     return losses
 
@@ -631,7 +601,7 @@ def previous_token_scores(model, tokens):
 
 
 def _all_patterns(model, tokens):
-    return np.asarray(_run_with_patterns(model, tokens)[1], np.float64)     # (L, B, H, n, n)
+    return np.asarray(run_with_patterns(model, tokens)[1], np.float64)      # (L, B, H, n, n)
 
 
 def composition_score(A, B):
@@ -648,8 +618,8 @@ def composition_scores(model):
     layer-0 head's W_O W_V. -> {"Q": (H, H), "K": (H, H), "V": (H, H)}."""
     _check_two_layers(model)
     H = model.config["n_heads"]
-    first = [_head_weights(model, 0, h) for h in range(H)]
-    second = [_head_weights(model, 1, h) for h in range(H)]
+    first = [head_weights(model, 0, h) for h in range(H)]
+    second = [head_weights(model, 1, h) for h in range(H)]
     W_OV0 = [W_O @ W_V for _, _, W_V, W_O in first]
     scores = {kind: np.empty((H, H)) for kind in "QKV"}
     for i, (W_Q, W_K, W_V, W_O) in enumerate(second):
@@ -833,7 +803,7 @@ def direct_logit_attribution(model, tokens, right, wrong, position=-1):
         if block.ffn is not None:
             labels.append(f"L{l} mlp")
             parts.append(cache[f"blocks.{l}.hook_mlp_out"][:, position])
-    W_U = _embedding_weights(model)[1]                                  # (V, d), paper layout
+    W_U = unembedding_weights(model)                                   # (V, d), paper layout
     b_U = model.unembed.params.get("b", np.zeros(len(W_U)))
     direction = W_U[right] - W_U[wrong]                                 # (B, d)
     constant = b_U[right] - b_U[wrong]

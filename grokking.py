@@ -195,7 +195,7 @@ def train(p=DEFAULT["p"], train_fraction=DEFAULT["train_fraction"], steps=DEFAUL
     for step in range(steps + 1):
         if step % measure_every == 0 or step == steps:
             records.append(checkpoint_measures(model, data, step))
-            snapshots.append([value.copy() for _, value, _ in model.parameters()])
+            snapshots.append([value.copy() for _, value in model.weights()])
         if step == steps:
             break
         optimizer.lr = lr * min((step + 1) / WARMUP_STEPS, 1.0)
@@ -254,7 +254,7 @@ def checkpoint_measures(model, data, step):
 def _fourier_losses(snapshots, model, data, keys):
     """The restricted and excluded losses of every checkpoint's weights, for the key
     frequencies keys; model's own weights are put back afterwards."""
-    values = [value for _, value, _ in model.parameters()]
+    values = [value for _, value in model.weights()]
     final = [value.copy() for value in values]
     restricted, excluded = [], []
     for snapshot in snapshots + [final]:
@@ -440,7 +440,7 @@ def excluded_loss(logits, labels, frequencies, train):
 
 def total_squared_weight(model):
     """Σ w² over every parameter: weight decay pulls it down, most visibly in the cleanup."""
-    return float(sum(np.sum(value.astype(np.float64) ** 2) for _, value, _ in model.parameters()))
+    return float(sum(np.sum(value.astype(np.float64) ** 2) for _, value in model.weights()))
 
 
 # ----------------------------------------------------------------------------------------------

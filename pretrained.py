@@ -59,7 +59,8 @@ class Bert(Module):
     forward(tokens, attention_mask, token_type_ids) -> the last hidden states (B, T, d_model);
     backward(dh) takes their gradient and adds into every parameter's grad. After a forward,
     encoder[i].ffn.hidden holds layer i's feed-forward activations (B, T, d_ff), and
-    encoder[i].self_attn.attention.pattern its attention weights (B, H, T, T).
+    encoder[i].self_attn.attention.pattern its attention weights (B, H, T, T). seed=None
+    draws no initial weights (all are zero), for weights read from a file next (load_bert).
     """
 
     def __init__(self, vocab_size, d_model, n_heads, n_layers, d_ff, max_len, type_vocab_size=2,
@@ -67,7 +68,7 @@ class Bert(Module):
         super().__init__()
         _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len,
                            type_vocab_size, norm_eps, dtype, seed, tokenizer)
-        rng = np.random.default_rng(seed)
+        rng = None if seed is None else np.random.default_rng(seed)     # None: zeros, no draw
         self.vocab_size, self.max_len, self.type_vocab_size = vocab_size, max_len, type_vocab_size
         self.dtype = np.dtype(dtype)
         self.word_embed = Embedding(vocab_size, d_model, rng, dtype)         # (V, d)
@@ -461,8 +462,9 @@ def load_bert(path=None, dtype=np.float32):
     n_layers = config["num_hidden_layers"]
     bert = Bert(config["vocab_size"], config["hidden_size"], config["num_attention_heads"],
                 n_layers, config["intermediate_size"], config["max_position_embeddings"],
-                config["type_vocab_size"], config["layer_norm_eps"], dtype, tokenizer=tokenizer)
-    params = {name: value for name, value, _ in bert.parameters()}
+                config["type_vocab_size"], config["layer_norm_eps"], dtype, seed=None,
+                tokenizer=tokenizer)                # seed None: zeros, the checkpoint fills them
+    params = dict(bert.weights())
     for ours, theirs, transpose in table:
         params[ours][...] = tensors[theirs].T if transpose else tensors[theirs]
     return bert
@@ -503,7 +505,8 @@ def _check_bert_config(vocab_size, d_model, n_heads, n_layers, d_ff, max_len, ty
     n_layers = check_count("n_layers", n_layers, minimum=0, maximum=MAX_LAYERS)
     check_positive("norm_eps", norm_eps)
     check_float_dtype(dtype)
-    check_count("seed", seed, minimum=0)
+    if seed is not None:
+        check_count("seed", seed, minimum=0)
     if tokenizer is not None and not isinstance(tokenizer, WordPieceTokenizer):
         raise TypeError(f"tokenizer must be None or a WordPieceTokenizer, got "
                         f"{type(tokenizer).__name__}")

@@ -60,10 +60,7 @@ import transformer
 
 def sparse_features(rng, inverse_probability, batch_size, dtype):
     """inverse_probability (K, 1, n) holds 1/p (0 where p = 0) -> x (K, batch_size, n)."""
-    return _sparse_features(*_check_sparse_features(rng, inverse_probability, batch_size, dtype))
-
-
-def _sparse_features(rng, inverse, batch_size, dtype):
+    rng, inverse, batch_size, dtype = _check_sparse_features(rng, inverse_probability, batch_size, dtype)
     n_instances, _, n_features = inverse.shape
     x = rng.random((n_instances, batch_size, n_features), dtype=dtype)
     x *= inverse
@@ -111,8 +108,9 @@ class ToyModel(transformer.Module):
     nothing to superpose); superposition is about n_hidden < n_features.
 
     Parameters: W (K, n_hidden, n_features), Xavier-normal; b (K, n_features), zeros.
-    The public methods check their arguments; fit, which makes its own batches, calls the
-    unchecked _forward, _loss and _backward that hold the math.
+    Each method checks its arguments and then holds the math, except that fit and evaluate
+    compute the loss with _loss, unchecked: a model that diverged gives a NaN x', which fit
+    reports as FloatingPointError (and loss would refuse as bad input).
     """
 
     def __init__(self, n_features, n_hidden, n_instances=1, feature_probability=1.0,
@@ -142,10 +140,7 @@ class ToyModel(transformer.Module):
 
     def sample(self, batch_size):
         """A fresh batch from each instance's own distribution: (K, batch_size, n)."""
-        return self._sample(transformer.check_count("batch_size", batch_size))
-
-    def _sample(self, batch_size):
-        return _sparse_features(self.rng, self._inverse_probability, batch_size, self.dtype)
+        return sparse_features(self.rng, self._inverse_probability, batch_size, self.dtype)
 
     def hidden(self, x):
         """h = W x for every row: (K, B, n) -> (K, B, m)."""
@@ -153,9 +148,7 @@ class ToyModel(transformer.Module):
 
     def forward(self, x):
         """(K, B, n) -> x' (K, B, n)."""
-        return self._forward(_check_batch(self, "x", x))
-
-    def _forward(self, x):
+        x = _check_batch(self, "x", x)
         h = x @ self.W.transpose(0, 2, 1)                       # (K, B, m)  h = W x, one row each
         out = h @ self.W                                        # (K, B, n)  Wᵀh, one row each
         out += self.b[:, None, :]
@@ -179,9 +172,7 @@ class ToyModel(transformer.Module):
 
     def backward(self, dout):
         """(K, B, n) -> ∂L/∂x (K, B, n); adds into grads["W"], grads["b"]."""
-        return self._backward(_check_same_shape("dout", dout, self._saved()[2].shape))
-
-    def _backward(self, dout):
+        dout = _check_same_shape("dout", dout, self._saved()[2].shape)
         x, h, out = self._saved()
         dz = dout * (out > 0) if self.activation == "relu" else dout    # ReLU passes where z > 0
         self.grads["b"] += np.einsum("kbn->kn", dz)             # Σ over the batch
@@ -193,7 +184,7 @@ class ToyModel(transformer.Module):
     def evaluate(self, batch_size=10_000):
         """Per-instance loss (K,) on one fresh batch, without touching the gradients."""
         x = self.sample(transformer.check_count("batch_size", batch_size))
-        return self._loss(x, self._forward(x))[0]
+        return self._loss(x, self.forward(x))[0]
 
     def fit(self, steps, batch_size, lr=1e-3, progress=None):
         """Adam on fresh batches (each call starts a new Adam); returns the loss history
@@ -204,14 +195,14 @@ class ToyModel(transformer.Module):
         _check_callable("progress", progress, "progress(step, loss)", optional=True)
         optimizer = transformer.Adam(self.parameters(), lr=lr)
         history = np.empty((steps, self.W.shape[0]), self.dtype)
-        for step in range(steps):
-            x = self._sample(batch_size)
+        for step in range(steps):      # forward's and backward's checks: ~3% of a step, measured
+            x = self.sample(batch_size)
             self.zero_grad()
-            history[step], dx_hat = self._loss(x, self._forward(x))
+            history[step], dx_hat = self._loss(x, self.forward(x))
             _check_loss("the loss", history[step], step, lr)
             if progress is not None:
                 progress(step, float(history[step].mean()))
-            self._backward(dx_hat)
+            self.backward(dx_hat)
             optimizer.step()
         return history
 
@@ -231,40 +222,27 @@ class ToyModel(transformer.Module):
 #     D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)² feature i's share of a dimension ("Feature Dimensionality");
 #                                   for a feature of norm 0 we set D_i = 0.
 
-# Each public measurement checks W once and hands it to the unchecked math of the same name.
-
 def feature_norms(W):
     """‖W_i‖: (..., m, n) -> (..., n)."""
-    return _feature_norms(_check_weights(W))
-
-
-def _feature_norms(W):
-    return np.linalg.norm(W, axis=-2)
+    return np.linalg.norm(_check_weights(W), axis=-2)
 
 
 def _overlaps(W):
     """(..., m, n) -> (..., n, n) with entry (i, j) = Ŵ_i · W_j. A zero column stays zero."""
-    norms = _feature_norms(W)
+    norms = feature_norms(W)
     unit = W / np.where(norms > 0, norms, 1)[..., None, :]
     return np.swapaxes(unit, -1, -2) @ W
 
 
 def superposition(W):
     """Σ_{j≠i} (Ŵ_i · W_j)²: (..., m, n) -> (..., n)."""
-    return _superposition(_check_weights(W))
-
-
-def _superposition(W):
-    squared = _overlaps(W) ** 2
+    squared = _overlaps(_check_weights(W)) ** 2
     return squared.sum(axis=-1) - np.diagonal(squared, axis1=-2, axis2=-1)
 
 
 def dimensions_per_feature(W):
     """m / ‖W‖_F²: (..., m, n) -> (...). An all-zero model is refused (see above)."""
-    return _dimensions_per_feature(_check_weights(W))
-
-
-def _dimensions_per_feature(W):
+    W = _check_weights(W)
     squared_norm = np.sum(W * W, axis=(-2, -1))
     _check_some_feature(squared_norm)
     return W.shape[-2] / squared_norm
@@ -273,7 +251,7 @@ def _dimensions_per_feature(W):
 def feature_dimensionality(W):
     """D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)²: (..., m, n) -> (..., n); 0 for a zero column."""
     W = _check_weights(W)
-    norms_sq = _feature_norms(W) ** 2
+    norms_sq = feature_norms(W) ** 2
     total = np.sum(_overlaps(W) ** 2, axis=-1)          # includes j = i, which is ‖W_i‖²
     return np.divide(norms_sq, total, out=np.zeros_like(norms_sq), where=total > 0)
 
@@ -281,7 +259,7 @@ def feature_dimensionality(W):
 def represented(W, threshold=0.5):
     """Which features have ‖W_i‖ > threshold: (..., m, n) -> bool (..., n)."""
     threshold = transformer.check_positive("threshold", threshold, or_zero=True)
-    return _feature_norms(_check_weights(W)) > threshold
+    return feature_norms(W) > threshold
 
 
 def regular_polygon(k):
@@ -341,10 +319,10 @@ def summarize(W, threshold=0.5):
     dimensions per feature. W (K, m, n) -> dict of (K,) arrays."""
     threshold = transformer.check_positive("threshold", threshold, or_zero=True)
     W = _check_weights(W)
-    shown = _feature_norms(W) > threshold
+    shown = feature_norms(W) > threshold
     return {"represented": shown.sum(axis=-1),
-            "max_superposition": np.where(shown, _superposition(W), 0).max(axis=-1),
-            "dimensions_per_feature": _dimensions_per_feature(W)}
+            "max_superposition": np.where(shown, superposition(W), 0).max(axis=-1),
+            "dimensions_per_feature": dimensions_per_feature(W)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,10 +363,7 @@ def five_in_two(probabilities, n_seeds=4, steps=3000, batch_size=512, lr=1e-2, s
 
 def polygon_angles(W):
     """Angles between neighbouring feature arrows, in degrees, for W (2, n); they sum to 360."""
-    return _polygon_angles(_check_array("W", W, (2, "n")))
-
-
-def _polygon_angles(W):
+    W = _check_array("W", W, (2, "n"))
     angles = np.sort(np.degrees(np.arctan2(W[1], W[0])))
     return np.diff(np.append(angles, angles[0] + 360))
 
@@ -399,8 +374,8 @@ def is_regular_pentagon(W, b, tolerance=5.0):
     W = _check_array("W", W, ("m", "n"))
     b = _check_array("b", b, (W.shape[1],))
     tolerance = transformer.check_positive("tolerance", tolerance, or_zero=True)
-    norms = _feature_norms(W)
-    return bool(W.shape == (2, 5) and np.all(np.abs(_polygon_angles(W) - 72) <= tolerance)
+    norms = feature_norms(W)
+    return bool(W.shape == (2, 5) and np.all(np.abs(polygon_angles(W) - 72) <= tolerance)
                 and np.all(np.abs(norms / norms.mean() - 1) <= 0.2) and np.all(b < 0))
 
 
@@ -524,10 +499,7 @@ def random_projection(n_in, m, rng):
 
 def squared_distances(points):
     """(N, d) -> (N, N) of ‖x_i - x_j‖²."""
-    return _squared_distances(_check_array("points", points, ("N", "d")))
-
-
-def _squared_distances(points):
+    points = _check_array("points", points, ("N", "d"))
     sq = np.sum(points * points, axis=1)
     return np.maximum(sq[:, None] + sq[None, :] - 2 * points @ points.T, 0)
 
@@ -535,10 +507,10 @@ def _squared_distances(points):
 def jl_distortion(points, m, rng):
     """The worst |‖f(x)-f(y)‖² / ‖x-y‖² - 1| over all pairs, for one random ±1/√m projection."""
     points = np.asarray(_check_array("points", points, ("N", "d")), dtype=np.float64)
-    before = _squared_distances(points)
+    before = squared_distances(points)
     pairs = np.triu_indices(points.shape[0], k=1)
     _check_distinct(points, before[pairs])
-    after = _squared_distances(points @ random_projection(points.shape[1], m, rng))
+    after = squared_distances(points @ random_projection(points.shape[1], m, rng))
     return float(np.max(np.abs(after[pairs] / before[pairs] - 1)))
 
 
@@ -625,8 +597,9 @@ LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0}       # where each parameter 
 
 class SparseAutoencoder(transformer.Module):
     """d_in inputs, n_latents ReLU latents, L1 coefficient l1.
-    The public methods check their arguments; fit checks each batch its sample function gives
-    once and then calls the unchecked _forward, _loss and _backward that hold the math."""
+    Each method checks its arguments and then holds the math, except that fit computes the loss
+    with _loss, unchecked: an SAE that diverged gives a NaN ĥ, which fit reports as
+    FloatingPointError (and loss would refuse as bad input)."""
 
     def __init__(self, d_in, n_latents, l1=1e-2, seed=0, dtype=np.float64):
         super().__init__()
@@ -646,17 +619,13 @@ class SparseAutoencoder(transformer.Module):
 
     def encode(self, h):
         """(B, d) -> z (B, F)."""
-        return self._encode(_check_rows(self, "h", h))
-
-    def _encode(self, h):
+        h = _check_rows(self, "h", h)
         return np.maximum((h - self.params["b_dec"]) @ self.params["W_enc"] + self.params["b_enc"], 0)
 
     def forward(self, h):
         """(B, d) -> ĥ (B, d); the latents z (B, F) are kept in self.saved."""
-        return self._forward(_check_rows(self, "h", h))
-
-    def _forward(self, h):
-        z = self._encode(h)
+        h = _check_rows(self, "h", h)
+        z = self.encode(h)
         self.saved = (h - self.params["b_dec"], z)
         return z @ self.params["W_dec"] + self.params["b_dec"]
 
@@ -675,11 +644,8 @@ class SparseAutoencoder(transformer.Module):
     def backward(self, dh_hat, dz):
         """dh_hat (B, d), dz (B, F) -> ∂L/∂h (B, d) through the encoder."""
         h_centred, z = self._saved()
-        return self._backward(_check_same_shape("dh_hat", dh_hat, h_centred.shape),
-                              _check_same_shape("dz", dz, z.shape))
-
-    def _backward(self, dh_hat, dz):
-        h_centred, z = self._saved()
+        dh_hat, dz = (_check_same_shape("dh_hat", dh_hat, h_centred.shape),
+                      _check_same_shape("dz", dz, z.shape))
         p, g = self.params, self.grads
         g["W_dec"] += z.T @ dh_hat
         g["b_dec"] += dh_hat.sum(axis=0)
@@ -708,11 +674,8 @@ class SparseAutoencoder(transformer.Module):
         bias 0, and the Adam moments of those entries zeroed. (Bricken et al. 2023 aim at the
         input h itself; the residual aims at the part of h the dictionary is missing.)"""
         h, dead = _check_resample(self, h, dead, optimizer)
-        self._resample_dead(h, dead, optimizer)
-
-    def _resample_dead(self, h, dead, optimizer):
         p = self.params
-        residual = h - self._forward(h)
+        residual = h - self.forward(h)
         error = np.sum(residual * residual, axis=1).astype(np.float64)
         if error.sum() == 0:
             return                      # reconstruction is perfect: nothing to aim them at
@@ -741,12 +704,12 @@ class SparseAutoencoder(transformer.Module):
         optimizer = transformer.Adam(self.parameters(), lr=lr)
         history = np.empty(steps)
         fired = np.zeros(self.params["b_enc"].size, dtype=bool)
-        for step in range(steps):
+        for step in range(steps):      # forward's and backward's checks: ~5% of a step, measured
             h = _check_rows(self, "sample(batch_size)", sample(batch_size))
             self.zero_grad()
-            history[step], dh_hat, dz = self._loss(h, self._forward(h))
+            history[step], dh_hat, dz = self._loss(h, self.forward(h))
             _check_loss("the SAE loss", history[step], step, lr)
-            self._backward(dh_hat, dz)
+            self.backward(dh_hat, dz)
             self.remove_parallel_decoder_gradient()
             optimizer.step()
             self.normalize_decoder()
@@ -754,7 +717,7 @@ class SparseAutoencoder(transformer.Module):
             if (step + 1) % resample_every == 0:
                 dead = np.flatnonzero(~fired)
                 if dead.size and step < 0.75 * steps:
-                    self._resample_dead(h, dead, optimizer)
+                    self.resample_dead(h, dead, optimizer)
                 fired[:] = False
         return history
 

@@ -36,6 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import functools  # noqa: E402  (imports after the thread setting, on purpose)
 import importlib.util  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
@@ -78,10 +79,8 @@ FLOAT32_TOL = 1e-4                 # our float32 BERT against that float64 refer
 ERF_TOL = 1e-15                    # float64 erf against math.erf (relative), and the exact GELU
                                    # against x·Φ(x) from math.erf (absolute): measured <= 4.5e-16
                                    # (Cody's fit is good to ~4e-16)
-FLOAT32_ERF_TOL = 1e-6             # float32 erf against math.erf, absolute: measured <= 5.4e-7,
+FLOAT32_ERF_TOL = 1e-6             # float32 erf against math.erf, absolute: measured <= 5.3e-7,
                                    # a few units of float32's last place (1.2e-7)
-FLOAT32_IDENTITY_TOL = 1e-6        # the same numbers computed two ways in float32, absolute, for
-                                   # values in [0, 1]: measured <= 1.2e-7 (fast_softmax, softmax)
 
 
 def _rng(seed=0):
@@ -291,22 +290,30 @@ def test_softmax_is_stable_and_a_fully_masked_row_is_zero():
     assert np.array_equal(p[1], np.zeros(3))
 
 
-@pytest.mark.parametrize("dtype, tol", [(np.float64, IDENTITY_TOL), (np.float32, FLOAT32_IDENTITY_TOL)],
-                         ids=["float64", "float32"])
-def test_fast_softmax_is_softmax_and_redoes_rows_far_below_the_rest(dtype, tol):
-    x = (_rng().standard_normal((2, 3, 6, 6)) * 3).astype(dtype)
-    causal = transformer.causal_mask(6)
-    padded = transformer.padding_mask(np.array([[1, 1, 1, 1, 0, 0], [0] * 6]), 0)  # a row all padding
-    x[0, 1, 2] -= 1000          # a row far below the shared shift: it underflows and is redone
-    x[1, 2] += 500              # a head far above the rest
-    for mask in (None, causal, padded):
-        fast = transformer.fast_softmax(x, mask)
-        assert fast.dtype == dtype
-        assert np.max(np.abs(fast - transformer.softmax(x, mask=mask))) < tol
-    assert np.array_equal(transformer.fast_softmax(x, padded)[1], np.zeros((3, 6, 6)))
-    x[0, 0, 0, 0] = np.nan      # NaN stays in its own row, as in the textbook softmax
-    assert np.array_equal(np.isnan(transformer.fast_softmax(x, causal)),
-                          np.isnan(transformer.softmax(x, mask=causal)))
+# The fast forms of transformer.py's Appendix A, each against the textbook form it stands beside,
+# on one grid of 3 · BLOCK + 12,345 points over [-8, 8] (many blocks, the last one short): the
+# float32 erf against Cody's in float64; the blockwise Φ (with its own blocks and with the
+# default ones, through GELU's `if`) against one call on the whole array, the same numbers.
+FAST_FORMS = {     # name: (dtype of the grid, fast form, textbook form, tolerance; 0 is equality)
+    "erf_float32": (np.float32, transformer.erf_float32,
+                    lambda x: transformer.erf(x.astype(np.float64)), FLOAT32_ERF_TOL),
+    "blockwise-1000": (np.float64, lambda x: transformer.blockwise(transformer.normal_cdf, x, 1000),
+                       transformer.normal_cdf, 0),
+    "gelu-blockwise": (np.float32, lambda x: transformer.GELU().forward(x),
+                       lambda x: x * transformer.normal_cdf(x), 0),
+}
+
+
+@pytest.mark.parametrize("name", FAST_FORMS)
+def test_every_fast_form_equals_its_textbook_form(name):
+    dtype, fast, textbook, tol = FAST_FORMS[name]
+    x = np.linspace(-8, 8, 3 * transformer.BLOCK + 12_345, dtype=dtype).reshape(3, -1)
+    got, expected = fast(x), textbook(x)
+    assert got.shape == x.shape and got.dtype == dtype
+    if tol == 0:
+        assert np.array_equal(got, expected)
+    else:
+        assert np.max(np.abs(got - expected)) < tol
 
 
 def test_softmax_backward_matches_central_differences():
@@ -456,7 +463,7 @@ def test_cross_entropy_gradient_and_extreme_logits():
     assert np.all(d[1, 2] == 0)                     # the ignored position gets no gradient
     huge = np.array([[1e4, -1e4, 0.0]])
     loss, d = transformer.cross_entropy(huge, np.array([1]))
-    assert np.isfinite(loss) and np.all(np.isfinite(d)) and np.isclose(loss, 2e4)
+    assert np.isfinite(loss) and np.all(np.isfinite(d)) and np.isclose(loss, 2e4, rtol=IDENTITY_TOL, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,17 +510,17 @@ def test_decoder_is_causal_and_encoder_ignores_padding():
 def test_noam_schedule_peaks_at_warmup_and_decays_as_inverse_sqrt():
     lrs = [transformer.noam_lr(s, 512, warmup=100) for s in range(1, 400)]
     assert int(np.argmax(lrs)) + 1 == 100
-    assert np.isclose(transformer.noam_lr(400, 512, 100) / transformer.noam_lr(100, 512, 100), 0.5)
+    assert np.isclose(transformer.noam_lr(400, 512, 100) / transformer.noam_lr(100, 512, 100), 0.5, rtol=0, atol=IDENTITY_TOL)
 
 
 def test_sgd_with_momentum_follows_its_update_rule():
     w, g = np.array([1.0, -2.0]), np.array([0.5, 0.25])
     opt = transformer.SGD([("w", w, g)], lr=0.1, momentum=0.9, weight_decay=0.1)
     opt.step()                                     # v = g;          w -= 0.1 (v + 0.1 w)
-    assert np.allclose(w, [1.0 - 0.1 * (0.5 + 0.1), -2.0 - 0.1 * (0.25 - 0.2)])
+    assert np.allclose(w, [1.0 - 0.1 * (0.5 + 0.1), -2.0 - 0.1 * (0.25 - 0.2)], rtol=0, atol=IDENTITY_TOL)
     before = w.copy()
     opt.step()                                     # v = 0.9 g + g
-    assert np.allclose(w, before - 0.1 * (1.9 * g + 0.1 * before))
+    assert np.allclose(w, before - 0.1 * (1.9 * g + 0.1 * before), rtol=0, atol=IDENTITY_TOL)
 
 
 def test_adam_weight_decay_is_decoupled_and_clipping_scales_globally():
@@ -521,10 +528,36 @@ def test_adam_weight_decay_is_decoupled_and_clipping_scales_globally():
     g = np.zeros(2)
     opt = transformer.Adam([("w", w, g)], lr=0.1, weight_decay=0.5)
     opt.step()
-    assert np.allclose(w, [2.0 * 0.95, -4.0 * 0.95])   # zero gradient: only the decay acts
+    assert np.allclose(w, [2.0 * 0.95, -4.0 * 0.95], rtol=0, atol=IDENTITY_TOL)   # zero gradient: only the decay acts
     g1, g2 = np.array([3.0]), np.array([4.0])
     norm = transformer.clip_grad_norm([("a", np.zeros(1), g1), ("b", np.zeros(1), g2)], 1.0)
-    assert norm == 5.0 and np.isclose(np.hypot(g1, g2), 1.0) and np.isclose(g1 / g2, 0.75)
+    assert norm == 5.0 and np.isclose(np.hypot(g1, g2), 1.0, rtol=0, atol=IDENTITY_TOL) and np.isclose(g1 / g2, 0.75, rtol=0, atol=IDENTITY_TOL)
+
+
+
+def _modules(module):
+    yield module
+    for _, child in module.children():
+        yield from _modules(child)
+
+
+def test_gradients_are_made_when_first_needed_and_a_forward_makes_none():
+    lm = transformer.DecoderOnlyTransformer(9, 8, 2, 1, 16, 5, seed=0)
+    tokens = _rng().integers(0, 9, (2, 5))
+    logits = lm.forward(tokens)
+    lm.zero_grad()
+    assert not any(m.grads for m in _modules(lm))            # forward, zero_grad: no gradient
+    names = [name for name, _ in lm.weights()]
+    assert not any(m.grads for m in _modules(lm))             # nor does weights()
+    optimizer = transformer.Adam(lm.parameters())             # parameters() makes them: zeros
+    held = {name: grad for name, _, grad in optimizer.params}
+    assert list(held) == names
+    assert all(not grad.any() and grad.shape == value.shape and grad.dtype == value.dtype
+               for name, value, grad in lm.parameters())
+    lm.backward(_rng(1).standard_normal(logits.shape))       # and backward adds into those arrays
+    assert all(grad is held[name] and grad.any() for name, _, grad in lm.parameters())
+    lm.zero_grad()
+    assert not any(grad.any() for grad in held.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,6 +658,13 @@ def test_top_p_sampling_draws_only_from_the_smallest_set_that_reaches_p():
         expected = np.zeros(4)
         expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
         assert np.abs(np.bincount(drawn, minlength=4) / len(drawn) - expected).max() < 0.03
+    # at the boundary itself: a top_p a hair below a cumulative mass stops at that rank, a hair
+    # above takes the next token too (the mass before it, exactly that mass, is below top_p)
+    ranked = [1, 3, 0, 2]
+    for size, mass in enumerate([0.5, 0.75, 0.9], start=1):
+        for top_p, nucleus in ((mass - 1e-9, ranked[:size]), (mass + 1e-9, ranked[:size + 1])):
+            drawn = transformer.sample_next(logits, 1.0, rng=_rng(), top_p=top_p)
+            assert sorted(np.unique(drawn)) == sorted(nucleus)
     # top_p = 1 keeps every token: the same draws as plain sampling from the same seed
     assert np.array_equal(transformer.sample_next(logits, 1.0, rng=_rng(3), top_p=1.0),
                           transformer.sample_next(logits, 1.0, rng=_rng(3)))
@@ -654,6 +694,49 @@ def test_beam_search_with_beam_one_is_greedy_and_wider_beams_score_no_worse():
 
     assert np.all(logprob(mt.beam_search(src, 1, 2, 8, beam_size=4)) >= logprob(greedy) - 1e-12)
 
+
+def _best_by_exhaustive_search(mt, src, bos_id, eos_id, max_len):
+    """Score every output of mt for src (1, S): every sequence of up to max_len target tokens
+    that stops at its first eos_id, or at max_len, by the sum of its log-probabilities up to and
+    including that eos. -> the best output, its score, and the runner-up's score."""
+    V, scored = mt.tgt_vocab_size, []
+    for n in range(1, max_len + 1):
+        outs = np.array([seq for seq in itertools.product(range(V), repeat=n)
+                         if eos_id not in seq[:-1] and (seq[-1] == eos_id or n == max_len)])
+        tgt_in = np.concatenate([np.full((len(outs), 1), bos_id), outs[:, :-1]], axis=1)
+        logp = transformer.log_softmax(mt.forward(np.repeat(src, len(outs), axis=0), tgt_in))
+        scores = np.take_along_axis(logp, outs[..., None], -1)[..., 0].sum(axis=1)
+        scored += zip(scores.tolist(), map(tuple, outs))
+    scored.sort(reverse=True)
+    return scored[0][1], scored[0][0], scored[1][0]
+
+
+def _until_eos(out, eos_id):
+    out = list(out)
+    return tuple(out[:out.index(eos_id) + 1] if eos_id in out else out)
+
+
+def test_beam_search_finds_the_best_output_of_an_exhaustive_search():
+    # A beam as wide as the vocabulary keeps every one-token start, so over two tokens it must
+    # find the best of all outputs: eos at once, a token then eos, or two tokens (4 target ids,
+    # bos 1, eos 2: 13 outputs), for each of 12 sources of a random model.
+    mt = transformer.Transformer(5, 4, 8, 2, 1, 16, 6, seed=3)
+    for src in _rng(1).integers(0, 5, (12, 1, 3)):
+        best, score, runner_up = _best_by_exhaustive_search(mt, src, 1, 2, 2)
+        assert score > runner_up + 1e-9                            # no tie to break
+        assert _until_eos(mt.beam_search(src, 1, 2, 2, beam_size=4)[0], 2) == best
+    # A finished beam keeps its score exactly. Here the output layer ignores its input (W = 0),
+    # so every step has the same probabilities: p(eos) = 0.6⁴ e^1e-9 and p(3) = 0.6. Stopping at
+    # once ([eos], log p(eos)) beats four 3s (4 log 0.6) by 1e-9 and every other output by more;
+    # charging a finished beam anything more than ~3e-10 a step would lose it.
+    p = np.array([0.0, 0.0, 0.6 ** 4 * math.exp(1e-9), 0.6])
+    p[:2] = (1 - p.sum()) / 2
+    mt.unembed.params["W"][...] = 0
+    mt.unembed.params["b"][...] = np.log(p)
+    src = np.array([[1, 2, 3]])
+    best, score, runner_up = _best_by_exhaustive_search(mt, src, 1, 2, 4)
+    assert best == (2,) and math.isclose(score - runner_up, 1e-9, rel_tol=1e-4)
+    assert _until_eos(mt.beam_search(src, 1, 2, 4, beam_size=4)[0], 2) == best
 
 def test_save_and_load_round_trip_bit_for_bit(tmp_path):
     for model in (transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, tie_weights=True, dtype=np.float32),
@@ -753,7 +836,7 @@ def test_head_output_three_ways_agree_with_and_without_causal_mask():
     W_Q, W_K, W_V, W_O = (rng.standard_normal(s) for s in [(d_head, d)] * 3 + [(d, d_head)])
     for causal in (True, False):
         A = C.attention_pattern(X, W_Q, W_K, causal=causal)
-        assert np.allclose(A.sum(axis=1), 1)
+        assert np.allclose(A.sum(axis=1), 1, rtol=0, atol=IDENTITY_TOL)
         assert causal == bool(np.all(np.triu(A, 1) == 0))
         H = C.head_output(X, A, W_V, W_O)
         assert np.max(np.abs(H - C.head_output_kronecker(X, A, W_V, W_O))) < IDENTITY_TOL
@@ -865,7 +948,7 @@ def test_tied_unembedding_translates_and_the_path_expansion_stays_exact():
     model = _simplified_model(2, tie_weights=True, seed=2)
     W_E, W_U, _ = C.embedding_weights(model)
     assert np.array_equal(W_U, model.embed.params["W"])         # logits = h Eᵀ: no embed scale
-    assert np.allclose(W_U.T * model.embed_scale, W_E)
+    assert np.array_equal(W_U.T * model.embed_scale, W_E)
     tokens = np.random.default_rng(0).integers(0, 11, (2, 9))
     terms = C.path_expansion(model, tokens)
     assert np.max(np.abs(sum(terms.values()) - model.forward(tokens))) < IDENTITY_TOL
@@ -889,13 +972,13 @@ def test_qk_and_ov_circuits_are_the_weight_products():
     _, _, W_V, W_O = C.head_weights(model, 0, 2)
     # one source token a attended alone: the head adds W_U W_OV W_E[:, a] to the logits
     a, b = 3, 7
-    assert np.allclose(C.ov_circuit(model, 0, 2)[:, a], W_U @ W_O @ W_V @ W_E[:, a])
+    assert np.allclose(C.ov_circuit(model, 0, 2)[:, a], W_U @ W_O @ W_V @ W_E[:, a], rtol=0, atol=IDENTITY_TOL)
     # the QK entry is the attention score (before softmax) of destination b on source a
     attn = model.blocks[0].self_attn
     d_k = 4
     row_q = model.embed.params["W"][b] * model.embed_scale @ attn.query.params["W"][:, 8:12]
     row_k = model.embed.params["W"][a] * model.embed_scale @ attn.key.params["W"][:, 8:12]
-    assert np.isclose(C.qk_circuit(model, 0, 2)[b, a], row_q @ row_k / np.sqrt(d_k))
+    assert np.isclose(C.qk_circuit(model, 0, 2)[b, a], row_q @ row_k / np.sqrt(d_k), rtol=0, atol=IDENTITY_TOL)
 
 
 def test_planted_skip_trigrams_are_the_top_of_the_table():
@@ -965,12 +1048,12 @@ def test_induction_and_previous_token_scores_on_hand_made_patterns():
     induction = np.eye(n)                                       # attend to self, except ...
     induction[4:7] = np.eye(n)[1:4]                             # ... i -> i - 3 at 4, 5, 6
     patterns = np.stack([previous, induction])[:, None, None]   # (L=2, B=1, H=1, n, n)
-    assert np.allclose(C.score_previous_token(patterns)[:, 0], [1, 0])
+    assert np.array_equal(C.score_previous_token(patterns)[:, 0], [1, 0])
     # destinations 4..7 have an earlier copy; 3 of the 4 attend to the token after it
-    assert np.allclose(C.score_induction(patterns, tokens)[:, 0], [0, 0.75])
+    assert np.array_equal(C.score_induction(patterns, tokens)[:, 0], [0, 0.75])
     where = np.zeros((1, n), bool)
     where[0, 5] = True
-    assert np.allclose(C.score_induction(patterns, tokens, where)[:, 0], [0, 1])
+    assert np.array_equal(C.score_induction(patterns, tokens, where)[:, 0], [0, 1])
 
 
 def test_composition_and_copying_scores_on_known_matrices():
@@ -1282,7 +1365,7 @@ def test_sae_decoder_gradient_is_the_gradient_on_the_unit_sphere():
     raw = g.copy()
     sae.remove_parallel_decoder_gradient()
     assert np.allclose(np.sum(g * W_dec, axis=1), 0, rtol=0, atol=IDENTITY_TOL)         # tangent to the sphere
-    assert np.allclose(raw - g, np.sum(raw * W_dec, axis=1, keepdims=True) * W_dec)
+    assert np.allclose(raw - g, np.sum(raw * W_dec, axis=1, keepdims=True) * W_dec, rtol=0, atol=IDENTITY_TOL)
     assert np.max(np.abs(raw - g)) > 1e-3                                  # it did remove something
 
     def loss_of_renormalised_decoder():
@@ -1334,7 +1417,7 @@ def test_toy_model_fit_reports_progress_once_per_step():
     seen = []
     history = model.fit(7, 16, lr=1e-2, progress=lambda step, loss: seen.append((step, loss)))
     assert [step for step, _ in seen] == list(range(7))
-    assert np.allclose([loss for _, loss in seen], history.mean(axis=1))
+    assert np.allclose([loss for _, loss in seen], history.mean(axis=1), rtol=0, atol=IDENTITY_TOL)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1361,11 +1444,11 @@ def test_measurements_match_their_definitions():
         assert math.isclose(S.superposition(W)[i], sum(overlaps) - overlaps[i], rel_tol=0, abs_tol=IDENTITY_TOL)
         expected_d = norms[i] ** 2 / sum(overlaps) if norms[i] > 0 else 0.0
         assert math.isclose(S.feature_dimensionality(W)[i], expected_d, rel_tol=0, abs_tol=IDENTITY_TOL)
-    assert math.isclose(S.dimensions_per_feature(W), 3 / np.sum(W ** 2))
+    assert math.isclose(S.dimensions_per_feature(W), 3 / np.sum(W ** 2), rel_tol=0, abs_tol=IDENTITY_TOL)
     # The instance axis gives the same numbers as one model at a time.
     stack = np.stack([W, 2 * W])
-    assert np.allclose(S.superposition(stack)[1], 4 * S.superposition(W))
-    assert np.allclose(S.feature_dimensionality(stack)[1], S.feature_dimensionality(W))
+    assert np.allclose(S.superposition(stack)[1], 4 * S.superposition(W), rtol=0, atol=IDENTITY_TOL)
+    assert np.allclose(S.feature_dimensionality(stack)[1], S.feature_dimensionality(W), rtol=0, atol=IDENTITY_TOL)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1460,7 +1543,6 @@ def test_pentagon_network():
     assert np.all(net.hidden(both) > 0)
     z13 = net.preactivation(both)[0, 0]
     assert math.isclose(z13, 1.5 * (1 + math.cos(4 * math.pi / 5)) - 0.5, rel_tol=0, abs_tol=IDENTITY_TOL)
-    assert round(z13, 2) == -0.21
     assert net(both)[0, 0] == 0                                 # feature 1 erased
 
 
@@ -1496,7 +1578,7 @@ def test_jl_distortion_within_bound():
     points = rng.normal(size=(40, 1000))
     eps = S.jl_epsilon(40, [150, 300, 600])
     # ε solves ε²/2 - ε³/3 = 6 ln N / m and shrinks as m grows.
-    assert np.allclose(eps ** 2 / 2 - eps ** 3 / 3, 6 * math.log(40) / np.array([150, 300, 600]))
+    assert np.allclose(eps ** 2 / 2 - eps ** 3 / 3, 6 * math.log(40) / np.array([150, 300, 600]), rtol=0, atol=IDENTITY_TOL)
     assert np.all(np.diff(eps) < 0) and np.all(eps < 1)
     for m, bound in zip([150, 300, 600], eps):
         assert S.jl_distortion(points, m, rng) <= bound
@@ -1507,8 +1589,12 @@ def test_random_projection_preserves_norms_on_average():
     rng = np.random.default_rng(1)
     P = S.random_projection(300, 200, rng)
     assert set(np.unique(P * math.sqrt(200))) == {-1.0, 1.0}
-    # E[PPᵀ] = Id: each row of P has squared norm exactly 1.
-    assert np.allclose(np.sum(P * P, axis=1), 1)
+    # E[P Pᵀ] = I, so E‖xP‖² = ‖x‖² over the draws of P. For one x, ‖xP‖² / ‖x‖² has variance
+    # at most 2/m; averaged over 400 draws at m = 50 its standard error is at most 0.01.
+    x = rng.standard_normal((5, 300))
+    ratios = np.mean([np.sum((x @ S.random_projection(300, 50, rng)) ** 2, axis=1)
+                      for _ in range(400)], axis=0) / np.sum(x * x, axis=1)
+    assert np.all(np.abs(ratios - 1) < 4 * math.sqrt(2 / 50 / 400))
 
 
 def test_nearly_orthogonal_directions():
@@ -1530,11 +1616,11 @@ def test_cosine_distance_matrix():
     a = np.array([[1.0, 2.0, 0.0, -1.0, 0.0],
                   [0.0, 0.0, 3.0, 0.0, 0.0]])                   # (tokens 2, neurons 5)
     d = S.cosine_distance_matrix(a)
-    assert d.shape == (5, 5) and np.allclose(d, d.T)
+    assert d.shape == (5, 5) and np.array_equal(d, d.T)
     assert math.isclose(d[0, 1], 0, rel_tol=0, abs_tol=IDENTITY_TOL)              # same direction
     assert math.isclose(d[0, 2], 1, rel_tol=0, abs_tol=IDENTITY_TOL)              # orthogonal
     assert math.isclose(d[0, 3], 2, rel_tol=0, abs_tol=IDENTITY_TOL)              # opposite
-    assert np.allclose(d[4, :4], 1) and d[4, 4] == 0            # a neuron that never fires
+    assert np.array_equal(d[4, :4], np.ones(4)) and d[4, 4] == 0            # a neuron that never fires
     assert np.all(np.diag(d) == 0)
 
 
@@ -1542,7 +1628,7 @@ def test_mean_max_cosine_similarity():
     rng = np.random.default_rng(3)
     features = rng.normal(size=(10, 6))
     dictionary = 3 * features[rng.permutation(10)]              # same directions, any order
-    assert math.isclose(S.mean_max_cosine_similarity(dictionary, features), 1)
+    assert math.isclose(S.mean_max_cosine_similarity(dictionary, features), 1, rel_tol=0, abs_tol=IDENTITY_TOL)
     assert S.mean_max_cosine_similarity(rng.normal(size=(10, 6)), features) < 0.95
 
 
@@ -1569,7 +1655,7 @@ def test_sae_resamples_dead_latents():
     optimizer.m[0][...] = 1.0
     sae.resample_dead(h, np.array([2]), optimizer)
     assert sae.params["b_enc"][2] == 0
-    assert math.isclose(np.linalg.norm(sae.params["W_dec"][2]), 1)
+    assert math.isclose(np.linalg.norm(sae.params["W_dec"][2]), 1, rel_tol=0, abs_tol=IDENTITY_TOL)
     assert np.all(optimizer.m[0][:, 2] == 0) and np.all(optimizer.m[0][:, 1] == 1)
     assert np.any(sae.encode(h)[:, 2] > 0)                      # alive again
 
@@ -1841,14 +1927,43 @@ def test_minilm_key_bias_changes_nothing():
 
 @needs_weights
 def test_minilm_backward_reaches_every_parameter():
-    bert = _minilm(np.float32)
+    # The real checkpoint's backward along one random direction D through all its weights: a
+    # unit direction in each parameter (in the embedding tables, on the rows this batch reads),
+    # so that every one of them weighs in. Σ ⟨grad, D⟩ must equal the central difference of the
+    # loss Σ h ⊙ R along D, in float64; a parameter left without its gradient moves it by ~1%.
+    bert = _minilm(np.float64)
     tokens, real = pretrained.pad_batch([[101, 1996, 4937, 102], [101, 102]], 0)
-    h = bert.forward(tokens, real)
+    R = _rng(1).standard_normal(bert.forward(tokens, real).shape)
     bert.zero_grad()
-    bert.backward(np.ones_like(h))
-    nonzero = {name for name, _, grad in bert.parameters() if np.any(grad)}
-    assert nonzero == {name for name, _, _ in bert.parameters()}
+    bert.backward(R)
+    read = {"word_embed.W": np.unique(tokens), "pos_embed.W": np.arange(tokens.shape[1]),
+            "type_embed.W": np.array([0])}
+    rng, eps, analytic, steps = _rng(2), 1e-5, 0.0, []
+    for name, value, grad in bert.parameters():
+        rows = read.get(name, np.arange(len(value)))
+        D = rng.standard_normal(value[rows].shape)
+        D /= np.linalg.norm(D)
+        analytic += np.sum(grad[rows] * D)
+        steps.append((value, rows, value[rows].copy(), D))
+
+    def loss_at(t):
+        for value, rows, kept, D in steps:
+            value[rows] = kept + t * D
+        return float(np.sum(bert.forward(tokens, real) * R))
+    numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    for value, rows, kept, _ in steps:
+        value[rows] = kept
     bert.zero_grad()
+    assert len(steps) == len(dict(bert.weights()))
+    _assert_gradients_within(MODEL_GRADIENT_TOL, {"Σ ⟨grad, D⟩": transformer.relative_error(analytic,
+                                                                                       numeric)})
+
+
+@needs_weights
+def test_a_loaded_bert_run_forward_holds_no_gradient():
+    bert = pretrained.load_bert()
+    bert.forward(np.array([[101, 1996, 4937, 102]]))
+    assert not any(m.grads for m in _modules(bert))
 
 
 # ==============================================================================================
@@ -1857,9 +1972,9 @@ def test_minilm_backward_reaches_every_parameter():
 # ==============================================================================================
 
 # A run small enough for the suite that still memorises first and groks later: the tour's
-# --quick run (measured: train accuracy 100% at step 75 with test accuracy 16%, test accuracy 99%
-# at step 875).
-GROKKING_TEST_RUN = dict(G.DEFAULT, lr=2e-2, steps=1000)
+# --quick run (measured: train accuracy 100% at step 100 with test accuracy 25%, test accuracy 99%
+# at step 625 and 100% from there to the end).
+GROKKING_TEST_RUN = dict(G.DEFAULT, weight_decay=2.0, steps=900)
 
 
 @pytest.mark.parametrize("p", [7, 8, 53])
@@ -2146,7 +2261,7 @@ BAD_INPUT = [
     (lambda o: o["mha"].forward(np.ones((3, 8))), ValueError, r"x of shape \(B, T, 8\)"),
     (lambda o: transformer.Linear(0, 3, _rng()), ValueError, "d_in must be an int >= 1"),
     (lambda o: transformer.Linear(3, 2, _rng(), dtype=np.int64), ValueError, "dtype"),
-    (lambda o: transformer.Embedding(3, 2, None), TypeError, "rng must be a np.random.Generator"),
+    (lambda o: transformer.Embedding(3, 2, 7), TypeError, "rng must be a np.random.Generator"),
     (lambda o: transformer.LayerNorm(2.5), ValueError, "d_model"),
     (lambda o: transformer.MultiHeadAttention(8, 0, _rng()), ValueError, "n_heads must be an int >= 1"),
     (lambda o: transformer.MultiHeadAttention(None, 2, _rng()), ValueError, "d_model must be an int >= 1"),
@@ -2924,15 +3039,17 @@ def test_bad_input_is_refused_with_a_message_that_names_it(call, error, name):
 
 
 def _pickled_state(*objects):
-    """Everything a refused call must leave alone, as bytes: parameters, gradients, what each
-    layer kept for backward, Adam's moments and step count, the random generator."""
+    """Everything a refused call must leave alone, as bytes: parameters, gradients (one not made
+    yet is made here, as the zeros it stands for), what each layer kept for backward, Adam's
+    moments and step count, the random generator."""
     state = []
     for obj in objects:
         if isinstance(obj, transformer.Module):
             modules = [obj]
             while modules:
                 module = modules.pop()
-                state.append(pickle.dumps((module.params, module.grads, getattr(module, "saved", None))))
+                grads = {name: module.grads[name] for name in module.params}   # unmade ones as zeros
+                state.append(pickle.dumps((module.params, grads, getattr(module, "saved", None))))
                 modules += [child for _, child in module.children()]
         if isinstance(obj, transformer.Adam):
             state.append(pickle.dumps((obj.m, obj.v, obj.t)))
@@ -3259,7 +3376,7 @@ def test_superposition_checks_accept_valid_input_and_keep_its_results():
                           S.feature_dimensionality(W[0].astype(np.float64)))
     two_of_four = np.hstack([np.eye(2), np.zeros((2, 2))])       # zero columns are fine here
     assert np.allclose(S.dimensions_per_feature(np.stack([two_of_four, S.regular_polygon(4)])),
-                       [1.0, 1 / 2])
+                       [1.0, 1 / 2], rtol=0, atol=IDENTITY_TOL)
     # A W of another shape is still simply "not a pentagon"; threshold 0 means "any non-zero norm".
     assert not S.is_regular_pentagon(_PENTAGON_ARROWS[:, :4], -np.ones(4))
     assert S.represented(np.array([[0.0, 1e-9]]), threshold=0).tolist() == [False, True]
