@@ -1166,7 +1166,7 @@ def test_hooks_that_return_their_input_change_nothing_and_leave_no_trace(kind):
     with pytest.raises(RuntimeError):
         transformer.run_with_hooks(model, *inputs, hooks={transformer.hook_names(model)[5]: fails})
     assert _same_state(before, _reachable_state(model)) and pickled == _pickled_state(model)
-    assert all("_hooks" not in vars(m) for m in [model, *transformer._submodules(model)])
+    assert all("_hooks" not in vars(m) for m in model.modules())
 
 
 @pytest.mark.parametrize("kind", HOOKED_KINDS)
@@ -3676,7 +3676,7 @@ def test_bad_hooks_and_interventions_are_refused_by_name_and_change_nothing(kind
     with pytest.raises(error, match=pattern):
         call(model, inputs)
     assert _same_state(before, _reachable_state(model)) and pickled == _pickled_state(model)
-    assert all("_hooks" not in vars(m) for m in [model, *transformer._submodules(model)])
+    assert all("_hooks" not in vars(m) for m in model.modules())
 # grokking.py: bad sizes, fractions and step counts, each refused by name with nothing trained
 # ----------------------------------------------------------------------------------------------
 # p is bounded by memory: every pair's logits are p²·(p + 1) numbers, kept within

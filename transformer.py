@@ -40,6 +40,7 @@ Conventions, used everywhere in this file:
     * float64 for checking gradients, float32 for speed: parameters have the model's dtype and
       nothing in a forward or backward pass changes it.
 """
+import contextlib
 import functools
 import heapq
 import json
@@ -121,13 +122,18 @@ class Module:
         for name, child in self.children():
             yield from child.weights(prefix + name + ".")
 
+    def modules(self):
+        """This module and every module below it, parents first."""
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
     def zero_grad(self):
         """Zero the gradients made so far, in place (an optimizer may hold them); a gradient
         not made yet is zeros when it is."""
-        for grad in self.grads.values():
-            grad[...] = 0
-        for _, child in self.children():
-            child.zero_grad()
+        for module in self.modules():
+            for grad in module.grads.values():
+                grad[...] = 0
 
     _hooks = None     # {hook name: function}, set only during a hooked run (section 9b)
 
@@ -141,6 +147,21 @@ class Module:
         if getattr(self, "saved", None) is None:
             raise ValueError(f"{type(self).__name__}.backward called before forward")
         return self.saved
+
+
+@contextlib.contextmanager
+def state_kept(model):
+    """Inside `with state_kept(model):` the layers may run freely; when the block ends, normally
+    or by an error, every attribute of every module of model is as it was before: what each
+    layer kept for backward, the logits' shape, hooks. Decoding (section 9) and hooked runs
+    (section 9b) run inside it, so neither changes what a following backward differentiates."""
+    kept = [(module, dict(vars(module))) for module in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, attributes in kept:
+            vars(module).clear()
+            vars(module).update(attributes)
 
 
 def _normal(rng, shape, std, dtype):
@@ -737,20 +758,13 @@ POSITIONAL_CODES = ("sinusoidal", "learned", None)
 def _keeps_forward(decode):
     """For the decoding methods. Decoding runs the layers on steps of its own (one new token, a
     batch of beams), which overwrite what each layer kept for backward. The decorated method
-    puts back, when it returns and when it raises part-way, every attribute of every layer as
-    it was before the call: a backward after decoding differentiates the last forward."""
+    runs inside state_kept (section 1), which puts back every attribute of every layer when it
+    returns and when it raises part-way: a backward after decoding differentiates the last
+    forward."""
     @functools.wraps(decode)
     def decode_keeping_forward(model, *args, **kwargs):
-        modules = [model]
-        for module in modules:                         # the list grows as the tree is walked
-            modules.extend(child for _, child in module.children())
-        kept = [(module, dict(vars(module))) for module in modules]
-        try:
+        with state_kept(model):
             return decode(model, *args, **kwargs)
-        finally:
-            for module, attributes in kept:
-                vars(module).clear()
-                vars(module).update(attributes)
     return decode_keeping_forward
 
 
@@ -1052,19 +1066,13 @@ def run_with_hooks(model, *inputs, hooks):
     zero it). -> the forward's output. inputs as forward takes them: (tokens,) for the GPT,
     (src, tgt_in) for the encoder-decoder, (tokens, attention_mask[, token_type_ids]) for BERT."""
     sites = _check_hooks(model, hooks)
-    modules = [model, *_submodules(model)]
-    before = [dict(vars(module)) for module in modules]    # saved, cross, hidden, logits_shape
-    try:
+    with state_kept(model):          # saved, cross, hidden, logits_shape and the hooks go back
         for name, fn in hooks.items():
             module, local = sites[name]
             if module._hooks is None:
-                module._hooks = {}                         # on the instance, gone with `before`
+                module._hooks = {}                         # on the instance, gone at the end
             module._hooks[local] = _hook_call(fn, name)
         return model.forward(*inputs)
-    finally:
-        for module, attributes in zip(modules, before):
-            vars(module).clear()
-            vars(module).update(attributes)
 
 
 def run_with_cache(model, *inputs):
@@ -1091,12 +1099,6 @@ def _hook_sites(model):
         for l, block in enumerate(blocks):
             sites.update((f"{prefix}.{l}.{name}", site) for name, site in block.hook_sites().items())
     return sites
-
-
-def _submodules(module):
-    for _, child in module.children():
-        yield child
-        yield from _submodules(child)
 
 
 def _hook_call(fn, name):
