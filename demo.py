@@ -1174,7 +1174,7 @@ def _bert_masked_lm(steps, seed):
 FEATURES_LAYER = 3          # a middle layer of the six: above the first layers' word lookups
 FEATURES_HELD_OUT = 0.25    # the last quarter of the collected paragraphs, never trained on
 FEATURES_TOP_K = 10         # a unit's k strongest tokens, for the monosemanticity measure
-FEATURES_LONG = dict(tokens=100_000, n_latents=4_096, steps=800, batch_size=256, lr=1e-3,
+FEATURES_LONG = dict(tokens=100_000, n_latents=4_096, steps=600, batch_size=256, l1=0.8, lr=2e-3,
                      memory_tokens=100_000, n_keys=256, splice_tokens=4_000)   # the whole corpus
 
 
@@ -1229,7 +1229,7 @@ def _features_dictionary(run, train, test, seed):
     z = sae.encode(test)
     density = S.firing_frequency(z)
     dead, rare = S.density_shares(density)
-    print(f"  a sparse autoencoder of {run.n_latents:,} latents ({run.n_latents / train.shape[1]:g}x "
+    print(f"  a sparse autoencoder of {run.n_latents:,} latents ({run.n_latents / train.shape[1]:.3g}x "
           f"the neurons), L1 {run.l1}, {run.steps} Adam steps of {run.batch_size} rows "
           f"({time.perf_counter() - start:.1f} s): loss {history[0]:.1f} -> {history[-1]:.2f}")
     print(f"    held out: variance explained {S.variance_explained(test, sae.forward(test)):.3f}, "

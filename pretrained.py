@@ -318,7 +318,7 @@ def mean_pool(h, real):
 # (near 1: the word itself fires the key, a shallow pattern; near 0: the context does).
 
 MAX_PIECES = 128                  # each paragraph cut to [CLS] + 126 pieces + [SEP]
-BATCH_TOKENS = 4096               # padded positions per batch: (B, T) with B · T <= this
+BATCH_TOKENS = 1024               # padded positions per batch: (B, T) with B · T <= this
 MAX_ACTIVATIONS = 2 * 10 ** 8     # numbers a collection may hold: 0.8 GB in float32
 
 

@@ -18,7 +18,10 @@ Read this file top to bottom; each section uses only what came before it.
     9. Polysemantic neurons  cosine distances between the neurons of a real MLP layer
                              (Borovoy, "Investigating Polysemantic Neurons", 2024)
    10. Sparse autoencoder    taking features back out of superposition (dictionary learning),
-                             scored by mean max cosine similarity against the true features
+                             scored by mean max cosine similarity against the true features; on
+                             a real model's activations, judged on held-out rows (variance
+                             explained, L0, feature density) and by a token-level measure of
+                             monosemanticity applied to neurons and features alike
     Appendix                 checking arguments: every public function refuses bad input with
                              a ValueError or TypeError naming the argument, before it changes
                              anything

@@ -13,7 +13,10 @@ The proofs first, in the order of the files they check, then the bad-input contr
                      trained and hand-built; Johnson-Lindenstrauss; recovery of features by an SAE.
     pretrained.py    gradient checks of BERT and its masked-LM head; WordPiece; safetensors read
                      byte by byte; a checkpoint loaded into our layers; the real all-MiniLM-L6-v2
-                     equal to the reference library; a masked LM that fills blanks from both sides.
+                     equal to the reference library; a masked LM that fills blanks from both sides;
+                     feed-forward activations of the real tokens only, the splice of the identity
+                     equal to the model, the top triggers, the monosemanticity measure on planted
+                     units, a dictionary that finds known directions.
     bad input        apart from the proofs, one part for every module: tables of bad calls, each
                      refused by name with nothing changed; bad gradients, NaN weights, damaged and
                      crafted files; fuzzing of every argument of circuits.py and superposition.py.
