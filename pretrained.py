@@ -498,7 +498,7 @@ def key_value_memories(bert, texts, max_tokens, n_keys=256, k=10, n=10, seed=0, 
     own piece (agree_self) or next piece (agree_next) the value promotes, the same for keys paired
     with another key's value (chance_self, chance_next), the share of a key's triggers that are
     its most common piece (same_piece, and chance_same_piece for random tokens), and the median
-    share of its activation a trigger's piece keeps alone (alone)."""
+    share of its activation a trigger's piece keeps alone (alone; nan if no trigger fired)."""
     _check_memories(bert, texts, max_tokens, n_keys, n, seed, progress)
     rng, d_ff = np.random.default_rng(seed), bert.encoder[0].ffn.fc1.params["W"].shape[1]
     rows, activations, token_ids, places = top_triggers(bert, texts, max_tokens, k, progress)
@@ -524,7 +524,7 @@ def key_value_memories(bert, texts, max_tokens, n_keys=256, k=10, n=10, seed=0, 
             chance_next=promoted_share(following[trigger_rows], shuffled),
             same_piece=most_common_share(token_ids[trigger_rows]),
             chance_same_piece=most_common_share(token_ids[random_rows]),
-            alone=float(np.median(kept))))
+            alone=float(np.median(kept)) if kept.size else float("nan")))
     return memories, token_ids, places
 
 
