@@ -12,8 +12,9 @@ A benchmark, not a test: it prints numbers and asserts nothing. Read it in this 
     5. Benchmarks          the list of things to time: the two transformer configs, the
                            superposition sweep of superposition.py, BPE training and
                            encoding on 1 MB of Python's own library sources, the real
-                           BERT of pretrained.py: loading it and a forward of a padded batch;
-                           chapter 9's SAE step against PyTorch eager and its activation
+                           BERT of pretrained.py: loading it and a forward of a padded batch,
+                           and a full-batch step of grokking.py's model beside PyTorch's;
+                           chapter 11's SAE step against PyTorch eager and its activation
                            collection against transformers' BertModel
     6. Main                python bench.py [--only NAME] [--config A|B|all] [--steps N] [--profile]
 
@@ -45,6 +46,7 @@ import tracemalloc
 
 import numpy as np
 
+import grokking
 import pretrained
 import superposition as S
 import transformer
@@ -317,7 +319,123 @@ def bench_bert(args, peak):
               f"{products * 1e3:.1f} ms = {products / seconds:.0%} of it")
 
 
-# Chapter 9's two costs. One training step of the sparse autoencoder at the chapter's sizes, ours
+def make_grokking_step(config, last_only=True):
+    """One full-batch training step of grokking.py's model on its training pairs (float32):
+    with last_only the attention's query, the MLP and the unembedding run on the last position
+    alone, as grokking.train does; without, model.forward and model.backward run all three
+    positions and the gradient of the loss enters at the last one."""
+    p = config["p"]
+    data = grokking.modular_addition_data(p, config["train_fraction"], config["seed"])
+    model = grokking.grokking_model(p, config["d_model"], config["n_heads"], config["d_mlp"])
+    optimizer = grokking.adamw(model, config["lr"], config["weight_decay"])
+    tokens, labels = data.tokens[data.train], data.labels[data.train]
+
+    def full_step():
+        logits = model.forward(tokens)
+        dlogits = np.zeros(logits.shape, np.float32)
+        _, dlogits[:, -1, :p] = transformer.cross_entropy(logits[:, -1, :p], labels)
+        model.zero_grad()
+        model.backward(dlogits)
+        optimizer.step()
+    if last_only:
+        return lambda: grokking.training_step(model, optimizer, tokens, labels)
+    return full_step
+
+
+def make_pytorch_grokking_step(torch, config, last_only=True):
+    """The same model and step in PyTorch eager: the paper's architecture written out (learned
+    positions, 4 heads, ReLU MLP, no layer norm or biases), AdamW, the loss on the last
+    position; with last_only its query, MLP and unembedding see the last position alone."""
+    p, d, H, m = config["p"], config["d_model"], config["n_heads"], config["d_mlp"]
+    data = grokking.modular_addition_data(p, config["train_fraction"], config["seed"])
+    tokens = torch.tensor(data.tokens[data.train])
+    labels = torch.tensor(data.labels[data.train])
+    generator = torch.Generator().manual_seed(0)
+
+    def weight(*shape):
+        return torch.nn.Parameter(torch.randn(*shape, generator=generator) / shape[0] ** 0.5)
+    W_E, W_pos, W_U = weight(p + 1, d), weight(3, d), weight(d, p + 1)
+    W_Q, W_K, W_V, W_O, W_in, W_out = weight(d, d), weight(d, d), weight(d, d), weight(d, d), weight(d, m), weight(m, d)
+    optimizer = torch.optim.AdamW([W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, W_out, W_U], lr=config["lr"],
+                                  betas=(0.9, 0.98), weight_decay=config["weight_decay"])
+    causal = torch.tril(torch.ones(3, 3, dtype=torch.bool))
+
+    def heads(x):
+        return x.view(x.shape[0], x.shape[1], H, d // H).transpose(1, 2)     # (B, H, T, d_head)
+
+    def forward():
+        x = W_E[tokens] + W_pos                                                # (B, 3, d)
+        query = x[:, -1:] if last_only else x
+        scores = heads(query @ W_Q) @ heads(x @ W_K).transpose(-1, -2) / (d // H) ** 0.5
+        if not last_only:
+            scores = scores.masked_fill(~causal, float("-inf"))
+        mixed = (torch.softmax(scores, -1) @ heads(x @ W_V)).transpose(1, 2).reshape(query.shape)
+        h = query + mixed @ W_O
+        h = h + torch.relu(h @ W_in) @ W_out
+        return (h @ W_U)[:, -1, :p]
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(forward(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def bench_grokking(args, peak):
+    """A full-batch training step of the paper's grokking configuration (p = 113, 30% of the
+    pairs: 3,831 sequences of 3 tokens, d_model 128, d_mlp 512), ours against PyTorch eager with
+    the same architecture, side by side, each with the attention's query, the MLP and the
+    unembedding on the last position alone (what grokking.train runs) and on all three
+    positions; then the --long run's wall time, estimated from the processor time of a step and
+    of a checkpoint (run with OPENBLAS_NUM_THREADS=1, as the tour runs: one thread's processor
+    time is the time it takes on an idle machine)."""
+    config, steps = grokking.LONG, max(args.steps // 2, 5)
+    ours_last, ours_full = make_grokking_step(config), make_grokking_step(config, last_only=False)
+    print(f"grokking  the paper's configuration: p = {config['p']}, {config['train_fraction']:.0%} of "
+          f"the pairs, d_model {config['d_model']}, d_mlp {config['d_mlp']}, full batch, float32")
+    mine_last, mine_full = side_by_side(ours_last, ours_full, steps)
+    print(f"  ours, last position only: median {np.median(mine_last) * 1e3:.0f} ms; all three "
+          f"positions: {np.median(mine_full) * 1e3:.0f} ms ({np.median(mine_full) / np.median(mine_last):.2f}x)")
+    torch = pytorch()
+    if torch is None:
+        print("  PyTorch is not installed: ours alone")
+    else:
+        for threads in sorted({1, torch.get_num_threads()}):
+            torch.set_num_threads(threads)
+            for label, last_only, ours in (("last position only", True, ours_last),
+                                           ("all three positions", False, ours_full)):
+                mine, others = side_by_side(ours, make_pytorch_grokking_step(torch, config, last_only), steps)
+                print_side_by_side(f"{label}, PyTorch on {threads} thread(s)", mine, others)
+    # The long run's time from the processor time of a step and of a checkpoint: with one BLAS
+    # thread that is what they take on an idle machine, however busy this one is.
+    data = grokking.modular_addition_data(config["p"], config["train_fraction"], config["seed"])
+    model = grokking.grokking_model(config["p"], config["d_model"], config["n_heads"], config["d_mlp"])
+    keys = [1, 2, 3, 4, 5]     # five key frequencies, as the paper's model has; which five costs the same
+
+    def fourier_losses():
+        logits = grokking.answer_logits(model, data.tokens)
+        grokking.restricted_loss(logits, data.labels, keys)
+        grokking.excluded_loss(logits, data.labels, keys, data.train)
+    step_cpu, measure_cpu, fourier_cpu = (cpu_seconds(f, 3) for f in (
+        ours_last, lambda: grokking.checkpoint_measures(model, data, 0), fourier_losses))
+    checkpoints = config["steps"] // config["measure_every"] + 1
+    estimate = config["steps"] * step_cpu + checkpoints * (measure_cpu + fourier_cpu)
+    print(f"  the --long run, estimated (not run) from processor time: {config['steps']:,} steps x "
+          f"{step_cpu * 1e3:.0f} ms + {checkpoints} checkpoints x ({measure_cpu * 1e3:.0f} ms of "
+          f"measures + {fourier_cpu * 1e3:.0f} ms of Fourier losses) = {estimate / 60:.1f} min")
+
+
+def cpu_seconds(f, repeats):
+    """The processor time of one call of f, the mean of `repeats` calls after one warm-up."""
+    f()
+    start = time.process_time()
+    for _ in range(repeats):
+        f()
+    return (time.process_time() - start) / repeats
+
+
+# Chapter 11's two costs. One training step of the sparse autoencoder at the chapter's sizes, ours
 # (SparseAutoencoder.fit: forward, loss, hand-written backward, the tangent projection, Adam,
 # renormalisation) against the same step in PyTorch eager (autograd, torch.optim.Adam), timed
 # side by side in one process. And collecting layer 3's feed-forward activations over the corpus,
@@ -444,6 +562,7 @@ BENCHMARKS = {
     "sweep": bench_superposition_sweep,
     "bpe": bench_bpe,
     "bert": bench_bert,
+    "grokking": bench_grokking,
     "sae": bench_sae,
     "collection": bench_collection,
 }

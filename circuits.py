@@ -18,6 +18,9 @@ attention-only models trained with transformer.py. Read top to bottom:
     6. One layer                  the path expansion, the QK and OV circuits, skip-trigrams
     7. Two layers                 induction heads: data with repeats, induction and
                                   previous-token scores, composition, copying, ablation
+    9. Causal interventions       on transformer.py's named activations: activation patching
+                                  of the residual stream and of heads, the logit lens, direct
+                                  logit attribution
     Appendix                      checking arguments: every public function refuses bad input
                                   with a ValueError or TypeError naming the argument, before
                                   it changes anything
@@ -31,6 +34,9 @@ matrix as transformer.py's `pattern`, (B, H, n, n). Batches in the paper's conve
 transformer.py's layout (B, n, V). Section 3 does both translations.
 """
 
+import math
+import numbers
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -171,7 +177,7 @@ def kronecker_identity_errors(seed=0):
 
 def head_weights(model, layer, head):
     """Paper-convention (float64) weights of one head: W_Q, W_K, W_V (d_k, d) and W_O (d, d_k)."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     return _head_weights(model, layer, head)
 
 
@@ -229,7 +235,7 @@ def ablated(model, layer, head):
     """Inside `with ablated(model, layer, head):` that head writes nothing: its rows of out.W,
     the only way its output reaches the residual stream, are zero. They are restored on exit,
     even after an exception."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     with _ablated(model, layer, head):
         yield model
 
@@ -396,7 +402,7 @@ def path_expansion(model, tokens):
     deeper models chains such as "tok > L0H1 > L1H3". The terms sum to model.forward(tokens)
     up to rounding, because the attention patterns are the ones that forward computed. The
     model must be the simplified transformer."""
-    check_simplified(model)
+    _check_path_expansion(model, tokens)
     _, patterns = _run_with_patterns(model, tokens)             # L arrays (B, H, n, n)
     tokens = np.asarray(tokens)
     W_E, W_U, P = _embedding_weights(model)
@@ -420,7 +426,7 @@ def qk_circuit(model, layer, head):
     """W_Eᵀ W_Qᵀ W_K W_E / √d_k (V_dest, V_src): the attention score destination token b gives
     source token a, from token embeddings alone (positions left out). For heads above layer 0
     this is only the part that reads the embeddings directly."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     return _qk_circuit(model, layer, head)
 
 
@@ -433,7 +439,7 @@ def _qk_circuit(model, layer, head):
 def ov_circuit(model, layer, head):
     """W_U W_O W_V W_E (V_out, V_src): how attending to source token a changes the logit of
     every out token, if the head attends to a alone."""
-    _check_layer_head(model, layer, head)
+    layer, head = _check_layer_head(model, layer, head)
     return _ov_circuit(model, layer, head)
 
 
@@ -680,6 +686,170 @@ def copying_score(M):
 
 
 # ----------------------------------------------------------------------------------------------
+# 9. Causal interventions: activation patching, the logit lens, direct logit attribution
+# ----------------------------------------------------------------------------------------------
+# Reading weights (sections 5-7) says what a head could do; an intervention says what it does on
+# a given prompt. Three tools, all on transformer.py's named activations (its section 9b), all
+# through hooked runs, so the model is left as it was:
+#
+# Activation patching (Meng et al. 2022, "causal tracing"; Wang et al. 2022, IOI). Run a clean
+# prompt and a corrupted one that differs in the word that decides the answer, and keep the
+# clean run's activations. Then run the corrupted prompt again with one activation put back
+# from the clean run: a residual-stream vector at one (layer, position), or one head's output.
+# If the metric (a logit difference, clean answer minus corrupt answer) comes back, that
+# activation carries what the corruption removed. The grids are laid out as
+# transformer_lens.patching's: (layer, position) for the residual stream, (layer, head) for
+# heads, the raw metric in each cell.
+#
+# The logit lens (nostalgebraist 2020): the residual stream after each layer, read through the
+# final layer norm and the unembedding as if the model stopped there; what would it predict?
+#
+# Direct logit attribution (Elhage et al. 2021, "residual stream as a sum"). In a Pre-LN model
+# the final residual stream is a sum: the token embedding, the positional code, every head's
+# output z_h W_O^h, each attention output bias, every MLP's output. The final layer norm is
+# LN(x) = (x - mean(x)) r g + b with r = 1/√(var(x) + eps); freeze r at its value on this
+# prompt and LN is linear in x, so the logit difference (W_U[:, right] - W_U[:, wrong]) · LN(x)
+# splits into one term per part, plus the constant from b and the unembedding's bias. The parts
+# sum to the logit difference exactly; the direct effect of a part leaves out what later layers
+# make of it.
+
+def logit_difference(right, wrong, position=-1):
+    """-> metric(logits (B, T, V)): the batch mean of logits[b, position, right[b]] -
+    logits[b, position, wrong[b]]; right and wrong are an id or (B,) ids."""
+    right, wrong, position = _check_logit_difference(right, wrong, position)
+
+    def metric(logits):
+        _check_logit_difference(right, wrong, position, np.shape(logits))
+        rows = np.arange(logits.shape[0])
+        at = logits[:, position]                                     # (B, V)
+        return float(np.mean(at[rows, right] - at[rows, wrong]))
+    return metric
+
+
+def patch(model, inputs, source, name, index=slice(None)):
+    """model's output on inputs (as its forward takes them) with the activation `name` replaced,
+    at index (a NumPy index into it: np.s_[:, t] is position t of (B, T, d)), by the same
+    entries of source[name], source being run_with_cache's cache of another run."""
+    inputs = _as_inputs(inputs)
+    if name in transformer.hook_names(model):    # (an unknown name: run_with_hooks lists them)
+        _check_patch(source, name, index)
+
+    def put(activation, _):
+        _check_source_shape(name, source[name], activation)
+        activation[index] = source[name][index]
+        return activation
+    return transformer.run_with_hooks(model, *inputs, hooks={name: put})
+
+
+def residual_patching(model, clean, corrupt, metric=None, stack="blocks"):
+    """Patch the residual stream from the clean run into the corrupt one, one (layer, position)
+    at a time -> (grid (n_layers + 1, T) of metric values, the rows' hook names): row l is the
+    stream entering block l (hook_resid_pre), the last row the stream leaving the last block
+    (its hook_resid_post). (Patching a whole position after attention, hook_resid_mid, would
+    repeat the next row: the MLP reads one position at a time.) stack is "encoder.blocks" or
+    "decoder.blocks" for the encoder-decoder. metric(output) -> a number; default:
+    logit_difference of the clean run's top token and the corrupt run's at the last position."""
+    clean, corrupt = _check_clean_corrupt(model, clean, corrupt, metric)
+    names = _residual_rows(model, stack)
+    clean_cache, metric = _clean_cache_and_metric(model, clean, corrupt, metric)
+    T = clean_cache[names[0]].shape[1]
+    grid = [[_metric_value(metric, patch(model, corrupt, clean_cache, name, np.s_[:, t]))
+             for t in range(T)] for name in names]
+    return np.array(grid), names
+
+
+def head_patching(model, clean, corrupt, metric=None, stack="blocks"):
+    """Patch one head's output (its hook_z at every position, before W_O) from the clean run into
+    the corrupt one -> grid (n_layers, H) of metric values. metric and stack as in
+    residual_patching."""
+    clean, corrupt = _check_clean_corrupt(model, clean, corrupt, metric)
+    names = [name.replace("hook_resid_pre", "attn.hook_z") for name in _residual_rows(model, stack)[:-1]]
+    clean_cache, metric = _clean_cache_and_metric(model, clean, corrupt, metric)
+    H = clean_cache[names[0]].shape[1]
+    return np.array([[_metric_value(metric, patch(model, corrupt, clean_cache, name, np.s_[:, h]))
+                      for h in range(H)] for name in names])
+
+
+def _as_inputs(inputs):
+    """A token array, or a tuple of the forward's inputs -> a tuple."""
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def _residual_rows(model, stack):
+    """The hook names of the rows of residual_patching, in the order the forward reaches them."""
+    names = transformer.hook_names(model)
+    _check_stack(model, stack, names)
+    rows = [n for n in names if re.fullmatch(rf"{re.escape(stack)}\.\d+\.hook_resid_pre", n)]
+    return rows + [rows[-1].replace("hook_resid_pre", "hook_resid_post")]
+
+
+def _clean_cache_and_metric(model, clean, corrupt, metric):
+    """The clean run's cache, and the metric (the default one built from both runs), checked
+    on the corrupt run's output."""
+    clean_output, clean_cache = transformer.run_with_cache(model, *clean)
+    corrupt_output = transformer.run_with_hooks(model, *corrupt, hooks={})
+    if metric is None:
+        _check_logits_output(model, clean_output)
+        metric = logit_difference(clean_output[:, -1].argmax(-1), corrupt_output[:, -1].argmax(-1))
+    _metric_value(metric, corrupt_output)
+    return clean_cache, metric
+
+
+def logit_lens(model, tokens):
+    """The residual stream after the embedding and after each block, each read through the final
+    layer norm and the unembedding -> (n_layers + 1, B, T, V) logits; the last row is the model's
+    logits. Row l is a hooked run whose last block's output is replaced by the stream after l
+    blocks: what follows that point is exactly the final norm and the unembedding."""
+    _check_pre_ln("logit_lens", model)
+    _, cache = transformer.run_with_cache(model, tokens)
+    L = len(model.blocks)
+    streams = [cache["hook_embed"] + cache["hook_pos_embed"]]        # (B, T, d), after l blocks:
+    streams += [cache[f"blocks.{l}.hook_resid_post"] for l in range(L)]
+    last = f"blocks.{L - 1}.hook_resid_post"
+    return np.stack([transformer.run_with_hooks(model, tokens, hooks={last: lambda a, _, x=x: x})
+                     for x in streams])
+
+
+def direct_logit_attribution(model, tokens, right, wrong, position=-1):
+    """The logit difference logits[b, position, right[b]] - logits[b, position, wrong[b]] split
+    into the direct contribution of every part of the final residual stream, the final norm's
+    scale frozen -> (labels, parts (n_parts, B)): "embed", "pos", "L{l}H{h}" for each head,
+    "L{l} attn bias", "L{l} mlp", and "biases" (the final norm's b and the unembedding's bias).
+    parts.sum(axis=0) is the logit difference."""
+    _check_pre_ln("direct_logit_attribution", model)
+    logits, cache = transformer.run_with_cache(model, tokens)
+    right, wrong, position = _check_logit_difference(right, wrong, position, logits.shape)
+    embed = cache["hook_embed"][:, position]                                   # (B, d)
+    labels, parts = ["embed", "pos"], [embed, np.broadcast_to(cache["hook_pos_embed"][position], embed.shape)]
+    for l, block in enumerate(model.blocks):
+        attn, H = block.self_attn, model.config["n_heads"]
+        W_O = attn.out.params["W"].reshape(H, -1, attn.out.params["W"].shape[1])  # (H, d_k, d)
+        z = cache[f"blocks.{l}.attn.hook_z"][:, :, position]                   # (B, H, d_k)
+        labels += [f"L{l}H{h}" for h in range(H)]
+        parts += [z[:, h] @ W_O[h] for h in range(H)]
+        if "b" in attn.out.params:
+            labels.append(f"L{l} attn bias")
+            parts.append(np.broadcast_to(attn.out.params["b"], parts[0].shape))
+        if block.ffn is not None:
+            labels.append(f"L{l} mlp")
+            parts.append(cache[f"blocks.{l}.hook_mlp_out"][:, position])
+    W_U = _embedding_weights(model)[1]                                  # (V, d), paper layout
+    b_U = model.unembed.params.get("b", np.zeros(len(W_U)))
+    direction = W_U[right] - W_U[wrong]                                 # (B, d)
+    constant = b_U[right] - b_U[wrong]
+    if isinstance(model.norm, transformer.LayerNorm):   # freeze r on this prompt's final stream
+        x = cache[f"blocks.{len(model.blocks) - 1}.hook_resid_post"][:, position] \
+            if model.blocks else sum(parts)                                    # (B, d)
+        centred = x - x.mean(-1, keepdims=True)
+        r = 1 / np.sqrt((centred ** 2).mean(-1, keepdims=True) + model.norm.eps)   # (B, 1)
+        constant = constant + direction @ model.norm.params["b"]
+        direction = direction * model.norm.params["g"]
+        parts = [(p - p.mean(-1, keepdims=True)) * r for p in parts]
+    values = [np.sum(p * direction, axis=-1) for p in parts] + [constant]
+    return labels + ["biases"], np.array(values, np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
 # Appendix: checking arguments
 # ----------------------------------------------------------------------------------------------
 # Every public function above refuses bad input with a ValueError (or a TypeError) that names
@@ -710,7 +880,7 @@ def _check_real(name, value, layout, min_ndim=0, ndim=None, finite=True):
     """A non-empty array of real numbers (not bools) with ndim axes (or at least min_ndim),
     finite unless told -> the array, integers as float64. layout completes "{name} must ...",
     as in "have shape (B, n, V)"."""
-    a = np.asarray(value)
+    a = np.asarray(transformer.check_plain_array(name, value))
     if a.dtype.kind not in "iuf" or (a.ndim != ndim if ndim is not None else a.ndim < min_ndim) \
             or a.size == 0:
         raise ValueError(f"{name} must {layout} of real numbers, not empty; got a {a.dtype} array "
@@ -789,9 +959,28 @@ def _check_head(X, A, W_V, W_O):
 
 
 def _check_layer_head(model, layer, head):
+    """-> layer, head as Python ints: a np.uint8 head times d_k could wrap (255 + 1 is 0)."""
     check_simplified(model)
-    _check_index("layer", layer, len(model.blocks), "layer")
-    _check_index("head", head, model.config["n_heads"], "head")
+    return (_check_index("layer", layer, len(model.blocks), "layer"),
+            _check_index("head", head, model.config["n_heads"], "head"))
+
+
+MAX_PATHS = 10 ** 4
+
+
+def _check_path_expansion(model, tokens):
+    """The paths grow as (1 + H)^L: each head of each layer extends every path before it, so
+    2·(1 + H)^L arrays (B, n, V) come out (a 12-layer model with 4 heads would have 488 million).
+    Refused beyond MAX_PATHS paths or transformer.MAX_NUMBERS numbers, before any is computed."""
+    check_simplified(model)
+    B, n = np.shape(tokens) if np.ndim(tokens) == 2 else (1, 1)   # other shapes: forward refuses
+    H, L = model.config["n_heads"], len(model.blocks)
+    if 2 * (1 + H) ** L > MAX_PATHS:
+        raise ValueError(f"model has {L} layers of {H} heads: its path expansion would have "
+                         f"2·(1 + H)^L = {2 * (1 + H) ** L} paths, more than {MAX_PATHS}")
+    transformer.check_numbers(f"path_expansion of {L} layers of {H} heads (2·(1 + H)^L = "
+                              f"{2 * (1 + H) ** L} paths of B·n·max(V, d) numbers)",
+                              2 * (1 + H) ** L * B * n * max(model.vocab_size, model.config["d_model"]))
 
 
 def _check_sequences(model, name, tokens):
@@ -829,6 +1018,8 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
     transformer.check_rng(rng)
     vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
     length, successors = transformer.check_count("length", length), transformer.check_count("successors", successors)
+    transformer.check_numbers(f"a corpus of n_seqs·length = {n_seqs}·{length}", n_seqs * length)
+    transformer.check_numbers(f"a bigram table of vocab_size² = {vocab_size}²", vocab_size ** 2)
     if successors > vocab_size:
         raise ValueError(f"successors must be an int in [1, vocab_size = {vocab_size}], got "
                          f"{successors!r}")
@@ -837,6 +1028,7 @@ def _check_markov(rng, vocab_size, n_seqs, length, successors):
 
 def _check_corpus(tokens, vocab_size):
     vocab_size = transformer.check_count("vocab_size", vocab_size)
+    transformer.check_numbers(f"a bigram table of vocab_size² = {vocab_size}²", vocab_size ** 2)
     tokens = transformer.check_id_array("tokens", tokens, vocab_size)
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be a corpus (n_seqs, length) with n_seqs >= 1 and length >= 2 "
@@ -854,6 +1046,7 @@ def _check_skip_corpus(rng, triples, vocab_size, n_seqs, length):
     transformer.check_rng(rng)
     vocab_size, n_seqs = transformer.check_count("vocab_size", vocab_size), transformer.check_count("n_seqs", n_seqs)
     length = transformer.check_count("length", length, minimum=3)    # a, then b, then the token after b
+    transformer.check_numbers(f"a corpus of n_seqs·length = {n_seqs}·{length}", n_seqs * length)
     triples = transformer.check_id_array("triples", triples, vocab_size)
     if triples.ndim != 2 or triples.shape[0] < 1 or triples.shape[1] != 3:
         raise ValueError(f"triples must be a non-empty list of (a, b, c) triples, shape (k, 3), "
@@ -870,6 +1063,8 @@ def _check_skip_trigrams(model, top_k):
     if len(model.blocks) != 1:
         raise ValueError(f"model must have exactly 1 layer for skip-trigrams, got {len(model.blocks)}")
     top_k = transformer.check_count("top_k", top_k)
+    H, V = model.config["n_heads"], model.vocab_size
+    transformer.check_numbers(f"skip_trigrams' table of H·V³ scores (H={H}, V={V})", H * V ** 3)
     if top_k > model.vocab_size ** 3:
         raise ValueError(f"top_k must be an int in [1, {model.vocab_size ** 3}], got {top_k!r}")
     return top_k
@@ -878,6 +1073,7 @@ def _check_skip_trigrams(model, top_k):
 def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
     transformer.check_rng(rng)
     batch, length = transformer.check_count("batch", batch), transformer.check_count("length", length)
+    transformer.check_numbers(f"a batch of batch·length = {batch}·{length}", batch * length)
     vocab_size = transformer.check_count("vocab_size", vocab_size)
     min_len, max_len = transformer.check_count("min_len", min_len, 2), transformer.check_count("max_len", max_len, 2)
     if not min_len <= max_len <= length // 2:
@@ -888,7 +1084,7 @@ def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
 
 def _check_split(losses, inside):
     losses = _check_real("losses", losses, "have shape (B, n)", min_ndim=1)
-    inside = np.asarray(inside)
+    inside = np.asarray(transformer.check_plain_array("inside", inside))
     if inside.dtype != bool or inside.shape != losses.shape:
         raise ValueError(f"inside must be a bool mask of the losses' shape {losses.shape}, got a "
                          f"{inside.dtype} array of shape {inside.shape}")
@@ -972,3 +1168,99 @@ def _check_two_layers(model):
 def _check_eigenvalues(lam):
     if not np.any(lam):
         raise ValueError("M has only zero eigenvalues (M = 0 or nilpotent), so Σλ / Σ|λ| is undefined")
+
+# Section 9's checks: prompts that fit each other, names and indices of the model's
+# activations, metrics that return a number, models whose final stream is a sum.
+
+def _check_clean_corrupt(model, clean, corrupt, metric):
+    """-> clean and corrupt as tuples of the forward's inputs, of the same shapes."""
+    transformer.hook_names(model)                                    # a model with hook points
+    clean, corrupt = _as_inputs(clean), _as_inputs(corrupt)
+    shapes = [[np.shape(a) for a in inputs] for inputs in (clean, corrupt)]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"clean and corrupt must have the same shapes (prompts of the same "
+                         f"length, position by position), got {shapes[0]} and {shapes[1]}")
+    if metric is not None and not callable(metric):
+        raise TypeError(f"metric must be None or a function metric(output) -> number, got "
+                        f"{type(metric).__name__}")
+    return clean, corrupt
+
+
+def _check_stack(model, stack, names):
+    stacks = [n[:-len(".0.hook_resid_pre")] for n in names
+              if re.fullmatch(r".*blocks\.0\.hook_resid_pre", n)]
+    if stack not in stacks:
+        raise ValueError(f"stack must be one of this {type(model).__name__}'s stacks of blocks "
+                         f"{stacks}, got {stack!r}")
+
+
+def _metric_value(metric, output):
+    """metric(output) as a float: a real number (a NumPy scalar or 0-d array too), finite."""
+    value = metric(output)
+    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or (
+            isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf")):
+        raise TypeError(f"metric must return a number, got {type(value).__name__} "
+                        f"{np.shape(value) if isinstance(value, np.ndarray) else ''}".rstrip())
+    if not math.isfinite(value):
+        raise ValueError(f"metric must return a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_logits_output(model, output):
+    vocab = getattr(model, "tgt_vocab_size", getattr(model, "vocab_size", None))
+    if output.shape[-1] != vocab:
+        raise ValueError(f"metric is None, and the default logit difference needs logits, but "
+                         f"this {type(model).__name__}'s output has shape {output.shape}: pass "
+                         f"a metric")
+
+
+def _check_logit_difference(right, wrong, position, shape=None):
+    """right, wrong: an id or (B,) ids; position an int; with shape (B, T, V), each in range,
+    and the ids as (B,) arrays."""
+    ids = []
+    for name, value in (("right", right), ("wrong", wrong)):
+        value = np.asarray(value)
+        if value.dtype.kind not in "iu" or value.ndim > 1:
+            raise TypeError(f"{name} must be a token id or a (B,) array of ids, got {value!r}")
+        ids.append(value)
+    if isinstance(position, (bool, np.bool_)) or not isinstance(position, (int, np.integer)):
+        raise TypeError(f"position must be an int, got {position!r}")
+    if shape is not None:
+        B, T, V = shape
+        for name, value in zip(("right", "wrong"), ids):
+            if value.size and (value.min() < 0 or value.max() >= V) or value.ndim and len(value) != B:
+                raise ValueError(f"{name} must be an id in [0, {V}) or B = {B} of them, got {value!r}")
+        if not -T <= position < T:
+            raise ValueError(f"position must be in [-{T}, {T}), got {position}")
+        ids = [np.broadcast_to(value, (B,)) for value in ids]          # one id per batch row
+    return ids[0], ids[1], int(position)
+
+
+def _check_patch(source, name, index):
+    if not isinstance(source, dict) or not isinstance(source.get(name), np.ndarray):
+        keys = f" with keys {list(source)[:5]}..." if isinstance(source, dict) else ""
+        raise ValueError(f"source must be a cache of run_with_cache holding {name!r}, got "
+                         f"{type(source).__name__}{keys}")
+    try:
+        source[name][index]
+    except (IndexError, TypeError, ValueError):
+        raise ValueError(f"index must be a NumPy index into source[{name!r}] of shape "
+                         f"{source[name].shape}, got {index!r}") from None
+
+
+def _check_source_shape(name, cached, activation):
+    if cached.shape != activation.shape or cached.dtype != activation.dtype:
+        raise ValueError(f"source[{name!r}] must come from a run of the same shapes: it has shape "
+                         f"{cached.shape} ({cached.dtype}), this run's activation {activation.shape} "
+                         f"({activation.dtype})")
+
+
+def _check_pre_ln(function, model):
+    """The logit lens and attribution read the final stream as a sum: a Pre-LN GPT (or one
+    without layer norms)."""
+    _check_model(model)
+    if not model.config["norm_first"] and model.config["layer_norm"]:
+        raise ValueError(f"{function} needs a Pre-LN model (norm_first=True) or one without layer "
+                         f"norms: in a Post-LN block the stream is renormalised, not summed")
+    if function == "logit_lens" and not model.blocks:
+        raise ValueError("logit_lens needs a model with at least one block")

@@ -26,7 +26,6 @@ on real tokens, False on padding.
 """
 
 import importlib.util
-import json
 import math
 import os
 import pathlib
@@ -36,8 +35,8 @@ import numpy as np
 
 from transformer import (MAX_LAYERS, MAX_NUMBERS, Adam, Block, Embedding, GELU, LayerNorm, Linear,
                          Module, TiedUnembedding, check_count, check_finite, check_float_dtype,
-                         check_id_array, check_positive, check_rng, check_text, check_tokens,
-                         run_with_hooks, train_step)
+                         check_id_array, check_plain_array, check_positive, check_rng, check_text,
+                         check_tokens, parse_json, read_regular_file, run_with_hooks, train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,9 +249,9 @@ class WordPieceTokenizer:
 
 def pad_batch(ids, pad_id):
     """A list of B id lists -> tokens (B, T) padded with pad_id, real (B, T) bool."""
-    _check_id_lists(ids, pad_id)
+    pad_id = _check_id_lists(ids, pad_id)
     T = max(len(row) for row in ids)
-    tokens = np.full((len(ids), T), pad_id)
+    tokens = np.full((len(ids), T), pad_id, np.intp)
     real = np.zeros((len(ids), T), bool)
     for i, row in enumerate(ids):
         tokens[i, :len(row)] = row
@@ -264,7 +263,8 @@ def mean_pool(h, real):
     """h (B, T, d), real (B, T) bool -> (B, d): the mean over real tokens, unit length."""
     _check_pooling(h, real)
     pooled = (h * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True).astype(h.dtype)
-    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    norms = _check_norms(np.linalg.norm(pooled, axis=1, keepdims=True))
+    return pooled / norms
 
 
 # ----------------------------------------------------------------------------------------------
@@ -583,19 +583,23 @@ class MaskedLanguageModel(Module):
         self.bert, self.vocab_size = bert, bert.vocab_size
         self.head = MaskedLMHead(bert.word_embed, np.random.default_rng(check_count("seed", seed, 0)),
                                  bert.embed_norm.eps)
+        self.logits_shape = None
 
     def forward(self, tokens, attention_mask=None):
-        return self.head.forward(self.bert.forward(tokens, attention_mask))
+        logits = self.head.forward(self.bert.forward(tokens, attention_mask))
+        self.logits_shape = logits.shape
+        return logits
 
     def backward(self, dlogits):
-        self.bert.backward(self.head.backward(dlogits))
+        """dlogits (B, T, V) of the last forward -> None; checked before any gradient changes."""
+        self.bert.backward(self.head.backward(_check_dlogits(self, dlogits)))
 
 
 def mask_tokens(tokens, rng, mask_id, vocab_size, rate=0.15, special=()):
     """BERT's corruption. tokens (B, T) int -> (inputs, targets): inputs with the chosen
     positions replaced (80% mask_id, 10% a random id, 10% unchanged); targets the original id at
     chosen positions and -1 (the ignore_index) elsewhere. Ids in special are never chosen."""
-    tokens = _check_mask_args(tokens, rng, mask_id, vocab_size, rate)
+    tokens, mask_id, vocab_size, rate = _check_mask_args(tokens, rng, mask_id, vocab_size, rate)
     chosen = (rng.random(tokens.shape) < rate) & ~np.isin(tokens, special)
     fate = rng.random(tokens.shape)
     inputs = np.where(chosen & (fate < 0.8), mask_id, tokens)
@@ -637,7 +641,7 @@ def train_masked_lm(steps=300, k=4, d_model=32, seed=0, lr=3e-3, batch_size=64):
 def fill_in_accuracy(model, rng, where, n=1000, k=4):
     """The share of sentences in which one masked word at position `where` (0: a left word,
     1: a middle word, 2: a right word, of some triple) is predicted exactly."""
-    check_count("where", where, 0, 2)
+    where, n = check_count("where", where, 0, 2), check_count("n", n)
     tokens = pair_sentences(rng, n, k)
     rows, cols = np.arange(n), 3 * rng.integers(0, 3, n) + where
     inputs = tokens.copy()
@@ -660,17 +664,22 @@ def fill_in_accuracy(model, rng, where, n=1000, k=4):
 
 SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8",
                       "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+MAX_SAFETENSORS_BYTES = 2 ** 33         # 8 GB: the files read here are 90 MB
+MAX_CONFIG_BYTES = 10 ** 6              # config.json (about 600 bytes for MiniLM)
+MAX_VOCAB_BYTES = 10 ** 8               # vocab.txt (232 KB for MiniLM)
 
 
 def read_safetensors(path):
     """A .safetensors file -> dict name -> np.ndarray (read-only views of one read of the file,
-    except bfloat16, widened to float32)."""
+    except bfloat16, widened to float32). Refused before it is opened unless it is a regular
+    file; its tensors may not share a byte, so they take no more memory than the file."""
     path = _check_path(path)
-    data = _read_file(path, "path")
+    data = read_regular_file("path", path, MAX_SAFETENSORS_BYTES)
     header, start = _safetensors_header(data, path)
+    entries = {name: _tensor_entry(name, info, len(data) - start, path) for name, info in header.items()}
+    _check_disjoint(entries, path)
     tensors = {}
-    for name, info in header.items():
-        dtype, shape, (begin, end) = _tensor_entry(name, info, len(data) - start, path)
+    for name, (dtype, shape, (begin, end)) in entries.items():
         raw = np.frombuffer(data, SAFETENSORS_DTYPES[dtype], count=math.prod(shape),
                             offset=start + begin).reshape(shape)
         if dtype == "BF16":
@@ -723,9 +732,9 @@ def load_bert(path=None, dtype=np.float32):
     folder = installed_model_folder() if path is None else _check_path(path)
     config = _bert_config(folder)
     tensors = read_safetensors(folder / "model.safetensors")
-    vocab = _read_file(folder / "vocab.txt", "path").decode("utf-8").splitlines()
+    vocab = _vocab_lines(folder / "vocab.txt")
     tokenizer = WordPieceTokenizer(vocab)
-    table = _checked_weight_table(tensors, config, len(vocab), folder)
+    table = _checked_weight_table(tensors, config, len(vocab), folder, dtype)
     n_layers = config["num_hidden_layers"]
     bert = Bert(config["vocab_size"], config["hidden_size"], config["num_attention_heads"],
                 n_layers, config["intermediate_size"], config["max_position_embeddings"],
@@ -787,7 +796,7 @@ def _check_bert_inputs(model, tokens, attention_mask, token_type_ids):
     tokens = check_tokens("tokens", tokens, model.vocab_size, model.max_len)
     if attention_mask is None:
         attention_mask = np.ones(tokens.shape, bool)
-    attention_mask = np.asarray(attention_mask)
+    attention_mask = np.asarray(check_plain_array("attention_mask", attention_mask))
     if attention_mask.shape != tokens.shape or attention_mask.dtype.kind not in "biu" \
             or not np.isin(attention_mask, (0, 1)).all():
         raise ValueError(f"attention_mask must be a bool (or 0/1) array of the shape of tokens "
@@ -811,11 +820,14 @@ def _check_path(path):
     return pathlib.Path(path)
 
 
-def _read_file(path, name):
+def _vocab_lines(path):
+    """vocab.txt -> its lines, one piece each; a file that is not UTF-8 is refused by its path."""
+    data = read_regular_file("path", path, MAX_VOCAB_BYTES)
     try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"{name} {str(path)!r} cannot be read ({err.strerror or err})") from None
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"path {str(path)!r} is not UTF-8 text: byte {err.start} is "
+                         f"{data[err.start:err.start + 1]!r}") from None
 
 
 def _safetensors_header(data, path):
@@ -827,14 +839,14 @@ def _safetensors_header(data, path):
     if n > len(data) - 8:
         raise ValueError(f"path {str(path)!r}: its header claims {n} bytes, but only "
                          f"{len(data) - 8} follow")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"path {str(path)!r}: the header is not JSON ({err})") from None
+    header = parse_json(f"path {str(path)!r}: the header", data[8:8 + n])
     if not isinstance(header, dict):
         raise ValueError(f"path {str(path)!r}: the header must be a JSON object, got "
                          f"{type(header).__name__}")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError(f"path {str(path)!r}: __metadata__ must map names to strings, got "
+                         f"{metadata!r}"[:300])
     return header, 8 + n
 
 
@@ -859,6 +871,16 @@ def _tensor_entry(name, info, n_data, path):
     return dtype, shape, offsets
 
 
+def _check_disjoint(entries, path):
+    """No two tensors may share a byte: 800 names over one byte range would be 800 arrays read
+    from it (views here, but each a full copy once loaded into a model)."""
+    spans = sorted((begin, end, name) for name, (_, _, (begin, end)) in entries.items() if end > begin)
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ValueError(f"path {str(path)!r}: tensors {first!r} and {second!r} share bytes "
+                             f"(their data_offsets overlap)")
+
+
 BERT_CONFIG_SIZES = ("vocab_size", "hidden_size", "num_attention_heads", "num_hidden_layers",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size")
 
@@ -869,13 +891,10 @@ def _bert_config(folder):
         raise ValueError(f"path {str(folder)!r} must be a folder holding config.json, "
                          f"model.safetensors and vocab.txt")
     for file in ("config.json", "model.safetensors", "vocab.txt"):
-        if not (folder / file).is_file():
+        if not (folder / file).exists():
             raise ValueError(f"path {str(folder)!r} has no {file}")
     where = f"path {str(folder / 'config.json')!r}"
-    try:
-        config = json.loads(_read_file(folder / "config.json", "path").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{where} is not JSON ({err})") from None
+    config = parse_json(where, read_regular_file("path", folder / "config.json", MAX_CONFIG_BYTES))
     if not isinstance(config, dict) or config.get("model_type") != "bert":
         got = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"{where} must describe a model_type 'bert', got {got!r}")
@@ -897,7 +916,7 @@ def _bert_config(folder):
     return config
 
 
-def _checked_weight_table(tensors, config, n_vocab, folder):
+def _checked_weight_table(tensors, config, n_vocab, folder, dtype):
     """bert_weight_names, once it is checked that every tensor the model needs is there, with
     the shape the config implies, and nothing else but the tensors known to be unused. Checked
     before any model is built, so a config cannot ask for more memory than its file holds."""
@@ -923,6 +942,9 @@ def _checked_weight_table(tensors, config, n_vocab, folder):
         if tensor.dtype.kind != "f" or not np.isfinite(tensor).all():
             raise ValueError(f"{where}: tensor {theirs!r} must hold finite floats, got "
                              f"{tensor.dtype}" + (" with NaN or inf" if tensor.dtype.kind == "f" else ""))
+        if tensor.size and np.abs(tensor).max() > np.finfo(dtype).max:    # 1e300 is inf in float32
+            raise ValueError(f"{where}: tensor {theirs!r} holds {np.abs(tensor).max():.3g}, beyond "
+                             f"{np.dtype(dtype).name}, the float type asked for")
     return table
 
 
@@ -938,6 +960,7 @@ def _parameter_shape(ours, config):
 
 
 def _check_dh(model, dh):
+    check_plain_array("dh", dh)
     if model.output_shape is None:
         raise ValueError("Bert.backward called before forward")
     if np.shape(dh) != model.output_shape:
@@ -945,6 +968,21 @@ def _check_dh(model, dh):
                          f"got {np.shape(dh)}")
     check_finite("dh", dh)
     return np.asarray(dh)
+
+
+def _check_dlogits(model, dlogits):
+    """MaskedLanguageModel.backward: the gradient of its last forward's logits, and the Bert's
+    last forward the one under them; checked before the head adds into any gradient."""
+    check_plain_array("dlogits", dlogits)
+    under = model.bert.output_shape
+    if model.logits_shape is None or under is None or under[:2] != model.logits_shape[:2]:
+        raise ValueError("MaskedLanguageModel.backward called before forward (or after a forward "
+                         "of its bert alone)")
+    if np.shape(dlogits) != model.logits_shape:
+        raise ValueError(f"dlogits must have the shape of the last forward's logits "
+                         f"{model.logits_shape}, got {np.shape(dlogits)}")
+    check_finite("dlogits", dlogits)
+    return np.asarray(dlogits)
 
 
 def _check_sentence_args(model, texts, batch_size, max_len):
@@ -968,13 +1006,15 @@ def _check_vocab(vocab):
 
 
 def _check_mask_args(tokens, rng, mask_id, vocab_size, rate):
+    """-> tokens as an array, mask_id, vocab_size and rate as Python numbers."""
     vocab_size = check_count("vocab_size", vocab_size)
     tokens = check_id_array("tokens", tokens, vocab_size)
     check_rng(rng)
-    check_count("mask_id", mask_id, 0, vocab_size - 1)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 < rate <= 1:
-        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}")
-    return tokens
+    mask_id = check_count("mask_id", mask_id, 0, vocab_size - 1)
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.floating)) \
+            or not 0 < rate <= 1:
+        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}"[:200])
+    return tokens, mask_id, vocab_size, float(rate)
 
 
 def _check_training_args(steps, k, d_model, lr, batch_size):
@@ -984,15 +1024,29 @@ def _check_training_args(steps, k, d_model, lr, batch_size):
 
 
 def _check_id_lists(ids, pad_id):
+    """-> pad_id as a Python int; every id an int in [0, 2**63) (NumPy's of any type too)."""
     if not isinstance(ids, (list, tuple)) or not ids or not all(
             isinstance(row, (list, tuple)) and row and all(
                 isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in row)
             for row in ids):
         raise TypeError(f"ids must be a non-empty list of non-empty lists of int ids, got {ids!r}"[:200])
-    check_count("pad_id", pad_id, minimum=0)
+    for row in ids:
+        for i in row:
+            check_count("each id of ids", i, minimum=0)
+    return check_count("pad_id", pad_id, minimum=0)
+
+
+def _check_norms(norms):
+    if not np.all(norms > 0):
+        raise ValueError(f"h must give a nonzero mean over the real tokens of each row, to be "
+                         f"scaled to unit length; rows {np.flatnonzero(norms == 0)[:5].tolist()} "
+                         f"have a zero mean")
+    return norms
 
 
 def _check_pooling(h, real):
+    check_plain_array("h", h)
+    check_plain_array("real", real)
     if np.ndim(h) != 3 or np.shape(real) != np.shape(h)[:2] or np.asarray(real).dtype != bool:
         raise ValueError(f"h must be (B, T, d) and real a (B, T) bool array, got shapes "
                          f"{np.shape(h)} and {np.shape(real)}")

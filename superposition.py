@@ -634,6 +634,7 @@ class SparseAutoencoder(transformer.Module):
     def __init__(self, d_in, n_latents, l1=1e-2, seed=0, dtype=np.float64):
         super().__init__()
         d, f = transformer.check_count("d_in", d_in), transformer.check_count("n_latents", n_latents)
+        transformer.check_numbers(f"W_enc and W_dec of d_in·n_latents = {d}·{f}", 2 * d * f)
         l1, dtype = transformer.check_positive("l1", l1, or_zero=True), transformer.check_float_dtype(dtype)
         seed = transformer.check_count("seed", seed, minimum=0)
         self.l1, self.dtype = l1, dtype
@@ -909,7 +910,7 @@ def _check_array(name, value, axes):
     kept, integers as float64). axes names every axis, e.g. ("N", "d"); an int fixes that
     axis's size, and a leading "..." allows any number of extra leading axes: ("...", "m", "n")
     is one model or many."""
-    a = np.asarray(value)
+    a = np.asarray(transformer.check_plain_array(name, value))
     any_leading = axes[0] == "..."
     named = axes[1:] if any_leading else axes                  # the axes that must be there
     fits = a.ndim >= len(named) if any_leading else a.ndim == len(named)
@@ -947,7 +948,7 @@ def _check_rows(sae, name, h):
 
 def _check_real_list(name, values, what):
     """A non-empty 1-D list of real numbers -> float64 array (then checked to be `what`)."""
-    a = np.asarray(values)
+    a = np.asarray(transformer.check_plain_array(name, values))
     if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iuf":
         raise ValueError(f"{name} must be a non-empty list of numbers {what}, got {values!r}")
     transformer.check_finite(name, a)
@@ -972,7 +973,7 @@ def _instance_feature_array(name, value, n_instances, n_features, vector_means):
     """Broadcast a number, a vector or a (K, n) array of real numbers to (K, n). A vector is
     read as one value per instance or one per feature, as vector_means says ("instance" or
     "feature")."""
-    a = np.asarray(value)
+    a = np.asarray(transformer.check_plain_array(name, value))
     if a.dtype.kind not in "iuf" or a.size == 0:
         raise ValueError(f"{name} must be a real number, a vector or an array of them, got {value!r}")
     a = a.astype(np.float64)
@@ -994,6 +995,7 @@ def _check_toy_model(n_features, n_hidden, n_instances, feature_probability, imp
     n = transformer.check_count("n_features", n_features)
     m = transformer.check_count("n_hidden", n_hidden)
     k = transformer.check_count("n_instances", n_instances)
+    transformer.check_numbers(f"W of n_instances·n_hidden·n_features = {k}·{m}·{n}", k * m * n)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     p = _instance_feature_array("feature_probability", feature_probability, k, n, "instance")
@@ -1016,6 +1018,9 @@ def _check_toy_model(n_features, n_hidden, n_instances, feature_probability, imp
 def _check_sparse_features(rng, inverse_probability, batch_size, dtype):
     transformer.check_rng(rng)
     inverse = _check_array("inverse_probability", inverse_probability, ("K", 1, "n"))
+    K, _, n = inverse.shape
+    transformer.check_numbers(f"a batch of K·batch_size·n = {K}·{batch_size}·{n}",
+                              K * n * transformer.check_count("batch_size", batch_size))
     if not np.all((inverse == 0) | (inverse >= 1)):      # 1/p >= 1 for every p in (0, 1]
         raise ValueError(f"inverse_probability must hold 1/p for p in (0, 1] (so >= 1) or 0, "
                          f"got {inverse_probability!r}")
@@ -1076,6 +1081,7 @@ def _check_dimensions(m):
 
 def _check_directions(m, eps, n_candidates, rng):
     m, n_candidates = transformer.check_count("m", m), transformer.check_count("n_candidates", n_candidates)
+    transformer.check_numbers(f"n_candidates·m = {n_candidates}·{m} coordinates", n_candidates * m)
     eps = transformer.check_positive("eps", eps)
     if eps >= 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps!r}")

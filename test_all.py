@@ -7,7 +7,10 @@ The proofs first, in the order of the files they check, then the bad-input contr
                      exact target; decoding, the KV cache, save/load.
     circuits.py      the Kronecker identities; one head computed three ways; the path expansion
                      equal to the logits term by term; QK/OV circuits; planted skip-trigrams
-                     recovered; an induction head grown in two layers and not in one.
+                     recovered; an induction head grown in two layers and not in one; named
+                     activations and interventions on all three model kinds (the cache equals
+                     what the layers compute, patching's exact cases, the logit lens, the
+                     attribution's sum, the model's state unchanged).
     superposition.py gradient checks of the toy model and the sparse autoencoder; the paper's
                      three results; exact dimensionalities of known geometries; the pentagon,
                      trained and hand-built; Johnson-Lindenstrauss; recovery of features by an SAE.
@@ -17,6 +20,10 @@ The proofs first, in the order of the files they check, then the bad-input contr
                      feed-forward activations of the real tokens only, the splice of the identity
                      equal to the model, the top triggers, the monosemanticity measure on planted
                      units, a dictionary that finds known directions.
+    grokking.py      the Fourier basis orthonormal; the trig identity of the Fourier algorithm; the
+                     data set; a gradient check of the paper's model on its last position, equal
+                     to the full forward; the restricted loss of logits made of key frequencies;
+                     planted frequencies found; a small model that memorises, then groks.
     bad input        apart from the proofs, one part for every module: tables of bad calls, each
                      refused by name with nothing changed; bad gradients, NaN weights, damaged and
                      crafted files; fuzzing of every argument of circuits.py and superposition.py.
@@ -48,6 +55,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import circuits as C  # noqa: E402
+import grokking as G  # noqa: E402
 import pretrained  # noqa: E402
 import superposition as S  # noqa: E402
 import transformer  # noqa: E402
@@ -1014,6 +1022,9 @@ def _hooked_model(kind):
     else:
         model = _small_bert()
         inputs, pre_ln = (rng.integers(5, 23, (2, 5)), np.array([[1, 1, 1, 1, 0], [1] * 5], bool)), False
+    for name, value, _ in model.parameters():            # biases and gains not at their start
+        if name.endswith((".b", ".g")):
+            value[...] = rng.standard_normal(value.shape) * 0.5 + name.endswith(".g")
     model.backward(rng.standard_normal(model.forward(*inputs).shape))
     return model, inputs, pre_ln
 
@@ -1093,6 +1104,103 @@ def test_a_backward_after_a_hooked_run_is_that_of_the_last_ordinary_forward(kind
     transformer.run_with_cache(fresh, *inputs)
     with pytest.raises(ValueError, match="before forward"):
         fresh.backward(dout)
+
+
+def _clean_and_corrupt(kind, model, inputs):
+    """(clean inputs, corrupt inputs: the first token array changed at position 1, the layer-0
+    point that reads it)."""
+    corrupt = list(inputs)
+    corrupt[0] = inputs[0].copy()
+    corrupt[0][:, 1] = (inputs[0][:, 1] + 1) % 9 + 1                 # ids in [1, 9]: every vocabulary
+    first = "encoder.blocks.0.hook_resid_pre" if kind == "encoder-decoder" else "blocks.0.hook_resid_pre"
+    return tuple(inputs), tuple(corrupt), first
+
+
+def _readout_metric(model):
+    """A metric of any model's output: the mean of its last position along a fixed direction."""
+    return lambda output: float(np.mean(output[:, -1] @ np.cos(np.arange(output.shape[-1]))))
+
+
+@pytest.mark.parametrize("kind", HOOKED_KINDS)
+def test_patching_all_of_layer_0_gives_the_corrupt_run_and_patching_nothing_the_clean_one(kind):
+    model, inputs, _ = _hooked_model(kind)
+    clean, corrupt, first = _clean_and_corrupt(kind, model, inputs)
+    before = _reachable_state(model)
+    _, corrupt_cache = transformer.run_with_cache(model, *corrupt)
+    everywhere = C.patch(model, clean, corrupt_cache, first)
+    nowhere = C.patch(model, clean, corrupt_cache, first, np.s_[:, :0])
+    assert _same_state(before, _reachable_state(model))
+    assert np.array_equal(everywhere, model.forward(*corrupt)) and np.array_equal(nowhere, model.forward(*clean))
+    assert not np.array_equal(everywhere, nowhere)
+
+
+@pytest.mark.parametrize("kind", HOOKED_KINDS)
+def test_the_residual_patching_grid_is_exact_where_the_answer_is_known(kind):
+    # Where clean and corrupt agree, the stream entering layer 0 is the same in both runs; the
+    # stream leaving the last block reaches the output at its own position only.
+    model, inputs, _ = _hooked_model(kind)
+    clean, corrupt, _ = _clean_and_corrupt(kind, model, inputs)
+    metric = None if kind == "gpt" else _readout_metric(model)
+    stack = "decoder.blocks" if kind == "encoder-decoder" else "blocks"
+    before = _reachable_state(model)
+    grid, names = C.residual_patching(model, clean, corrupt, metric, stack)
+    assert _same_state(before, _reachable_state(model))
+    assert names == [f"{stack}.{l}.hook_resid_pre" for l in range(2)] + [f"{stack}.1.hook_resid_post"]
+    if metric is None:
+        clean_out, corrupt_out = model.forward(*clean), model.forward(*corrupt)
+        metric = C.logit_difference(clean_out[:, -1].argmax(-1), corrupt_out[:, -1].argmax(-1))
+    m_clean, m_corrupt = metric(model.forward(*clean)), metric(model.forward(*corrupt))
+    assert m_clean != m_corrupt and grid.shape == (3, clean[-1 if kind == "encoder-decoder" else 0].shape[1])
+    agree = np.all(clean[0] == corrupt[0], axis=0) if kind != "encoder-decoder" else np.ones(grid.shape[1], bool)
+    assert np.all(grid[0, agree] == m_corrupt) and np.all(grid[0, ~agree] != m_corrupt)
+    assert np.all(grid[-1, :-1] == m_corrupt) and grid[-1, -1] == m_clean
+
+
+def test_head_patching_adds_up_in_a_one_layer_attention_only_model():
+    # Without layer norms the logits are linear in the heads' outputs, and a logit difference is
+    # linear in the logits: what the heads restore one by one adds up to patching them all.
+    model = _simplified_model(1)
+    rng = _rng(7)
+    clean = rng.integers(0, model.vocab_size, (3, 9))
+    corrupt = clean.copy()
+    corrupt[:, :4] = rng.integers(0, model.vocab_size, (3, 4))
+    metric = C.logit_difference(clean[:, 0], corrupt[:, 0])
+    grid = C.head_patching(model, clean, corrupt, metric)
+    m_corrupt = metric(model.forward(corrupt))
+    _, clean_cache = transformer.run_with_cache(model, clean)
+    m_all = metric(C.patch(model, corrupt, clean_cache, "blocks.0.attn.hook_z"))
+    assert grid.shape == (1, model.config["n_heads"])
+    assert abs(np.sum(grid - m_corrupt) - (m_all - m_corrupt)) <= IDENTITY_TOL * 10 * abs(m_all - m_corrupt) + IDENTITY_TOL
+
+
+@pytest.mark.parametrize("simplified", [False, True], ids=["pre-ln", "simplified"])
+def test_the_logit_lens_ends_at_the_logits_and_starts_at_the_embedding(simplified):
+    model = _simplified_model(2, tie_weights=True) if simplified else _hooked_model("gpt")[0]
+    tokens = _rng(8).integers(0, model.vocab_size, (2, 7))
+    before = _reachable_state(model)
+    lens = C.logit_lens(model, tokens)
+    assert _same_state(before, _reachable_state(model))
+    assert lens.shape == (3, 2, 7, model.vocab_size) and np.array_equal(lens[-1], model.forward(tokens))
+    _, cache = transformer.run_with_cache(model, tokens)
+    x0 = cache["hook_embed"] + cache["hook_pos_embed"]
+    assert np.allclose(lens[0], model.unembed.forward(model.norm.forward(x0)), rtol=0, atol=IDENTITY_TOL * 10)
+
+
+@pytest.mark.parametrize("simplified", [False, True], ids=["pre-ln", "simplified"])
+def test_the_direct_logit_attributions_sum_to_the_logit_difference(simplified):
+    model = _simplified_model(2, tie_weights=True) if simplified else _hooked_model("gpt")[0]
+    rng = _rng(9)
+    tokens = rng.integers(0, model.vocab_size, (3, 6))
+    right, wrong = rng.integers(0, model.vocab_size, 3), rng.integers(0, model.vocab_size, 3)
+    before = _reachable_state(model)
+    labels, parts = C.direct_logit_attribution(model, tokens, right, wrong, position=4)
+    assert _same_state(before, _reachable_state(model))
+    logits = model.forward(tokens)[np.arange(3), 4]
+    H = model.config["n_heads"]
+    expected = ["embed", "pos"] + [f"L{l}H{h}" for l in range(2) for h in range(H)] + ([] if simplified else ["L0 attn bias", "L0 mlp", "L1 attn bias", "L1 mlp"])
+    assert sorted(labels) == sorted(expected + ["biases"]) and parts.shape == (len(labels), 3)
+    assert np.max(np.abs(parts.sum(axis=0) - (logits[np.arange(3), right] - logits[np.arange(3), wrong]))) < 1e-12
+    assert simplified == np.all(parts[labels.index("biases")] == 0)
 
 
 # ==============================================================================================
@@ -1863,6 +1971,148 @@ def test_minilm_activations_on_real_text_are_those_of_each_paragraph_alone_and_s
 
 
 # ==============================================================================================
+# grokking.py: the Fourier basis, the trig identity, the data, the model's gradients, the
+# restricted loss, and a small run that groks
+# ==============================================================================================
+
+# A run small enough for the suite that still memorises first and groks later: the tour's
+# --quick run (measured: train accuracy 100% at step 75 with test accuracy 16%, test accuracy 99%
+# at step 875).
+GROKKING_TEST_RUN = dict(G.DEFAULT, lr=2e-2, steps=1000)
+
+
+@pytest.mark.parametrize("p", [7, 8, 53])
+def test_fourier_basis_is_orthonormal_and_made_of_the_waves_of_each_frequency(p):
+    B = G.fourier_basis(p)
+    assert np.max(np.abs(B @ B.T - np.eye(p))) < IDENTITY_TOL
+    k, a = G.basis_frequencies(p), np.arange(p)
+    for i in range(1, p):                      # row i is cos or sin of 2π k a / p, up to its norm
+        waves = [np.cos(2 * np.pi * k[i] * a / p), np.sin(2 * np.pi * k[i] * a / p)]
+        wave = waves[(i + 1) % 2]
+        assert np.max(np.abs(B[i] - wave / np.linalg.norm(wave))) < IDENTITY_TOL
+    assert np.bincount(k).tolist() == [1] + [2] * ((p - 1) // 2) + [1] * (p % 2 == 0)
+
+
+def test_fourier_multiplication_is_the_trig_identity_and_its_sum_picks_a_plus_b():
+    p = 13
+    a, b, c = np.meshgrid(np.arange(p), np.arange(p), np.arange(p), indexing="ij")
+    total = 0
+    for k in range(1, p // 2 + 1):
+        products = G.fourier_multiplication(a, b, c, k, p)
+        assert np.max(np.abs(products - np.cos(2 * np.pi * k * (a + b - c) / p))) < IDENTITY_TOL
+        total = total + products
+    # Σ_k cos(w_k n) over k = 1 .. (p-1)/2 is (p-1)/2 where n = 0 mod p and -1/2 elsewhere
+    right = c == (a + b) % p
+    assert np.max(np.abs(total - np.where(right, (p - 1) / 2, -0.5))) < IDENTITY_TOL
+
+
+def test_modular_addition_data_has_every_pair_once_right_labels_and_a_seeded_split():
+    p = 11
+    tokens, labels, train = G.modular_addition_data(p, 0.3, seed=4)
+    assert tokens.shape == (p * p, 3) and tokens.dtype.kind == "i"
+    assert len({(a, b) for a, b, _ in tokens.tolist()}) == p * p and np.all(tokens[:, 2] == p)
+    assert np.array_equal(labels, (tokens[:, 0] + tokens[:, 1]) % p)
+    assert np.array_equal(tokens[:, 0] * p + tokens[:, 1], np.arange(p * p))    # row a·p + b
+    assert train.dtype == bool and train.sum() == round(0.3 * p * p) and (~train).sum() == p * p - 36
+    again = G.modular_addition_data(p, 0.3, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(again, (tokens, labels, train)))
+    assert not np.array_equal(G.modular_addition_data(p, 0.3, seed=5).train, train)
+
+
+def _grokking_gradient_errors(model, tokens, labels):
+    """Gradient-check grokking's model through the loss of its p answers at the last position."""
+    def loss():
+        return transformer.cross_entropy(G.answer_logits(model, tokens), labels)[0]
+    _, dlogits = transformer.cross_entropy(G.answer_logits(model, tokens), labels)
+    model.zero_grad()
+    G.backward_at_last(model, np.concatenate([dlogits, np.zeros((len(labels), 1))], axis=1))
+    return transformer.gradient_check(loss, model.parameters(), num_checks=8)
+
+
+def test_grokking_model_gradients_and_its_last_position_equals_the_full_forward():
+    p = 7
+    model = G.grokking_model(p, d_model=8, n_heads=2, d_mlp=16, seed=1, dtype=np.float64)
+    names = [n for n, _, _ in model.parameters()]
+    assert "pos_embed.W" in names and not any("norm" in n or n.endswith(".b") for n in names)
+    tokens, labels, train = G.modular_addition_data(p, 0.5, seed=1)
+    tokens, labels = tokens[train], labels[train]
+    errors = _grokking_gradient_errors(model, tokens, labels)
+    _assert_gradients_within(MODEL_GRADIENT_TOL, errors)
+    assert set(errors) == set(names)
+    # the last position alone gives the full forward's last logits, and the same gradients as
+    # the full backward with the gradient of the loss on the last position only
+    fast = {name: grad.copy() for name, _, grad in model.parameters()}
+    last = G.logits_at_last(model, tokens)
+    full = model.forward(tokens)
+    assert np.max(np.abs(full[:, -1] - last)) < IDENTITY_TOL
+    _, dlogits = transformer.cross_entropy(full[:, -1, :p], labels)
+    dfull = np.zeros_like(full)
+    dfull[:, -1, :p] = dlogits
+    model.zero_grad()
+    model.backward(dfull)
+    assert all(np.max(np.abs(grad - fast[name])) < IDENTITY_TOL for name, _, grad in model.parameters())
+    assert not model.unembed.grads["W"][:, p].any()          # the logit of "=" is never trained
+
+
+def _key_frequency_logits_by_hand(p, amplitudes):
+    """Logits (p², p) that are exactly Σ_k α_k cos(w_k(a + b - c)) + β_k sin(w_k(a + b - c))."""
+    a, b = np.divmod(np.arange(p * p), p)
+    phase = 2 * np.pi * ((a + b)[:, None] - np.arange(p)[None]) / p
+    return sum(alpha * np.cos(k * phase) + beta * np.sin(k * phase)
+               for k, (alpha, beta) in amplitudes.items())
+
+
+@pytest.mark.parametrize("p,keys", [(17, {3: (2.0, 0.5), 5: (1.5, -0.3), 8: (3.0, 0.0)}),
+                                    (8, {1: (1.0, 0.5), 4: (2.0, 0.0)})])     # 4 = p/2: cosine only
+def test_restricted_loss_of_logits_made_of_key_frequencies_is_their_full_loss(p, keys):
+    _, labels, train = G.modular_addition_data(p, 0.3, seed=0)
+    logits = _key_frequency_logits_by_hand(p, keys)
+    full, _ = G.losses_and_accuracy(logits, labels)
+    assert abs(G.restricted_loss(logits, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
+    # with the key frequencies removed nothing is left: every answer equally likely, loss log p
+    assert abs(G.excluded_loss(logits, labels, sorted(keys), train) - math.log(p)) < IDENTITY_TOL
+    # a constant per pair changes nothing; another frequency is ablated by the restriction
+    shifted = logits + np.arange(p * p)[:, None] * 0.1
+    assert abs(G.restricted_loss(shifted, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
+    noisy = logits + _key_frequency_logits_by_hand(p, {2: (1.0, 1.0)})       # 2 is not a key
+    assert abs(G.restricted_loss(noisy, labels, sorted(keys)) - full.mean()) < IDENTITY_TOL
+    assert abs(G.losses_and_accuracy(noisy, labels)[0].mean() - full.mean()) > 0.01
+
+
+def test_key_frequencies_and_neuron_frequencies_of_planted_waves():
+    p, d = 23, 6
+    B, k = G.fourier_basis(p), G.basis_frequencies(p)
+    rng = _rng(3)
+    W = 1e-3 * rng.standard_normal((p, d))
+    for strong in (4, 9):                       # two frequencies far above the rest
+        W += np.outer(B[k == strong][0], rng.standard_normal(d))
+    model = G.grokking_model(p, d_model=d, n_heads=2, d_mlp=4, dtype=np.float64)
+    model.embed.params["W"][:p] = W
+    norms = G.embedding_norms(model)
+    assert G.key_frequencies(norms).tolist() == [4, 9] and G.norm_share(norms, [4, 9]) > 0.999
+    a, b = np.divmod(np.arange(p * p), p)
+    w = 2 * np.pi / p
+    hidden = np.stack([np.cos(5 * w * a) * np.cos(5 * w * b) + np.sin(5 * w * b),   # frequency 5 only
+                       np.cos(2 * w * (a + b)) + 0.1 * np.cos(7 * w * a),           # mostly 2
+                       ], axis=1)
+    frequency, fve = G.neuron_frequencies(hidden)
+    assert frequency.tolist() == [5, 2] and abs(fve[0] - 1) < IDENTITY_TOL
+    assert abs(fve[1] - 0.5 / (0.5 + 0.1 ** 2 / 2)) < IDENTITY_TOL      # mean squares 1/2 and 0.01/2
+
+
+def test_a_small_model_memorises_first_then_groks_held_out_pairs():
+    run = G.train(**GROKKING_TEST_RUN)
+    h = run.history
+    memorised = np.flatnonzero(h["train_accuracy"] == 1)[0]
+    grokked = np.flatnonzero(h["test_accuracy"] >= 0.99)[0]
+    assert h["test_accuracy"][memorised] < 0.5 < grokked and memorised < grokked
+    assert h["test_accuracy"][-1] >= 0.99 and h["train_accuracy"][-1] == 1
+    assert all(len(v) == len(h["step"]) for v in h.values())
+    phases = G.phases(run.history, run.config["p"])
+    assert phases["memorisation"][1] == h["step"][memorised] and phases["cleanup"][1] == h["step"][grokked]
+
+
+# ==============================================================================================
 # The bad-input contract of every module: a clear error naming the argument, nothing modified
 # ==============================================================================================
 # Apart from the proofs: every public entry point refuses bad input with a ValueError or
@@ -1926,6 +2176,10 @@ def _objects_after_a_training_step():
 
 
 TOKENS = np.array([[1, 2, 3], [4, 5, 6]])
+
+
+class _Tagged(np.ndarray):
+    """A subclass of np.ndarray that adds nothing: refused all the same, as np.matrix would be."""
 CONFIG = dict(vocab_size=11, d_model=8, n_heads=2, n_layers=1, d_ff=16, max_len=10)
 BAD_COUNTS = [None, "3", 2.5, True, -1, float("nan"), float("inf")]
 BAD_REALS = [None, "x", True, float("nan"), float("inf"), -1.0]
@@ -2074,6 +2328,52 @@ BAD_INPUT = [
     *[(lambda o, i=i: o["tok"].decode(i), error, "ids") for i, error in
       [([99], ValueError), ([-1], ValueError), ([1.5], TypeError), (None, TypeError), ([[4, 5]], TypeError), (["a"], TypeError)]],
     (lambda o: o["bpe"].decode([300]), ValueError, "ids"),
+    # numbers beyond what a float or an int64 holds, refused by name (never an OverflowError)
+    *[(lambda o, call=call: call(o), ValueError, name) for call, name in [
+        (lambda o: transformer.Adam([], lr=10 ** 400), "lr must be a finite number >= 0, got an int of 1329 bits"),
+        (lambda o: transformer.SGD([], lr=-10 ** 400), "lr"),
+        (lambda o: transformer.clip_grad_norm([], 10 ** 400), "max_norm"),
+        (lambda o: transformer.noam_lr(5, 8, factor=10 ** 400), "factor"),
+        (lambda o: transformer.noam_lr(10 ** 400, 8), "step must be an int >= 1, got an int of 1329 bits"),
+        (lambda o: transformer.LayerNorm(4, eps=10 ** 400), "eps"),
+        (lambda o: o["lm"].generate([1, 2], 2, temperature=10 ** 400), "temperature"),
+        (lambda o: o["lm"].generate([1, 2], 2, temperature=1.0, top_p=10 ** 400), "top_p"),
+        (lambda o: o["lm"].generate([1, 2], 2, seed=10 ** 400), "seed"),
+        (lambda o: o["lm"].generate([1, 2], 2, temperature=1.0, top_k=np.uint64(2 ** 64 - 1)), "top_k"),
+        (lambda o: transformer.DecoderOnlyTransformer(**{**CONFIG, "seed": 2 ** 63}), "seed"),
+        (lambda o: transformer.cross_entropy(np.zeros((1, 3)), np.array([1]), ignore_index=10 ** 400), "ignore_index"),
+        (lambda o: transformer.cross_entropy(np.zeros((1, 3)), np.array([1]), label_smoothing=np.float16(1.0)), "label_smoothing"),
+        (lambda o: transformer.BPETokenizer("ab", 10 ** 400), "vocab_size"),
+        (lambda o: transformer.check_positive("x", np.float16(np.inf)), "x must be a finite number"),
+    ]],
+    # a temperature so small that logits / temperature overflows to inf
+    *[(lambda o, t=t: transformer.sample_next(np.array([[0.0, 1.0, 2.0]]), t, None, _rng()), ValueError,
+       r"temperature must be 0 \(greedy\) or at least 0.001") for t in (1e-310, 5e-324, 1e-4)],
+    (lambda o: o["lm"].generate([1, 2], 2, temperature=1e-310), ValueError, "temperature"),
+    # arrays of a subclass of np.ndarray: refused by name, never read without their mask
+    *[(lambda o, call=call: call(o), TypeError, f"{name} must be a plain np.ndarray, got a {kind}")
+      for call, name, kind in [
+          (lambda o: o["lm"].forward(np.ma.array([[1, 2, 99]], mask=[[0, 0, 1]])), "tokens", "MaskedArray"),
+          (lambda o: o["lm"].backward(np.ma.array(np.ones((2, 3, 11)), mask=True)), "dlogits", "MaskedArray"),
+          (lambda o: o["lm"].generate(np.ma.array([1, 2]), 2), "prompt", "MaskedArray"),
+          (lambda o: o["lin"].forward(np.ma.array(np.ones((2, 4)), mask=[[0, 1, 0, 0]] * 2)), "x", "MaskedArray"),
+          (lambda o: o["ln"].forward(np.ones((2, 4)).view(_Tagged)), "x", "_Tagged"),
+          (lambda o: o["mha"].forward(np.ma.array(np.ones((1, 3, 8)))), "x", "MaskedArray"),
+          (lambda o: transformer.check_finite("x", np.ma.array([1.0, np.nan], mask=[0, 1])), "x", "MaskedArray"),
+          (lambda o: transformer.cross_entropy(np.ma.array(np.zeros((1, 3)), mask=[[0, 1, 0]]), np.array([1])), "logits", "MaskedArray"),
+          (lambda o: transformer.sample_next(np.ma.array(np.zeros((1, 3)), mask=[[1, 0, 0]])), "logits", "MaskedArray"),
+          (lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), np.ma.array(TOKENS)), "targets", "MaskedArray"),
+      ]],
+    # optimizers: parameters each listed once, writeable, plain float32 or float64 arrays
+    (lambda o: transformer.Adam([("w", np.ma.array(np.ones(3)), np.zeros(3))]), TypeError, "parameters"),
+    (lambda o: transformer.Adam([("w", np.ones(3, np.float16), np.zeros(3, np.float16))]), TypeError, "parameters"),
+    (lambda o: transformer.SGD([("w", np.ones(3), np.zeros(3).view())] * 2, lr=0.1), ValueError, "each array once"),
+    (lambda o: (lambda a: transformer.Adam([("w", a, a)]))(np.ones(3)), ValueError, "w shares memory with its own gradient"),
+    (lambda o: (lambda a: a.setflags(write=False) or transformer.Adam([("w", a, np.zeros(3))]))(np.ones(3)), ValueError,
+     "parameter w is read-only"),
+    # unbounded work, refused before it starts
+    (lambda o: transformer.BPETokenizer("".join(_rng().choice(list("abcdefgh"), 4000)), 10 ** 6), ValueError,
+     "vocab_size asks for 999744 merges .* longest 4000.* more than 1e"),
     # saving
     (lambda o: transformer.save(o["lm"], "/nonexistent/folder/m.npz"), ValueError, "path .* folder that does not exist"),
     (lambda o: transformer.save(o["lm"], None), TypeError, "path"),
@@ -2104,12 +2404,51 @@ def test_one_bad_gradient_is_refused_before_any_update(model, update, bad):
     assert _same_state(before, _reachable_state(objects))
 
 
-def test_a_bad_lr_set_by_a_schedule_is_refused_at_the_step():
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 10 ** 400, -1.0, "0.1", None, np.float64("nan")])
+@pytest.mark.parametrize("update", [
+    lambda o: o["opt"].step(), lambda o: o["sgd"].step(),
+    lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS),
+    lambda o: transformer.train_step(o["mt"], o["sgd"], (TOKENS, TOKENS[:, :2]), TOKENS[:, :2]),
+], ids=["adam", "sgd", "train-adam", "train-sgd"])
+def test_a_bad_lr_set_by_a_schedule_is_refused_before_anything_changes(update, lr):
+    # train_step refuses before its forward: gradients, moments and the saved forward all stay
     objects = _objects_after_a_training_step()
-    objects["opt"].lr = float("nan")
+    objects["opt"].lr = objects["sgd"].lr = lr
     before = _reachable_state(objects)
-    with pytest.raises(ValueError, match="lr"):
-        objects["opt"].step()
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        update(objects)
+    assert _same_state(before, _reachable_state(objects))
+
+
+def _last_parameter_read_only(o, optimizer):
+    o[optimizer].params[-1][1].setflags(write=False)
+
+
+def _a_foreign_parameter_appended(o, optimizer):
+    o[optimizer].params.append(("foreign", np.ones(3), np.zeros(3)))
+
+
+def _a_parameter_replaced(o, optimizer):
+    name, value, grad = o[optimizer].params[0]
+    o[optimizer].params[0] = (name, np.ones(value.size), np.zeros(value.size))
+
+
+@pytest.mark.parametrize("spoil,words", [
+    (_last_parameter_read_only, "is read-only"),
+    (_a_foreign_parameter_appended, "parameters it was built with|arrays that are not this model.s"),
+    (_a_parameter_replaced, "parameters it was built with|arrays that are not this model.s"),
+])
+@pytest.mark.parametrize("optimizer,update", [
+    ("opt", lambda o: o["opt"].step()), ("sgd", lambda o: o["sgd"].step()),
+    ("opt", lambda o: transformer.train_step(o["lm"], o["opt"], (TOKENS,), TOKENS)),
+], ids=["adam", "sgd", "train_step"])
+def test_an_optimizer_checks_every_parameter_before_it_updates_any(optimizer, update, spoil, words):
+    # A read-only or foreign array half-way through the list would leave a step half done.
+    objects = _objects_after_a_training_step()
+    spoil(objects, optimizer)
+    before = _reachable_state(objects)
+    with pytest.raises((ValueError, TypeError), match=words):
+        update(objects)
     assert _same_state(before, _reachable_state(objects))
 
 
@@ -2156,6 +2495,54 @@ def test_numpy_scalars_are_accepted_and_stored_as_python_values(tmp_path):
     mt = transformer.Transformer(9, 12, 8, 2, 1, 16, 10, pad_id=np.int64(0))
     assert mt.beam_search(np.ones((1, 3), int), np.int64(1), np.int64(2), np.int64(3), np.int64(2)).shape[1] <= 3
     assert transformer.BPETokenizer("ab ab", np.int64(258)).vocab_size == 258
+
+
+INTEGER_TYPES = (np.uint8, np.uint16, np.uint64, np.int8, np.int16, np.int64)
+FLOAT_TYPES = (np.float16, np.float32, np.float64, np.longdouble)
+D_HEAD_128 = dict(vocab_size=11, d_model=256, n_heads=2, n_layers=1, max_len=9)   # head·128 wraps in uint8
+
+
+@pytest.mark.parametrize("call,value,types", [
+    *[(call, 2, INTEGER_TYPES) for call in [
+        lambda v: transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, seed=v).generate(
+            [1, 2], v, top_k=v, seed=v, temperature=1.0),
+        lambda v: transformer.Transformer(9, 12, 8, 2, 1, 16, 10).beam_search(np.ones((1, 3), int), v, v, v, v),
+        lambda v: transformer.Transformer(9, 12, 8, 2, 1, 16, 10).greedy_decode(np.ones((1, 3), int), v, v, v),
+        lambda v: transformer.sample_next(np.arange(4.0)[None], 1.0, v, _rng()),
+        lambda v: transformer.cross_entropy(np.arange(6.0).reshape(2, 3), np.array([1, 2]), ignore_index=v),
+        lambda v: transformer.noam_lr(v, v, warmup=v),
+        lambda v: pretrained.pad_batch([[300, v], [v]], v),
+        lambda v: pretrained.WordPieceTokenizer(TINY_VOCAB).encode("un aff able the", max_len=v + 1),
+        lambda v: C.head_weights(C.attention_only_model(**D_HEAD_128), 0, v // 2),
+        lambda v: C.ov_circuit(C.attention_only_model(**D_HEAD_128), v - v, v // 2),
+        lambda v: C.qk_circuit(C.attention_only_model(**D_HEAD_128), v - v, v // 2),
+        lambda v: transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10).generate([v, v + 1], 2),   # uint64 ids
+        lambda v: pretrained.mask_tokens(np.full((2, 3), v + 1), _rng(), v - 1, v + 8, special=(v,)),
+        lambda v: pretrained.fill_in_accuracy(pretrained.MaskedLanguageModel(pretrained.Bert(26, 8, 2, 1, 16, 9)),
+                                              _rng(), v - 1, n=v),
+    ]],
+    *[(call, 2.0, FLOAT_TYPES) for call in [
+        lambda v: transformer.sample_next(np.arange(4.0)[None], v, None, _rng(), top_p=v / 4),
+        lambda v: transformer.cross_entropy(np.arange(6.0).reshape(2, 3), np.array([1, 2]), label_smoothing=v / 8),
+        lambda v: transformer.noam_lr(5, 8, factor=v),
+        lambda v: (lambda o: (o.lr, *o.betas, o.eps, o.weight_decay))(
+            transformer.Adam([], lr=v, betas=(v / 8, v / 4), eps=v, weight_decay=v)),
+        lambda v: (lambda o: (o.lr, o.momentum, o.weight_decay))(transformer.SGD([], lr=v, momentum=v / 4, weight_decay=v)),
+        lambda v: transformer.clip_grad_norm([("w", np.full(3, 5.0), np.full(3, 5.0))], v),
+        lambda v: transformer.LayerNorm(4, eps=v).eps,
+        lambda v: transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10, norm_eps=v / 8).config["norm_eps"],
+        lambda v: pretrained.mask_tokens(np.ones((2, 3), int), _rng(), 1, 10, rate=v / 4),
+    ]],
+])
+def test_numpy_scalars_of_every_type_are_the_same_python_number(call, value, types):
+    # np.uint8(2) is 2: a head index that wrapped (2 // 2 · 128 + 128 = 0 in uint8) would give empty
+    # weights, a uint8 pad id would pad in uint8 and wrap the id 300; a float16 lr is kept as a float.
+    expected = call(value)
+    for scalar in types:
+        got = call(scalar(value))
+        pairs = zip(got, expected) if isinstance(expected, tuple) else [(got, expected)]
+        assert all(type(g) is type(e) and np.array_equal(g, e) and np.asarray(g).dtype == np.asarray(e).dtype
+                   for g, e in pairs), scalar
 
 
 # ---- damaged and crafted model files: a ValueError naming the path, before any model is built
@@ -2225,21 +2612,147 @@ def test_crafted_model_files_are_refused_before_building(tmp_path, make, words):
     assert words in str(err.value)
 
 
-def test_backward_after_decoding_is_an_error():
-    # Decoding leaves each layer holding its last step (one token, or the beams), not the last
-    # forward: a backward would mix the two. It is refused, however dlogits is shaped.
+def _zip_fields_patched(data, local_at, central_at, value=None, flag=None):
+    """The model file with a 16-bit field of every local and central zip header set (value) or a
+    bit or-ed in (flag): the compression method is at offset 8 and 10, the flags at 6 and 8."""
+    data = bytearray(data)
+    for signature, at in ((b"PK\x03\x04", local_at), (b"PK\x01\x02", central_at)):
+        i = data.find(signature)
+        while i >= 0:
+            old = struct.unpack("<H", data[i + at:i + at + 2])[0]
+            data[i + at:i + at + 2] = struct.pack("<H", value if flag is None else old | flag)
+            i = data.find(signature, i + 4)
+    return bytes(data)
+
+
+def _model_file_with(tmp_path, **arrays):
+    lm = transformer.DecoderOnlyTransformer(**CONFIG)
+    config = json.dumps({"class": "DecoderOnlyTransformer", **lm.config})
+    path = tmp_path / "model.npz"
+    np.savez_compressed(path, __config__=np.array(config), **{n: v for n, v, _ in lm.parameters()}, **arrays)
+    return path
+
+
+def _float64_file_with_1e300_for_a_float32_model(tmp_path):
+    lm = transformer.DecoderOnlyTransformer(**CONFIG, dtype=np.float32)
+    arrays = {n: v.astype(np.float64) for n, v, _ in lm.parameters()}
+    arrays["embed.W"][0, 0] = 1e300                       # finite in float64, inf in float32
+    path = tmp_path / "model.npz"
+    np.savez(path, __config__=np.array(json.dumps({"class": "DecoderOnlyTransformer", **lm.config})), **arrays)
+    return path
+
+
+def _rewritten(path, change):
+    path.write_bytes(change(path.read_bytes()))
+    return path
+
+
+def _fifo(tmp_path, name="model.npz"):
+    os.mkfifo(tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda p: _fifo(p), "not a regular file"),                       # open would block: never opened
+    (lambda p: (p / "folder.npz").mkdir() or p / "folder.npz", "not a regular file"),
+    (lambda p: os.symlink("/dev/zero", p / "zero.npz") or p / "zero.npz", "not a regular file"),
+    (lambda p: _rewritten(_crafted_model_file(p), lambda d: _zip_fields_patched(d, 8, 10, value=99)),
+     "compression method 99"),
+    (lambda p: _rewritten(_crafted_model_file(p), lambda d: _zip_fields_patched(d, 6, 8, flag=1)), "encrypted"),
+    (lambda p: _model_file_with(p, zeros=np.zeros(10 ** 6)), "inflate to 8"),   # 8 MB of zeros in 18 KB
+    (lambda p: _crafted_model_file(p, config={"max_len": 12_000_000}), "position table of 96000000"),
+    (lambda p: _crafted_model_file(p, raw_config=json.dumps({"class": "DecoderOnlyTransformer", **CONFIG})[:-1]
+                                   + ', "n_layers": 3}'), "n_layers' is given twice"),
+    (lambda p: _crafted_model_file(p, raw_config='{"class": "DecoderOnlyTransformer", "norm_eps": NaN}'), "NaN"),
+    (lambda p: _crafted_model_file(p, raw_config="[" * 100000), "nests 100000 levels"),
+    (lambda p: _crafted_model_file(p, arrays={"embed.W": np.array([[None] * 8] * 11, object)}), "embed.W"),
+    (_float64_file_with_1e300_for_a_float32_model, "finite in float32"),
+])
+def test_files_that_are_not_models_are_refused_in_time_bounded_by_their_size(tmp_path, make, words):
+    with pytest.raises(ValueError, match="path") as err:
+        transformer.load(make(tmp_path))
+    assert re.search(words, str(err.value)), str(err.value)
+
+
+def _one_good_file(tmp_path):
+    lm = transformer.DecoderOnlyTransformer(**CONFIG)
+    lm.save(tmp_path / "model.npz")
+    return lm, tmp_path / "model.npz", (tmp_path / "model.npz").read_bytes()
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("fail", ["fsync", "write", "replace"])
+def test_a_save_that_fails_part_way_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, fail):
+    _, path, old = _one_good_file(tmp_path)
+    other = transformer.DecoderOnlyTransformer(**{**CONFIG, "seed": 1})
+    target = {"fsync": (transformer.os, "fsync"), "write": (np.lib.format, "write_array"),
+              "replace": (transformer.os, "replace")}[fail]
+    monkeypatch.setattr(*target, _disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        other.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+    transformer.load(path)
+
+
+@pytest.mark.parametrize("target", ["fifo", "folder", "nan"])
+def test_save_refuses_before_opening_anything(tmp_path, target):
+    lm, path, old = _one_good_file(tmp_path)
+    if target == "nan":
+        lm.embed.params["W"][0, 0] = np.nan                  # load would refuse the file: keep the old one
+    else:
+        path = _fifo(tmp_path, "fifo.npz") if target == "fifo" else tmp_path / "folder.npz"
+        path.mkdir() if target == "folder" else None
+    names = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="must be finite|not a regular file"):
+        lm.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert (tmp_path / "model.npz").read_bytes() == old
+
+
+def _decoder_only_after_forward():
     lm = transformer.DecoderOnlyTransformer(11, 8, 2, 1, 16, 10)
-    lm.forward(np.zeros((1, 3), int))
-    lm.generate([1, 2, 3], 2)
-    with pytest.raises(ValueError, match="before forward"):
-        lm.backward(np.zeros((1, 3, 11)))
+    lm.forward(np.array([[1, 2, 3]]))
+    return lm, np.random.default_rng(1).standard_normal((1, 3, 11))
+
+
+def _encoder_decoder_after_forward():
     mt = transformer.Transformer(9, 12, 8, 2, 1, 16, 10)
-    src = np.ones((1, 3), int)
-    for decode in (lambda: mt.greedy_decode(src, 1, 2, 4), lambda: mt.beam_search(src, 1, 2, 4, 2)):
-        mt.forward(src, np.ones((1, 3), int))
-        decode()
-        with pytest.raises(ValueError, match="before forward"):
-            mt.backward(np.zeros((1, 3, 12)))
+    mt.unembed.params["b"][2] = -100.0            # eos_id 2 is never chosen: decoding runs on
+    mt.forward(np.ones((1, 3), int), np.array([[1, 2]]))
+    return mt, np.random.default_rng(1).standard_normal((1, 2, 12))
+
+
+@pytest.mark.parametrize("make,decode,spoil", [
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3), None),
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3, use_cache=False), None),
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3), 3),
+    (_decoder_only_after_forward, lambda m: m.generate([1, 2, 3], 3, temperature=1.0), 4),
+    (_encoder_decoder_after_forward, lambda m: m.greedy_decode(np.ones((1, 1), int), 1, 2, 5), None),
+    (_encoder_decoder_after_forward, lambda m: m.greedy_decode(np.ones((1, 1), int), 1, 2, 5), 1),
+    (_encoder_decoder_after_forward, lambda m: m.beam_search(np.ones((1, 1), int), 1, 2, 5, 2), None),
+    (_encoder_decoder_after_forward, lambda m: m.beam_search(np.ones((1, 1), int), 1, 2, 5, 2), 1),
+], ids=["generate", "generate-no-cache", "generate-refused", "sample-refused", "greedy",
+        "greedy-refused", "beam", "beam-refused"])
+def test_backward_after_decoding_differentiates_the_last_forward(make, decode, spoil):
+    # Decoding runs the layers on its own steps (one token, the beams). Whether it returns or is
+    # refused part-way (NaN logits), the layers must keep the forward before it: a backward then
+    # gives exactly the gradients of a twin that never decoded.
+    (model, dlogits), (twin, _) = make(), make()
+    if spoil is not None:
+        clean = model.pos.copy()
+        model.pos[spoil:] = np.nan      # the decode runs until it reaches this position, then refuses
+        with pytest.raises(ValueError, match="logits must be finite"):
+            decode(model)
+        model.pos[...] = clean
+    else:
+        decode(model)
+    model.backward(dlogits)
+    twin.backward(dlogits)
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(model.parameters(), twin.parameters()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2492,6 +3005,38 @@ _PENTAGON_ARROWS = S.regular_polygon(5)
     (lambda: S.five_in_two([]), ValueError, "probabilities"),
     (lambda: S.phase_diagram([0.1, -0.2], [1.0]), ValueError, "densities"),
     (lambda: S.phase_diagram([0.1], [-1.0]), ValueError, "relative_importances"),
+    # work and memory beyond a stated bound, refused before it starts
+    (lambda: C.path_expansion(C.attention_only_model(11, 8, 4, 12, 9), np.ones((1, 4), int)), ValueError,
+     r"12 layers of 4 heads: .* 2·\(1 \+ H\)\^L = 488281250 paths, more than 10000"),
+    (lambda: C.path_expansion(C.attention_only_model(11, 8, 2, 8, 9), np.ones((1, 4), int)), ValueError,
+     "13122 paths"),
+    (lambda: C.skip_trigrams(C.attention_only_model(2000, 8, 2, 1, 9)), ValueError, "H·V³ scores"),
+    (lambda: C.markov_corpus(_rng(), 5, 10 ** 9, 10 ** 3), ValueError, "n_seqs·length"),
+    (lambda: C.skip_trigram_corpus(_rng(), C.PLANTED_TRIPLES, 16, 10 ** 9, 10 ** 3), ValueError, "n_seqs·length"),
+    (lambda: C.repeated_segment_batch(_rng(), 10 ** 9, 10 ** 3, 5, 2, 3), ValueError, "batch·length"),
+    (lambda: C.markov_corpus(_rng(), 10 ** 6, 3, 4), ValueError, "bigram table of vocab_size²"),
+    (lambda: C.bigram_log_probs(np.array([[0, 1]]), 10 ** 6), ValueError, "bigram table of vocab_size²"),
+    (lambda: S.nearly_orthogonal_directions(10 ** 6, 0.5, 10 ** 6, _rng()), ValueError, "n_candidates·m"),
+    (lambda: S.ToyModel(10 ** 5, 10 ** 5), ValueError, r"n_instances·n_hidden·n_features .* more than 1e\+08"),
+    (lambda: S.SparseAutoencoder(10 ** 5, 10 ** 5), ValueError, r"d_in·n_latents .* more than 1e\+08"),
+    (lambda: S.sparse_features(_rng(), np.ones((1, 1, 3)), 10 ** 12, np.float64), ValueError, "K·batch_size·n"),
+    # huge ints and floats refused by name; subclasses of np.ndarray refused, not read without their mask
+    (lambda: S.ToyModel(3, 2, seed=10 ** 400), ValueError, "seed must be an int >= 0, got an int of 1329 bits"),
+    (lambda: C.train(_simplified_model(1), _sample_zero_tokens, 1, lr=10 ** 400), ValueError, "lr"),
+    (lambda: S.SparseAutoencoder(4, 6, l1=10 ** 400), ValueError, "l1"),
+    (lambda: S.jl_epsilon(10, 100, beta=10 ** 400), ValueError, "beta"),
+    (lambda: C.head_weights(_simplified_model(1), 10 ** 400, 0), ValueError, "layer"),
+    (lambda: C.kron_apply(np.ma.array(np.eye(2), mask=[[0, 1], [0, 0]]), np.eye(2), np.eye(2)), TypeError,
+     "P must be a plain np.ndarray, got a MaskedArray"),
+    (lambda: S.feature_norms(np.ma.array(np.ones((2, 3)), mask=[[0, 1, 0], [0, 0, 0]])), TypeError, "W must be a plain"),
+    (lambda: S.SparseAutoencoder(4, 6).forward(np.ma.array(np.ones((2, 4)))), TypeError, "h must be a plain"),
+    (lambda: S.ToyModel(3, 2, importance=np.ma.array([1.0, 0.5, 0.2])), TypeError, "importance must be a plain"),
+    (lambda: S.five_in_two(np.ma.array([0.5, 0.1])), TypeError, "probabilities must be a plain"),
+    (lambda: C.attention_pattern(np.ones((2, 3)).view(_Tagged), np.ones((1, 2)), np.ones((1, 2))), TypeError,
+     "X must be a plain np.ndarray, got a _Tagged"),
+    (lambda: C.split_losses(np.ones((2, 3)), np.ma.array(np.eye(2, 3, dtype=bool))), TypeError, "inside must be a plain"),
+    (lambda: _small_bert().forward(np.ones((1, 3), int), np.ma.array(np.ones((1, 3), bool))), TypeError,
+     "attention_mask must be a plain"),
 ] + [(functools.partial(S.ToyModel, **{"n_features": 6, "n_hidden": 2, **kwargs}), ValueError, name)
      for kwargs, name in [
          (dict(n_features=0), "n_features"), (dict(n_hidden=2.5), "n_hidden"),
@@ -2646,8 +3191,8 @@ FUZZ_KINDS = {
     "function": lambda v: [None, 5],
     "model": lambda v: [None, "model", S.ToyModel(3, 2)],
 }
-NUMPY_SCALARS = {"count": lambda v: [np.int64(v), np.int32(v), np.uint8(v)],
-                 "number": lambda v: [np.float64(v)]}
+NUMPY_SCALARS = {"count": lambda v: [np.int64(v), np.int32(v), np.uint8(v), np.uint64(v), np.int8(v), np.uint16(v)],
+                 "number": lambda v: [np.float64(v), np.longdouble(v)]}     # the same number exactly
 
 FUZZ = [   # (name, function, {argument: kind}, the argument whose state is watched, valid arguments)
     ("kron_apply", C.kron_apply, dict(P="array", Q="array", X="array"), None,
@@ -2874,8 +3419,10 @@ def _damaged_safetensors(tmp_path, how):
     data = good[8 + n:]
 
     def with_header(h, payload=data):
-        text = json.dumps(h).encode()
-        return struct.pack("<Q", len(text)) + text + payload
+        return with_raw_header(json.dumps(h), payload)
+
+    def with_raw_header(text, payload=data):
+        return struct.pack("<Q", len(text.encode())) + text.encode() + payload
 
     damaged = {
         "empty": b"", "short": good[:5], "header-too-long": struct.pack("<Q", 10 ** 9) + good[8:],
@@ -2886,6 +3433,13 @@ def _damaged_safetensors(tmp_path, how):
         "shape": with_header({**header, "w": {**header["w"], "shape": [2, -3]}}),
         "entry": with_header({**header, "w": [1, 2]}),
         "list": with_header([1, 2]),
+        "aliased": with_header({f"t{i}": header["w"] for i in range(800)}),   # 800 names, one byte range
+        "overlap": with_header({"a": {**header["w"], "shape": [2, 2], "data_offsets": [0, 16]},
+                                "b": {**header["w"], "shape": [2, 2], "data_offsets": [8, 24]}}),
+        "duplicate": with_raw_header(f'{{"w": {json.dumps(header["w"])}, "w": {json.dumps(header["w"])}}}'),
+        "deep": struct.pack("<Q", 100000) + b"[" * 100000 + data,
+        "metadata": with_header({**header, "__metadata__": [1]}),
+        "nan": with_header({**header, "w": {**header["w"], "shape": "NaN"}}).replace(b'"NaN"', b"NaN "),
     }[how]
     path = tmp_path / f"{how}.safetensors"
     path.write_bytes(damaged)
@@ -2896,6 +3450,8 @@ def _damaged_safetensors(tmp_path, how):
     ("empty", "8-byte"), ("short", "8-byte"), ("header-too-long", "header claims"),
     ("not-json", "not JSON"), ("truncated", "data_offsets"), ("dtype", "'w'"),
     ("offsets", "'w'"), ("size", "'w'"), ("shape", "'w'"), ("entry", "'w'"), ("list", "JSON object"),
+    ("aliased", "share bytes"), ("overlap", "'a' and 'b' share bytes"), ("duplicate", "'w' is given twice"),
+    ("deep", "nests 100000 levels"), ("metadata", "__metadata__"), ("nan", "NaN is not a JSON number"),
 ])
 def test_damaged_safetensors_files_are_refused_by_name(tmp_path, how, words):
     path = _damaged_safetensors(tmp_path, how)
@@ -2920,6 +3476,92 @@ def test_load_bert_refuses_checkpoints_that_do_not_fit_before_building(tmp_path,
     with pytest.raises(ValueError, match="path") as err:
         pretrained.load_bert(folder)
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: _fifo(p, "model.safetensors"), lambda p: p, lambda p: pathlib.Path("/dev/zero"),
+], ids=["fifo", "folder", "dev-zero"])
+def test_read_safetensors_refuses_what_is_not_a_regular_file_without_opening_it(tmp_path, make):
+    with pytest.raises(ValueError, match="not a regular file"):
+        pretrained.read_safetensors(make(tmp_path))
+
+
+def _tiny_checkpoint(tmp_path, **change):
+    return _write_tiny_checkpoint(tmp_path / "tiny", _small_bert(), TINY_VOCAB + [f"w{i}" for i in range(23 - len(TINY_VOCAB))],
+                                  **change)
+
+
+def _replaced(folder, name, data=None):
+    (folder / name).unlink()
+    if data is None:
+        os.mkfifo(folder / name)
+    else:
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda p: _replaced(_tiny_checkpoint(p), "config.json"), "config.json' is not a regular file"),
+    (lambda p: _replaced(_tiny_checkpoint(p), "vocab.txt"), "vocab.txt' is not a regular file"),
+    (lambda p: _replaced(_tiny_checkpoint(p), "model.safetensors"), "model.safetensors' is not a regular file"),
+    (lambda p: _replaced(_tiny_checkpoint(p), "vocab.txt", "\n".join(TINY_VOCAB).encode() + b"\ncaf\xe9"),
+     r"vocab.txt' is not UTF-8 text: byte \d+ is b'\\xe9'"),
+    (lambda p: _replaced(_tiny_checkpoint(p), "config.json", b"[" * 100000), "config.json' is not JSON.*nests"),
+    (lambda p: _replaced(_tiny_checkpoint(p), "config.json", b'{"model_type": "bert", "model_type": "gpt2"}'),
+     "'model_type' is given twice"),
+    (lambda p: _tiny_checkpoint(p, config_changes={"max_position_embeddings": 12_000_000}), "position_embeddings"),
+    (lambda p: _tiny_checkpoint(p, config_changes={"layer_norm_eps": float("nan")}), "NaN"),
+])
+def test_load_bert_refuses_files_it_cannot_read_in_bounded_time_naming_the_path(tmp_path, make, words):
+    with pytest.raises(ValueError, match="path") as err:
+        pretrained.load_bert(make(tmp_path))
+    assert re.search(words, str(err.value)), str(err.value)
+
+
+def test_load_bert_refuses_a_weight_that_is_not_finite_in_the_float_type_asked_for(tmp_path):
+    folder = _tiny_checkpoint(tmp_path)
+    tensors = {name: np.array(value) for name, value in pretrained.read_safetensors(folder / "model.safetensors").items()}
+    tensors["embeddings.word_embeddings.weight"] = tensors["embeddings.word_embeddings.weight"].astype(np.float64)
+    tensors["embeddings.word_embeddings.weight"][0, 0] = 1e300
+    (folder / "model.safetensors").write_bytes(_safetensors_bytes({n: _safetensors_entry(v) for n, v in tensors.items()})[0])
+    assert pretrained.load_bert(folder, dtype=np.float64).word_embed.params["W"][0, 0] == 1e300
+    with pytest.raises(ValueError, match="word_embeddings.weight' holds 1e.300, beyond float32"):
+        pretrained.load_bert(folder, dtype=np.float32)
+
+
+def _masked_lm_after_a_step():
+    model = pretrained.MaskedLanguageModel(_small_bert())
+    model.forward(np.array([[1, 2, 3]]))
+    model.backward(np.random.default_rng(0).standard_normal((1, 3, model.vocab_size)))
+    return model
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda m: m.backward(np.full((1, 3, m.vocab_size), np.nan)), ValueError, "dlogits must be finite"),
+    (lambda m: m.backward(np.ones((1, 2, m.vocab_size))), ValueError, "dlogits must have the shape"),
+    (lambda m: m.backward(None), ValueError, "dlogits must have the shape"),
+    (lambda m: m.backward(np.ma.array(np.ones((1, 3, m.vocab_size)))), TypeError, "dlogits must be a plain"),
+    (lambda m: m.bert.forward(np.ones((2, 3), int)) is None or m.backward(np.ones((1, 3, m.vocab_size))), ValueError,
+     "after a forward of its bert alone"),
+    (lambda m: pretrained.MaskedLanguageModel(_small_bert()).backward(np.ones((1, 3, 23))), ValueError, "before forward"),
+])
+def test_masked_lm_backward_refuses_before_any_gradient_changes(call, error, words):
+    model = _masked_lm_after_a_step()
+    before = _pickled_state(model)
+    with pytest.raises(error, match=words):
+        call(model)
+    if "alone" not in words:                              # (that call ran a forward of its own first)
+        assert _pickled_state(model) == before
+
+
+def test_pooling_a_zero_row_is_refused_and_padding_keeps_ids_whatever_the_pad_type():
+    with pytest.raises(ValueError, match=r"rows \[1\] have a zero mean"):
+        pretrained.mean_pool(np.stack([np.ones((2, 3)), np.zeros((2, 3))]), np.ones((2, 2), bool))
+    tokens, real = pretrained.pad_batch([[300, 7], [np.uint8(5)]], np.uint8(0))
+    assert tokens.dtype == np.intp and tokens.tolist() == [[300, 7], [5, 0]] and real.tolist() == [[1, 1], [1, 0]]
+    for bad in (10 ** 400, 2 ** 63, -1):
+        with pytest.raises(ValueError, match="each id of ids"):
+            pretrained.pad_batch([[1, bad]], 0)
 
 
 def test_load_bert_refuses_missing_files_and_folders(tmp_path):
@@ -3049,6 +3691,28 @@ HOOK_BAD_INPUT = [
     ("gpt", lambda m, i: transformer.run_with_cache(m.blocks[0], *i), TypeError, "model must be a model with named activations.*got Block"),
     ("gpt", lambda m, i: transformer.hook_names(None), TypeError, "model must be a model with named activations.*got NoneType"),
     ("gpt", lambda m, i: transformer.run_with_cache(m, i[0] + 20), ValueError, r"tokens must hold ids in \[0, 13\)"),
+    # patching: prompts of the same shapes, a metric that returns a number, names and indices that exist
+    ("gpt", lambda m, i: C.residual_patching(m, i[0], i[0][:, :-1]), ValueError, r"clean and corrupt must have the same shapes.*\(2, 6\).*\(2, 5\)"),
+    ("bert", lambda m, i: C.head_patching(m, i, (i[0], i[1][:, :4]), _readout_metric(m)), ValueError, "clean and corrupt must have the same shapes"),
+    ("gpt", lambda m, i: C.residual_patching(m, i[0], i[0][::-1], metric=lambda out: out[:, -1]), TypeError, "metric must return a number, got ndarray"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric=lambda out: "large"), TypeError, "metric must return a number, got str"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric=lambda out: None), TypeError, "metric must return a number, got NoneType"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric=lambda out: np.nan), ValueError, "metric must return a finite number"),
+    ("gpt", lambda m, i: C.head_patching(m, i[0], i[0][::-1], metric="logit difference"), TypeError, "metric must be None or a function"),
+    ("bert", lambda m, i: C.residual_patching(m, i, (i[0][::-1], i[1])), ValueError, "metric is None.*needs logits.*pass a metric"),
+    ("encoder-decoder", lambda m, i: C.residual_patching(m, i, i), ValueError, r"stack must be one of .*\['encoder.blocks', 'decoder.blocks'\], got 'blocks'"),
+    ("gpt", lambda m, i: C.patch(m, i[0], {}, "blocks.0.hook_resid_pre"), ValueError, "source must be a cache of run_with_cache holding 'blocks.0.hook_resid_pre'"),
+    ("gpt", lambda m, i: C.patch(m, i[0], transformer.run_with_cache(m, i[0])[1], "blocks.3.hook_resid_pre"), ValueError, r"unknown hook name 'blocks.3.hook_resid_pre'"),
+    ("gpt", lambda m, i: C.patch(m, i[0], transformer.run_with_cache(m, i[0])[1], "hook_embed", np.s_[:, 9]), ValueError, r"index must be a NumPy index into source\['hook_embed'\] of shape \(2, 6, 8\)"),
+    ("gpt", lambda m, i: C.patch(m, i[0], transformer.run_with_cache(m, i[0][:, :4])[1], "hook_embed", np.s_[:, 1]), ValueError, r"source\['hook_embed'\] must come from a run of the same shapes"),
+    # the logit lens and attribution: a Pre-LN GPT, ids and a position it has
+    ("encoder-decoder", lambda m, i: C.logit_lens(m, i[0]), ValueError, "model must be a transformer.DecoderOnlyTransformer, got Transformer"),
+    ("gpt", lambda m, i: C.logit_lens(transformer.DecoderOnlyTransformer(13, 8, 2, 1, 16, 12, norm_first=False), i[0]), ValueError, "logit_lens needs a Pre-LN model"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], 13, 0), ValueError, r"right must be an id in \[0, 13\)"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], [1, 2, 3], 0), ValueError, r"right must be an id in \[0, 13\) or B = 2"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], 1, 2, position=6), ValueError, r"position must be in \[-6, 6\)"),
+    ("gpt", lambda m, i: C.direct_logit_attribution(m, i[0], 1.5, 2), TypeError, "right must be a token id"),
+    ("gpt", lambda m, i: C.logit_difference(1, 2, position="last"), TypeError, "position must be an int"),
 ]
 
 
@@ -3061,6 +3725,62 @@ def test_bad_hooks_and_interventions_are_refused_by_name_and_change_nothing(kind
         call(model, inputs)
     assert _same_state(before, _reachable_state(model)) and pickled == _pickled_state(model)
     assert all("_hooks" not in vars(m) for m in [model, *transformer._submodules(model)])
+# grokking.py: bad sizes, fractions and step counts, each refused by name with nothing trained
+# ----------------------------------------------------------------------------------------------
+# p is bounded by memory: every pair's logits are p²·(p + 1) numbers, kept within
+# transformer.MAX_NUMBERS (10⁸), so p <= grokking.MAX_P = 463.
+
+_GROK_LOGITS = np.zeros((49, 7))
+_GROK_LABELS = np.zeros(49, int)
+
+GROKKING_BAD_INPUT = [
+    *[(lambda v=v: G.modular_addition_data(v), ValueError, r"p must be an int in \[3, 463\]")
+      for v in (2, 0, -3, 2.5, "7", True, None, float("nan"), G.MAX_P + 1, 10 ** 9)],
+    *[(lambda v=v: G.modular_addition_data(7, v), ValueError, r"train_fraction must be a number in \(0, 1\)")
+      for v in (0, 1, 1.0, 1.5, -0.1, float("nan"), "0.3", True, None)],
+    (lambda: G.modular_addition_data(7, 0.3, seed=-1), ValueError, "seed"),
+    *[(lambda v=v: G.train(steps=v), ValueError, "steps") for v in (0, -1, 2.5, None, True)],
+    *[(lambda v=v: G.train(p=v), ValueError, "p must be an int") for v in (2, 10 ** 6, "53")],
+    *[(lambda v=v: G.train(train_fraction=v), ValueError, "train_fraction") for v in (0.0, 1.0, 2)],
+    (lambda: G.train(measure_every=0), ValueError, "measure_every"),
+    (lambda: G.train(weight_decay=-1.0), ValueError, "weight_decay"),
+    (lambda: G.train(lr=0.0), ValueError, "lr"),
+    (lambda: G.train(d_model=30, n_heads=4), ValueError, "d_model must be divisible by n_heads"),
+    (lambda: G.train(d_mlp=0), ValueError, "d_mlp"),
+    (lambda: G.train(seed=-1), ValueError, "seed"),
+    (lambda: G.train(progress="yes"), TypeError, "progress"),
+    (lambda: G.fourier_basis(2), ValueError, "p"),
+    (lambda: G.grokking_model(10 ** 6), ValueError, "p"),
+    (lambda: G.restricted_loss(np.zeros((48, 7)), _GROK_LABELS, [1]), ValueError, "logits"),
+    (lambda: G.restricted_loss(_GROK_LOGITS, _GROK_LABELS, [4]), ValueError, "frequencies"),
+    (lambda: G.restricted_loss(_GROK_LOGITS, _GROK_LABELS, []), ValueError, "frequencies"),
+    (lambda: G.restricted_loss(_GROK_LOGITS, np.full(49, 7), [1]), ValueError, "labels"),
+    (lambda: G.excluded_loss(_GROK_LOGITS, _GROK_LABELS, [1], np.ones(48, bool)), ValueError, "train"),
+    (lambda: G.neuron_frequencies(np.zeros((50, 3))), ValueError, "hidden"),
+    (lambda: G.key_frequencies([]), ValueError, "norms"),
+    (lambda: G.phases({"step": np.arange(3)}, 7), ValueError, "history"),
+    (lambda: G.logits_at_last(transformer.DecoderOnlyTransformer(8, 8, 2, 2, 16, 3), np.zeros((1, 3), int)),
+     TypeError, "model must be a grokking_model"),
+    (lambda: G.logits_at_last(G.grokking_model(7, 8, 2, 16), np.full((1, 3), 8)), ValueError, "tokens"),
+    (lambda: G.backward_at_last(G.grokking_model(7, 8, 2, 16), np.zeros((1, 8))), ValueError, "before logits_at_last"),
+    (lambda: G.backward_at_last(_grokking_model_after_forward(), np.zeros((2, 8))), ValueError, "dlogits"),
+    (lambda: G.backward_at_last(_grokking_model_after_forward(), np.full((1, 8), np.nan)), ValueError, "dlogits"),
+]
+
+
+def _grokking_model_after_forward():
+    model = G.grokking_model(7, 8, 2, 16)
+    G.logits_at_last(model, np.array([[1, 2, 7]]))
+    return model
+
+
+@pytest.mark.parametrize("call,error,pattern", GROKKING_BAD_INPUT)
+def test_grokking_refuses_bad_input_by_name_before_training(call, error, pattern, monkeypatch):
+    trained = []
+    monkeypatch.setattr(G, "training_step", lambda *args: trained.append(args))
+    with pytest.raises(error, match=pattern):
+        call()
+    assert not trained
 
 
 # ==============================================================================================
@@ -3117,6 +3837,12 @@ def test_demo_prints_the_story_it_tells():
     assert "decoded back unchanged: True" in out
     # the key/value cache gives the same tokens as recomputing everything (chapter 4)
     assert "same tokens: True" in out
+    # patching names the head whose attention was read, and the one the ablation hurts (2, 5)
+    assert re.search(r"\(head \d, the one whose attention looks from 'ran' to the keyword\)", out)
+    assert "the head whose ablation hurts most" in out
+    # the direct logit attribution's parts add up to the logit difference it splits (chapter 4)
+    difference, total = re.search(r"strongest rival .* is ([-+][\d.]+)\n +\(the \d+ parts sum to ([-+][\d.]+)", out).groups()
+    assert difference == total
 
 
 def test_demo_progress_into_a_pipe_is_a_few_short_plain_lines():

@@ -7,7 +7,10 @@ a model. Every figure has the one style FIGURE_STYLE.
 
     0. The style, the saver, a labelled heatmap and a loss curve (used by several chapters)
     1. onehot  2. rohrer  3. translate  4. charlm  5. circuits  6. superposition
-    7. polysemantic (also drawn for the BERT layer)  8. bert  9. features
+    7. polysemantic (also drawn for the BERT layer)  8. bert
+    9. interventions: patching grids, the logit lens, direct logit attribution (drawn for
+       chapters 2, 4 and 5), and the heads of chapter patching
+   10. grokking  11. features
 
 matplotlib is imported on the first figure, not with this file, so `demo.py --no-plots` never
 imports it.
@@ -141,11 +144,13 @@ def onehot(save, M, vocab, W, vocab2, decisive, votes):
 # 2. A decoder-only transformer learns Rohrer's sentences
 # ----------------------------------------------------------------------------------------------
 
-def rohrer(save, head, weights, sentences, keyword, ran, looks, one_sided, losses, floor):
+def rohrer(save, head, weights, sentences, keyword, ran, looks, one_sided, losses, floor,
+           patching):
     """weights (2, T, T): head's attention weights in the padded batch; sentences[b]: the
     tokens of sentence b, without its padding; keyword: the position where the two sentences
     differ; ran[b]: the position of "ran"; looks (2,): the weight from "ran" to the keyword;
-    losses per training step, floor the lowest loss the data allows."""
+    losses per training step, floor the lowest loss the data allows; patching: (grid
+    (rows, T), row labels, words, heads (H,)), the shares restored by activation patching."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.8), layout="constrained")
     for b, ax in enumerate(axes):
@@ -163,6 +168,14 @@ def rohrer(save, head, weights, sentences, keyword, ran, looks, one_sided, losse
     save(fig, "rohrer_attention")
     loss_figure(save, losses, "rohrer_loss", "Learning Rohrer's two sentences", floor,
                 "floor: 2 ln 2 / tokens (the coin toss)")
+    grid, rows, words, heads = patching
+    patching_grids(save, "rohrer_patching", [
+        (grid, words, rows, "position (the clean sentence)", "residual stream",
+         "One vector of the residual stream"),
+        (heads[None], [f"head {h}" for h in range(len(heads))], ["block 1"], "head", "",
+         "One head's output (hook_z)")],
+        "Patching \"program \u2026 ran\" into \"battery \u2026 ran\": share of the logit "
+        "difference restored")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,9 +201,10 @@ def translate(save, cross, source, output, n_heads, losses, floor, smoothing):
 # 4. A character-level language model and the key/value cache
 # ----------------------------------------------------------------------------------------------
 
-def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds):
+def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds, lens):
     """losses per training step; the seconds to generate lengths[i] tokens with and without
-    the key/value cache."""
+    the key/value cache; lens: the logit lens and attribution, lens_and_attribution's
+    arguments."""
     loss_figure(save, losses, "charlm_loss", "Character-level language model on TEXT",
                 np.log(vocab_size), "uniform guess, ln(vocabulary size)", log=False)
     fig, ax = pyplot().subplots(figsize=(6, 3.6))
@@ -204,6 +218,7 @@ def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds)
     ax.legend()
     ax.grid(alpha=0.3)
     save(fig, "charlm_kv_cache")
+    lens_and_attribution(save, "charlm_logit_lens", **lens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,13 +226,14 @@ def charlm(save, losses, vocab_size, lengths, cached_seconds, recompute_seconds)
 # ----------------------------------------------------------------------------------------------
 
 def circuits(save, letters, qk_ov, stripe, position_losses, repeat_start, vocab_size, two_log,
-             one_log):
+             one_log, head_patching):
     """letters: the token names; qk_ov {head: (QK (V, V), OV (V, V))} of the skip-trigram
     model; stripe: (tokens, [(layer, head, weights (n, n), caption)]) on one sequence whose
     second half repeats its first; position_losses {label: (n - 1,) mean loss per position} on
     such sequences, whose repeat starts at repeat_start;
     two_log, one_log (records, 5): the monitor's (step, loss inside repeats, loss elsewhere,
-    best induction score, best previous-token score) for two layers and one."""
+    best induction score, best previous-token score) for two layers and one; head_patching
+    (2, H): the share each head's output restores on prompts that end inside a repeat."""
     plt = pyplot()
     fig, axes = plt.subplots(2, len(qk_ov), figsize=(6 * len(qk_ov), 10), squeeze=False)
     for col, (h, (qk, ov)) in enumerate(qk_ov.items()):
@@ -279,6 +295,11 @@ def circuits(save, letters, qk_ov, stripe, position_losses, repeat_start, vocab_
     fig.suptitle("The induction head forms and the loss inside repeats drops")
     fig.tight_layout()
     save(fig, "circuits_training")
+    H = head_patching.shape[1]
+    patching_grids(save, "circuits_head_patching", [
+        (head_patching, [f"head {h}" for h in range(H)], ["layer 0", "layer 1"], "head", "",
+         "One head's output (hook_z), all positions")],
+        "Head patching on repeats: the previous-token head\nand the induction head it feeds")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,7 +524,157 @@ def bert(save, similarity, sentences, head_weights, pieces, layer, head, neurons
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. Inside the real BERT: sparse features and key-value memories
+# 9. Interventions: patching grids, the logit lens, direct logit attribution (chapters 2, 4, 5
+#    and patching)
+# ----------------------------------------------------------------------------------------------
+
+def patching_grids(save, name, panels, title):
+    """panels: (matrix, xlabels, ylabels, xlabel, ylabel, panel title), each matrix the share
+    of the clean run's metric that patching restores (0: as corrupt, 1: as clean), drawn side by
+    side on one colour scale."""
+    plt = pyplot()
+    widths = [max(3.0, 0.55 * len(p[1]) + 2) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.8), squeeze=False,
+                             width_ratios=widths)
+    for ax, (matrix, xlabels, ylabels, xlabel, ylabel, panel_title) in zip(axes[0], panels):
+        heatmap(ax, matrix, xlabels, ylabels, xlabel, ylabel, panel_title, "share restored",
+                vmin=-1, vmax=1, cmap="RdBu_r")
+        if matrix.size <= 64:                       # the numbers too, dark on the pale middle
+            for (i, j), value in np.ndenumerate(matrix):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if abs(value) > 0.6 else "black")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, name)
+
+
+def lens_and_attribution(save, name, p_right, text, top, layers, labels, parts, title):
+    """The logit lens as a heatmap, p_right (layers, T): the probability of the right next token
+    read after each layer, text the T tokens read and top (layers, T) the top prediction at each
+    (written in the cells); and the direct logit attribution of one prediction, parts (n,) with
+    their labels, as bars."""
+    plt = pyplot()
+    fig, (lens, bars) = plt.subplots(2, 1, figsize=(max(8, 0.3 * len(text) + 2), 6.5),
+                                     height_ratios=[1, 1.3])
+    heatmap(lens, p_right, text, layers, "token read (the next one is to be predicted)", "",
+            "Logit lens: p(right next token) from the residual stream after each layer",
+            "probability")
+    for (i, j), token in np.ndenumerate(top):
+        lens.text(j, i, token, ha="center", va="center", fontsize=8,
+                  color="black" if p_right[i, j] > 0.6 else "white")
+    bars.bar(range(len(parts)), parts, color=["C3" if v < 0 else "C0" for v in parts])
+    bars.set_xticks(range(len(parts)), labels, rotation=60, ha="right", rotation_mode="anchor")
+    bars.axhline(0, color="grey", lw=1)
+    bars.set_ylabel("direct contribution (logits)")
+    bars.set_title(title)
+    bars.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return save(fig, name)
+
+
+def patching(save, table):
+    """table {measurement: (L, H)} of chapter patching's heads, one small panel each, every cell
+    written out: the shares restored by patching and the direct effects on IO - S in red (up)
+    and blue (down), the mean attention weights in grey."""
+    plt = pyplot()
+    L, H = next(iter(table.values())).shape
+    columns = (len(table) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(2.9 * columns, 4.6), squeeze=False)
+    for ax, (label, values) in zip(axes.flat, table.items()):
+        attention = label.startswith("attention")
+        m = 1.0 if not label.startswith("direct") else np.abs(values).max()
+        ax.imshow(values, cmap="Greys" if attention else "RdBu_r", vmin=0 if attention else -m,
+                  vmax=m, aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color="white" if abs(value) > 0.6 * m else "black")
+        ax.set_xticks(range(H), [f"H{h}" for h in range(H)])
+        ax.set_yticks(range(L), [f"L{l}" for l in range(L)])
+        ax.set_title(label.replace(", ", ",\n"), fontsize=10)
+    for ax in axes.flat[len(table):]:
+        ax.axis("off")
+    fig.suptitle("A toy indirect-object task: what patching each head restores (share of IO - S), "
+                 "what it attends to, what it writes (logits)", fontsize=11)
+    fig.tight_layout()
+    return save(fig, "patching_heads")
+# 9. Grokking modular addition
+# ----------------------------------------------------------------------------------------------
+
+PHASE_COLOURS = {"memorisation": "#d6604d", "circuit_formation": "#f4a582", "cleanup": "#92c5de"}
+
+
+def _shade_phases(ax, phases):
+    for name, span in phases.items():
+        if span is not None:
+            ax.axvspan(*span, color=PHASE_COLOURS[name], alpha=0.35, lw=0,
+                       label=name.replace("_", " "))
+
+
+def grokking(save, history, phases, key_frequencies, neuron):
+    """history from grokking.train, phases from grokking.phases ({name: (start, end) or None}),
+    key_frequencies, and neuron = (grid (p, p), index, frequency, fve): one MLP neuron's
+    activation over the pairs (a, b)."""
+    plt = pyplot()
+    step = history["step"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    _shade_phases(ax1, phases)
+    ax1.plot(step, history["train_loss"], lw=1.8, label="train loss")
+    ax1.plot(step, history["test_loss"], lw=1.8, label="test loss")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("cross-entropy (log scale)")
+    ax1.set_title("Memorise, then generalise")
+    ax1.legend(loc="lower left")
+    _shade_phases(ax2, phases)
+    ax2.plot(step, history["train_accuracy"], lw=1.8, label="train accuracy")
+    ax2.plot(step, history["test_accuracy"], lw=1.8, label="test accuracy")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel("accuracy")
+    ax2.set_title("Train accuracy at once, test accuracy much later")
+    ax2.legend(loc="center right")
+    fig.tight_layout()
+    save(fig, "grokking_curves")
+
+    norms = history["embedding_norms"]
+    frequencies = np.arange(1, norms.shape[1] + 1)
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    for i, colour in zip((0, len(step) // 2, len(step) - 1), ("#bbbbbb", "#f4a582", "#2166ac")):
+        ax.plot(frequencies, norms[i], "o-", ms=3, lw=1.2, color=colour, label=f"step {step[i]}")
+    for k in key_frequencies:
+        ax.axvline(k, color="k", ls=":", lw=0.8)
+    ax.set_xlabel("frequency k (dotted: the key frequencies of the trained model)")
+    ax.set_ylabel("norm of the embedding along cos, sin(2πka/p)")
+    ax.set_title("The embedding concentrates on a few frequencies")
+    ax.legend()
+    save(fig, "grokking_embedding_frequencies")
+
+    grid, index, frequency, fve = neuron
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(grid, cmap="viridis", origin="lower")
+    fig.colorbar(image, ax=ax, label="activation (ReLU)")
+    ax.set_xlabel("b")
+    ax.set_ylabel("a")
+    ax.set_title(f"Neuron {index} over all pairs (a, b): frequency {frequency},\n"
+                 f"{fve:.0%} of its variance")
+    save(fig, "grokking_neuron")
+
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    _shade_phases(ax, phases)
+    ax.plot(step, history["test_loss"], lw=1.8, color="#ff7f0e", label="test loss")
+    ax.plot(step, history["restricted_loss"], lw=1.8, color="#2166ac",
+            label="restricted loss (key frequencies only)")
+    ax.plot(step, history["excluded_loss"], lw=1.8, color="#b2182b",
+            label="excluded loss (key frequencies removed, train)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cross-entropy (log scale)")
+    ax.set_title("The circuit forms long before the test loss falls")
+    ax.legend(loc="lower left")
+    save(fig, "grokking_progress_measures")
+
+
+# 11. Inside the real BERT: sparse features and key-value memories
 # ----------------------------------------------------------------------------------------------
 
 def features(save, density, units, examples, memories, layer):

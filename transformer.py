@@ -41,6 +41,7 @@ Conventions, used everywhere in this file:
     * float64 for checking gradients, float32 for speed: parameters have the model's dtype and
       nothing in a forward or backward pass changes it.
 """
+import functools
 import heapq
 import json
 import math
@@ -48,6 +49,8 @@ import numbers
 import os
 import pathlib
 import re
+import stat
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -560,7 +563,8 @@ class FeedForward(Module):
     def forward(self, x):
         """(B, T, d_model) -> (B, T, d_model); the hidden activations (B, T, d_ff) are kept
         in self.hidden for readers who want to look at the neurons (demo.py's chapter 7 does)."""
-        self.hidden = self.hook("hook_post", self.act.forward(self.hook("hook_pre", self.fc1.forward(x))))
+        pre = self.hook("hook_pre", self.fc1.forward(x))                    # (B, T, d_ff)
+        self.hidden = self.hook("hook_post", self.act.forward(pre))
         return self.fc2.forward(self.hidden)
 
     def backward(self, dout):
@@ -650,7 +654,8 @@ class Block(Module):
         """{local hook name: (module, its name there)}, for section 9b."""
         sites = {"hook_resid_pre": (self, "hook_resid_pre")}
         sites.update((name, (self, name)) for names in self._sublayer_hooks() for name in names)
-        for prefix, child in (("attn.", self.self_attn), ("cross_attn.", self.cross_attn), ("mlp.", self.ffn)):
+        children = (("attn.", self.self_attn), ("cross_attn.", self.cross_attn), ("mlp.", self.ffn))
+        for prefix, child in children:
             if child is not None:
                 sites.update((prefix + name, site) for name, site in child.hook_sites().items())
         return sites
@@ -698,6 +703,26 @@ class TiedUnembedding(Module):
 
 
 POSITIONAL_CODES = ("sinusoidal", "learned", None)
+
+
+def _keeps_forward(decode):
+    """For the decoding methods. Decoding runs the layers on steps of its own (one new token, a
+    batch of beams), which overwrite what each layer kept for backward. The decorated method
+    puts back, when it returns and when it raises part-way, every attribute of every layer as
+    it was before the call: a backward after decoding differentiates the last forward."""
+    @functools.wraps(decode)
+    def decode_keeping_forward(model, *args, **kwargs):
+        modules = [model]
+        for module in modules:                         # the list grows as the tree is walked
+            modules.extend(child for _, child in module.children())
+        kept = [(module, dict(vars(module))) for module in modules]
+        try:
+            return decode(model, *args, **kwargs)
+        finally:
+            for module, attributes in kept:
+                vars(module).clear()
+                vars(module).update(attributes)
+    return decode_keeping_forward
 
 
 class DecoderOnlyTransformer(Module):
@@ -765,6 +790,7 @@ class DecoderOnlyTransformer(Module):
             self.pos_embed.backward(dx.sum(axis=0))    # one position row served every batch row
         self.embed.backward(dx * self.embed_scale)
 
+    @_keeps_forward
     def generate(self, prompt, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
                  use_cache=True, seed=0, return_logits=False):
         """Extend prompt (T0,) or (B, T0) by max_new_tokens tokens, one at a time.
@@ -776,8 +802,8 @@ class DecoderOnlyTransformer(Module):
         logits each new token was chosen from.
         """
         squeeze = np.ndim(prompt) == 1
-        tokens = _check_generate(self, prompt, max_new_tokens, temperature, top_k, top_p, use_cache,
-                                 seed, return_logits)                        # (B, T0)
+        tokens, max_new_tokens, temperature, top_k, top_p, seed = _check_generate(
+            self, prompt, max_new_tokens, temperature, top_k, top_p, use_cache, seed, return_logits)
         rng = np.random.default_rng(seed)
         kv_caches = [{} for _ in self.blocks] if use_cache else None
         logits = self._run(tokens, 0, kv_caches)[:, -1]
@@ -790,7 +816,6 @@ class DecoderOnlyTransformer(Module):
             if step + 1 < max_new_tokens:
                 new = self._run(nxt[:, None], tokens.shape[1] - 1, kv_caches) if use_cache else self._run(tokens)
                 logits = new[:, -1]
-        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         out = tokens[0] if squeeze else tokens
         if return_logits:
             stacked = np.stack(chosen, axis=1) if chosen else np.zeros((tokens.shape[0], 0, self.vocab_size))
@@ -854,7 +879,8 @@ class Transformer(Module):
         x = x + self.hook("decoder.hook_pos_embed", self.pos[:T])
         for block in self.decoder:
             x = block.forward(x, mask, memory, src_mask)
-        return self.unembed.forward(self.hook("decoder.ln_final.hook_normalized", self.decoder_norm.forward(x)))
+        x = self.hook("decoder.ln_final.hook_normalized", self.decoder_norm.forward(x))
+        return self.unembed.forward(x)
 
     def forward(self, src, tgt_in):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
@@ -878,10 +904,11 @@ class Transformer(Module):
             dx, _ = block.backward(dx)
         self.src_embed.backward(dx * self.embed_scale)
 
+    @_keeps_forward
     def greedy_decode(self, src, bos_id, eos_id, max_len):
         """(B, S) -> (B, L) int, L <= max_len: the most likely token at every step. The encoder
         runs once. A sequence that has emitted eos_id is padded with eos_id afterwards."""
-        src = _check_decode_args(self, src, bos_id, eos_id, max_len)
+        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
         memory, src_mask = self.encode(src)
         out = np.full((src.shape[0], 1), bos_id)
         done = np.zeros(src.shape[0], bool)
@@ -894,16 +921,16 @@ class Transformer(Module):
             done |= nxt == eos_id
             if done.all():
                 break
-        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         return out[:, 1:]
 
+    @_keeps_forward
     def beam_search(self, src, bos_id, eos_id, max_len, beam_size):
         """(B, S) -> (B, L) int: keep the beam_size most likely partial targets (sum of
         log-probabilities) at every step, and return the best. Finished beams are extended by
         eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
         b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
-        src = _check_decode_args(self, src, bos_id, eos_id, max_len)
-        check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more beams than tokens: idle
+        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
+        beam_size = check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more: idle beams
         B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
         memory, src_mask = self.encode(src)
         memory = np.repeat(memory, K, axis=0)
@@ -928,7 +955,6 @@ class Transformer(Module):
             done = done[rows, beam] | (tok == eos_id)
             if done.all():
                 break
-        self.logits_shape = None               # nothing here for backward (see _check_dlogits)
         return seqs[np.arange(B), np.argmax(scores, axis=1), 1:]
 
     def save(self, path):
@@ -1066,7 +1092,7 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None, top_p=None):
     """(B, V) logits -> (B,) ids. temperature 0 is greedy (argmax); otherwise sample from
     softmax(logits / temperature), keeping only the top_k largest logits if top_k is given and
     then only the nucleus of probability top_p if top_p is given (1 keeps every token)."""
-    logits = _check_sample_next(logits, temperature, top_k, top_p)
+    logits, temperature, top_k, top_p = _check_sample_next(logits, temperature, top_k, top_p)
     return _sample(logits, temperature, top_k, top_p, rng)
 
 
@@ -1105,7 +1131,7 @@ def _sample(logits, temperature, top_k, top_p, rng):
 
 def cross_entropy(logits, targets, ignore_index=None, label_smoothing=0.0):
     """logits (..., V), targets (...) int -> (loss, dlogits of the same shape as logits)."""
-    logits, targets, keep = _check_loss(logits, targets, ignore_index, label_smoothing)
+    logits, targets, keep, label_smoothing = _check_loss(logits, targets, ignore_index, label_smoothing)
     return _softmax_cross_entropy(logits, targets, keep, label_smoothing)
 
 
@@ -1138,15 +1164,15 @@ class SGD:
     """v = μ v + g;  w -= lr (v + λ w)."""
 
     def __init__(self, parameters, lr, momentum=0.0, weight_decay=0.0):
-        check_positive("lr", lr, or_zero=True)
-        _check_decay_rate("momentum", momentum)
-        check_positive("weight_decay", weight_decay, or_zero=True)
+        lr = check_positive("lr", lr, or_zero=True)
+        momentum = _check_decay_rate("momentum", momentum)
+        weight_decay = check_positive("weight_decay", weight_decay, or_zero=True)
         self.params = _check_parameters(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
 
     def step(self):
-        _check_step(self)
+        _check_step(self, self.velocity)
         for (_, p, g), v in zip(self.params, self.velocity):
             v *= self.momentum
             v += g
@@ -1161,7 +1187,7 @@ class Adam:
     rescaled by √v̂."""
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        _check_adam(lr, betas, eps, weight_decay)
+        lr, betas, eps, weight_decay = _check_adam(lr, betas, eps, weight_decay)
         self.params = _check_parameters(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = [np.zeros_like(p) for _, p, _ in self.params]
@@ -1169,7 +1195,7 @@ class Adam:
         self.t = 0
 
     def step(self):
-        _check_step(self)
+        _check_step(self, self.m, self.v)
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
@@ -1186,7 +1212,7 @@ class Adam:
 def clip_grad_norm(parameters, max_norm):
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the norm
     before clipping."""
-    check_positive("max_norm", max_norm)
+    max_norm = check_positive("max_norm", max_norm)
     grads = [g for _, _, g in _check_parameters(parameters)]
     norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
     if not math.isfinite(norm):
@@ -1205,7 +1231,8 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     tgt_in) for the encoder-decoder; targets has the shape of the last of them. optimizer must
     update this model's parameters. Returns the loss (before the update).
 
-    Bad arguments are refused before anything changes, the layers' saved forward included.
+    Bad arguments are refused before anything changes, the layers' saved forward included (an
+    Adam or SGD optimizer is checked first: its lr, and every parameter writeable and its own).
     Logits that are NaN or inf mean that training has diverged: the step is refused with a
     ValueError before the gradients change, and the weights stay as the previous step left
     them, already diverged (restore a copy saved earlier and lower the lr). A gradient that
@@ -1224,13 +1251,15 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     if not all(isinstance(p, tuple) and len(p) == 3 and id(p[1]) in ours for p in params):
         raise ValueError("optimizer must update this model's parameters (Adam(model.parameters())), "
                          "but it holds arrays that are not this model's")
+    if isinstance(optimizer, (SGD, Adam)):
+        _check_update(optimizer, optimizer.velocity if isinstance(optimizer, SGD) else optimizer.m)
     if not isinstance(inputs, tuple) or not inputs:
         raise TypeError(f"inputs must be the tuple of forward's arguments, such as (tokens,), "
                         f"got {type(inputs).__name__}")
     if max_grad_norm is not None:
-        check_positive("max_grad_norm", max_grad_norm)
-    targets, keep = _check_targets(targets, np.shape(inputs[-1]), vocab_size, ignore_index,
-                                   label_smoothing)
+        max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
+    targets, keep, label_smoothing = _check_targets(targets, np.shape(inputs[-1]), vocab_size,
+                                                    ignore_index, label_smoothing)
     loss, dlogits = _softmax_cross_entropy(model.forward(*inputs), targets, keep, label_smoothing)
     model.zero_grad()
     model.backward(dlogits)
@@ -1331,6 +1360,7 @@ class BPETokenizer:
         self.pieces = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
         # Merges never cross a word boundary: count pairs inside each distinct word only.
         distinct = Counter(tuple(w.encode("utf-8")) for w in self._words(text))
+        _check_bpe_work([len(word) for word in distinct], vocab_size - len(self.pieces))
         words, counts = list(distinct), list(distinct.values())   # word i occurs counts[i] times
         pairs = Counter()                             # (id, id) -> occurrences in the whole text
         words_with = {}                               # (id, id) -> indices of words that contain it
@@ -1451,13 +1481,16 @@ def pydoc_paragraphs():
 # 14. Saving and loading
 # ----------------------------------------------------------------------------------------------
 # One .npz file: the constructor arguments as a JSON string, then every parameter by its dotted
-# name. np.load(allow_pickle=False) never runs code from the file. A file from a stranger may
-# still lie, so load reads nothing it has not measured: each array's header must fit the bytes
-# it has, and the config must ask for no more numbers than the file's arrays hold, before any
-# model is built.
+# name. Nothing in the file is ever run: the arrays are raw numbers (.npy), never pickles. A
+# file from a stranger may still lie, so load reads nothing it has not measured: it must be a
+# regular file (not a FIFO or a device), each member must declare how much it inflates to and
+# its .npy header must account for exactly those bytes, and the config must ask for no more
+# numbers than the file's arrays hold, all before any model is built.
 
 MODELS = {"DecoderOnlyTransformer": DecoderOnlyTransformer, "Transformer": Transformer}
 MAX_CONFIG_BYTES = 10 ** 5
+MAX_INFLATION = 20              # a file's members inflate to at most 20 times its size
+MAX_COMPUTED = 10 ** 6          # numbers a config may ask to compute beyond what its arrays hold
 
 
 def _npz_path(path):
@@ -1469,61 +1502,127 @@ def _npz_path(path):
 
 
 def save(model, path):
-    """Write model to path (".npz" is added unless path ends with it, as np.savez does)."""
+    """Write model to path (".npz" is added unless path ends with it, as np.savez does).
+
+    The save is atomic: the file is written under a temporary name in the same folder, flushed
+    and fsynced to the disk, and only then renamed over path (os.replace, a single step), so a
+    save that fails part-way (a full disk, an interrupt) leaves the old file as it was and no
+    temporary behind. A model with a NaN or inf weight is refused before anything is opened:
+    load would refuse the file."""
     if type(model) not in MODELS.values():
         raise TypeError(f"model must be one of {sorted(MODELS)}, got {type(model).__name__}")
     path = _npz_path(path)
+    for name, value, _ in model.parameters():
+        check_finite(f"the model's {name} (save writes only what load accepts)", value)
     if not path.parent.is_dir():
         raise ValueError(f"path {str(path)!r} is in a folder that does not exist")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"path {str(path)!r} is not a regular file (a folder, FIFO or device), "
+                         f"so it is not replaced")
     config = json.dumps({"class": type(model).__name__, **model.config})
-    np.savez(path, __config__=np.array(config), **{n: v for n, v, _ in model.parameters()})
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, __config__=np.array(config), **{n: v for n, v, _ in model.parameters()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o644)          # as np.savez's own file would be (mkstemp's is 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
-def _array_sizes(archive):
-    """{member: number of entries} from each .npy header, checked against the bytes it holds."""
-    sizes = {}
+def _members(archive, file_size):
+    """{array name: ZipInfo}: each member a .npy, stored or deflated, not encrypted, named once,
+    all of them declared to inflate to at most MAX_INFLATION times the file's size."""
+    members = {}
     for info in archive.infolist():
-        with archive.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-        if math.prod(shape) * dtype.itemsize > info.file_size:
-            raise ValueError(f"{info.filename} claims shape {shape} of {dtype}, more than its "
-                             f"{info.file_size} bytes")
-        sizes[info.filename.removesuffix(".npy")] = math.prod(shape)
-    return sizes
+        name = info.filename.removesuffix(".npy")
+        if name in members:
+            raise ValueError(f"it holds {info.filename} twice")
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{info.filename} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ValueError(f"{info.filename} uses compression method {info.compress_type}; only "
+                             f"stored (0) and deflated (8) are read")
+        members[name] = info
+    inflated = sum(info.file_size for info in members.values())
+    if inflated > MAX_INFLATION * file_size:
+        raise ValueError(f"its members inflate to {inflated} bytes, more than {MAX_INFLATION} "
+                         f"times its {file_size}")
+    return members
+
+
+def _npy_header(archive, info):
+    """-> (shape, fortran_order, dtype) from one member's .npy header, which must account for
+    every byte the member declares. Only the header is inflated."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{info.filename} is .npy version {version}, not 1.0 or 2.0")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        data_bytes = info.file_size - f.tell()
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize != data_bytes:
+        raise ValueError(f"{info.filename} claims shape {shape} of {dtype}, but it holds "
+                         f"{data_bytes} bytes of data")
+    return shape, fortran_order, dtype
+
+
+def _read_npy(archive, info, header):
+    """One member's array. zipfile inflates no more than the member's declared size and checks
+    its CRC; the header said how many of those bytes are the array's."""
+    shape, fortran_order, dtype = header
+    with archive.open(info) as f:
+        f.seek(info.file_size - math.prod(shape) * dtype.itemsize)
+        data = f.read()
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
 def load(path):
     """Rebuild a model saved with save(); raises ValueError, naming the path, for a file that
-    is not one: missing, damaged, or lying about its contents."""
+    is not one: missing, not a regular file, damaged, or lying about its contents. Time and
+    memory are bounded by the file's size: every member's header is read and checked first,
+    then the config, then the model is built, and only then are the arrays inflated."""
     path = _npz_path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            sizes = _array_sizes(data.zip)
-            if sizes.get("__config__", math.inf) > MAX_CONFIG_BYTES:
-                raise ValueError(f"no __config__ of at most {MAX_CONFIG_BYTES} characters")
-            config = json.loads(str(data["__config__"]))
+        with open_regular_file("path", path) as f, zipfile.ZipFile(f) as archive:
+            members = _members(archive, os.fstat(f.fileno()).st_size)
+            headers = {name: _npy_header(archive, info) for name, info in members.items()}
+            shape, _, dtype = headers.get("__config__", ((), False, np.dtype(float)))
+            if dtype.kind != "U" or shape != () or dtype.itemsize > 4 * MAX_CONFIG_BYTES:
+                raise ValueError(f"no __config__ string of at most {MAX_CONFIG_BYTES} characters")
+            config = parse_json("its __config__", str(_read_npy(archive, members["__config__"],
+                                                                  headers["__config__"])[()]))
+            if not isinstance(config, dict) or config.get("class") not in MODELS:
+                got = config.get("class") if isinstance(config, dict) else type(config).__name__
+                raise ValueError(f"its __config__ must name a class of {sorted(MODELS)}, got {got!r}")
             cls = MODELS[config.pop("class")]
-            weights = _weights_lower_bound(_model_config(config))
-            held = sum(n for name, n in sizes.items() if name != "__config__")
-            if weights > held:
-                raise ValueError(f"its config asks for at least {weights} weights, its arrays "
-                                 f"hold {held}")
+            config = _model_config(config)
+            held = sum(math.prod(s) for name, (s, _, _) in headers.items() if name != "__config__")
+            weights = _weights_lower_bound(config)
+            positions = config["max_len"] * config["d_model"]        # computed, not stored
+            if weights > held or positions > max(held, MAX_COMPUTED):
+                raise ValueError(f"its config asks for at least {weights} weights and a position "
+                                 f"table of {positions} numbers; its arrays hold {held}")
             model = cls(**config)
             expected = {n: v for n, v, _ in model.parameters()}
-            if set(expected) != set(sizes) - {"__config__"}:
+            if set(expected) != set(members) - {"__config__"}:
                 raise ValueError("its arrays are not the parameters its config describes")
             for name, value in expected.items():
-                array = data[name]
-                if array.shape != value.shape or array.dtype.kind != "f" \
-                        or not np.all(np.isfinite(array)):
+                shape, _, dtype = headers[name]
+                if shape != value.shape or dtype.kind != "f":
                     raise ValueError(f"{name} must be finite floats of shape {value.shape}, got "
-                                     f"{array.dtype} of shape {array.shape}")
-                value[...] = array
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
-            zipfile.BadZipFile, zlib.error) as err:
+                                     f"{dtype} of shape {shape}")
+                with np.errstate(over="ignore", invalid="ignore"):   # 1e300 is inf in float32
+                    value[...] = _read_npy(archive, members[name], headers[name])
+                if not np.all(np.isfinite(value)):
+                    raise ValueError(f"{name} must be finite floats of shape {value.shape}, and "
+                                     f"finite in {value.dtype}, got NaN or inf")
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile,
+            zlib.error) as err:
         raise ValueError(f"path {str(path)!r} is not a model saved by transformer.save ({err})"[:500]) from None
     return model
 
@@ -1669,31 +1768,140 @@ def add_rows_at(table, ids, rows):
 # TypeError) that names the argument, what was given and what is allowed. These checks are
 # shared by superposition.py and circuits.py too.
 
+MAX_INT = 2 ** 63 - 1           # the largest count, seed or id: what an int64 holds
+
+
+def _shown(value):
+    """A value as a message shows it: a huge int by its size (its digits could fill a page, and
+    beyond 4,300 of them Python refuses to print it), anything else by its repr, cut short."""
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        return f"an int of {value.bit_length()} bits"
+    return repr(value)[:100]
+
+
 def check_count(name, value, minimum=1, maximum=None):
-    """An int >= minimum (and <= maximum, if given; a bool is not a count) -> int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
-            or (maximum is not None and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
+    """An int >= minimum (and <= maximum, if given, and never above MAX_INT; a bool is not a
+    count) -> the Python int. A NumPy integer of any type is the same number: it is converted
+    before anything is computed with it, so np.uint8(255) + 1 cannot wrap to 0 later."""
+    maximum = MAX_INT if maximum is None else min(maximum, MAX_INT)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or not minimum <= int(value) <= maximum:
+        allowed = f">= {minimum}" if maximum == MAX_INT else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {allowed}, got {_shown(value)}")
     return int(value)
 
 
 def check_positive(name, value, or_zero=False):
-    """A finite number > 0 (>= 0 if or_zero) -> float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not or_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if or_zero else '>'} 0, got {value!r}")
-    return float(value)
+    """A finite number > 0 (>= 0 if or_zero) -> the Python float. A NumPy float of any type
+    (float16, float32, longdouble) is the same number as a float; an int too large for a float
+    (10**400) is refused by name, not an OverflowError."""
+    try:
+        number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) else None
+    except OverflowError:
+        number = None
+    if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not or_zero):
+        raise ValueError(f"{name} must be a finite number {'>=' if or_zero else '>'} 0, got "
+                         f"{_shown(value)}")
+    return number
+
+
+def check_plain_array(name, x):
+    """A subclass of np.ndarray is refused, not unwrapped: a masked array would lose its mask
+    (the masked entries, NaN or not, would count), a np.matrix multiplies with *. Pass
+    np.asarray(x) to mean the plain numbers."""
+    if isinstance(x, np.ndarray) and type(x) is not np.ndarray:
+        raise TypeError(f"{name} must be a plain np.ndarray, got a {type(x).__name__} (a subclass; "
+                        f"pass np.asarray({name}) to use its numbers as they are)")
+    return x
 
 
 def check_finite(name, x):
     """No NaN or inf: one would travel silently through every later result."""
-    if np.asarray(x).dtype.kind not in "biufc":
+    a = np.asarray(check_plain_array(name, x))
+    if a.dtype.kind not in "biufc":
         raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__} of dtype "
-                        f"{np.asarray(x).dtype}")
-    if not np.all(np.isfinite(x)):
+                        f"{a.dtype}")
+    if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite, got NaN or inf in "
-                         f"{np.count_nonzero(~np.isfinite(x))} of its {np.size(x)} entries")
+                         f"{np.count_nonzero(~np.isfinite(a))} of its {a.size} entries")
+
+
+def check_numbers(what, n):
+    """An array of n numbers is refused beyond MAX_NUMBERS, before it is allocated: a mistyped
+    size is a clear error at once, not a MemoryError (or minutes of swapping) later."""
+    if n > MAX_NUMBERS:
+        raise ValueError(f"{what} asks for {_shown(n)} numbers, more than {MAX_NUMBERS:.0e} "
+                         f"(one was mistyped?)")
+    return n
+
+
+# Files. A path may name a FIFO (opening it blocks until some writer comes), a device (/dev/zero
+# never ends) or a folder: each is refused by os.stat before anything opens it. A regular file
+# is then opened without blocking and checked again on the open descriptor, in case the path
+# was swapped in between.
+
+def open_regular_file(name, path):
+    """-> a binary file object reading the regular file at path; ValueError naming it for
+    anything else, before it is opened."""
+    def refuse(why):
+        return ValueError(f"{name} {str(path)!r} {why}")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise refuse("is not a regular file (a folder, FIFO or device), so it is not opened")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as err:
+        raise refuse(f"cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refuse("is not a regular file (a folder, FIFO or device), so it is not read")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_file(name, path, max_bytes):
+    """The bytes of the regular file at path, refused beyond max_bytes before any is read."""
+    with open_regular_file(name, path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ValueError(f"{name} {str(path)!r} has {size} bytes, more than the {max_bytes} "
+                             f"allowed for it")
+        try:
+            data = f.read(size + 1)             # no more than it had: a file that grows is cut
+        except OSError as err:
+            raise ValueError(f"{name} {str(path)!r} cannot be read ({err.strerror or err})") from None
+    if len(data) != size:
+        raise ValueError(f"{name} {str(path)!r} changed size while it was read")
+    return data
+
+
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(name, text):
+    """JSON text (str, or UTF-8 bytes) -> its value. Refused with a ValueError naming it: text
+    that is not UTF-8 or not JSON, nesting deeper than MAX_JSON_DEPTH (json.loads would recurse
+    until a RecursionError), a key given twice (json.loads keeps the last one silently), NaN
+    and Infinity (not JSON), a number of more than 4,300 digits (Python refuses to read it)."""
+    try:
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)      # brackets in strings do not nest
+        codes = np.frombuffer(outside.encode("utf-8"), np.uint8)
+        depth = np.cumsum(np.isin(codes, (91, 123)).astype(np.int32) - np.isin(codes, (93, 125)))
+        if depth.size and depth.max() > MAX_JSON_DEPTH:
+            raise ValueError(f"it nests {depth.max()} levels deep, more than {MAX_JSON_DEPTH}")
+        return json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
+    except ValueError as err:                  # UnicodeDecodeError and JSONDecodeError are too
+        raise ValueError(f"{name} is not JSON that can be read ({err})"[:300]) from None
+
+
+def _json_object(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} is given twice")
+    return dict(pairs)
+
+
+def _json_constant(word):
+    raise ValueError(f"{word} is not a JSON number")
 
 
 def check_flag(name, value):
@@ -1722,12 +1930,12 @@ def check_id_array(name, ids, n):
     """An integer array of ids, each a row of an (n, ...) table; returns it as an ndarray.
     (An id outside [0, n) would be an IndexError in a lookup, or a silent row of zeros in a
     one-hot.)"""
-    ids = np.asarray(ids)
+    ids = np.asarray(check_plain_array(name, ids))
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= n):
         raise ValueError(f"{name} must hold ids in [0, {n}), got values in [{ids.min()}, {ids.max()}]")
-    return ids
+    return ids.astype(np.intp, copy=False)      # uint64 ids beside int64 ones would make floats
 
 
 def check_tokens(name, tokens, vocab_size, max_len):
@@ -1760,13 +1968,14 @@ def _check_ids(ids, vocab_size):
 
 
 def _check_width(x, d, layer):
+    check_plain_array("x", x)
     if np.ndim(x) < 1 or np.shape(x)[-1] != d:
         raise ValueError(f"{layer} expects x with {d} features on its last axis, got shape {np.shape(x)}")
 
 
 def _check_dout(dout, shape, layer):
     """A backward takes the gradient of its last forward's output: an array of that shape."""
-    if not isinstance(dout, np.ndarray) or dout.shape != shape:
+    if type(dout) is not np.ndarray or dout.shape != shape:
         raise ValueError(f"{layer}.backward expects dout of shape {shape} (the last forward's "
                          f"output), got {type(dout).__name__} of shape {np.shape(dout)}")
 
@@ -1780,6 +1989,7 @@ def check_activation(activation):
 def _check_attention_inputs(x, context, d):
     """x (B, T, d) and context None or (B, S, d), before a layer records anything."""
     for name, a in [("x", x)] + ([] if context is None else [("context", context)]):
+        check_plain_array(name, a)
         if np.ndim(a) != 3 or np.shape(a)[2] != d or np.shape(a)[0] != np.shape(x)[0]:
             raise ValueError(f"MultiHeadAttention expects {name} of shape (B, T, {d}) with the batch "
                              f"size of x, got shape {np.shape(a)}")
@@ -1787,11 +1997,10 @@ def _check_attention_inputs(x, context, d):
 
 def _check_dlogits(model, dlogits):
     """A model's backward takes the gradient of the logits of its last forward, same shape.
-    Decoding (generate, greedy_decode, beam_search) leaves the layers holding its last step,
-    not a forward to differentiate, so it clears model.logits_shape and a backward after it fails."""
+    (Decoding is not a forward: the layers keep the forward before it, see _keeps_forward.)"""
     if model.logits_shape is None:
         raise ValueError(f"{type(model).__name__}.backward called before forward (decoding does "
-                         f"not count: it keeps nothing to differentiate)")
+                         f"not count)")
     shape = model.logits_shape
     if np.shape(dlogits) != shape:
         raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
@@ -1800,13 +2009,26 @@ def _check_dlogits(model, dlogits):
     return np.asarray(dlogits)
 
 
+MIN_TEMPERATURE = 1e-3
+
+
 def _check_decoding(temperature, top_k, top_p, vocab_size):
-    check_positive("temperature", temperature, or_zero=True)
+    """-> temperature, top_k, top_p as Python numbers. A temperature between 0 and
+    MIN_TEMPERATURE is refused: logits / temperature would overflow to inf (and the softmax to
+    NaN) for a temperature near float's smallest, and below 1e-3 sampling differs from greedy
+    only where the best logits lie within 0.04 of each other."""
+    temperature = check_positive("temperature", temperature, or_zero=True)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got "
+                         f"{temperature!r}")
     if top_k is not None:
-        check_count("top_k", top_k, maximum=vocab_size)
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+        top_k = check_count("top_k", top_k, maximum=vocab_size)
+    if top_p is not None:
+        number = top_p if isinstance(top_p, numbers.Real) and not isinstance(top_p, (bool, np.bool_)) else None
+        if number is None or not 0 < number <= 1:
+            raise ValueError(f"top_p must be None or a number in (0, 1], got {_shown(top_p)}")
+        top_p = float(number)
+    return temperature, top_k, top_p
 
 
 # Sizes are bounded so that a mistyped one (or a crafted file) is refused at once, instead of
@@ -1826,22 +2048,23 @@ def _model_config(arguments):
     config = {name: value.item() if isinstance(value, np.generic) else value
               for name, value in arguments.items() if name not in ("self", "__class__")}
     config["dtype"] = np.dtype(check_float_dtype(config["dtype"])).name
-    check_count("seed", config["seed"], minimum=0)
+    config["seed"] = check_count("seed", config["seed"], minimum=0)
     vocabularies = [name for name in VOCABULARIES if name in config]
     for name in ["d_model", "n_heads", "d_ff", "max_len"] + vocabularies:
-        check_count(name, config[name])
+        config[name] = check_count(name, config[name])
     encoder_decoder = "src_vocab_size" in config                 # it needs a layer on each side
-    check_count("n_layers", config["n_layers"], minimum=int(encoder_decoder), maximum=MAX_LAYERS)
-    check_positive("norm_eps", config["norm_eps"], or_zero=True)
+    config["n_layers"] = check_count("n_layers", config["n_layers"], minimum=int(encoder_decoder),
+                                     maximum=MAX_LAYERS)
+    config["norm_eps"] = check_positive("norm_eps", config["norm_eps"], or_zero=True)
     check_activation(config["activation"])
     for name in SWITCHES:
         if name in config:
-            check_flag(name, config[name])
+            config[name] = check_flag(name, config[name])
     positional = config.get("positional", "sinusoidal")
     if not (positional is None or isinstance(positional, str)) or positional not in POSITIONAL_CODES:
         raise ValueError(f"positional must be one of {POSITIONAL_CODES}, got {positional!r}")
     if config.get("pad_id") is not None:                          # an id of both vocabularies
-        check_count("pad_id", config["pad_id"], 0, min(config[n] for n in vocabularies) - 1)
+        config["pad_id"] = check_count("pad_id", config["pad_id"], 0, min(config[n] for n in vocabularies) - 1)
     if _weights_lower_bound(config) + config["max_len"] * config["d_model"] > MAX_NUMBERS:
         raise ValueError(f"the sizes ({', '.join(f'{n}={config[n]}' for n in ['d_model', 'n_layers', 'd_ff', 'max_len'] + vocabularies)}) "
                          f"ask for more than {MAX_NUMBERS:.0e} numbers (one was mistyped?)")
@@ -1857,34 +2080,56 @@ def _weights_lower_bound(config):
 
 
 def _check_targets(targets, shape, V, ignore_index, label_smoothing):
-    """-> (targets as an integer array of the given shape, keep: True where a target counts)."""
-    targets = np.asarray(targets)
+    """-> (targets as an integer array of the given shape, keep: True where a target counts,
+    label_smoothing as a Python float)."""
+    targets = np.asarray(check_plain_array("targets", targets))
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
     if targets.shape != shape:
         raise ValueError(f"targets must have shape {shape} (logits without the last "
                          f"axis), got {targets.shape}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
-            or not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool)
+    label_smoothing = _check_decay_rate("label_smoothing", label_smoothing)
+    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
                                      or not isinstance(ignore_index, (int, np.integer))):
-        raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}")
+        raise TypeError(f"ignore_index must be None or an int, got {_shown(ignore_index)}")
+    if ignore_index is not None and not -MAX_INT <= ignore_index <= MAX_INT:
+        raise ValueError(f"ignore_index must be an int in [-{MAX_INT}, {MAX_INT}], got "
+                         f"{_shown(ignore_index)}")
     keep = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
     if keep.any() and (targets[keep].min() < 0 or targets[keep].max() >= V):
         raise ValueError(f"targets must hold ids in [0, {V}) (or ignore_index), got values in "
                          f"[{targets[keep].min()}, {targets[keep].max()}]")
-    return targets, keep
+    return targets, keep, label_smoothing
+
+
+MAX_BPE_WORK = 10 ** 7          # byte rewrites: a few seconds of BPE training
+
+
+def _check_bpe_work(lengths, merges):
+    """A merge rewrites each word that holds its pair, and a word of w bytes can take at most
+    w - 1 merges: training rewrites at most min(Σ w², merges · Σ w) bytes over the distinct words.
+    A text without spaces is one long word, whose w² grows without bound; refused beyond
+    MAX_BPE_WORK before the first merge."""
+    work = min(sum(w * w for w in lengths), merges * sum(lengths))
+    if work > MAX_BPE_WORK:
+        raise ValueError(f"vocab_size asks for {merges} merges on a text whose distinct words hold "
+                         f"{sum(lengths)} bytes (the longest {max(lengths)}): up to {work} byte "
+                         f"rewrites, more than {MAX_BPE_WORK:.0e}; ask for fewer merges, or give "
+                         f"a text of shorter words (BPE never merges across a space)")
 
 
 def _check_decay_rate(name, value):
-    """A momentum or β: the share of the old average kept at each step, in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    """A momentum or β (the share of the old average kept at each step), or a label smoothing:
+    a number in [0, 1) -> the Python float."""
+    number = value if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) else None
+    if number is None or not 0 <= number < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {_shown(value)}")
+    return float(number)
 
 
 def _check_parameters(parameters):
-    """model.parameters(): (name, value, grad) triples of float arrays -> a list of them."""
+    """model.parameters(): (name, value, grad) triples of float32 or float64 arrays (plain
+    ndarrays, writeable, each listed once) -> a list of them."""
     try:
         params = list(parameters)
     except TypeError:
@@ -1892,33 +2137,59 @@ def _check_parameters(parameters):
                         f"got {type(parameters).__name__}") from None
     for triple in params:
         if not (isinstance(triple, tuple) and len(triple) == 3 and all(
-                isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.shape == triple[1].shape
+                type(a) is np.ndarray and a.dtype in (np.float32, np.float64) and a.shape == triple[1].shape
                 for a in triple[1:])):
             raise TypeError(f"parameters must be the (name, value, grad) triples of "
                             f"model.parameters(), got an item {triple!r}"[:300])
+    for name, value, grad in params:
+        if not (value.flags.writeable and grad.flags.writeable):
+            raise ValueError(f"parameter {name} is read-only: an optimizer updates it in place")
+        if np.may_share_memory(value, grad):
+            raise ValueError(f"parameter {name} shares memory with its own gradient")
+    if len({id(value) for _, value, _ in params}) != len(params):
+        raise ValueError("parameters must list each array once: one listed twice would be "
+                         "updated twice a step")
     return params
 
 
-def _check_step(optimizer):
-    """Before an update: lr (a plain attribute a schedule sets) and every gradient finite.
-    One inf gradient would make every weight it touches NaN."""
+def _check_update(optimizer, moments):
+    """Before an update, all it will touch, so that it stops before the first array changes
+    (a read-only array half-way would leave the step half done): lr (a plain attribute a
+    schedule sets) and each parameter still writeable and the one the optimizer was built
+    for, of the shape and float type of its moments."""
     check_positive("lr", optimizer.lr, or_zero=True)
+    params = optimizer.params
+    if isinstance(params, list) and len(params) == len(moments) and all(
+            isinstance(t, tuple) and len(t) == 3 and type(t[1]) is np.ndarray and type(t[2]) is np.ndarray
+            and t[1].shape == t[2].shape == m.shape and t[1].dtype == m.dtype
+            and t[1].flags.writeable and t[2].flags.writeable for t, m in zip(params, moments)):
+        return
+    _check_parameters(params)                     # says what is wrong with them, if it can
+    raise ValueError(f"{type(optimizer).__name__}.params must be the parameters it was built "
+                     f"with: they changed after it was built")
+
+
+def _check_step(optimizer, *moments):
+    """_check_update, then every gradient finite: one inf gradient would make every weight it
+    touches NaN."""
+    _check_update(optimizer, moments[0])
     for name, _, grad in optimizer.params:
         check_finite(f"the gradient of {name}", grad)
 
 
 def _check_generate(model, prompt, max_new_tokens, temperature, top_k, top_p, use_cache, seed,
                     return_logits):
-    """generate's arguments -> the prompt as (B, T0), a row added if it came as (T0,)."""
-    tokens = np.asarray(prompt)
+    """generate's arguments -> the prompt as (B, T0) (a row added if it came as (T0,)),
+    max_new_tokens, temperature, top_k, top_p and seed as Python numbers."""
+    tokens = np.asarray(check_plain_array("prompt", prompt))
     tokens = check_tokens("prompt", tokens[None] if tokens.ndim == 1 else tokens, model.vocab_size,
                           model.max_len)
-    check_count("max_new_tokens", max_new_tokens, 0, model.max_len - tokens.shape[1])
-    _check_decoding(temperature, top_k, top_p, model.vocab_size)
-    check_count("seed", seed, minimum=0)
+    max_new_tokens = check_count("max_new_tokens", max_new_tokens, 0, model.max_len - tokens.shape[1])
+    temperature, top_k, top_p = _check_decoding(temperature, top_k, top_p, model.vocab_size)
+    seed = check_count("seed", seed, minimum=0)
     check_flag("use_cache", use_cache)
     check_flag("return_logits", return_logits)
-    return tokens
+    return tokens, max_new_tokens, temperature, top_k, top_p, seed
 
 
 def _check_pair(model, src, tgt_in):
@@ -1931,40 +2202,39 @@ def _check_pair(model, src, tgt_in):
 
 
 def _check_decode_args(model, src, bos_id, eos_id, max_len):
+    """-> src as an array, bos_id, eos_id and max_len as Python ints."""
     src = check_tokens("src", src, model.src_vocab_size, model.max_len)
-    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        check_count(name, value, 0, model.tgt_vocab_size - 1)
-    check_count("max_len", max_len, 1, model.max_len - 1)     # the model's max_len minus the <bos>
-    return src
+    bos_id, eos_id = (check_count(name, value, 0, model.tgt_vocab_size - 1)
+                      for name, value in (("bos_id", bos_id), ("eos_id", eos_id)))
+    max_len = check_count("max_len", max_len, 1, model.max_len - 1)   # the model's, minus <bos>
+    return src, bos_id, eos_id, max_len
 
 
 def _check_sample_next(logits, temperature, top_k, top_p):
+    """-> logits as an array, temperature, top_k, top_p as Python numbers."""
     if np.ndim(logits) != 2 or np.shape(logits)[1] == 0:
         raise ValueError(f"logits must have shape (B, V) with V >= 1, got shape {np.shape(logits)}")
     check_finite("logits", logits)
-    _check_decoding(temperature, top_k, top_p, np.shape(logits)[1])
-    return np.asarray(logits)
+    return (np.asarray(logits), *_check_decoding(temperature, top_k, top_p, np.shape(logits)[1]))
 
 
 def _check_loss(logits, targets, ignore_index, label_smoothing):
-    """-> logits, targets as arrays, keep (the positions that count)."""
-    logits = np.asarray(logits)
+    """-> logits, targets as arrays, keep (the positions that count), label_smoothing."""
+    logits = np.asarray(check_plain_array("logits", logits))
     if logits.ndim < 1 or logits.shape[-1] == 0 or logits.dtype.kind != "f":
         raise TypeError(f"logits must be a float array (..., V) with V >= 1, got dtype "
                         f"{logits.dtype}, shape {logits.shape}")
-    targets, keep = _check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index,
-                                   label_smoothing)
-    return logits, targets, keep
+    return (logits, *_check_targets(targets, logits.shape[:-1], logits.shape[-1], ignore_index,
+                                    label_smoothing))
 
 
 def _check_adam(lr, betas, eps, weight_decay):
-    check_positive("lr", lr, or_zero=True)
+    """-> lr, betas, eps, weight_decay as Python floats."""
+    lr = check_positive("lr", lr, or_zero=True)
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}")
-    _check_decay_rate("betas[0]", betas[0])
-    _check_decay_rate("betas[1]", betas[1])
-    check_positive("eps", eps)
-    check_positive("weight_decay", weight_decay, or_zero=True)
+        raise ValueError(f"betas must be a pair (β1, β2), got {betas!r}"[:200])
+    betas = (_check_decay_rate("betas[0]", betas[0]), _check_decay_rate("betas[1]", betas[1]))
+    return lr, betas, check_positive("eps", eps), check_positive("weight_decay", weight_decay, or_zero=True)
 
 
 def _check_heads(d_model, n_heads):
