@@ -20,7 +20,11 @@
     8. bert            pretrained.py: a real pretrained BERT run by our own layers: WordPiece,
                        sentence similarity, polysemantic neurons, a previous-token head, masked-LM
                        pretraining at toy size
-    9. The tour's machinery: the Context every chapter receives, the training loop with its
+    9. phases          circuits.py, section 8: a small GPT learns the prose of CPython's
+                       documentation, watched as it passes the unigram, bigram and trigram
+                       entropy floors; Olsson's in-context-learning score and each head's
+                       prefix-matching score over training (--long: the whole corpus, longer)
+   10. The tour's machinery: the Context every chapter receives, the training loop with its
        progress line, the command line
 
     python demo.py                        every chapter, under a minute on two cores
@@ -1150,7 +1154,94 @@ def _bert_masked_lm(steps, seed):
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. The tour's machinery: the context, training with a progress line, the command line
+# 9. The phases of learning on real text (circuits.py, section 8)
+# ----------------------------------------------------------------------------------------------
+# A small GPT trained on the prose of CPython's documentation, one token per character, and
+# watched while it learns: its held-out loss against the n-gram entropy floors of the training
+# text, Olsson et al.'s in-context-learning score and every head's prefix-matching score. The
+# sizes were chosen by counting steps, not seconds (the machine was shared): 400 steps of 16
+# windows of 64 characters pass the unigram floor by step 25 and the bigram floor by step 150.
+
+# --long: the same model with four times the context, trained on the whole corpus 20 times over.
+PHASES_LONG = dict(steps=12000, length=256, batch=8, every=250, held_out=512)
+
+
+def chapter_phases(ctx):
+    """The phases of learning on real text: n-gram floors, in-context learning, induction heads"""
+    # Quick: 80 steps, enough to show the floors and pass the first; full: 400 steps, the
+    # unigram and bigram floors passed. --long adds the long run.
+    run = ctx.settings(steps=(80, 400), every=(20, 25), held_out=(128, 256))
+    _phases_run(ctx, "phases", dict(steps=run.steps, length=64, batch=16, every=run.every,
+                                    held_out=run.held_out))
+    if ctx.long:
+        _phases_run(ctx, "phases_long", PHASES_LONG)
+
+
+def _phases_run(ctx, name, config):
+    """Train with config (train_text_model's keywords), print the story, draw the figure."""
+    start = time.perf_counter()
+    model, history, floors = C.train_text_model(seed=ctx.seed, **config)
+    seconds = time.perf_counter() - start
+    events = C.phase_events(history, floors)
+    chance = _phases_chance(model, ctx.seed)
+    tokens = (history["step"][-1] + 1) * config["batch"] * config["length"]
+    c = model.config
+    print(f"  {c['n_layers']} layers, {c['n_heads']} heads, d_model {c['d_model']}, context "
+          f"{c['max_len']} characters, {n_parameters(model):,} parameters; {tokens:,} tokens in "
+          f"{seconds:.1f} s ({(history['step'][-1] + 1) / seconds:.0f} steps/s, {tokens / seconds:,.0f} "
+          f"tokens/s, measurements included)")
+    print("  floors, the in-sample entropies of the training text (nats per character): "
+          + ", ".join(f"{name} {floor:.3f}" for name, floor in floors.items()))
+    _phases_table(history, chance, c["max_len"])
+    _phases_events(history, events, chance)
+    if ctx.plots:
+        tour_figures.phases(ctx.save, name, history, floors, events, chance)
+
+
+def _phases_chance(model, seed):
+    """The prefix-matching score of a head that spreads its attention evenly over every
+    position up to its own, on the model's probe: the score that means "no induction"."""
+    probe = C.prefix_probe(model.vocab_size, model.max_len, seed)
+    n = probe.shape[1]
+    uniform = transformer.softmax(np.zeros((n, n)), mask=transformer.causal_mask(n))
+    return float(C.prefix_matching(np.broadcast_to(uniform, (1, len(probe), 1, n, n)), probe)[0, 0])
+
+
+def _phases_table(history, chance, length):
+    """Nine checkpoints of the history, evenly spaced, first and last included."""
+    early, late = C.olsson_positions(length)
+    print(f"      step  train  held-out  ICL score (token {late + 1} − token {early + 1})  "
+          f"best prefix matching (chance {chance:.3f})")
+    for i in np.unique(np.linspace(0, len(history["step"]) - 1, 9).astype(int)):
+        print(f"    {history['step'][i]:>6}  {history['train_loss'][i]:.3f}  "
+              f"{history['held_out_loss'][i]:8.3f}  {history['icl_score'][i]:+12.3f} ± "
+              f"{history['icl_error'][i]:.3f}  {history['prefix_matching'][i].max():20.3f}")
+
+
+def _phases_events(history, events, chance):
+    """What phase_events found, and whether any head became an induction head (a final
+    prefix-matching score of at least twice chance)."""
+    steps = history["step"][-1] + 1
+    print("  floors passed (first held-out loss below it): " + ", ".join(
+        f"{name} at step {s}" if s is not None else f"{name} not in {steps} steps"
+        for name, s in events["passed"].items()))
+    final = history["prefix_matching"][-1]
+    layer, head = np.unravel_index(np.argmax(final), final.shape)
+    a, b, before, after = events["prefix_rise"]
+    print(f"  best prefix matching rose most between steps {a} and {b} ({before:.3f} -> {after:.3f}); "
+          f"at the end L{layer}H{head} scores {final.max():.3f}, {final.max() / chance:.1f}x chance: "
+          + ("an induction head" if final.max() >= 2 * chance else "no induction head formed"))
+    a, b, before, after = events["icl_fall"]
+    print(f"  the ICL score fell most between steps {a} and {b} ({before:+.3f} -> {after:+.3f})")
+    drop_before, drop_during = events["loss_drop"]
+    print("  held-out loss drop per step at that rise: "
+          + (f"{drop_before:.4f} before, " if drop_before is not None else "")
+          + f"{drop_during:.4f} during: " + ("a bump, the loss falls faster again" if events["bump"]
+                                             else "no bump"))
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. The tour's machinery: the context, training with a progress line, the command line
 # ----------------------------------------------------------------------------------------------
 
 class Context:
@@ -1238,6 +1329,7 @@ CHAPTERS = {
     "superposition": chapter_superposition,
     "polysemantic": chapter_polysemantic,
     "bert": chapter_bert,
+    "phases": chapter_phases,
 }
 
 

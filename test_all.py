@@ -2973,6 +2973,8 @@ def test_demo_prints_the_story_it_tells():
     assert "decoded back unchanged: True" in out
     # the key/value cache gives the same tokens as recomputing everything (chapter 4)
     assert "same tokens: True" in out
+    # the text model passes the unigram floor on held-out text even in the quick tour (chapter 9)
+    assert re.search(r"floors passed \(first held-out loss below it\): unigram at step \d+", out)
 
 
 def test_demo_progress_into_a_pipe_is_a_few_short_plain_lines():

@@ -7,7 +7,7 @@ a model. Every figure has the one style FIGURE_STYLE.
 
     0. The style, the saver, a labelled heatmap and a loss curve (used by several chapters)
     1. onehot  2. rohrer  3. translate  4. charlm  5. circuits  6. superposition
-    7. polysemantic (also drawn for the BERT layer)  8. bert
+    7. polysemantic (also drawn for the BERT layer)  8. bert  9. phases
 
 matplotlib is imported on the first figure, not with this file, so `demo.py --no-plots` never
 imports it.
@@ -500,3 +500,58 @@ def bert(save, similarity, sentences, head_weights, pieces, layer, head, neurons
     polysemantic(save, "bert_polysemantic", *neurons, seed)
     activations, labels, padding = padded_neurons
     sampled_neurons(save, "bert_polysemantic_padded", activations, labels, seed, padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. The phases of learning on real text
+# ----------------------------------------------------------------------------------------------
+
+def phases(save, name, history, floors, events, chance):
+    """history, floors, events: what circuits.train_text_model and circuits.phase_events
+    return; chance: the prefix-matching score of uniform attention. Three panels over training:
+    the losses against the entropy floors (a dot where each floor is first passed), the
+    in-context-learning score with its standard error, every head's prefix-matching score;
+    the interval where the best score rose most is shaded in all three."""
+    plt = pyplot()
+    step = history["step"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    ax = axes[0]
+    ax.plot(step, history["train_loss"], color="C0", lw=1.2, alpha=0.6, label="training loss")
+    ax.plot(step, history["held_out_loss"], color="C0", lw=2, label="held-out loss")
+    for (floor_name, floor), color in zip(floors.items(), ("C1", "C2", "C3")):
+        ax.axhline(floor, color=color, ls="--", lw=1.2, label=f"{floor_name} floor {floor:.2f}")
+        passed = events["passed"][floor_name]
+        if passed is not None:
+            ax.plot([passed], [floor], "o", color=color, ms=7)
+    ax.set_ylim(min(floors.values()) - 0.3, history["held_out_loss"][0] + 0.2)
+    ax.set_ylabel("cross-entropy (nats per character)")
+    ax.set_title("Loss against the n-gram entropy floors")
+    ax.legend(fontsize=9)
+    ax = axes[1]
+    icl, error = history["icl_score"], history["icl_error"]
+    ax.plot(step, icl, color="C4", lw=2)
+    ax.fill_between(step, icl - error, icl + error, color="C4", alpha=0.25, label="± standard error")
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_ylabel("loss late − loss early (nats)")
+    ax.set_title("In-context-learning score (below 0: context helps)")
+    ax.legend(fontsize=9)
+    ax = axes[2]
+    prefix = history["prefix_matching"]                                 # (checkpoints, L, H)
+    for layer in range(prefix.shape[1]):
+        for head in range(prefix.shape[2]):
+            ax.plot(step, prefix[:, layer, head], color=f"C{layer}", lw=1.5,
+                    alpha=0.5 + 0.5 * (head == np.argmax(prefix[-1, layer])),
+                    label=f"layer {layer} heads" if head == 0 else None)
+    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"uniform attention {chance:.3f}")
+    ax.set_ylabel("attention on the token after the earlier copy")
+    ax.set_title("Prefix matching on repeated random characters")
+    ax.legend(fontsize=9)
+    a, b = events["prefix_rise"][:2]
+    for ax in axes:
+        ax.axvspan(a, b, color="grey", alpha=0.12, lw=0)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    fig.suptitle("A small GPT learning CPython's documentation, one character at a time "
+                 "(shaded: where prefix matching rose most)")
+    fig.tight_layout()
+    save(fig, name)
