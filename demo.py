@@ -33,7 +33,7 @@
     python demo.py --list                 the chapters and what each shows
     python demo.py --no-plots             text only; matplotlib is never imported
     python demo.py --outdir DIR --seed N  where figures go (default figures/out), which seed
-    python demo.py --long                 adds the long experiments (a few minutes more)
+    python demo.py --long                 adds the long experiments (minutes more, each at most ten)
 
 Every chapter is a function chapter_xxx(ctx) that reads the same way: its settings, the quick and
 the full run side by side (ctx.settings); the computing; the printing; then one call into
@@ -1159,18 +1159,19 @@ def _bert_masked_lm(steps, seed):
 # A small GPT trained on the prose of CPython's documentation, one token per character, and
 # watched while it learns: its held-out loss against the n-gram entropy floors of the training
 # text, Olsson et al.'s in-context-learning score and every head's prefix-matching score. The
-# sizes were chosen by counting steps, not seconds (the machine was shared): 400 steps of 16
-# windows of 64 characters pass the unigram floor by step 25 and the bigram floor by step 150.
+# sizes were chosen by counting steps, not seconds (the machine was shared): 16 windows of 64
+# characters a step pass the unigram floor by step 25 and the bigram floor by step 150.
 
-# --long: the same model with four times the context, trained on the whole corpus 20 times over.
-PHASES_LONG = dict(steps=12000, length=256, batch=8, every=250, held_out=512)
+# --long: the same model with four times the context, 10,000 steps of 8 windows of 256
+# characters (20 million tokens, the training text about 60 times over).
+PHASES_LONG = dict(steps=10000, length=256, batch=8, every=250, held_out=256)
 
 
 def chapter_phases(ctx):
     """The phases of learning on real text: n-gram floors, in-context learning, induction heads"""
-    # Quick: 80 steps, enough to show the floors and pass the first; full: 400 steps, the
+    # Quick: 60 steps, enough to show the floors and pass the first; full: 300 steps, the
     # unigram and bigram floors passed. --long adds the long run.
-    run = ctx.settings(steps=(80, 400), every=(20, 25), held_out=(128, 256))
+    run = ctx.settings(steps=(60, 300), every=(15, 20), held_out=(128, 256))
     _phases_run(ctx, "phases", dict(steps=run.steps, length=64, batch=16, every=run.every,
                                     held_out=run.held_out))
     if ctx.long:
@@ -1350,7 +1351,9 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed for every model and data set")
     parser.add_argument("--long", action="store_true",
                         help="also run the long experiments (the 'sticky' 1/2 of the superposition "
-                             "chapter: n=200, m=20, 20 sparsities, a few minutes)")
+                             "chapter: n=200, m=20, 20 sparsities, a few minutes; the phases "
+                             "chapter's text model with a longer context and 10,000 steps, at "
+                             "most ten minutes)")
     parser.add_argument("--no-plots", action="store_true",
                         help="text only: no figures (--outdir unused), matplotlib is not imported")
     args = parser.parse_args(argv)

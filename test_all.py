@@ -7,7 +7,9 @@ The proofs first, in the order of the files they check, then the bad-input contr
                      exact target; decoding, the KV cache, save/load.
     circuits.py      the Kronecker identities; one head computed three ways; the path expansion
                      equal to the logits term by term; QK/OV circuits; planted skip-trigrams
-                     recovered; an induction head grown in two layers and not in one.
+                     recovered; an induction head grown in two layers and not in one; the
+                     n-gram entropy floors against hand counts, the ICL and prefix-matching
+                     scores on made-up inputs, a text model past the unigram floor.
     superposition.py gradient checks of the toy model and the sparse autoencoder; the paper's
                      three results; exact dimensionalities of known geometries; the pentagon,
                      trained and hand-built; Johnson-Lindenstrauss; recovery of features by an SAE.
@@ -2534,6 +2536,9 @@ TEXT_BAD_INPUT = [
     (lambda: C.repeated_random_tokens(None, 2, 4, 0, 5), TypeError, "rng"),
     (lambda: C.prefix_matching(np.ones((1, 1, 1, 4, 4)), np.zeros((1, 3), int)), ValueError,
      r"tokens must have shape \(B, n\) = \(1, 4\)"),
+    (lambda: C.prefix_matching(np.ones((1, 1, 1, 4, 4)), np.zeros(4, int)), ValueError,
+     r"tokens must have shape \(B, n\) = \(1, 4\) .* got \(4,\)"),
+    (lambda: C.prefix_probe(4, 64), ValueError, "vocab_size must be an int >= 5"),
     (lambda: C.prefix_matching_scores("not a model", np.zeros((1, 4), int)), ValueError, "model must be"),
     (lambda: C.phase_events({**_HISTORY, "step": np.array([0, 10])}, {"unigram": 3.0}), ValueError,
      "at least 3 increasing checkpoint steps"),
