@@ -819,10 +819,12 @@ def prefix_matching_scores(model, tokens):
 # held-out windows are spread evenly over the held-out text and are the same at every
 # checkpoint, so that checkpoints differ by training only.
 
-def text_model(vocab_size, d_model=64, n_heads=4, n_layers=2, length=64, seed=0):
-    """A small float32 GPT of transformer.py for a context of `length` tokens."""
+def text_model(vocab_size, d_model=64, n_heads=4, n_layers=2, length=64, seed=0, attention_only=False):
+    """A small float32 GPT of transformer.py for a context of `length` tokens (attention_only:
+    without its MLPs, so that attention has to do everything beyond the bigram table)."""
     return transformer.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, 4 * d_model,
-                                              length, dtype=np.float32, seed=seed)
+                                              length, attention_only=attention_only,
+                                              dtype=np.float32, seed=seed)
 
 
 def stream_windows(ids, length, count):
@@ -835,7 +837,7 @@ def stream_windows(ids, length, count):
 
 
 def train_text_model(steps=300, length=64, batch=16, d_model=64, n_heads=4, n_layers=2, lr=3e-3,
-                     every=20, held_out=256, seed=0, paragraphs=None):
+                     every=20, held_out=256, seed=0, paragraphs=None, attention_only=False):
     """Train text_model on text_corpus(paragraphs) and measure it every `every` steps (and
     after the last); the defaults are the tour's default run.
 
@@ -846,11 +848,12 @@ def train_text_model(steps=300, length=64, batch=16, d_model=64, n_heads=4, n_la
     "prefix_matching" (checkpoints, n_layers, n_heads) on prefix_probe(vocab, length, seed).
     Every argument is checked before the corpus is read, the corpus before any step."""
     _check_text_training(steps, length, batch, d_model, n_heads, n_layers, lr, every, held_out, seed)
+    _check_flag("attention_only", attention_only)
     tokenizer, train_ids, held_ids = text_corpus(paragraphs)
     _check_long_enough(train_ids, held_ids, length)
     held = stream_windows(held_ids, length, held_out)
     probe = prefix_probe(tokenizer.vocab_size, length, seed)
-    model = text_model(tokenizer.vocab_size, d_model, n_heads, n_layers, length, seed)
+    model = text_model(tokenizer.vocab_size, d_model, n_heads, n_layers, length, seed, attention_only)
 
     def sample(rng):
         starts = rng.integers(0, len(train_ids) - length, batch)
@@ -881,7 +884,7 @@ def _history(losses, records):
 # ICL score falls most). A bump (Olsson et al.: "a bump in the loss curve" at the phase
 # change) is the loss falling faster while the heads form than just before: on a smooth,
 # convex loss curve the drop per step only shrinks, so a drop that speeds up again is a
-# plateau ending.
+# plateau ending. A loss that does not fall at all there has no bump, whatever it did before.
 
 def phase_events(history, floors):
     """history and floors from train_text_model (at least 3 checkpoints) -> dict:
@@ -891,7 +894,7 @@ def phase_events(history, floors):
         "icl_fall"    (step a, step b, ICL score at a, at b): where the ICL score fell most
         "loss_drop"   (before, during): the held-out loss's drop per step in the interval
                       before prefix_rise and in it (before is None if prefix_rise is the first)
-        "bump"        whether the loss dropped faster during the rise than before it"""
+        "bump"        whether the loss dropped during the rise, and faster than before it"""
     step, loss, icl, best = _check_history(history, floors)
     passed = {name: next((int(s) for s, l in zip(step, loss) if l < floor), None)
               for name, floor in floors.items()}
@@ -902,7 +905,7 @@ def phase_events(history, floors):
             "prefix_rise": (int(step[rise]), int(step[rise + 1]), float(best[rise]), float(best[rise + 1])),
             "icl_fall": (int(step[fall]), int(step[fall + 1]), float(icl[fall]), float(icl[fall + 1])),
             "loss_drop": (before, float(drop[rise])),
-            "bump": bool(before is not None and drop[rise] > before)}
+            "bump": bool(before is not None and drop[rise] > max(before, 0))}
 
 
 # ----------------------------------------------------------------------------------------------

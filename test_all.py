@@ -1022,7 +1022,7 @@ def test_corpus_floors_are_the_entropies_counted_by_hand():
         assert abs(C.ngram_entropy(stream, n) - _ngram_entropy_by_counting(stream.tolist(), n)) < IDENTITY_TOL
     floors = C.entropy_floors(stream)
     assert list(floors) == ["unigram", "bigram", "trigram"]
-    assert floors["unigram"] > floors["bigram"] > floors["trigram"]   # conditioning never adds entropy
+    assert floors["unigram"] > floors["bigram"] > floors["trigram"]   # more context, less entropy
 
 
 def test_text_corpus_holds_out_every_tenth_paragraph():
@@ -1075,6 +1075,8 @@ def test_phase_events_are_found_where_a_made_up_history_puts_them():
     assert events["loss_drop"] == pytest.approx((0.02, 0.06)) and events["bump"]
     history["held_out_loss"] = np.array([4.0, 3.0, 2.2, 2.0, 1.9])        # no plateau before
     assert not C.phase_events(history, {"unigram": 3.1})["bump"]
+    history["held_out_loss"] = np.array([4.0, 3.0, 3.2, 3.25, 3.2])       # rising, then rising less:
+    assert not C.phase_events(history, {"unigram": 3.1})["bump"]       # a loss that does not fall
 
 
 def test_a_small_text_model_passes_the_unigram_floor_on_held_out_text():
@@ -2514,6 +2516,7 @@ TEXT_BAD_INPUT = [
     (lambda: C.train_text_model(every=0), ValueError, "every must be an int >= 1"),
     (lambda: C.train_text_model(held_out=2.5), ValueError, "held_out"),
     (lambda: C.train_text_model(n_layers=0), ValueError, "n_layers must be an int >= 1"),
+    (lambda: C.train_text_model(attention_only="yes"), TypeError, "attention_only must be True or False"),
     # n out of range, an empty token stream
     (lambda: C.ngram_entropy(np.arange(5), 0), ValueError, r"n must be an int in \[1, 5\], got 0"),
     (lambda: C.ngram_entropy(np.arange(5), 6), ValueError, r"n must be an int in \[1, 5\], got 6"),
