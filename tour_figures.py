@@ -523,7 +523,8 @@ def phases(save, name, history, floors, events, chance):
         passed = events["passed"][floor_name]
         if passed is not None:
             ax.plot([passed], [floor], "o", color=color, ms=7)
-    ax.set_ylim(min(floors.values()) - 0.3, history["held_out_loss"][0] + 0.2)
+    lowest = min(*floors.values(), history["train_loss"].min(), history["held_out_loss"].min())
+    ax.set_ylim(lowest - 0.2, history["held_out_loss"][0] + 0.2)
     ax.set_ylabel("cross-entropy (nats per character)")
     ax.set_title("Loss against the n-gram entropy floors")
     ax.legend(fontsize=9)
