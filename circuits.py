@@ -819,12 +819,10 @@ def prefix_matching_scores(model, tokens):
 # held-out windows are spread evenly over the held-out text and are the same at every
 # checkpoint, so that checkpoints differ by training only.
 
-def text_model(vocab_size, d_model=64, n_heads=4, n_layers=2, length=64, seed=0, attention_only=False):
-    """A small float32 GPT of transformer.py for a context of `length` tokens (attention_only:
-    without its MLPs, so that attention has to do everything beyond the bigram table)."""
+def text_model(vocab_size, d_model=64, n_heads=4, n_layers=2, length=64, seed=0):
+    """A small float32 GPT of transformer.py for a context of `length` tokens."""
     return transformer.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, 4 * d_model,
-                                              length, attention_only=attention_only,
-                                              dtype=np.float32, seed=seed)
+                                              length, dtype=np.float32, seed=seed)
 
 
 def stream_windows(ids, length, count):
@@ -837,7 +835,7 @@ def stream_windows(ids, length, count):
 
 
 def train_text_model(steps=300, length=64, batch=16, d_model=64, n_heads=4, n_layers=2, lr=3e-3,
-                     every=20, held_out=256, seed=0, paragraphs=None, attention_only=False):
+                     every=20, held_out=256, seed=0, paragraphs=None):
     """Train text_model on text_corpus(paragraphs) and measure it every `every` steps (and
     after the last); the defaults are the tour's default run.
 
@@ -848,12 +846,11 @@ def train_text_model(steps=300, length=64, batch=16, d_model=64, n_heads=4, n_la
     "prefix_matching" (checkpoints, n_layers, n_heads) on prefix_probe(vocab, length, seed).
     Every argument is checked before the corpus is read, the corpus before any step."""
     _check_text_training(steps, length, batch, d_model, n_heads, n_layers, lr, every, held_out, seed)
-    _check_flag("attention_only", attention_only)
     tokenizer, train_ids, held_ids = text_corpus(paragraphs)
     _check_long_enough(train_ids, held_ids, length)
     held = stream_windows(held_ids, length, held_out)
     probe = prefix_probe(tokenizer.vocab_size, length, seed)
-    model = text_model(tokenizer.vocab_size, d_model, n_heads, n_layers, length, seed, attention_only)
+    model = text_model(tokenizer.vocab_size, d_model, n_heads, n_layers, length, seed)
 
     def sample(rng):
         starts = rng.integers(0, len(train_ids) - length, batch)

@@ -2516,7 +2516,6 @@ TEXT_BAD_INPUT = [
     (lambda: C.train_text_model(every=0), ValueError, "every must be an int >= 1"),
     (lambda: C.train_text_model(held_out=2.5), ValueError, "held_out"),
     (lambda: C.train_text_model(n_layers=0), ValueError, "n_layers must be an int >= 1"),
-    (lambda: C.train_text_model(attention_only="yes"), TypeError, "attention_only must be True or False"),
     # n out of range, an empty token stream
     (lambda: C.ngram_entropy(np.arange(5), 0), ValueError, r"n must be an int in \[1, 5\], got 0"),
     (lambda: C.ngram_entropy(np.arange(5), 6), ValueError, r"n must be an int in \[1, 5\], got 6"),
