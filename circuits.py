@@ -18,6 +18,10 @@ attention-only models trained with transformer.py. Read top to bottom:
     6. One layer                  the path expansion, the QK and OV circuits, skip-trigrams
     7. Two layers                 induction heads: data with repeats, induction and
                                   previous-token scores, composition, copying, ablation
+    8. Training dynamics          a small GPT trained on real text (the prose of CPython's
+       on real text               documentation) and watched: the n-gram entropy floors it
+                                  passes, Olsson's in-context-learning score, each head's
+                                  prefix-matching score, the induction bump located in the curve
     9. Causal interventions       on transformer.py's named activations: activation patching
                                   of the residual stream and of heads, the logit lens, direct
                                   logit attribution
@@ -656,6 +660,225 @@ def copying_score(M):
 
 
 # ----------------------------------------------------------------------------------------------
+# 8. Training dynamics on real text
+# ----------------------------------------------------------------------------------------------
+# Sections 4-7 read models after training; this one watches a model while it learns. On real
+# text a language model is said to pass through phases: it first learns how often each token
+# occurs (unigrams), then what follows what (bigrams), then longer n-grams, and later grows
+# induction heads, which shows as a sudden rise of in-context learning and a bump in the loss
+# curve (Olsson et al. 2022, "In-context Learning and Induction Heads", sections on the phase
+# change; Elhage et al. 2021 for the two-layer circuit of section 7).
+#
+# The text is the prose of CPython's documentation (transformer.pydoc_paragraphs), one token
+# per character. Characters, not transformer.BPETokenizer, by measurement on this corpus:
+# 107 characters give 358,000 tokens, so each of the 107² bigrams is counted often; BPE with
+# 512 pieces gives 162,000 tokens for 512² possible bigrams, so its counted floors (the
+# trigram's most: 1.51 nats under a unigram entropy of 5.29) measure the corpus's accidents as
+# much as its language, and it costs about 2 s to train, a quarter of the tour's budget.
+# Every tenth paragraph is held out; the model trains on the rest, and its loss is measured on
+# the held-out paragraphs.
+#
+# The floors. A model that predicts x_t from the previous n - 1 tokens alone can do no better
+# on a text than the conditional entropy of that text's own n-gram counts,
+#     H_n = -(1/N) Σ_t log [ c(x_{t-n+1} … x_t) / c(x_{t-n+1} … x_{t-1}) ]     (nats per token)
+# summed over the N positions t that have n - 1 tokens before them (Shannon 1951, "Prediction
+# and Entropy of Printed English", the N-gram entropies F_N): n = 1 is the unigram entropy,
+# n = 2 the bigram conditional entropy H(x_t | x_{t-1}), n = 3 the trigram's H(x_t | x_{t-2},
+# x_{t-1}). These are in-sample entropies: counted on the training text and scored on the same
+# text, so they are the loss of the best n-gram table fitted to it, lower than that table would
+# score on text it has not seen. The model's loss below a floor is therefore measured on the
+# held-out paragraphs: beating an n-gram table on its own training text, with text the model
+# never saw, is a fair claim that the model knows more than n-grams.
+
+def text_corpus(paragraphs=None, held_out_every=10):
+    """Paragraphs (default: transformer.pydoc_paragraphs()) -> (tokenizer, train (N,) int,
+    held_out (M,) int): a transformer.CharTokenizer built on every paragraph, paragraph
+    held_out_every - 1, 2·held_out_every - 1, ... held out, each side's paragraphs joined by
+    newlines and encoded."""
+    paragraphs, every = _check_paragraphs(paragraphs, held_out_every)
+    tokenizer = transformer.CharTokenizer("\n".join(paragraphs))
+    held = [p for i, p in enumerate(paragraphs) if i % every == every - 1]
+    train = [p for i, p in enumerate(paragraphs) if i % every != every - 1]
+    return tokenizer, *(np.array(tokenizer.encode("\n".join(side)), np.int64) for side in (train, held))
+
+
+def ngram_entropy(tokens, n):
+    """H_n of a token stream (N,) in nats per token, from its own counts (the formula above):
+    n = 1 unigram entropy, n = 2 H(x_t | x_{t-1}), n = 3 H(x_t | x_{t-2}, x_{t-1})."""
+    tokens, n = _check_stream(tokens, n)
+    grams = np.lib.stride_tricks.sliding_window_view(tokens, n)         # (N - n + 1, n)
+    return float(-np.mean(np.log(_row_counts(grams) / _row_counts(grams[:, :-1]))))
+
+
+def _row_counts(rows):
+    """(N, k) int -> (N,): how often each row occurs among all N (k = 0: every row is the empty
+    context, N times). The rows are numbered one column at a time: code = the number of the
+    row's first j entries among the distinct ones, so code < N and code · (max + 1) + next entry
+    stays far inside int64 (a row-wise np.unique(axis=0) gives the same, 20 times slower)."""
+    code = np.zeros(len(rows), np.int64)
+    for column in rows.T:
+        code = np.unique(code * (column.max() + 1) + column, return_inverse=True)[1].reshape(-1)
+    return np.bincount(code)[code]
+
+
+NGRAM_FLOORS = {"unigram": 1, "bigram": 2, "trigram": 3}
+
+
+def entropy_floors(tokens):
+    """{"unigram": H_1, "bigram": H_2, "trigram": H_3} of a token stream (N,), nats per token."""
+    return {name: ngram_entropy(tokens, n) for name, n in NGRAM_FLOORS.items()}
+
+
+# In-context learning, measured as Olsson et al. define it: the loss at a late token of the
+# context minus the loss at an early one, averaged over examples (their 500th minus 50th token
+# of 512). Negative means the model predicts better with more context. Scaled to a context of
+# n tokens, the early and late positions are the same fractions of it.
+
+def olsson_positions(n):
+    """The 0-based positions of the 50th and the 500th token of 512, scaled to n >= 3 tokens."""
+    n = transformer.check_count("n", n, minimum=3)
+    return max(0, n * 50 // 512 - 1), n * 500 // 512 - 1
+
+
+def in_context_learning_score(losses, early=None, late=None):
+    """losses (B, n) per-token losses -> (score, standard error): the mean over the B examples
+    of losses[:, late] - losses[:, early] (default olsson_positions(n)), and the standard error
+    of that mean (its std / √B), so that a reader can tell a change from noise."""
+    losses, early, late = _check_icl(losses, early, late)
+    difference = losses[:, late] - losses[:, early]
+    return float(difference.mean()), float(difference.std() / np.sqrt(len(difference)))
+
+
+# Prefix matching (Olsson et al., "prefix matching" score): on a sequence of random tokens
+# repeated, a head that attends from each token of the repeat to the token right after that
+# token's earlier occurrence is doing the induction head's lookup. Random tokens mean no
+# n-gram statistics can produce that pattern: only the repeat can. It is section 7's
+# score_induction, restricted to the destinations of the second copy.
+
+def repeated_random_tokens(rng, batch, half, low, high):
+    """(batch, 2·half) int: half uniform random ids in [low, high), then the same ids again."""
+    batch, half, low, high = _check_random_tokens(rng, batch, half, low, high)
+    first = rng.integers(low, high, (batch, half))
+    return np.concatenate([first, first], axis=1)
+
+
+def prefix_matching(patterns, tokens):
+    """patterns (L, B, H, 2·half, 2·half) on tokens (B, 2·half) from repeated_random_tokens
+    -> (L, H): each head's attention, from the second copy, on the tokens that followed the
+    destination's token earlier."""
+    patterns, tokens, where = _check_induction(patterns, tokens, None)
+    where[:, :tokens.shape[1] // 2] = False                    # destinations in the second copy
+    return score_induction(patterns, tokens, where)
+
+
+def prefix_probe(vocab_size, length, seed=0):
+    """The repeated random tokens train_text_model scores its heads on: 32 sequences of
+    length // 2 characters drawn from np.random.default_rng(seed + 1), special tokens left
+    out, each repeated once -> (32, 2 · (length // 2))."""
+    specials = len(transformer.SPECIAL_TOKENS)
+    vocab_size = transformer.check_count("vocab_size", vocab_size, minimum=specials + 1)
+    length = transformer.check_count("length", length, minimum=2)
+    seed = transformer.check_count("seed", seed, minimum=0)
+    return repeated_random_tokens(np.random.default_rng(seed + 1), 32, length // 2, specials,
+                                  vocab_size)
+
+
+def prefix_matching_scores(model, tokens):
+    """(n_layers, H): prefix_matching of the attention patterns any DecoderOnlyTransformer
+    (layer norm and MLPs allowed) computes on repeated random tokens (B, 2·half)."""
+    _check_model(model)
+    return prefix_matching(np.asarray(run_with_patterns(model, tokens)[1], np.float64), tokens)
+
+
+# The model and its training: transformer.py's GPT (Pre-LN, ReLU MLPs of 4·d_model, sinusoidal
+# positions) trained by section 4's train, whose monitor measures at every checkpoint. The
+# held-out windows are spread evenly over the held-out text and are the same at every
+# checkpoint, so that checkpoints differ by training only.
+
+def text_model(vocab_size, d_model=64, n_heads=4, n_layers=2, length=64, seed=0):
+    """A small float32 GPT of transformer.py for a context of `length` tokens."""
+    return transformer.DecoderOnlyTransformer(vocab_size, d_model, n_heads, n_layers, 4 * d_model,
+                                              length, dtype=np.float32, seed=seed)
+
+
+def stream_windows(ids, length, count):
+    """`count` windows of length + 1 tokens of a stream (N,), their starts spread evenly from
+    the first token to the last window that fits (they overlap when count · length > N)
+    -> (count, length + 1)."""
+    ids, length, count = _check_windows(ids, length, count)
+    starts = np.linspace(0, ids.size - length - 1, count).astype(np.int64)
+    return ids[starts[:, None] + np.arange(length + 1)]
+
+
+def train_text_model(steps=300, length=64, batch=16, d_model=64, n_heads=4, n_layers=2, lr=3e-3,
+                     every=20, held_out=256, seed=0, paragraphs=None):
+    """Train text_model on text_corpus(paragraphs) and measure it every `every` steps (and
+    after the last); the defaults are the tour's default run.
+
+    Returns (model, history, floors): floors = entropy_floors of the training stream; history
+    a dict of arrays, one entry per checkpoint: "step", "train_loss" (the mean training loss
+    since the previous checkpoint), "held_out_loss" (mean over `held_out` windows of held-out
+    text), "icl_score" and "icl_error" (in_context_learning_score on those windows),
+    "prefix_matching" (checkpoints, n_layers, n_heads) on prefix_probe(vocab, length, seed).
+    Every argument is checked before the corpus is read, the corpus before any step."""
+    _check_text_training(steps, length, batch, d_model, n_heads, n_layers, lr, every, held_out, seed)
+    tokenizer, train_ids, held_ids = text_corpus(paragraphs)
+    _check_long_enough(train_ids, held_ids, length)
+    held = stream_windows(held_ids, length, held_out)
+    probe = prefix_probe(tokenizer.vocab_size, length, seed)
+    model = text_model(tokenizer.vocab_size, d_model, n_heads, n_layers, length, seed)
+
+    def sample(rng):
+        starts = rng.integers(0, len(train_ids) - length, batch)
+        return train_ids[starts[:, None] + np.arange(length + 1)]        # (batch, length + 1)
+
+    def monitor(step, model):
+        losses = token_losses(model, held)                                # (held_out, length)
+        return (step, losses.mean(), *in_context_learning_score(losses),
+                prefix_matching_scores(model, probe))
+
+    losses, records = train(model, sample, steps, lr, seed, every, monitor)
+    return model, _history(losses, records), entropy_floors(train_ids)
+
+
+def _history(losses, records):
+    """train's per-step losses and the monitor's records -> the history dict of arrays."""
+    step, held_out, icl, error, prefix = (np.array(column) for column in zip(*records))
+    starts = np.concatenate([[0], step[:-1] + 1])
+    return {"step": step,
+            "train_loss": np.array([losses[a:b + 1].mean() for a, b in zip(starts, step)]),
+            "held_out_loss": held_out, "icl_score": icl, "icl_error": error,
+            "prefix_matching": prefix}
+
+
+# The phases, found in the history by the code rather than by eye: a floor is passed at the
+# first checkpoint whose held-out loss is below it; induction heads form where the best head's
+# prefix-matching score rises most between two checkpoints (and in-context learning where the
+# ICL score falls most). A bump (Olsson et al.: "a bump in the loss curve" at the phase
+# change) is the loss falling faster while the heads form than just before: on a smooth,
+# convex loss curve the drop per step only shrinks, so a drop that speeds up again is a
+# plateau ending. A loss that does not fall at all there has no bump, whatever it did before.
+
+def phase_events(history, floors):
+    """history and floors from train_text_model (at least 3 checkpoints) -> dict:
+        "passed"      {floor name: first checkpoint step with held-out loss < floor, or None}
+        "prefix_rise" (step a, step b, best score at a, at b): the interval where the best
+                      head's prefix-matching score rose most
+        "icl_fall"    (step a, step b, ICL score at a, at b): where the ICL score fell most
+        "loss_drop"   (before, during): the held-out loss's drop per step in the interval
+                      before prefix_rise and in it (before is None if prefix_rise is the first)
+        "bump"        whether the loss dropped during the rise, and faster than before it"""
+    step, loss, icl, best = _check_history(history, floors)
+    passed = {name: next((int(s) for s, l in zip(step, loss) if l < floor), None)
+              for name, floor in floors.items()}
+    rise, fall = int(np.argmax(np.diff(best))), int(np.argmin(np.diff(icl)))
+    drop = -np.diff(loss) / np.diff(step)                        # per interval, loss fallen per step
+    before = float(drop[rise - 1]) if rise else None
+    return {"passed": passed,
+            "prefix_rise": (int(step[rise]), int(step[rise + 1]), float(best[rise]), float(best[rise + 1])),
+            "icl_fall": (int(step[fall]), int(step[fall + 1]), float(icl[fall]), float(icl[fall + 1])),
+            "loss_drop": (before, float(drop[rise])),
+            "bump": bool(before is not None and drop[rise] > max(before, 0))}
 # 9. Causal interventions: activation patching, the logit lens, direct logit attribution
 # ----------------------------------------------------------------------------------------------
 # Reading weights (sections 5-7) says what a head could do; an intervention says what it does on
@@ -1234,3 +1457,97 @@ def _check_pre_ln(function, model):
                          f"norms: in a Post-LN block the stream is renormalised, not summed")
     if function == "logit_lens" and not model.blocks:
         raise ValueError("logit_lens needs a model with at least one block")
+
+def _check_paragraphs(paragraphs, held_out_every):
+    """The corpus of section 8: None (read transformer.pydoc_paragraphs()) or a list of
+    non-empty str, at least held_out_every of them so that one is held out."""
+    every = transformer.check_count("held_out_every", held_out_every, minimum=2)
+    if paragraphs is None:
+        paragraphs = transformer.pydoc_paragraphs()      # a clear error if pydoc_data is missing
+    if not isinstance(paragraphs, (list, tuple)) or not all(isinstance(p, str) and p for p in paragraphs):
+        raise TypeError(f"paragraphs must be a list of non-empty str (the corpus), got "
+                        f"{type(paragraphs).__name__}" + (" with an empty or non-str item"
+                                                          if isinstance(paragraphs, (list, tuple)) else ""))
+    if len(paragraphs) < every:
+        raise ValueError(f"paragraphs must hold at least held_out_every = {every} paragraphs, so "
+                         f"that one is held out, got {len(paragraphs)}")
+    return list(paragraphs), every
+
+
+def _check_stream(tokens, n):
+    tokens = transformer.check_id_array("tokens", tokens, 2 ** 31)     # ids of a vocabulary
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"tokens must be a non-empty stream of token ids, shape (N,), got shape "
+                         f"{tokens.shape}")
+    return tokens, transformer.check_count("n", n, maximum=tokens.size)
+
+
+def _check_icl(losses, early, late):
+    losses = _check_real("losses", losses, "have shape (B, n)", ndim=2)
+    n = losses.shape[1]
+    default_early, default_late = olsson_positions(n) if n >= 3 else (0, n - 1)
+    early = default_early if early is None else _check_index("early", early, n, "position")
+    late = default_late if late is None else _check_index("late", late, n, "position")
+    if not early < late:
+        raise ValueError(f"early must come before late, got early={early}, late={late} for "
+                         f"n = {n} positions")
+    return losses, early, late
+
+
+def _check_random_tokens(rng, batch, half, low, high):
+    transformer.check_rng(rng)
+    batch, half = transformer.check_count("batch", batch), transformer.check_count("half", half)
+    low = transformer.check_count("low", low, minimum=0)
+    return batch, half, low, transformer.check_count("high", high, minimum=low + 1)
+
+
+def _check_windows(ids, length, count):
+    ids = transformer.check_id_array("ids", ids, np.iinfo(np.int64).max)
+    length, count = transformer.check_count("length", length), transformer.check_count("count", count)
+    if ids.ndim != 1 or ids.size < length + 1:
+        raise ValueError(f"ids must be a stream (N,) of at least length + 1 = {length + 1} ids, "
+                         f"got shape {ids.shape}")
+    return ids, length, count
+
+
+def _check_text_training(steps, length, batch, d_model, n_heads, n_layers, lr, every, held_out, seed):
+    for name, value, minimum in [("steps", steps, 1), ("length", length, 8), ("batch", batch, 1),
+                                 ("d_model", d_model, 1), ("n_heads", n_heads, 1),
+                                 ("n_layers", n_layers, 1), ("every", every, 1),
+                                 ("held_out", held_out, 1), ("seed", seed, 0)]:
+        transformer.check_count(name, value, minimum=minimum)
+    if d_model % n_heads:
+        raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, "
+                         f"n_heads={n_heads}")
+    transformer.check_positive("lr", lr)
+
+
+def _check_long_enough(train_ids, held_ids, length):
+    if min(train_ids.size, held_ids.size) < length + 1:
+        raise ValueError(f"paragraphs must give at least length + 1 = {length + 1} tokens to train "
+                         f"on and as many held out, got {train_ids.size} and {held_ids.size}")
+
+
+def _check_history(history, floors):
+    """A history and floors as train_text_model returns them, with at least 3 checkpoints
+    -> (step, held-out loss, ICL score, best head's prefix-matching score), each (checkpoints,)."""
+    keys = ("step", "held_out_loss", "icl_score", "prefix_matching")
+    if not isinstance(history, dict) or not all(key in history for key in keys):
+        raise ValueError(f"history must be the dict train_text_model returns, with keys {keys}")
+    step = transformer.check_id_array("history['step']", history["step"], np.iinfo(np.int64).max)
+    if step.ndim != 1 or step.size < 3 or np.any(np.diff(step) <= 0):
+        raise ValueError(f"history['step'] must hold at least 3 increasing checkpoint steps, got "
+                         f"{step.tolist()}")
+    loss, icl = (_check_real(f"history[{key!r}]", history[key], "be a vector", ndim=1)
+                 for key in ("held_out_loss", "icl_score"))
+    prefix = _check_real("history['prefix_matching']", history["prefix_matching"],
+                         "have shape (checkpoints, L, H)", ndim=3)
+    if not loss.shape == icl.shape == step.shape == prefix.shape[:1]:
+        raise ValueError(f"history's arrays must have one entry per checkpoint ({step.size}), got "
+                         f"held_out_loss {loss.shape}, icl_score {icl.shape}, prefix_matching "
+                         f"{prefix.shape}")
+    if not isinstance(floors, dict) or not floors:
+        raise ValueError(f"floors must be a non-empty dict {{name: nats}}, got {floors!r}")
+    for name, floor in floors.items():
+        transformer.check_positive(f"floors[{name!r}]", floor, or_zero=True)
+    return step, loss, icl, prefix.max(axis=(1, 2))

@@ -23,17 +23,21 @@
     8. bert            pretrained.py: a real pretrained BERT run by our own layers: WordPiece,
                        sentence similarity, polysemantic neurons, a previous-token head, masked-LM
                        pretraining at toy size
-    9. patching        activation patching on a toy indirect-object task (Wang et al. 2022):
-                       which heads carry the subject and the indirect object
-   10. grokking        grokking.py: a one-layer transformer memorises modular addition, then
-                       finds a Fourier algorithm; the three phases located in the measured curves,
-                       the key frequencies, neurons clustered by frequency, restricted and excluded
-                       losses; controls without weight decay and with more training pairs
-   11. features        the same BERT on CPython's documentation topics: a sparse autoencoder on a
+    9. features        the same BERT on CPython's documentation topics: a sparse autoencoder on a
                        feed-forward layer (held-out variance, L0, feature density, spliced back
                        into the model), its features against the neurons on one monosemanticity
                        measure, and the six feed-forward layers as key-value memories
-   12. The tour's machinery: the Context every chapter receives, the training loop with its
+   10. patching        activation patching on a toy indirect-object task (Wang et al. 2022):
+                       which heads carry the subject and the indirect object
+   11. grokking        grokking.py: a one-layer transformer memorises modular addition, then
+                       finds a Fourier algorithm; the three phases located in the measured curves,
+                       the key frequencies, neurons clustered by frequency, restricted and excluded
+                       losses; controls without weight decay and with more training pairs
+   12. phases          circuits.py, section 8: a small GPT learns the prose of CPython's
+                       documentation, watched as it passes the unigram, bigram and trigram
+                       entropy floors; Olsson's in-context-learning score and each head's
+                       prefix-matching score over training (--long: the whole corpus, longer)
+   13. The tour's machinery: the Context every chapter receives, the training loop with its
        progress line, the command line
 
     python demo.py                        every chapter, under a minute on two cores
@@ -42,7 +46,7 @@
     python demo.py --list                 the chapters and what each shows
     python demo.py --no-plots             text only; matplotlib is never imported
     python demo.py --outdir DIR --seed N  where figures go (default figures/out), which seed
-    python demo.py --long                 adds the long experiments (a quarter of an hour more)
+    python demo.py --long                 adds the long experiments (minutes more, each at most ten)
 
 Every chapter is a function chapter_xxx(ctx) that reads the same way: its settings, the quick and
 the full run side by side (ctx.settings); the computing; the printing; then one call into
@@ -1297,304 +1301,7 @@ def _bert_masked_lm(steps, seed):
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. Activation patching on a toy indirect-object task (Wang et al. 2022)
-# ----------------------------------------------------------------------------------------------
-# "When Mary and John went to the store, John gave a drink to" -> "Mary": the indirect object
-# (IO) is the name said once, the subject (S) the name said twice (S1, then S2). In GPT-2 small,
-# Wang et al. ("Interpretability in the Wild", 2022) found the circuit by patching: duplicate-
-# token heads at S2 attend to S1 ("this name came before"), S-inhibition heads at the end carry
-# that to the name movers, which attend to IO and copy it. Here a two-layer attention-only model
-# learns the task from templates of varied length (so no position gives a name away), and the
-# same patching asks which heads carry which name. Two corruptions: S2 replaced by a third name
-# (nothing says which name is repeated), and IO replaced by a third name (the right answer is
-# not in the prompt). The metric is the logit difference IO - S at the last position.
-
-IOI_NAMES = ("Mary", "John", "Anna", "Paul", "Lisa", "Mark", "Emma", "Tom", "Sara", "Jack",
-             "Kate", "Luke")
-IOI_OPENINGS = (("When",), ("Then", "when"), ("After",))
-IOI_PLACES = (("went", "to", "the", "store"), ("went", "to", "the", "big", "park"),
-              ("had", "lunch", "at", "the", "old", "garden"), ("met", "at", "work"))
-IOI_GIFTS = (("a", "drink"), ("the", "red", "ball"), ("a", "book"), ("some", "warm", "tea"))
-IOI_LENGTH = 2 + 3 + 6 + 3 + 3 + 1          # the longest prompt, in words: shorter ones are padded
-
-
-def ioi_vocabulary():
-    """<pad>, the names, then every other word of the templates."""
-    words = {w for part in IOI_OPENINGS + IOI_PLACES + IOI_GIFTS for w in part}
-    return ["<pad>", *IOI_NAMES, *sorted(words | {"and", ",", "gave", "to"})]
-
-
-def ioi_prompts(rng, batch, ids):
-    """batch prompts "<opening> A and B <place> , S gave <gift> to", padded on the left to
-    IOI_LENGTH, with S the first or the second name at random. -> tokens (batch, IOI_LENGTH),
-    io and s (batch,) the ids of the indirect object and the subject, and the positions of
-    IO, S1 and S2 (batch,) each."""
-    a = rng.integers(0, len(IOI_NAMES), batch)
-    b = (a + rng.integers(1, len(IOI_NAMES), batch)) % len(IOI_NAMES)
-    second = rng.random(batch) < 0.5                                  # "A and B ..., B gave"
-    s, io = np.where(second, b, a), np.where(second, a, b)
-    tokens = np.zeros((batch, IOI_LENGTH), int)
-    where = np.zeros((3, batch), int)
-    for i in range(batch):
-        opening, place, gift = (part[rng.integers(len(part))] for part in (IOI_OPENINGS, IOI_PLACES, IOI_GIFTS))
-        words = [*opening, IOI_NAMES[a[i]], "and", IOI_NAMES[b[i]], *place, ",", IOI_NAMES[s[i]],
-                 "gave", *gift, "to"]
-        pad = IOI_LENGTH - len(words)
-        tokens[i, pad:] = [ids[w] for w in words]
-        first = pad + len(opening)                                    # the position of A
-        where[:, i] = (first + 2 * (not second[i]), first + 2 * second[i], pad + words.index(",") + 1)
-    return tokens, ids[IOI_NAMES[0]] + io, ids[IOI_NAMES[0]] + s, where
-
-
-def chapter_patching(ctx):
-    """Activation patching finds the heads of a toy indirect-object task"""
-    run = ctx.settings(steps=(40, 200), held_out=(64, 256))           # (quick, full)
-    vocab = ioi_vocabulary()
-    ids = {w: i for i, w in enumerate(vocab)}
-    model = transformer.DecoderOnlyTransformer(len(vocab), d_model=32, n_heads=4, n_layers=2,
-                                               d_ff=1, max_len=IOI_LENGTH, attention_only=True,
-                                               positional="learned", dtype=np.float32,
-                                               seed=ctx.seed)
-    rng = np.random.default_rng(ctx.seed)
-
-    def next_batch():
-        tokens, io, _, _ = ioi_prompts(rng, 32, ids)
-        targets = np.zeros_like(tokens)                               # <pad>: no loss there
-        targets[:, -1] = io
-        return (tokens,), targets
-    print(f"  {len(IOI_NAMES)} names, {len(IOI_OPENINGS)} openings x {len(IOI_PLACES)} places x "
-          f"{len(IOI_GIFTS)} gifts, prompts of {IOI_LENGTH - 6}-{IOI_LENGTH} words; two layers of "
-          f"attention only,\n  d_model 32, 4 heads, {n_parameters(model)} parameters, trained on "
-          f"the last word only")
-    losses = train(model, next_batch, steps=run.steps, peak_lr=1e-2, label="ioi", ignore_index=0)
-    clean, io, s, (io_at, s1_at, s2_at) = ioi_prompts(np.random.default_rng(ctx.seed + 1), run.held_out, ids)
-    logits = transformer.run_with_hooks(model, clean, hooks={})
-    metric = C.logit_difference(io, s)
-    accuracy = np.mean(logits[:, -1].argmax(-1) == io)
-    print(f"  {run.steps} steps, final loss {losses[-1]:.3f}; on {run.held_out} held-out prompts the "
-          f"top word is IO in {accuracy:.0%}, logit difference IO - S {metric(logits):+.2f}"
-          + ("" if accuracy >= 0.9 else "\n  (the task is not learned yet: the table below reads "
-                                         "a model that mostly guesses, and is not read in words)"))
-    rows = np.arange(len(clean))
-    third = ioi_third_names(np.random.default_rng(ctx.seed + 2), io, s, ids[IOI_NAMES[0]])
-    corrupt = {"S2 -> another name": clean.copy(), "IO -> another name": clean.copy()}
-    corrupt["S2 -> another name"][rows, s2_at] = third
-    corrupt["IO -> another name"][rows, io_at] = third
-    table = _patching_heads(model, clean, corrupt, io, s, (io_at, s1_at, s2_at), metric)
-    if accuracy >= 0.9:
-        _patching_reading(table, [f"L{l}H{h}" for l in range(2) for h in range(4)])
-    if ctx.plots:
-        tour_figures.patching(ctx.save, table)
-
-
-def _patching_heads(model, clean, corrupt, io, s, where, metric):
-    """Every head measured seven ways on the held-out prompts: patching under each corruption
-    {label: prompts} (and under the S2 one at S2 only), its attention from S2 and from the end,
-    its direct effect on IO - S. -> {measurement: (L, H)}."""
-    io_at, s1_at, s2_at = where
-    rows, end = np.arange(len(clean)), clean.shape[1] - 1
-    _, cache = transformer.run_with_cache(model, clean)
-    m_clean = metric(transformer.run_with_hooks(model, clean, hooks={}))
-    table = {}
-    for label, prompts in corrupt.items():
-        m_corrupt = metric(transformer.run_with_hooks(model, prompts, hooks={}))
-        print(f"    corruption {label}: IO - S {m_clean:+.2f} clean, {m_corrupt:+.2f} corrupt")
-        table[f"patch, {label}"] = restored(C.head_patching(model, clean, prompts, metric), m_clean, m_corrupt)
-        if label.startswith("S2"):                    # the same patch at S2 only: read there?
-            at_s2 = [[metric(C.patch(model, prompts, cache, f"blocks.{l}.attn.hook_z", (rows, h, s2_at)))
-                      for h in range(model.config["n_heads"])] for l in range(len(model.blocks))]
-            table[f"patch at S2 only, {label}"] = restored(at_s2, m_clean, m_corrupt)
-    patterns = np.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(len(model.blocks))])
-    for label, query, key in (("attention S2 -> S1", s2_at, s1_at), ("attention end -> IO", end, io_at),
-                              ("attention end -> S1", end, s1_at), ("attention end -> S2", end, s2_at)):
-        table[label] = patterns[:, rows, :, query, key].mean(axis=0)    # (B, L, H) -> (L, H)
-    labels, parts = C.direct_logit_attribution(model, clean, io, s)
-    table["direct effect on IO - S"] = np.array([[parts[labels.index(f"L{l}H{h}")].mean()
-                                                  for h in range(model.config["n_heads"])]
-                                                 for l in range(len(model.blocks))])
-    H = model.config["n_heads"]
-    heads = [f"L{l}H{h}" for l in range(len(model.blocks)) for h in range(H)]
-    print("    each head (share of IO - S restored by its clean output; its mean attention; its "
-          "direct effect on the logits):")
-    print(f"      {'':<38}" + "".join(f"{h:>7}" for h in heads))
-    for label, values in table.items():
-        print(f"      {label:<38}" + "".join(f"{v:>7.2f}" for v in values.ravel()))
-    return table
-
-
-def ioi_third_names(rng, io, s, first):
-    """(B,) ids of names that are neither io nor s, uniformly; names have the ids first,
-    first + 1, ... (the k-th of the other names skips the two taken)."""
-    k = rng.integers(0, len(IOI_NAMES) - 2, len(io))
-    low, high = np.minimum(io, s) - first, np.maximum(io, s) - first
-    k += k >= low
-    k += k >= high
-    return first + k
-
-
-def _patching_reading(table, heads):
-    """What the table says, in words, against Wang et al.'s three kinds of head."""
-    duplicate = table["attention S2 -> S1"].ravel()
-    best = int(np.argmax(duplicate))
-    print("    reading: " + (f"duplicate-name heads (S2 attends to S1 above 0.4): "
-                             + ", ".join(h for h, v in zip(heads, duplicate) if v > 0.4)
-                             if duplicate.max() > 0.4 else
-                             f"no duplicate-name head (the most attention from S2 to S1 is "
-                             f"{heads[best]}'s, {duplicate[best]:.2f})") + ";")
-    s_heads = table["patch, S2 -> another name"].ravel()
-    to_s2, effect = table["attention end -> S2"].ravel(), table["direct effect on IO - S"].ravel()
-    carriers = [i for i in np.argsort(-s_heads) if s_heads[i] > 0.15]
-    print("      which name is S is carried to the end by" + ",".join(
-        f"\n        {heads[i]} (restores {s_heads[i]:.2f}, attends from the end to S2 "
-        f"{to_s2[i]:.2f}, direct effect on IO - S {effect[i]:+.2f})" for i in carriers) + ";" if carriers else
-          "      no single head restores more than 0.15 of IO - S under the S2 corruption;")
-    io_heads = table["patch, IO -> another name"].ravel()
-    to_io, to_s1 = table["attention end -> IO"].ravel(), table["attention end -> S1"].ravel()
-    print("      IO is carried by" + ",".join(
-        f"\n        {heads[i]} (restores {io_heads[i]:.2f}; from the end it attends to IO {to_io[i]:.2f}, to "
-        f"S1 {to_s1[i]:.2f}: " + ("it prefers IO, as a name mover does" if to_io[i] > 2 * to_s1[i]
-                                  else "both names alike") + ")"
-        for i in np.argsort(-io_heads)[:2]))
-# 9. Grokking modular addition (grokking.py; Nanda et al. 2023)
-# ----------------------------------------------------------------------------------------------
-# A one-layer transformer learns a + b mod p from a part of the pairs. The chapter trains it,
-# locates the three phases in the measured curves, reads the key frequencies off the embedding
-# and the neurons' frequencies off the MLP, and runs two controls beside it: the same run without
-# weight decay, and a larger training fraction. The default run is smaller than the paper's
-# (grokking.DEFAULT, chosen by measurement to grok in seconds); --long adds the paper's own
-# configuration for as many steps as fit in about ten minutes.
-
-# --quick: the default's model with twice its weight decay, which groks in fewer steps (99% test
-# accuracy at step 625, measured), and no controls
-GROKKING_QUICK = dict(G.DEFAULT, weight_decay=2.0, steps=900)
-
-
-def chapter_grokking(ctx):
-    """Grokking: a transformer memorises modular addition, then finds a Fourier algorithm"""
-    run = ctx.settings(config=(GROKKING_QUICK, G.DEFAULT), controls=(False, True))  # (quick, full)
-    config = dict(run.config, seed=ctx.seed)
-    grok = _grokking_train(config, "grokking")
-    phases = _grokking_report(grok)
-    neuron = _grokking_neurons(grok)
-    if run.controls:
-        _grokking_controls(config, grok, larger_fraction=0.7)
-    else:
-        print("    (the controls, without weight decay and with more training pairs, run without --quick)")
-    if ctx.long:
-        print(f"  long run: the paper's configuration (p = 113, 30% of the pairs, d_model 128, "
-              f"d_mlp 512, lr 1e-3, weight decay 1) for {G.LONG['steps']:,} of its 40,000 steps")
-        long_run = _grokking_train(dict(G.LONG, seed=ctx.seed), "long run")
-        _grokking_report(long_run)
-        _grokking_neurons(long_run)
-    if ctx.plots:
-        tour_figures.grokking(ctx.save, grok.history, phases, grok.key_frequencies, neuron)
-
-
-def _grokking_train(config, label):
-    """grokking.train with a progress line; prints the run's sizes first."""
-    data_pairs = config["p"] ** 2
-    print(f"  {label}: p = {config['p']}, {config['train_fraction']:.0%} of the {data_pairs:,} "
-          f"pairs train, d_model {config['d_model']}, d_mlp {config['d_mlp']}, lr {config['lr']:g}, "
-          f"weight decay {config.get('weight_decay', 1.0):g}, {config['steps']:,} full-batch steps")
-    start = time.perf_counter()
-    grok = G.train(**config, progress=progress_line(label, config["steps"]))
-    print(f"    {time.perf_counter() - start:.1f} s, {n_parameters(grok.model):,} parameters")
-    return grok
-
-
-def _grokking_first(history, name, threshold):
-    """The first step at which history[name] >= threshold, or None."""
-    hits = np.flatnonzero(history[name] >= threshold)
-    return int(history["step"][hits[0]]) if len(hits) else None
-
-
-def _grokking_at(history, step, name):
-    return history[name][np.searchsorted(history["step"], step)]
-
-
-def _grokking_report(grok):
-    """The phases as the code found them, what the measures did in each, the key frequencies
-    and the Fourier losses at the end. -> the phases."""
-    h, p = grok.history, grok.config["p"]
-    memorised, grokked = _grokking_first(h, "train_accuracy", 1), _grokking_first(h, "test_accuracy", 0.99)
-    print(f"    train accuracy reached 100% at step {memorised}, test accuracy 99% "
-          + (f"at step {grokked}" if grokked is not None else "never in this run")
-          + f"; at the end train {h['train_accuracy'][-1]:.1%}, test {h['test_accuracy'][-1]:.1%}")
-    found = G.phases(h, p)
-    if found["memorisation"]:
-        end = found["memorisation"][1]
-        print(f"    memorisation      steps {0:>5}-{end:<5}: test accuracy at its end "
-              f"{_grokking_at(h, end, 'test_accuracy'):.1%} (chance {1 / p:.1%}), test loss "
-              f"{_grokking_at(h, end, 'test_loss'):.2f} (a uniform guess: log p = {np.log(p):.2f})")
-    if found["circuit_formation"]:
-        start, end = found["circuit_formation"]
-        print(f"    circuit formation steps {start:>5}-{end:<5}: restricted loss "
-              + " -> ".join(f"{_grokking_at(h, s, 'restricted_loss'):.3g}" for s in (start, end))
-              + ", excluded loss " + " -> ".join(f"{_grokking_at(h, s, 'excluded_loss'):.3g}" for s in (start, end))
-              + ", test loss " + " -> ".join(f"{_grokking_at(h, s, 'test_loss'):.3g}" for s in (start, end)))
-    if found["cleanup"]:
-        start, end = found["cleanup"]
-        print(f"    cleanup           steps {start:>5}-{end:<5}: total squared weight "
-              + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end))
-              + ", test accuracy " + " -> ".join(f"{_grokking_at(h, s, 'test_accuracy'):.1%}" for s in (start, end)))
-    if found["circuit_formation"] and not found["cleanup"]:
-        start, end = found["circuit_formation"][1], int(h["step"][-1])
-        print(f"    cleanup           steps {start:>5}-     : not over by step {end} (test accuracy "
-              f"{_grokking_at(h, end, 'test_accuracy'):.1%}); total squared weight "
-              + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end)))
-    missing = [name for name, span in found.items() if span is None]
-    if missing:
-        print(f"    phases whose closing event this run did not reach: {', '.join(missing)}")
-    keys, norms = grok.key_frequencies, h["embedding_norms"]
-    print(f"    key frequencies (read off the embedding): {', '.join(map(str, keys))}: "
-          f"{len(keys)} of {p // 2} frequencies holding {G.norm_share(norms[-1], keys):.0%} of its "
-          f"squared norm (at step 0: {G.norm_share(norms[0], keys):.0%})")
-    print(f"    at the end: train loss {h['train_loss'][-1]:.2e}, test loss {h['test_loss'][-1]:.2e}; "
-          f"restricted loss (key frequencies only, all pairs)\n      {h['restricted_loss'][-1]:.2e}, "
-          f"excluded loss (key frequencies removed, training pairs) {h['excluded_loss'][-1]:.2f}")
-    return found
-
-
-def _grokking_neurons(grok, explained=0.85):
-    """How the MLP's neurons cluster by frequency at the end. -> (grid (p, p), index, frequency,
-    fve) of the neuron drawn: the one a single key frequency explains best."""
-    frequency, fve = grok.history["neuron_frequency"][-1], grok.history["neuron_fve"][-1]
-    keys, p = grok.key_frequencies, grok.config["p"]
-    on_key = np.isin(frequency, keys)
-    clustered = fve >= explained
-    counts = ", ".join(f"{k}: {np.sum(clustered & (frequency == k))}" for k in keys)
-    print(f"    neurons: one frequency explains >= {explained:.0%} of the variance of "
-          f"{clustered.sum()} of {len(fve)} (median share {np.median(fve):.0%});\n      the best "
-          f"frequency of {on_key.mean():.0%} of them is a key frequency; clustered neurons per key "
-          f"frequency: {counts}")
-    best = int(np.argmax(np.where(on_key, fve, -1)))
-    G.answer_logits(grok.model, grok.data.tokens)
-    grid = grok.model.blocks[0].ffn.hidden[:, 0, best].reshape(p, p)
-    return grid, best, int(frequency[best]), float(fve[best])
-
-
-def _grokking_controls(config, grok, larger_fraction):
-    """The same run without weight decay, and with a larger share of the pairs for training."""
-    steps = config["steps"]
-    without = G.train(**dict(config, weight_decay=0.0))
-    h = without.history
-    grokked_without = _grokking_first(h, "test_accuracy", 0.99)
-    print(f"    control, weight decay 0, {steps:,} steps: train accuracy 100% at step "
-          f"{_grokking_first(h, 'train_accuracy', 1)}, test accuracy "
-          + (f"99% at step {grokked_without}" if grokked_without is not None else "never 99%")
-          + f", {h['test_accuracy'][-1]:.1%} at the end; total squared weight "
-          f"{h['total_squared_weight'][-1]:.0f} (with weight decay "
-          f"{grok.history['total_squared_weight'][-1]:.0f})")
-    # more training pairs: run only as long as the main run took to grok (all its steps if it
-    # never did), which is enough to see whether it groks sooner
-    grokked = _grokking_first(grok.history, "test_accuracy", 0.99)
-    larger = G.train(**dict(config, train_fraction=larger_fraction, steps=grokked or steps))
-    grokked_larger = _grokking_first(larger.history, "test_accuracy", 0.99)
-    print(f"    control, {larger_fraction:.0%} of the pairs train, {grokked or steps:,} steps: test "
-          f"accuracy 99% at step {grokked_larger} (with {config['train_fraction']:.0%}: {grokked})")
-
-
-# 11. Inside the real BERT on real text: sparse features, and key-value memories
+# 9. Inside the real BERT on real text: sparse features, and key-value memories
 # ----------------------------------------------------------------------------------------------
 # Chapter 8 read 177 tokens; here all-MiniLM-L6-v2 reads CPython's documentation topics
 # (transformer.pydoc_paragraphs, about 85,000 word pieces), and three things of chapter 6 and
@@ -1753,7 +1460,397 @@ def _features_memories(bert, texts, run, seed):
 
 
 # ----------------------------------------------------------------------------------------------
-# 12. The tour's machinery: the context, training with a progress line, the command line
+# 10. Activation patching on a toy indirect-object task (Wang et al. 2022)
+# ----------------------------------------------------------------------------------------------
+# "When Mary and John went to the store, John gave a drink to" -> "Mary": the indirect object
+# (IO) is the name said once, the subject (S) the name said twice (S1, then S2). In GPT-2 small,
+# Wang et al. ("Interpretability in the Wild", 2022) found the circuit by patching: duplicate-
+# token heads at S2 attend to S1 ("this name came before"), S-inhibition heads at the end carry
+# that to the name movers, which attend to IO and copy it. Here a two-layer attention-only model
+# learns the task from templates of varied length (so no position gives a name away), and the
+# same patching asks which heads carry which name. Two corruptions: S2 replaced by a third name
+# (nothing says which name is repeated), and IO replaced by a third name (the right answer is
+# not in the prompt). The metric is the logit difference IO - S at the last position.
+
+IOI_NAMES = ("Mary", "John", "Anna", "Paul", "Lisa", "Mark", "Emma", "Tom", "Sara", "Jack",
+             "Kate", "Luke")
+IOI_OPENINGS = (("When",), ("Then", "when"), ("After",))
+IOI_PLACES = (("went", "to", "the", "store"), ("went", "to", "the", "big", "park"),
+              ("had", "lunch", "at", "the", "old", "garden"), ("met", "at", "work"))
+IOI_GIFTS = (("a", "drink"), ("the", "red", "ball"), ("a", "book"), ("some", "warm", "tea"))
+IOI_LENGTH = 2 + 3 + 6 + 3 + 3 + 1          # the longest prompt, in words: shorter ones are padded
+
+
+def ioi_vocabulary():
+    """<pad>, the names, then every other word of the templates."""
+    words = {w for part in IOI_OPENINGS + IOI_PLACES + IOI_GIFTS for w in part}
+    return ["<pad>", *IOI_NAMES, *sorted(words | {"and", ",", "gave", "to"})]
+
+
+def ioi_prompts(rng, batch, ids):
+    """batch prompts "<opening> A and B <place> , S gave <gift> to", padded on the left to
+    IOI_LENGTH, with S the first or the second name at random. -> tokens (batch, IOI_LENGTH),
+    io and s (batch,) the ids of the indirect object and the subject, and the positions of
+    IO, S1 and S2 (batch,) each."""
+    a = rng.integers(0, len(IOI_NAMES), batch)
+    b = (a + rng.integers(1, len(IOI_NAMES), batch)) % len(IOI_NAMES)
+    second = rng.random(batch) < 0.5                                  # "A and B ..., B gave"
+    s, io = np.where(second, b, a), np.where(second, a, b)
+    tokens = np.zeros((batch, IOI_LENGTH), int)
+    where = np.zeros((3, batch), int)
+    for i in range(batch):
+        opening, place, gift = (part[rng.integers(len(part))] for part in (IOI_OPENINGS, IOI_PLACES, IOI_GIFTS))
+        words = [*opening, IOI_NAMES[a[i]], "and", IOI_NAMES[b[i]], *place, ",", IOI_NAMES[s[i]],
+                 "gave", *gift, "to"]
+        pad = IOI_LENGTH - len(words)
+        tokens[i, pad:] = [ids[w] for w in words]
+        first = pad + len(opening)                                    # the position of A
+        where[:, i] = (first + 2 * (not second[i]), first + 2 * second[i], pad + words.index(",") + 1)
+    return tokens, ids[IOI_NAMES[0]] + io, ids[IOI_NAMES[0]] + s, where
+
+
+def chapter_patching(ctx):
+    """Activation patching finds the heads of a toy indirect-object task"""
+    run = ctx.settings(steps=(40, 200), held_out=(64, 256))           # (quick, full)
+    vocab = ioi_vocabulary()
+    ids = {w: i for i, w in enumerate(vocab)}
+    model = transformer.DecoderOnlyTransformer(len(vocab), d_model=32, n_heads=4, n_layers=2,
+                                               d_ff=1, max_len=IOI_LENGTH, attention_only=True,
+                                               positional="learned", dtype=np.float32,
+                                               seed=ctx.seed)
+    rng = np.random.default_rng(ctx.seed)
+
+    def next_batch():
+        tokens, io, _, _ = ioi_prompts(rng, 32, ids)
+        targets = np.zeros_like(tokens)                               # <pad>: no loss there
+        targets[:, -1] = io
+        return (tokens,), targets
+    print(f"  {len(IOI_NAMES)} names, {len(IOI_OPENINGS)} openings x {len(IOI_PLACES)} places x "
+          f"{len(IOI_GIFTS)} gifts, prompts of {IOI_LENGTH - 6}-{IOI_LENGTH} words; two layers of "
+          f"attention only,\n  d_model 32, 4 heads, {n_parameters(model)} parameters, trained on "
+          f"the last word only")
+    losses = train(model, next_batch, steps=run.steps, peak_lr=1e-2, label="ioi", ignore_index=0)
+    clean, io, s, (io_at, s1_at, s2_at) = ioi_prompts(np.random.default_rng(ctx.seed + 1), run.held_out, ids)
+    logits = transformer.run_with_hooks(model, clean, hooks={})
+    metric = C.logit_difference(io, s)
+    accuracy = np.mean(logits[:, -1].argmax(-1) == io)
+    print(f"  {run.steps} steps, final loss {losses[-1]:.3f}; on {run.held_out} held-out prompts the "
+          f"top word is IO in {accuracy:.0%}, logit difference IO - S {metric(logits):+.2f}"
+          + ("" if accuracy >= 0.9 else "\n  (the task is not learned yet: the table below reads "
+                                         "a model that mostly guesses, and is not read in words)"))
+    rows = np.arange(len(clean))
+    third = ioi_third_names(np.random.default_rng(ctx.seed + 2), io, s, ids[IOI_NAMES[0]])
+    corrupt = {"S2 -> another name": clean.copy(), "IO -> another name": clean.copy()}
+    corrupt["S2 -> another name"][rows, s2_at] = third
+    corrupt["IO -> another name"][rows, io_at] = third
+    table = _patching_heads(model, clean, corrupt, io, s, (io_at, s1_at, s2_at), metric)
+    if accuracy >= 0.9:
+        _patching_reading(table, [f"L{l}H{h}" for l in range(2) for h in range(4)])
+    if ctx.plots:
+        tour_figures.patching(ctx.save, table)
+
+
+def _patching_heads(model, clean, corrupt, io, s, where, metric):
+    """Every head measured seven ways on the held-out prompts: patching under each corruption
+    {label: prompts} (and under the S2 one at S2 only), its attention from S2 and from the end,
+    its direct effect on IO - S. -> {measurement: (L, H)}."""
+    io_at, s1_at, s2_at = where
+    rows, end = np.arange(len(clean)), clean.shape[1] - 1
+    _, cache = transformer.run_with_cache(model, clean)
+    m_clean = metric(transformer.run_with_hooks(model, clean, hooks={}))
+    table = {}
+    for label, prompts in corrupt.items():
+        m_corrupt = metric(transformer.run_with_hooks(model, prompts, hooks={}))
+        print(f"    corruption {label}: IO - S {m_clean:+.2f} clean, {m_corrupt:+.2f} corrupt")
+        table[f"patch, {label}"] = restored(C.head_patching(model, clean, prompts, metric), m_clean, m_corrupt)
+        if label.startswith("S2"):                    # the same patch at S2 only: read there?
+            at_s2 = [[metric(C.patch(model, prompts, cache, f"blocks.{l}.attn.hook_z", (rows, h, s2_at)))
+                      for h in range(model.config["n_heads"])] for l in range(len(model.blocks))]
+            table[f"patch at S2 only, {label}"] = restored(at_s2, m_clean, m_corrupt)
+    patterns = np.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(len(model.blocks))])
+    for label, query, key in (("attention S2 -> S1", s2_at, s1_at), ("attention end -> IO", end, io_at),
+                              ("attention end -> S1", end, s1_at), ("attention end -> S2", end, s2_at)):
+        table[label] = patterns[:, rows, :, query, key].mean(axis=0)    # (B, L, H) -> (L, H)
+    labels, parts = C.direct_logit_attribution(model, clean, io, s)
+    table["direct effect on IO - S"] = np.array([[parts[labels.index(f"L{l}H{h}")].mean()
+                                                  for h in range(model.config["n_heads"])]
+                                                 for l in range(len(model.blocks))])
+    H = model.config["n_heads"]
+    heads = [f"L{l}H{h}" for l in range(len(model.blocks)) for h in range(H)]
+    print("    each head (share of IO - S restored by its clean output; its mean attention; its "
+          "direct effect on the logits):")
+    print(f"      {'':<38}" + "".join(f"{h:>7}" for h in heads))
+    for label, values in table.items():
+        print(f"      {label:<38}" + "".join(f"{v:>7.2f}" for v in values.ravel()))
+    return table
+
+
+def ioi_third_names(rng, io, s, first):
+    """(B,) ids of names that are neither io nor s, uniformly; names have the ids first,
+    first + 1, ... (the k-th of the other names skips the two taken)."""
+    k = rng.integers(0, len(IOI_NAMES) - 2, len(io))
+    low, high = np.minimum(io, s) - first, np.maximum(io, s) - first
+    k += k >= low
+    k += k >= high
+    return first + k
+
+
+def _patching_reading(table, heads):
+    """What the table says, in words, against Wang et al.'s three kinds of head."""
+    duplicate = table["attention S2 -> S1"].ravel()
+    best = int(np.argmax(duplicate))
+    print("    reading: " + (f"duplicate-name heads (S2 attends to S1 above 0.4): "
+                             + ", ".join(h for h, v in zip(heads, duplicate) if v > 0.4)
+                             if duplicate.max() > 0.4 else
+                             f"no duplicate-name head (the most attention from S2 to S1 is "
+                             f"{heads[best]}'s, {duplicate[best]:.2f})") + ";")
+    s_heads = table["patch, S2 -> another name"].ravel()
+    to_s2, effect = table["attention end -> S2"].ravel(), table["direct effect on IO - S"].ravel()
+    carriers = [i for i in np.argsort(-s_heads) if s_heads[i] > 0.15]
+    print("      which name is S is carried to the end by" + ",".join(
+        f"\n        {heads[i]} (restores {s_heads[i]:.2f}, attends from the end to S2 "
+        f"{to_s2[i]:.2f}, direct effect on IO - S {effect[i]:+.2f})" for i in carriers) + ";" if carriers else
+          "      no single head restores more than 0.15 of IO - S under the S2 corruption;")
+    io_heads = table["patch, IO -> another name"].ravel()
+    to_io, to_s1 = table["attention end -> IO"].ravel(), table["attention end -> S1"].ravel()
+    print("      IO is carried by" + ",".join(
+        f"\n        {heads[i]} (restores {io_heads[i]:.2f}; from the end it attends to IO {to_io[i]:.2f}, to "
+        f"S1 {to_s1[i]:.2f}: " + ("it prefers IO, as a name mover does" if to_io[i] > 2 * to_s1[i]
+                                  else "both names alike") + ")"
+        for i in np.argsort(-io_heads)[:2]))
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. Grokking modular addition (grokking.py; Nanda et al. 2023)
+# ----------------------------------------------------------------------------------------------
+# A one-layer transformer learns a + b mod p from a part of the pairs. The chapter trains it,
+# locates the three phases in the measured curves, reads the key frequencies off the embedding
+# and the neurons' frequencies off the MLP, and runs two controls beside it: the same run without
+# weight decay, and a larger training fraction. The default run is smaller than the paper's
+# (grokking.DEFAULT, chosen by measurement to grok in seconds); --long adds the paper's own
+# configuration for as many steps as fit in about ten minutes.
+
+# --quick: the default's model with twice its weight decay, which groks in fewer steps (99% test
+# accuracy at step 625, measured), and no controls
+GROKKING_QUICK = dict(G.DEFAULT, weight_decay=2.0, steps=900)
+
+
+def chapter_grokking(ctx):
+    """Grokking: a transformer memorises modular addition, then finds a Fourier algorithm"""
+    run = ctx.settings(config=(GROKKING_QUICK, G.DEFAULT), controls=(False, True))  # (quick, full)
+    config = dict(run.config, seed=ctx.seed)
+    grok = _grokking_train(config, "grokking")
+    phases = _grokking_report(grok)
+    neuron = _grokking_neurons(grok)
+    if run.controls:
+        _grokking_controls(config, grok, larger_fraction=0.7)
+    else:
+        print("    (the controls, without weight decay and with more training pairs, run without --quick)")
+    if ctx.long:
+        print(f"  long run: the paper's configuration (p = 113, 30% of the pairs, d_model 128, "
+              f"d_mlp 512, lr 1e-3, weight decay 1) for {G.LONG['steps']:,} of its 40,000 steps")
+        long_run = _grokking_train(dict(G.LONG, seed=ctx.seed), "long run")
+        _grokking_report(long_run)
+        _grokking_neurons(long_run)
+    if ctx.plots:
+        tour_figures.grokking(ctx.save, grok.history, phases, grok.key_frequencies, neuron)
+
+
+def _grokking_train(config, label):
+    """grokking.train with a progress line; prints the run's sizes first."""
+    data_pairs = config["p"] ** 2
+    print(f"  {label}: p = {config['p']}, {config['train_fraction']:.0%} of the {data_pairs:,} "
+          f"pairs train, d_model {config['d_model']}, d_mlp {config['d_mlp']}, lr {config['lr']:g}, "
+          f"weight decay {config.get('weight_decay', 1.0):g}, {config['steps']:,} full-batch steps")
+    start = time.perf_counter()
+    grok = G.train(**config, progress=progress_line(label, config["steps"]))
+    print(f"    {time.perf_counter() - start:.1f} s, {n_parameters(grok.model):,} parameters")
+    return grok
+
+
+def _grokking_first(history, name, threshold):
+    """The first step at which history[name] >= threshold, or None."""
+    hits = np.flatnonzero(history[name] >= threshold)
+    return int(history["step"][hits[0]]) if len(hits) else None
+
+
+def _grokking_at(history, step, name):
+    return history[name][np.searchsorted(history["step"], step)]
+
+
+def _grokking_report(grok):
+    """The phases as the code found them, what the measures did in each, the key frequencies
+    and the Fourier losses at the end. -> the phases."""
+    h, p = grok.history, grok.config["p"]
+    memorised, grokked = _grokking_first(h, "train_accuracy", 1), _grokking_first(h, "test_accuracy", 0.99)
+    print(f"    train accuracy reached 100% at step {memorised}, test accuracy 99% "
+          + (f"at step {grokked}" if grokked is not None else "never in this run")
+          + f"; at the end train {h['train_accuracy'][-1]:.1%}, test {h['test_accuracy'][-1]:.1%}")
+    found = G.phases(h, p)
+    if found["memorisation"]:
+        end = found["memorisation"][1]
+        print(f"    memorisation      steps {0:>5}-{end:<5}: test accuracy at its end "
+              f"{_grokking_at(h, end, 'test_accuracy'):.1%} (chance {1 / p:.1%}), test loss "
+              f"{_grokking_at(h, end, 'test_loss'):.2f} (a uniform guess: log p = {np.log(p):.2f})")
+    if found["circuit_formation"]:
+        start, end = found["circuit_formation"]
+        print(f"    circuit formation steps {start:>5}-{end:<5}: restricted loss "
+              + " -> ".join(f"{_grokking_at(h, s, 'restricted_loss'):.3g}" for s in (start, end))
+              + ", excluded loss " + " -> ".join(f"{_grokking_at(h, s, 'excluded_loss'):.3g}" for s in (start, end))
+              + ", test loss " + " -> ".join(f"{_grokking_at(h, s, 'test_loss'):.3g}" for s in (start, end)))
+    if found["cleanup"]:
+        start, end = found["cleanup"]
+        print(f"    cleanup           steps {start:>5}-{end:<5}: total squared weight "
+              + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end))
+              + ", test accuracy " + " -> ".join(f"{_grokking_at(h, s, 'test_accuracy'):.1%}" for s in (start, end)))
+    if found["circuit_formation"] and not found["cleanup"]:
+        start, end = found["circuit_formation"][1], int(h["step"][-1])
+        print(f"    cleanup           steps {start:>5}-     : not over by step {end} (test accuracy "
+              f"{_grokking_at(h, end, 'test_accuracy'):.1%}); total squared weight "
+              + " -> ".join(f"{_grokking_at(h, s, 'total_squared_weight'):.0f}" for s in (start, end)))
+    missing = [name for name, span in found.items() if span is None]
+    if missing:
+        print(f"    phases whose closing event this run did not reach: {', '.join(missing)}")
+    keys, norms = grok.key_frequencies, h["embedding_norms"]
+    print(f"    key frequencies (read off the embedding): {', '.join(map(str, keys))}: "
+          f"{len(keys)} of {p // 2} frequencies holding {G.norm_share(norms[-1], keys):.0%} of its "
+          f"squared norm (at step 0: {G.norm_share(norms[0], keys):.0%})")
+    print(f"    at the end: train loss {h['train_loss'][-1]:.2e}, test loss {h['test_loss'][-1]:.2e}; "
+          f"restricted loss (key frequencies only, all pairs)\n      {h['restricted_loss'][-1]:.2e}, "
+          f"excluded loss (key frequencies removed, training pairs) {h['excluded_loss'][-1]:.2f}")
+    return found
+
+
+def _grokking_neurons(grok, explained=0.85):
+    """How the MLP's neurons cluster by frequency at the end. -> (grid (p, p), index, frequency,
+    fve) of the neuron drawn: the one a single key frequency explains best."""
+    frequency, fve = grok.history["neuron_frequency"][-1], grok.history["neuron_fve"][-1]
+    keys, p = grok.key_frequencies, grok.config["p"]
+    on_key = np.isin(frequency, keys)
+    clustered = fve >= explained
+    counts = ", ".join(f"{k}: {np.sum(clustered & (frequency == k))}" for k in keys)
+    print(f"    neurons: one frequency explains >= {explained:.0%} of the variance of "
+          f"{clustered.sum()} of {len(fve)} (median share {np.median(fve):.0%});\n      the best "
+          f"frequency of {on_key.mean():.0%} of them is a key frequency; clustered neurons per key "
+          f"frequency: {counts}")
+    best = int(np.argmax(np.where(on_key, fve, -1)))
+    G.answer_logits(grok.model, grok.data.tokens)
+    grid = grok.model.blocks[0].ffn.hidden[:, 0, best].reshape(p, p)
+    return grid, best, int(frequency[best]), float(fve[best])
+
+
+def _grokking_controls(config, grok, larger_fraction):
+    """The same run without weight decay, and with a larger share of the pairs for training."""
+    steps = config["steps"]
+    without = G.train(**dict(config, weight_decay=0.0))
+    h = without.history
+    grokked_without = _grokking_first(h, "test_accuracy", 0.99)
+    print(f"    control, weight decay 0, {steps:,} steps: train accuracy 100% at step "
+          f"{_grokking_first(h, 'train_accuracy', 1)}, test accuracy "
+          + (f"99% at step {grokked_without}" if grokked_without is not None else "never 99%")
+          + f", {h['test_accuracy'][-1]:.1%} at the end; total squared weight "
+          f"{h['total_squared_weight'][-1]:.0f} (with weight decay "
+          f"{grok.history['total_squared_weight'][-1]:.0f})")
+    # more training pairs: run only as long as the main run took to grok (all its steps if it
+    # never did), which is enough to see whether it groks sooner
+    grokked = _grokking_first(grok.history, "test_accuracy", 0.99)
+    larger = G.train(**dict(config, train_fraction=larger_fraction, steps=grokked or steps))
+    grokked_larger = _grokking_first(larger.history, "test_accuracy", 0.99)
+    print(f"    control, {larger_fraction:.0%} of the pairs train, {grokked or steps:,} steps: test "
+          f"accuracy 99% at step {grokked_larger} (with {config['train_fraction']:.0%}: {grokked})")
+
+
+# ----------------------------------------------------------------------------------------------
+# 12. The phases of learning on real text (circuits.py, section 8)
+# ----------------------------------------------------------------------------------------------
+# A small GPT trained on the prose of CPython's documentation, one token per character, and
+# watched while it learns: its held-out loss against the n-gram entropy floors of the training
+# text, Olsson et al.'s in-context-learning score and every head's prefix-matching score. The
+# sizes were chosen by counting steps, not seconds (the machine was shared): 16 windows of 64
+# characters a step pass the unigram floor by step 25 and the bigram floor by step 150.
+
+# --long: the same model with four times the context, 7,500 steps of 8 windows of 256
+# characters (15 million tokens, the training text about 48 times over): 14 steps/s with the
+# measurements, so about nine minutes with the machine nearly idle.
+PHASES_LONG = dict(steps=7500, length=256, batch=8, every=250, held_out=256)
+
+
+def chapter_phases(ctx):
+    """The phases of learning on real text: n-gram floors, in-context learning, induction heads"""
+    # Quick: 60 steps, enough to show the floors and pass the first; full: 300 steps, the
+    # unigram and bigram floors passed. --long adds the long run.
+    run = ctx.settings(steps=(60, 300), every=(15, 20), held_out=(128, 256))
+    _phases_run(ctx, "phases", dict(steps=run.steps, length=64, batch=16, every=run.every,
+                                    held_out=run.held_out))
+    if ctx.long:
+        _phases_run(ctx, "phases_long", PHASES_LONG)
+
+
+def _phases_run(ctx, name, config):
+    """Train with config (train_text_model's keywords), print the story, draw the figure."""
+    start = time.perf_counter()
+    model, history, floors = C.train_text_model(seed=ctx.seed, **config)
+    seconds = time.perf_counter() - start
+    events = C.phase_events(history, floors)
+    chance = _phases_chance(model, ctx.seed)
+    tokens = (history["step"][-1] + 1) * config["batch"] * config["length"]
+    c = model.config
+    print(f"  {c['n_layers']} layers, {c['n_heads']} heads, d_model {c['d_model']}, context "
+          f"{c['max_len']} characters, {n_parameters(model):,} parameters; {tokens:,} tokens in "
+          f"{seconds:.1f} s ({(history['step'][-1] + 1) / seconds:.0f} steps/s, {tokens / seconds:,.0f} "
+          f"tokens/s, measurements included)")
+    print("  floors, the in-sample entropies of the training text (nats per character): "
+          + ", ".join(f"{name} {floor:.3f}" for name, floor in floors.items()))
+    _phases_table(history, chance, c["max_len"])
+    _phases_events(history, events, chance)
+    if ctx.plots:
+        tour_figures.phases(ctx.save, name, history, floors, events, chance)
+
+
+def _phases_chance(model, seed):
+    """The prefix-matching score of a head that spreads its attention evenly over every
+    position up to its own, on the model's probe: the score that means "no induction"."""
+    probe = C.prefix_probe(model.vocab_size, model.max_len, seed)
+    n = probe.shape[1]
+    uniform = transformer.softmax(np.zeros((n, n)), mask=transformer.causal_mask(n))
+    return float(C.prefix_matching(np.broadcast_to(uniform, (1, len(probe), 1, n, n)), probe)[0, 0])
+
+
+def _phases_table(history, chance, length):
+    """Nine checkpoints of the history, evenly spaced, first and last included."""
+    early, late = C.olsson_positions(length)
+    print(f"      step  train  held-out  ICL score (token {late + 1} − token {early + 1})  "
+          f"best prefix matching (chance {chance:.3f})")
+    for i in np.unique(np.linspace(0, len(history["step"]) - 1, 9).astype(int)):
+        print(f"    {history['step'][i]:>6}  {history['train_loss'][i]:.3f}  "
+              f"{history['held_out_loss'][i]:8.3f}  {history['icl_score'][i]:+12.3f} ± "
+              f"{history['icl_error'][i]:.3f}  {history['prefix_matching'][i].max():20.3f}")
+
+
+def _phases_events(history, events, chance):
+    """What phase_events found, and whether any head became an induction head (a final
+    prefix-matching score of at least twice chance)."""
+    steps = history["step"][-1] + 1
+    print("  floors passed (first held-out loss below it): " + ", ".join(
+        f"{name} at step {s}" if s is not None else f"{name} not in {steps} steps"
+        for name, s in events["passed"].items()))
+    final = history["prefix_matching"][-1]
+    layer, head = np.unravel_index(np.argmax(final), final.shape)
+    a, b, before, after = events["prefix_rise"]
+    print(f"  best prefix matching rose most between steps {a} and {b} ({before:.3f} -> {after:.3f}); "
+          f"at the end L{layer}H{head} scores {final.max():.3f}, {final.max() / chance:.1f}x chance: "
+          + ("an induction head" if final.max() >= 2 * chance else "no induction head formed"))
+    a, b, before, after = events["icl_fall"]
+    print(f"  the ICL score fell most between steps {a} and {b} ({before:+.3f} -> {after:+.3f})")
+    drop_before, drop_during = events["loss_drop"]
+    print("  held-out loss drop per step at that rise: "
+          + (f"{drop_before:.4f} before, " if drop_before is not None else "")
+          + f"{drop_during:.4f} during: " + ("a bump, the loss falls faster again" if events["bump"]
+                                             else "no bump"))
+
+
+# ----------------------------------------------------------------------------------------------
+# 13. The tour's machinery: the context, training with a progress line, the command line
 # ----------------------------------------------------------------------------------------------
 
 class Context:
@@ -1841,9 +1938,10 @@ CHAPTERS = {
     "superposition": chapter_superposition,
     "polysemantic": chapter_polysemantic,
     "bert": chapter_bert,
+    "features": chapter_features,
     "patching": chapter_patching,
     "grokking": chapter_grokking,
-    "features": chapter_features,
+    "phases": chapter_phases,
 }
 
 
@@ -1864,8 +1962,10 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed for every model and data set")
     parser.add_argument("--long", action="store_true",
                         help="also run the long experiments (the 'sticky' 1/2 of the superposition "
-                             "chapter: n=200, m=20, 20 sparsities, a few minutes; the paper's "
-                             "grokking configuration, about ten minutes)")
+                             "chapter: n=200, m=20, 20 sparsities, a few minutes; the whole corpus "
+                             "for the features chapter; the paper's grokking configuration; the "
+                             "phases chapter's text model with a longer context; each at most "
+                             "about ten minutes)")
     parser.add_argument("--no-plots", action="store_true",
                         help="text only: no figures (--outdir unused), matplotlib is not imported")
     args = parser.parse_args(argv)
@@ -1898,8 +1998,10 @@ def main(argv=None):
         CHAPTERS[name](ctx)
         times[name] = time.perf_counter() - start
     # one line (the tests read it), under 200 characters with eleven chapters
-    print("\ntimes: " + ", ".join(f"{name} {s:.1f} s" for name, s in times.items())
-          + f" | total {sum(times.values()):.1f} s")
+    items = [f"{name} {seconds:.1f} s" for name, seconds in times.items()]
+    lines = [", ".join(items[start:start + 7]) for start in range(0, len(items), 7)]  # short lines
+    lines[-1] += f" | total {sum(times.values()):.1f} s"
+    print("\ntimes: " + "\n       ".join(lines))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ The proofs first, in the order of the files they check, then the bad-input contr
                      exact target; decoding, the KV cache, save/load.
     circuits.py      the Kronecker identities; one head computed three ways; the path expansion
                      equal to the logits term by term; QK/OV circuits; planted skip-trigrams
-                     recovered; an induction head grown in two layers and not in one; named
+                     recovered; an induction head grown in two layers and not in one; the
+                     n-gram entropy floors against hand counts, the ICL and prefix-matching
+                     scores on made-up inputs, a text model past the unigram floor; named
                      activations and interventions on all three model kinds (the cache equals
                      what the layers compute, patching's exact cases, the logit lens, the
                      attribution's sum, the model's state unchanged).
@@ -1084,6 +1086,102 @@ def test_ablation_restores_the_weights_even_after_an_error():
             assert np.any(model.blocks[1].self_attn.out.params["W"][:8] != 0)
             raise RuntimeError("boom")
     assert np.array_equal(model.blocks[1].self_attn.out.params["W"], before)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8: training dynamics on real text
+# ----------------------------------------------------------------------------------------------
+
+def _ngram_entropy_by_counting(tokens, n):
+    """H(x_t | the n - 1 tokens before) of a list, counted with Counters, straight from
+    H = -Σ p(context, x) log p(x | context) over the n-grams of the list."""
+    grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    contexts = Counter()
+    for gram, count in grams.items():
+        contexts[gram[:-1]] += count
+    total = sum(grams.values())
+    return -sum(c / total * math.log(c / contexts[g[:-1]]) for g, c in grams.items())
+
+
+def test_corpus_floors_are_the_entropies_counted_by_hand():
+    abracadabra = np.array(["abrcd".index(ch) for ch in "abracadabra"])
+    # unigrams a 5, b 2, r 2, c 1, d 1 of 11; after a: b, c, d, b (so b 1/2, c 1/4, d 1/4),
+    # after b, r, c, d one successor each; every trigram's last letter is fixed by its first two
+    unigram = -sum(c / 11 * math.log(c / 11) for c in (5, 2, 2, 1, 1))
+    assert abs(C.ngram_entropy(abracadabra, 1) - unigram) < IDENTITY_TOL
+    assert abs(C.ngram_entropy(abracadabra, 2) - 0.6 * math.log(2)) < IDENTITY_TOL  # (2 ln 2 + 2 ln 4) / 10
+    assert C.ngram_entropy(abracadabra, 3) == 0
+    stream = _rng(3).integers(0, 4, 300)                       # every order, on a random stream
+    for n in (1, 2, 3, 4):
+        assert abs(C.ngram_entropy(stream, n) - _ngram_entropy_by_counting(stream.tolist(), n)) < IDENTITY_TOL
+    floors = C.entropy_floors(stream)
+    assert list(floors) == ["unigram", "bigram", "trigram"]
+    assert floors["unigram"] > floors["bigram"] > floors["trigram"]   # more context, less entropy
+
+
+def test_text_corpus_holds_out_every_tenth_paragraph():
+    paragraphs = [f"paragraph {i} says something" for i in range(20)]
+    tokenizer, train, held = C.text_corpus(paragraphs)
+    assert tokenizer.decode(held.tolist()) == "paragraph 9 says something\nparagraph 19 says something"
+    assert tokenizer.decode(train.tolist()).split("\n") == [p for i, p in enumerate(paragraphs) if i % 10 != 9]
+    windows = C.stream_windows(train, 8, 5)
+    assert windows.shape == (5, 9) and windows[0, 0] == train[0] and windows[-1, -1] == train[-1]
+
+
+def test_in_context_learning_score_of_a_made_up_loss_array():
+    assert C.olsson_positions(512) == (49, 499)                # the 50th and 500th token, 0-based
+    assert C.olsson_positions(64) == (5, 61)
+    positions = np.arange(64)
+    losses = 3 - positions / 64 + np.array([[0.0], [0.5], [1.0], [2.0]])   # (4, 64): later is lower
+    losses[:, 61] += [0.0, 0.1, 0.2, 0.3]                      # differences -56/64 + 0, 0.1, 0.2, 0.3
+    score, error = C.in_context_learning_score(losses)
+    differences = -56 / 64 + np.array([0.0, 0.1, 0.2, 0.3])
+    assert abs(score - differences.mean()) < IDENTITY_TOL
+    assert abs(error - differences.std() / 2) < IDENTITY_TOL
+    assert C.in_context_learning_score(losses, early=0, late=63)[0] == pytest.approx(-63 / 64)
+
+
+def test_prefix_matching_of_hand_built_attention_patterns():
+    half = 6
+    tokens = np.concatenate([np.arange(half), np.arange(half)])[None]   # (1, 12), one repeat
+    n = 2 * half
+    rows = np.arange(half, n)                                  # destinations in the second copy
+    induction, duplicate, split = np.eye(n), np.eye(n), np.eye(n)
+    induction[rows] = np.eye(n)[rows - half + 1]               # the token after the earlier copy
+    duplicate[rows] = np.eye(n)[rows - half]                   # the earlier copy itself
+    split[rows] = (np.eye(n)[rows - half + 1] + np.eye(n)[rows]) / 2
+    patterns = np.stack([induction, duplicate, split, np.eye(n)])[None, None]   # (1, 1, 4, n, n)
+    assert np.allclose(C.prefix_matching(patterns, tokens), [[1, 0, 0.5, 0]])
+    drawn = C.repeated_random_tokens(_rng(), 3, 5, 4, 9)
+    assert drawn.shape == (3, 10) and np.array_equal(drawn[:, :5], drawn[:, 5:])
+    assert drawn.min() >= 4 and drawn.max() < 9
+
+
+def test_phase_events_are_found_where_a_made_up_history_puts_them():
+    history = {"step": np.array([0, 10, 20, 30, 40]),
+               "held_out_loss": np.array([4.0, 3.0, 2.8, 2.2, 2.1]),     # plateau, then a drop
+               "icl_score": np.array([0.0, 0.0, -0.1, -0.5, -0.5]),
+               "prefix_matching": np.array([0.0, 0.05, 0.1, 0.7, 0.8])[:, None, None] * [[1, 0.5]]}
+    events = C.phase_events(history, {"unigram": 3.1, "bigram": 2.5, "trigram": 1.0})
+    assert events["passed"] == {"unigram": 10, "bigram": 30, "trigram": None}
+    assert events["prefix_rise"] == (20, 30, 0.1, 0.7)
+    assert events["icl_fall"] == (20, 30, -0.1, -0.5)
+    assert events["loss_drop"] == pytest.approx((0.02, 0.06)) and events["bump"]
+    history["held_out_loss"] = np.array([4.0, 3.0, 2.2, 2.0, 1.9])        # no plateau before
+    assert not C.phase_events(history, {"unigram": 3.1})["bump"]
+    history["held_out_loss"] = np.array([4.0, 3.0, 3.2, 3.25, 3.2])       # rising, then rising less:
+    assert not C.phase_events(history, {"unigram": 3.1})["bump"]       # a loss that does not fall
+
+
+def test_a_small_text_model_passes_the_unigram_floor_on_held_out_text():
+    paragraphs = transformer.pydoc_paragraphs()[:400]
+    _, history, floors = C.train_text_model(steps=30, length=32, batch=8, d_model=32, every=10,
+                                            held_out=64, lr=1e-2, paragraphs=paragraphs)
+    assert list(history["step"]) == [0, 10, 20, 29]
+    assert history["prefix_matching"].shape == (4, 2, 4)
+    assert history["held_out_loss"][0] > floors["unigram"]       # ~ln 107 at the start
+    assert history["held_out_loss"][-1] < floors["unigram"]      # in-sample floor, held-out text
+    assert C.phase_events(history, floors)["passed"]["unigram"] is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -3286,6 +3384,80 @@ def test_each_missing_simplification_is_refused_by_name():
             C.ov_circuit(model, 0, 0)
 
 
+# ---- circuits.py, section 8: training on real text, refused before any step is trained -------
+
+_TEXT = ["the prose of one paragraph, long enough"] * 10     # ten paragraphs: one is held out
+_HISTORY = {"step": np.array([0, 10, 20]), "held_out_loss": np.array([4.0, 3.0, 2.0]),
+            "icl_score": np.zeros(3), "prefix_matching": np.zeros((3, 1, 1))}
+
+TEXT_BAD_INPUT = [
+    # a corpus that cannot be read
+    (lambda: C.text_corpus("not a list"), TypeError, "paragraphs must be a list of non-empty str"),
+    (lambda: C.text_corpus(["a paragraph", ""]), TypeError, "paragraphs .* an empty or non-str item"),
+    (lambda: C.text_corpus([b"bytes are not text"] * 10), TypeError, "paragraphs"),
+    (lambda: C.text_corpus(_TEXT[:3]), ValueError, "paragraphs must hold at least held_out_every = 10"),
+    (lambda: C.text_corpus(_TEXT, held_out_every=1), ValueError, "held_out_every must be an int >= 2"),
+    (lambda: C.train_text_model(paragraphs=_TEXT), ValueError,
+     r"paragraphs must give at least length \+ 1 = 65 tokens"),
+    (lambda: C.train_text_model(paragraphs=None, steps=0), ValueError, "steps must be an int >= 1"),
+    (lambda: C.train_text_model(length=4), ValueError, "length must be an int >= 8, got 4"),
+    (lambda: C.train_text_model(d_model=30, n_heads=4), ValueError, "d_model must be divisible by n_heads"),
+    (lambda: C.train_text_model(lr=0.0), ValueError, "lr"),
+    (lambda: C.train_text_model(every=0), ValueError, "every must be an int >= 1"),
+    (lambda: C.train_text_model(held_out=2.5), ValueError, "held_out"),
+    (lambda: C.train_text_model(n_layers=0), ValueError, "n_layers must be an int >= 1"),
+    # n out of range, an empty token stream
+    (lambda: C.ngram_entropy(np.arange(5), 0), ValueError, r"n must be an int in \[1, 5\], got 0"),
+    (lambda: C.ngram_entropy(np.arange(5), 6), ValueError, r"n must be an int in \[1, 5\], got 6"),
+    (lambda: C.ngram_entropy(np.array([], int), 1), ValueError, "tokens must be a non-empty stream"),
+    (lambda: C.ngram_entropy(np.ones((2, 3), int), 1), ValueError, r"tokens must be a non-empty stream .* \(2, 3\)"),
+    (lambda: C.ngram_entropy([1.5, 2.0], 1), TypeError, "tokens must be an integer array"),
+    (lambda: C.ngram_entropy([-1, 2], 1), ValueError, "tokens must hold ids"),
+    (lambda: C.entropy_floors([]), TypeError, "tokens"),           # an empty list is float64
+    (lambda: C.entropy_floors(np.array([], int)), ValueError, "tokens must be a non-empty stream"),
+    (lambda: C.stream_windows(np.arange(5), 8, 2), ValueError, r"ids must be a stream \(N,\) of at least"),
+    (lambda: C.stream_windows(np.arange(50), 8, 0), ValueError, "count"),
+    # the scores and the events
+    (lambda: C.olsson_positions(2), ValueError, "n must be an int >= 3"),
+    (lambda: C.in_context_learning_score(np.ones(5)), ValueError, r"losses must have shape \(B, n\)"),
+    (lambda: C.in_context_learning_score(np.ones((2, 8)), early=5, late=3), ValueError,
+     "early must come before late"),
+    (lambda: C.in_context_learning_score(np.ones((2, 8)), late=8), ValueError, r"late must be an int in \[0, 7\]"),
+    (lambda: C.in_context_learning_score(np.full((2, 8), np.nan)), ValueError, "losses must be finite"),
+    (lambda: C.repeated_random_tokens(_rng(), 2, 4, 5, 5), ValueError, "high must be an int >= 6"),
+    (lambda: C.repeated_random_tokens(None, 2, 4, 0, 5), TypeError, "rng"),
+    (lambda: C.prefix_matching(np.ones((1, 1, 1, 4, 4)), np.zeros((1, 3), int)), ValueError,
+     r"tokens must have shape \(B, n\) = \(1, 4\)"),
+    (lambda: C.prefix_matching(np.ones((1, 1, 1, 4, 4)), np.zeros(4, int)), ValueError,
+     r"tokens must have shape \(B, n\) = \(1, 4\) .* got \(4,\)"),
+    (lambda: C.prefix_probe(4, 64), ValueError, "vocab_size must be an int >= 5"),
+    (lambda: C.prefix_matching_scores("not a model", np.zeros((1, 4), int)), ValueError, "model must be"),
+    (lambda: C.phase_events({**_HISTORY, "step": np.array([0, 10])}, {"unigram": 3.0}), ValueError,
+     "at least 3 increasing checkpoint steps"),
+    (lambda: C.phase_events({"step": [0, 1, 2]}, {"unigram": 3.0}), ValueError, "history must be the dict"),
+    (lambda: C.phase_events({**_HISTORY, "icl_score": np.zeros(4)}, {"unigram": 3.0}), ValueError,
+     "one entry per checkpoint"),
+    (lambda: C.phase_events(_HISTORY, {"unigram": -1.0}), ValueError, r"floors\['unigram'\]"),
+    (lambda: C.phase_events(_HISTORY, {}), ValueError, "floors must be a non-empty dict"),
+]
+
+
+@pytest.mark.parametrize("call, error, name", TEXT_BAD_INPUT)
+def test_bad_text_input_is_refused_by_name_before_any_training(call, error, name, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a training step ran")
+    monkeypatch.setattr(transformer, "train_step", no_training)
+    with pytest.raises(error, match=name):
+        call()
+
+
+def test_a_missing_corpus_module_is_named_before_any_training(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)   # `import` now fails
+    monkeypatch.setattr(transformer, "train_step", None)          # a step would be a TypeError
+    with pytest.raises(ModuleNotFoundError, match="pydoc_data.topics"):
+        C.train_text_model(steps=1)
+
+
 # ---- fuzzing: every argument of a public function in turn, bad values of its kind ----------
 # A spec is one valid call (its arguments built afresh for every case) and the kind of each
 # argument to fuzz. Each bad value must be refused with a message naming the argument, with the
@@ -3928,8 +4100,8 @@ def _demo_listed_chapters():
 def test_demo_quick_no_plots_runs_every_listed_chapter_in_order():
     result = _demo_quick_run()
     assert result.returncode == 0, result.stderr[-2000:]
-    times_line = result.stdout.strip().splitlines()[-1]
-    ran = re.findall(r"(\w+) [\d.]+ s", times_line.removeprefix("times: "))
+    times_lines = result.stdout[result.stdout.rindex("\ntimes: "):]     # wrapped at 100 characters
+    ran = re.findall(r"(\w+) [\d.]+ s", times_lines.removeprefix("\ntimes: "))
     assert ran[:-1] == _demo_listed_chapters() and ran[-1] == "total"
 
 
@@ -3960,6 +4132,8 @@ def test_demo_prints_the_story_it_tells():
     # the direct logit attribution's parts add up to the logit difference it splits (chapter 4)
     difference, total = re.search(r"strongest rival .* is ([-+][\d.]+)\n +\(the \d+ parts sum to ([-+][\d.]+)", out).groups()
     assert difference == total
+    # the text model passes the unigram floor on held-out text even in the quick tour (chapter 12)
+    assert re.search(r"floors passed \(first held-out loss below it\): unigram at step \d+", out)
 
 
 def test_demo_progress_into_a_pipe_is_a_few_short_plain_lines():

@@ -7,10 +7,10 @@ a model. Every figure has the one style FIGURE_STYLE.
 
     0. The style, the saver, a labelled heatmap and a loss curve (used by several chapters)
     1. onehot  2. rohrer  3. translate  4. charlm  5. circuits  6. superposition
-    7. polysemantic (also drawn for the BERT layer)  8. bert
-    9. interventions: patching grids, the logit lens, direct logit attribution (drawn for
+    7. polysemantic (also drawn for the BERT layer)  8. bert  9. features
+   10. interventions: patching grids, the logit lens, direct logit attribution (drawn for
        chapters 2, 4 and 5), and the heads of chapter patching
-   10. grokking  11. features
+   11. grokking  12. phases
 
 matplotlib is imported on the first figure, not with this file, so `demo.py --no-plots` never
 imports it.
@@ -524,8 +524,71 @@ def bert(save, similarity, sentences, head_weights, pieces, layer, head, neurons
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. Interventions: patching grids, the logit lens, direct logit attribution (chapters 2, 4, 5
-#    and patching)
+# 9. Inside the real BERT: sparse features and key-value memories
+# ----------------------------------------------------------------------------------------------
+
+def features(save, density, units, examples, memories, layer):
+    """density (n_latents,): each latent's firing frequency on held-out tokens; units: name ->
+    dict(entropy of the measured units); examples: title -> top contexts of a few features and
+    neurons; memories: one dict per layer from pretrained.key_value_memories."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    live = density[density > 0]
+    ax.hist(np.log10(live), bins=40, color="#3b6fb6")
+    ax.set_xlabel("log10 of the firing frequency (share of held-out tokens)")
+    ax.set_ylabel("number of latents")
+    ax.set_title(f"Feature density of the layer-{layer} dictionary "
+                 f"({np.sum(density == 0)} of {len(density)} latents dead)")
+    save(fig, "features_density")
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    bins = np.linspace(0, max(max(u["entropy"].max(initial=0) for u in units.values()), 1), 25)
+    for (name, u), color in zip(units.items(), ("#d6604d", "#3b6fb6", "grey")):
+        ax.hist(u["entropy"], bins=bins, histtype="step", lw=2, color=color, density=True,
+                label=f"{name} (median {np.median(u['entropy']):.2f})")
+    ax.set_xlabel("entropy of the word pieces among a unit's strongest tokens (bits)")
+    ax.set_ylabel("share of units (density)")
+    ax.set_title("Lower is more monosemantic: neurons, SAE features, random directions")
+    ax.legend()
+    save(fig, "features_monosemanticity")
+
+    fig, ax = plt.subplots(figsize=(12, 0.5 + 0.32 * sum(1 + len(c) for c in examples.values())))
+    ax.axis("off")
+    lines = [line for title, contexts in examples.items()
+             for line in [(f"{title}", True)] + [(f"    {c}", False) for c in contexts]]
+    for i, (text, bold) in enumerate(lines):
+        ax.text(0, 1 - i / len(lines), text, family="monospace", fontsize=10,
+                fontweight="bold" if bold else "normal", va="top", transform=ax.transAxes)
+    ax.set_title("Strongest held-out contexts (the firing piece marked «thus»)", loc="left")
+    save(fig, "features_top_contexts")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = np.arange(len(memories))
+    for key, label, style in (("agree_self", "its own piece", "o-"), ("agree_next", "the next piece", "s-"),
+                              ("chance_self", "own piece, another key's value", "o:"),
+                              ("chance_next", "next piece, another key's value", "s:")):
+        left.plot(x, [100 * m[key] for m in memories], style, label=label)
+    left.set_xlabel("layer")
+    left.set_ylabel("% of trigger tokens")
+    left.set_title("Key-value agreement: the value promotes the trigger's ...")
+    left.legend(fontsize=9)
+    right.plot(x, [m["same_piece"] for m in memories], "o-", label="triggers of the most common piece")
+    right.plot(x, [m["chance_same_piece"] for m in memories], "o:", color="grey",
+               label="the same among random tokens")
+    right.plot(x, [m["alone"] for m in memories], "s-", label="firing the piece keeps alone (median)")
+    right.set_xlabel("layer")
+    right.set_ylabel("share")
+    right.set_title("Shallow (high) or contextual (low), per layer")
+    right.legend(fontsize=9)
+    for ax in (left, right):
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+    save(fig, "features_key_value_memories")
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. Interventions: patching grids, the logit lens, direct logit attribution (chapters 2, 4, 5
+#     and patching)
 # ----------------------------------------------------------------------------------------------
 
 def patching_grids(save, name, panels, title):
@@ -597,7 +660,10 @@ def patching(save, table):
                  "what it attends to, what it writes (logits)", fontsize=11)
     fig.tight_layout()
     return save(fig, "patching_heads")
-# 9. Grokking modular addition
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. Grokking modular addition
 # ----------------------------------------------------------------------------------------------
 
 PHASE_COLOURS = {"memorisation": "#d6604d", "circuit_formation": "#f4a582", "cleanup": "#92c5de"}
@@ -674,63 +740,57 @@ def grokking(save, history, phases, key_frequencies, neuron):
     save(fig, "grokking_progress_measures")
 
 
-# 11. Inside the real BERT: sparse features and key-value memories
+# ----------------------------------------------------------------------------------------------
+# 12. The phases of learning on real text
 # ----------------------------------------------------------------------------------------------
 
-def features(save, density, units, examples, memories, layer):
-    """density (n_latents,): each latent's firing frequency on held-out tokens; units: name ->
-    dict(entropy of the measured units); examples: title -> top contexts of a few features and
-    neurons; memories: one dict per layer from pretrained.key_value_memories."""
+def phases(save, name, history, floors, events, chance):
+    """history, floors, events: what circuits.train_text_model and circuits.phase_events
+    return; chance: the prefix-matching score of uniform attention. Three panels over training:
+    the losses against the entropy floors (a dot where each floor is first passed), the
+    in-context-learning score with its standard error, every head's prefix-matching score;
+    the interval where the best score rose most is shaded in all three."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    live = density[density > 0]
-    ax.hist(np.log10(live), bins=40, color="#3b6fb6")
-    ax.set_xlabel("log10 of the firing frequency (share of held-out tokens)")
-    ax.set_ylabel("number of latents")
-    ax.set_title(f"Feature density of the layer-{layer} dictionary "
-                 f"({np.sum(density == 0)} of {len(density)} latents dead)")
-    save(fig, "features_density")
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    bins = np.linspace(0, max(max(u["entropy"].max(initial=0) for u in units.values()), 1), 25)
-    for (name, u), color in zip(units.items(), ("#d6604d", "#3b6fb6", "grey")):
-        ax.hist(u["entropy"], bins=bins, histtype="step", lw=2, color=color, density=True,
-                label=f"{name} (median {np.median(u['entropy']):.2f})")
-    ax.set_xlabel("entropy of the word pieces among a unit's strongest tokens (bits)")
-    ax.set_ylabel("share of units (density)")
-    ax.set_title("Lower is more monosemantic: neurons, SAE features, random directions")
-    ax.legend()
-    save(fig, "features_monosemanticity")
-
-    fig, ax = plt.subplots(figsize=(12, 0.5 + 0.32 * sum(1 + len(c) for c in examples.values())))
-    ax.axis("off")
-    lines = [line for title, contexts in examples.items()
-             for line in [(f"{title}", True)] + [(f"    {c}", False) for c in contexts]]
-    for i, (text, bold) in enumerate(lines):
-        ax.text(0, 1 - i / len(lines), text, family="monospace", fontsize=10,
-                fontweight="bold" if bold else "normal", va="top", transform=ax.transAxes)
-    ax.set_title("Strongest held-out contexts (the firing piece marked «thus»)", loc="left")
-    save(fig, "features_top_contexts")
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    x = np.arange(len(memories))
-    for key, label, style in (("agree_self", "its own piece", "o-"), ("agree_next", "the next piece", "s-"),
-                              ("chance_self", "own piece, another key's value", "o:"),
-                              ("chance_next", "next piece, another key's value", "s:")):
-        left.plot(x, [100 * m[key] for m in memories], style, label=label)
-    left.set_xlabel("layer")
-    left.set_ylabel("% of trigger tokens")
-    left.set_title("Key-value agreement: the value promotes the trigger's ...")
-    left.legend(fontsize=9)
-    right.plot(x, [m["same_piece"] for m in memories], "o-", label="triggers of the most common piece")
-    right.plot(x, [m["chance_same_piece"] for m in memories], "o:", color="grey",
-               label="the same among random tokens")
-    right.plot(x, [m["alone"] for m in memories], "s-", label="firing the piece keeps alone (median)")
-    right.set_xlabel("layer")
-    right.set_ylabel("share")
-    right.set_title("Shallow (high) or contextual (low), per layer")
-    right.legend(fontsize=9)
-    for ax in (left, right):
-        ax.set_xticks(x)
+    step = history["step"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    ax = axes[0]
+    ax.plot(step, history["train_loss"], color="C0", lw=1.2, alpha=0.6, label="training loss")
+    ax.plot(step, history["held_out_loss"], color="C0", lw=2, label="held-out loss")
+    for (floor_name, floor), color in zip(floors.items(), ("C1", "C2", "C3")):
+        ax.axhline(floor, color=color, ls="--", lw=1.2, label=f"{floor_name} floor {floor:.2f}")
+        passed = events["passed"][floor_name]
+        if passed is not None:
+            ax.plot([passed], [floor], "o", color=color, ms=7)
+    lowest = min(*floors.values(), history["train_loss"].min(), history["held_out_loss"].min())
+    ax.set_ylim(lowest - 0.2, history["held_out_loss"][0] + 0.2)
+    ax.set_ylabel("cross-entropy (nats per character)")
+    ax.set_title("Loss against the n-gram entropy floors")
+    ax.legend(fontsize=9)
+    ax = axes[1]
+    icl, error = history["icl_score"], history["icl_error"]
+    ax.plot(step, icl, color="C4", lw=2)
+    ax.fill_between(step, icl - error, icl + error, color="C4", alpha=0.25, label="± standard error")
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_ylabel("loss late − loss early (nats)")
+    ax.set_title("In-context-learning score (below 0: context helps)")
+    ax.legend(fontsize=9)
+    ax = axes[2]
+    prefix = history["prefix_matching"]                                 # (checkpoints, L, H)
+    for layer in range(prefix.shape[1]):
+        for head in range(prefix.shape[2]):
+            ax.plot(step, prefix[:, layer, head], color=f"C{layer}", lw=1.5,
+                    alpha=0.5 + 0.5 * (head == np.argmax(prefix[-1, layer])),
+                    label=f"layer {layer} heads" if head == 0 else None)
+    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"uniform attention {chance:.3f}")
+    ax.set_ylabel("attention on the token after the earlier copy")
+    ax.set_title("Prefix matching on repeated random characters")
+    ax.legend(fontsize=9)
+    a, b = events["prefix_rise"][:2]
+    for ax in axes:
+        ax.axvspan(a, b, color="grey", alpha=0.12, lw=0)
+        ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    save(fig, "features_key_value_memories")
+    fig.suptitle("A small GPT learning CPython's documentation, one character at a time "
+                 "(shaded: where prefix matching rose most)")
+    fig.tight_layout()
+    save(fig, name)
