@@ -348,16 +348,16 @@ class GELU(Module):
 
     def forward(self, x):
         if x.size > BLOCK:          # the same numbers, a cache-sized block at a time (Appendix A)
-            phi = blockwise(normal_cdf, x)
+            cdf = blockwise(normal_cdf, x)
         else:
-            phi = normal_cdf(x)                   # Φ(x), kept for backward
-        self.saved = (x, phi)
-        return x * phi
+            cdf = normal_cdf(x)                   # Φ(x), kept for backward
+        self.saved = (x, cdf)
+        return x * cdf
 
     def backward(self, dout):
-        x, phi = self._saved()
+        x, cdf = self._saved()
         density = np.exp(-0.5 * (x * x)) * (1 / math.sqrt(2 * math.pi))
-        return dout * (phi + x * density)
+        return dout * (cdf + x * density)
 
 
 class TanhGELU(Module):
