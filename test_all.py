@@ -2210,7 +2210,7 @@ BAD_INPUT = [
     (lambda o: o["mt"].beam_search(np.zeros((1, 3), int), 1, 2, 5, beam_size=0), ValueError, "beam_size"),
     (lambda o: o["mt"].beam_search(np.zeros((1, 3), int), 1, 2, 5, beam_size=10 ** 7), ValueError, r"beam_size.*\[1, 12\]"),
     (lambda o: o["mt"].beam_search(np.zeros((1, 3), int), 1, 2, 5, beam_size=True), ValueError, "beam_size"),
-    (lambda o: o["mt"].greedy_decode(np.zeros((1, 3), int), 1, 2, 10), ValueError, "max_len"),
+    (lambda o: o["mt"].greedy_decode(np.zeros((1, 3), int), 1, 2, 10), ValueError, "max_new_tokens"),
     *[(lambda o, v=v: o["mt"].greedy_decode(np.ones((1, 3), int), v, 2, 4), ValueError, "bos_id") for v in BAD_COUNTS + [12]],
     (lambda o: o["mt"].beam_search(np.ones((1, 3), int), 1, 12, 4, 2), ValueError, "eos_id"),
     # model constructors: every size, the flags, eps, activation, pad_id, dtype, seed

@@ -948,14 +948,16 @@ class Transformer(Module):
         self.src_embed.backward(dx * self.embed_scale)
 
     @_keeps_forward
-    def greedy_decode(self, src, bos_id, eos_id, max_len):
-        """(B, S) -> (B, L) int, L <= max_len: the most likely token at every step. The encoder
-        runs once. A sequence that has emitted eos_id is padded with eos_id afterwards."""
-        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
+    def greedy_decode(self, src, bos_id, eos_id, max_new_tokens):
+        """(B, S) -> (B, L) int, L <= max_new_tokens: the most likely token at every step. The
+        decoder starts from <bos>, which is not counted and not returned. The encoder runs once.
+        A sequence that has emitted eos_id is padded with eos_id afterwards."""
+        src, bos_id, eos_id, max_new_tokens = _check_decode_args(self, src, bos_id, eos_id,
+                                                                max_new_tokens)
         memory, src_mask = self.encode(src)
         out = np.full((src.shape[0], 1), bos_id)
         done = np.zeros(src.shape[0], bool)
-        for _ in range(max_len):
+        for _ in range(max_new_tokens):
             logits = self.decode(out, memory, src_mask)[:, -1]
             check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
             nxt = np.argmax(logits, axis=-1)
@@ -967,12 +969,14 @@ class Transformer(Module):
         return out[:, 1:]
 
     @_keeps_forward
-    def beam_search(self, src, bos_id, eos_id, max_len, beam_size):
-        """(B, S) -> (B, L) int: keep the beam_size most likely partial targets (sum of
-        log-probabilities) at every step, and return the best. Finished beams are extended by
-        eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
-        b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
-        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
+    def beam_search(self, src, bos_id, eos_id, max_new_tokens, beam_size):
+        """(B, S) -> (B, L) int, L <= max_new_tokens (<bos> not counted, not returned): keep the
+        beam_size most likely partial targets (sum of log-probabilities) at every step, and
+        return the best. Finished beams are extended by eos_id at no cost, so they keep their
+        score. Vectorised over batch and beams: row b·K + j of the decoder batch is beam j of
+        example b. beam_size=1 is greedy decoding."""
+        src, bos_id, eos_id, max_new_tokens = _check_decode_args(self, src, bos_id, eos_id,
+                                                                max_new_tokens)
         beam_size = check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more: idle beams
         B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
         memory, src_mask = self.encode(src)
@@ -983,7 +987,7 @@ class Transformer(Module):
         scores[:, 0] = 0                       # all beams start equal: only one is alive
         done = np.zeros((B, K), bool)
         rows = np.arange(B)[:, None]
-        for _ in range(max_len):
+        for _ in range(max_new_tokens):
             logits = self.decode(seqs.reshape(B * K, -1), memory, src_mask)[:, -1]
             check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
             logp = log_softmax(logits).reshape(B, K, V)
@@ -2185,13 +2189,14 @@ def _check_pair(model, src, tgt_in):
     return src, tgt_in
 
 
-def _check_decode_args(model, src, bos_id, eos_id, max_len):
-    """-> src as an array, bos_id, eos_id and max_len as Python ints."""
+def _check_decode_args(model, src, bos_id, eos_id, max_new_tokens):
+    """-> src as an array, bos_id, eos_id and max_new_tokens as Python ints."""
     src = check_tokens("src", src, model.src_vocab_size, model.max_len)
     bos_id, eos_id = (check_count(name, value, 0, model.tgt_vocab_size - 1)
                       for name, value in (("bos_id", bos_id), ("eos_id", eos_id)))
-    max_len = check_count("max_len", max_len, 1, model.max_len - 1)   # the model's, minus <bos>
-    return src, bos_id, eos_id, max_len
+    max_new_tokens = check_count("max_new_tokens", max_new_tokens, 1,
+                                 model.max_len - 1)                # the model's, minus <bos>
+    return src, bos_id, eos_id, max_new_tokens
 
 
 def _check_sample_next(logits, temperature, top_k, top_p):
