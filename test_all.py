@@ -550,7 +550,7 @@ def test_gradients_are_made_when_first_needed_and_a_forward_makes_none():
     names = [name for name, _ in lm.weights()]
     assert not any(m.grads for m in _modules(lm))             # nor does weights()
     optimizer = transformer.Adam(lm.parameters())             # parameters() makes them: zeros
-    held = {name: grad for name, _, grad in optimizer.params}
+    held = {name: grad for name, _, grad in optimizer.triples}
     assert list(held) == names
     assert all(not grad.any() and grad.shape == value.shape and grad.dtype == value.dtype
                for name, value, grad in lm.parameters())
@@ -2417,16 +2417,16 @@ def test_a_bad_lr_set_by_a_schedule_is_refused_before_anything_changes(update, l
 
 
 def _last_parameter_read_only(o, optimizer):
-    o[optimizer].params[-1][1].setflags(write=False)
+    o[optimizer].triples[-1][1].setflags(write=False)
 
 
 def _a_foreign_parameter_appended(o, optimizer):
-    o[optimizer].params.append(("foreign", np.ones(3), np.zeros(3)))
+    o[optimizer].triples.append(("foreign", np.ones(3), np.zeros(3)))
 
 
 def _a_parameter_replaced(o, optimizer):
-    name, value, grad = o[optimizer].params[0]
-    o[optimizer].params[0] = (name, np.ones(value.size), np.zeros(value.size))
+    name, value, grad = o[optimizer].triples[0]
+    o[optimizer].triples[0] = (name, np.ones(value.size), np.zeros(value.size))
 
 
 @pytest.mark.parametrize("spoil,words", [

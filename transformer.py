@@ -1192,8 +1192,9 @@ def _softmax_cross_entropy(logits, targets, keep, label_smoothing):
 # ----------------------------------------------------------------------------------------------
 # 12. Optimizers and the training step
 # ----------------------------------------------------------------------------------------------
-# An optimizer holds the (name, value, grad) triples of parameters() and updates the values in
-# place. lr is a plain attribute, so a schedule just sets it before each step.
+# An optimizer holds the (name, value, grad) triples of parameters() in self.triples (a Module's
+# params is its own {name: value}) and updates the values in place. lr is a plain attribute, so
+# a schedule just sets it before each step.
 
 class SGD:
     """v = μ v + g;  w -= lr (v + λ w)."""
@@ -1202,13 +1203,13 @@ class SGD:
         lr = check_positive("lr", lr, or_zero=True)
         momentum = _check_decay_rate("momentum", momentum)
         weight_decay = check_positive("weight_decay", weight_decay, or_zero=True)
-        self.params = _check_parameters(parameters)
+        self.triples = _check_parameters(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
+        self.velocity = [np.zeros_like(p) for _, p, _ in self.triples]
 
     def step(self):
         _check_step(self, self.velocity)
-        for (_, p, g), v in zip(self.params, self.velocity):
+        for (_, p, g), v in zip(self.triples, self.velocity):
             v *= self.momentum
             v += g
             p -= self.lr * (v + self.weight_decay * p)
@@ -1223,10 +1224,10 @@ class Adam:
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         lr, betas, eps, weight_decay = _check_adam(lr, betas, eps, weight_decay)
-        self.params = _check_parameters(parameters)
+        self.triples = _check_parameters(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self.m = [np.zeros_like(p) for _, p, _ in self.params]
-        self.v = [np.zeros_like(p) for _, p, _ in self.params]
+        self.m = [np.zeros_like(p) for _, p, _ in self.triples]
+        self.v = [np.zeros_like(p) for _, p, _ in self.triples]
         self.t = 0
 
     def step(self):
@@ -1234,7 +1235,7 @@ class Adam:
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for (_, p, g), m, v in zip(self.params, self.m, self.v):
+        for (_, p, g), m, v in zip(self.triples, self.m, self.v):
             m *= b1
             m += (1 - b1) * g
             v *= b2
@@ -1278,12 +1279,12 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     if not isinstance(model, Module) or vocab_size is None:
         raise TypeError(f"model must be a model that gives logits, such as a "
                         f"DecoderOnlyTransformer, got {type(model).__name__}")
-    params = getattr(optimizer, "params", None)
-    if not callable(getattr(optimizer, "step", None)) or not isinstance(params, list):
+    triples = getattr(optimizer, "triples", None)
+    if not callable(getattr(optimizer, "step", None)) or not isinstance(triples, list):
         raise TypeError(f"optimizer must be an optimizer such as Adam(model.parameters()), got "
                         f"{type(optimizer).__name__}")
     ours = {id(value) for _, value in model.weights()}
-    if not all(isinstance(p, tuple) and len(p) == 3 and id(p[1]) in ours for p in params):
+    if not all(isinstance(t, tuple) and len(t) == 3 and id(t[1]) in ours for t in triples):
         raise ValueError("optimizer must update this model's parameters (Adam(model.parameters())), "
                          "but it holds arrays that are not this model's")
     if isinstance(optimizer, (SGD, Adam)):
@@ -1299,7 +1300,7 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     model.zero_grad()
     model.backward(dlogits)
     if max_grad_norm is not None:
-        clip_grad_norm(optimizer.params, max_grad_norm)
+        clip_grad_norm(optimizer.triples, max_grad_norm)
     optimizer.step()
     return loss
 
@@ -2146,14 +2147,14 @@ def _check_update(optimizer, moments):
     schedule sets) and each parameter still writeable and the one the optimizer was built
     for, of the shape and float type of its moments."""
     check_positive("lr", optimizer.lr, or_zero=True)
-    params = optimizer.params
-    if isinstance(params, list) and len(params) == len(moments) and all(
+    triples = optimizer.triples
+    if isinstance(triples, list) and len(triples) == len(moments) and all(
             isinstance(t, tuple) and len(t) == 3 and type(t[1]) is np.ndarray and type(t[2]) is np.ndarray
             and t[1].shape == t[2].shape == m.shape and t[1].dtype == m.dtype
-            and t[1].flags.writeable and t[2].flags.writeable for t, m in zip(params, moments)):
+            and t[1].flags.writeable and t[2].flags.writeable for t, m in zip(triples, moments)):
         return
-    _check_parameters(params)                     # says what is wrong with them, if it can
-    raise ValueError(f"{type(optimizer).__name__}.params must be the parameters it was built "
+    _check_parameters(triples)                    # says what is wrong with them, if it can
+    raise ValueError(f"{type(optimizer).__name__}.triples must be the parameters it was built "
                      f"with: they changed after it was built")
 
 
@@ -2161,7 +2162,7 @@ def _check_step(optimizer, *moments):
     """_check_update, then every gradient finite: one inf gradient would make every weight it
     touches NaN."""
     _check_update(optimizer, moments[0])
-    for name, _, grad in optimizer.params:
+    for name, _, grad in optimizer.triples:
         check_finite(f"the gradient of {name}", grad)
 
 
