@@ -115,7 +115,7 @@ def logits_at_last(model, tokens):
     x = model.embed.forward(tokens) * model.embed_scale                   # (N, T, d)
     x += model.pos_embed.forward(np.arange(tokens.shape[1]))
     last = x[:, -1:]                                                       # (N, 1, d)
-    h = last + block.self_attn.forward(last, context=x)                    # one query, T keys
+    h = last + block.self_attn.forward(last, memory=x)                    # one query, T keys
     h = h + block.ffn.forward(h)
     model.logits_shape = (tokens.shape[0], 1, model.vocab_size)
     return model.unembed.forward(h)[:, 0]

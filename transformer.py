@@ -533,9 +533,9 @@ class MultiHeadAttention(Module):
     H heads attend independently in d_k = d_model / H dimensions. Their outputs are concatenated
     and mixed by W_O.
 
-    Self-attention: forward(x). Cross-attention: forward(x, context), queries from x (the
-    decoder), keys and values from context (the encoder output). backward returns (dx, dcontext);
-    for self-attention dcontext is None and both paths are already summed into dx.
+    Self-attention: forward(x). Cross-attention: forward(x, memory), queries from x (the
+    decoder), keys and values from memory (the encoder output). backward returns (dx, dmemory);
+    for self-attention dmemory is None and both paths are already summed into dx.
 
     The key projection has no bias: q·(k + b) = q·k + q·b adds the same number to every score
     of a query's row, and softmax ignores such a shift, so a key bias could never be learned.
@@ -566,11 +566,11 @@ class MultiHeadAttention(Module):
         B, H, T, dk = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, T, H * dk)
 
-    def forward(self, x, context=None, mask=None, kv_cache=None):
-        """x (B, T, d) queries; context (B, S, d) or None -> (B, T, d)"""
-        _check_attention_inputs(x, context, self.query.params["W"].shape[0])
-        self.cross = context is not None
-        source = context if self.cross else x
+    def forward(self, x, memory=None, mask=None, kv_cache=None):
+        """x (B, T, d) queries; memory (B, S, d) or None -> (B, T, d)"""
+        _check_attention_inputs(x, memory, self.query.params["W"].shape[0])
+        self.cross = memory is not None
+        source = memory if self.cross else x
         q = self.hook("hook_q", self.split_heads(self.query.forward(x)))        # (B, H, T, d_k)
         k = self.hook("hook_k", self.split_heads(self.key.forward(source)))     # (B, H, S, d_k)
         v = self.hook("hook_v", self.split_heads(self.value.forward(source)))
@@ -1975,9 +1975,9 @@ def check_activation(activation):
     return activation
 
 
-def _check_attention_inputs(x, context, d):
-    """x (B, T, d) and context None or (B, S, d), before a layer records anything."""
-    for name, a in [("x", x)] + ([] if context is None else [("context", context)]):
+def _check_attention_inputs(x, memory, d):
+    """x (B, T, d) and memory None or (B, S, d), before a layer records anything."""
+    for name, a in [("x", x)] + ([] if memory is None else [("memory", memory)]):
         check_plain_array(name, a)
         if np.ndim(a) != 3 or np.shape(a)[2] != d or np.shape(a)[0] != np.shape(x)[0]:
             raise ValueError(f"MultiHeadAttention expects {name} of shape (B, T, {d}) with the batch "
