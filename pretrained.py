@@ -78,7 +78,7 @@ class Bert(Module):
         self.encoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first=False,
                               activation="gelu", norm_eps=norm_eps) for _ in range(n_layers)]
         self.tokenizer = tokenizer
-        self.output_shape = None
+        self.saved = None                        # the output's shape, once there was a forward
 
     hook_points = ("embed.hook_embed", "embed.hook_pos_embed", "embed.hook_token_type_embed",
                    "embed.ln.hook_normalized")          # transformer.py's section 9b
@@ -96,7 +96,7 @@ class Bert(Module):
         mask = attention_mask[:, None, None, :]                      # (B, 1, 1, T): keys only
         for block in self.encoder:
             x = block.forward(x, mask)
-        self.output_shape = x.shape
+        self.saved = x.shape
         return x
 
     def backward(self, dh):
@@ -307,11 +307,11 @@ class MaskedLanguageModel(Module):
         self.bert, self.vocab_size = bert, bert.vocab_size
         self.head = MaskedLMHead(bert.word_embed, np.random.default_rng(check_count("seed", seed, 0)),
                                  bert.embed_norm.eps)
-        self.logits_shape = None
+        self.saved = None                        # the logits' shape, once there was a forward
 
     def forward(self, tokens, attention_mask=None):
         logits = self.head.forward(self.bert.forward(tokens, attention_mask))
-        self.logits_shape = logits.shape
+        self.saved = logits.shape
         return logits
 
     def backward(self, dlogits):
@@ -687,10 +687,9 @@ def _parameter_shape(ours, config):
 
 def _check_dh(model, dh):
     check_plain_array("dh", dh)
-    if model.output_shape is None:
-        raise ValueError("Bert.backward called before forward")
-    if np.shape(dh) != model.output_shape:
-        raise ValueError(f"dh must have the shape of the last forward's output {model.output_shape}, "
+    shape = model._saved()
+    if np.shape(dh) != shape:
+        raise ValueError(f"dh must have the shape of the last forward's output {shape}, "
                          f"got {np.shape(dh)}")
     check_finite("dh", dh)
     return np.asarray(dh)
@@ -700,13 +699,13 @@ def _check_dlogits(model, dlogits):
     """MaskedLanguageModel.backward: the gradient of its last forward's logits, and the Bert's
     last forward the one under them; checked before the head adds into any gradient."""
     check_plain_array("dlogits", dlogits)
-    under = model.bert.output_shape
-    if model.logits_shape is None or under is None or under[:2] != model.logits_shape[:2]:
+    shape, under = model._saved(), model.bert.saved
+    if under is None or under[:2] != shape[:2]:
         raise ValueError("MaskedLanguageModel.backward called before forward (or after a forward "
                          "of its bert alone)")
-    if np.shape(dlogits) != model.logits_shape:
+    if np.shape(dlogits) != shape:
         raise ValueError(f"dlogits must have the shape of the last forward's logits "
-                         f"{model.logits_shape}, got {np.shape(dlogits)}")
+                         f"{shape}, got {np.shape(dlogits)}")
     check_finite("dlogits", dlogits)
     return np.asarray(dlogits)
 

@@ -553,7 +553,7 @@ class MultiHeadAttention(Module):
         self.value = Linear(d_model, d_model, rng, dtype, bias)
         self.out = Linear(d_model, d_model, rng, dtype, bias)
         self.attention = ScaledDotProductAttention()
-        self.cross = None
+        self.saved = None
 
     def split_heads(self, x):
         """(B, T, d_model) -> (B, H, T, d_k)"""
@@ -569,8 +569,8 @@ class MultiHeadAttention(Module):
     def forward(self, x, memory=None, mask=None, kv_cache=None):
         """x (B, T, d) queries; memory (B, S, d) or None -> (B, T, d)"""
         _check_attention_inputs(x, memory, self.query.params["W"].shape[0])
-        self.cross = memory is not None
-        source = memory if self.cross else x
+        self.saved = cross = memory is not None        # backward: is there a dmemory to return?
+        source = memory if cross else x
         q = self.hook("hook_q", self.split_heads(self.query.forward(x)))        # (B, H, T, d_k)
         k = self.hook("hook_k", self.split_heads(self.key.forward(source)))     # (B, H, S, d_k)
         v = self.hook("hook_v", self.split_heads(self.value.forward(source)))
@@ -588,12 +588,11 @@ class MultiHeadAttention(Module):
         return {**sites, "hook_pattern": (self.attention, "hook_pattern")}
 
     def backward(self, dout):
-        if self.cross is None:
-            raise ValueError("MultiHeadAttention.backward called before forward")
+        cross = self._saved()
         dq, dk, dv = self.attention.backward(self.split_heads(self.out.backward(dout)))
         dx = self.query.backward(self.merge_heads(dq))
         dsource = self.key.backward(self.merge_heads(dk)) + self.value.backward(self.merge_heads(dv))
-        return (dx, dsource) if self.cross else (dx + dsource, None)
+        return (dx, dsource) if cross else (dx + dsource, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -799,7 +798,7 @@ class DecoderOnlyTransformer(Module):
                        for _ in range(n_layers)]
         self.norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first and layer_norm)
         self.unembed = TiedUnembedding(self.embed) if tie_weights else Linear(d_model, vocab_size, rng, dtype, bias)
-        self.logits_shape = None
+        self.saved = None                        # the logits' shape, once there was a forward
 
     def _run(self, tokens, start=0, kv_caches=None):
         """Forward pass without checks; start is the position of tokens[:, 0] (nonzero only
@@ -815,7 +814,7 @@ class DecoderOnlyTransformer(Module):
         for i, block in enumerate(self.blocks):
             x = block.forward(x, mask, kv_cache=None if kv_caches is None else kv_caches[i])
         logits = self.unembed.forward(self.hook("ln_final.hook_normalized", self.norm.forward(x)))
-        self.logits_shape = logits.shape
+        self.saved = logits.shape
         return logits
 
     def forward(self, tokens):
@@ -898,7 +897,7 @@ class Transformer(Module):
                               cross_attention=True, norm_eps=norm_eps) for _ in range(n_layers)]
         self.decoder_norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first)
         self.unembed = TiedUnembedding(self.tgt_embed) if tie_weights else Linear(d_model, tgt_vocab_size, rng, dtype)
-        self.logits_shape = None
+        self.saved = None                        # the logits' shape, once there was a forward
 
     def _key_mask(self, tokens):
         return None if self.pad_id is None else padding_mask(tokens, self.pad_id)
@@ -929,7 +928,7 @@ class Transformer(Module):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
         src, tgt_in = _check_pair(self, src, tgt_in)
         logits = self.decode(tgt_in, *self.encode(src))
-        self.logits_shape = logits.shape
+        self.saved = logits.shape
         return logits
 
     def backward(self, dlogits):
@@ -1070,7 +1069,7 @@ def run_with_hooks(model, *inputs, hooks):
     zero it). -> the forward's output. inputs as forward takes them: (tokens,) for the GPT,
     (src, tgt_in) for the encoder-decoder, (tokens, attention_mask[, token_type_ids]) for BERT."""
     sites = _check_hooks(model, hooks)
-    with state_kept(model):          # saved, cross, hidden, logits_shape and the hooks go back
+    with state_kept(model):          # saved, hidden and the hooks go back
         for name, fn in hooks.items():
             module, local = sites[name]
             if module._hooks is None:
@@ -1987,10 +1986,7 @@ def _check_attention_inputs(x, memory, d):
 def _check_dlogits(model, dlogits):
     """A model's backward takes the gradient of the logits of its last forward, same shape.
     (Decoding is not a forward: the layers keep the forward before it, see _keeps_forward.)"""
-    if model.logits_shape is None:
-        raise ValueError(f"{type(model).__name__}.backward called before forward (decoding does "
-                         f"not count)")
-    shape = model.logits_shape
+    shape = model._saved()
     if np.shape(dlogits) != shape:
         raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
                          f"got {np.shape(dlogits)}")
