@@ -32,8 +32,8 @@ import numpy as np
 
 from transformer import (MAX_LAYERS, MAX_NUMBERS, Adam, Block, Embedding, GELU, LayerNorm, Linear,
                          Module, TiedUnembedding, check_count, check_finite, check_float_dtype,
-                         check_id_array, check_plain_array, check_positive, check_rng, check_text,
-                         check_tokens, parse_json, read_regular_file, train_step)
+                         check_id_array, check_output_gradient, check_plain_array, check_positive,
+                         check_rng, check_text, check_tokens, parse_json, read_regular_file, train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ class Bert(Module):
 
     def backward(self, dh):
         """dh (B, T, d_model), the gradient of the last forward's output -> None."""
-        dx = _check_dh(self, dh)
+        dx = check_output_gradient("dh", dh, self, "output")
         for block in reversed(self.encoder):
             dx, _ = block.backward(dx)
         dx = self.embed_norm.backward(dx)
@@ -685,29 +685,15 @@ def _parameter_shape(ours, config):
         ours.split(".", 2)[-1], (d, d) if ours.endswith(".W") else (d,))
 
 
-def _check_dh(model, dh):
-    check_plain_array("dh", dh)
-    shape = model._saved()
-    if np.shape(dh) != shape:
-        raise ValueError(f"dh must have the shape of the last forward's output {shape}, "
-                         f"got {np.shape(dh)}")
-    check_finite("dh", dh)
-    return np.asarray(dh)
-
-
 def _check_dlogits(model, dlogits):
     """MaskedLanguageModel.backward: the gradient of its last forward's logits, and the Bert's
     last forward the one under them; checked before the head adds into any gradient."""
-    check_plain_array("dlogits", dlogits)
-    shape, under = model._saved(), model.bert.saved
-    if under is None or under[:2] != shape[:2]:
+    dlogits = check_output_gradient("dlogits", dlogits, model)
+    under = model.bert.saved
+    if under is None or under[:2] != model.saved[:2]:
         raise ValueError("MaskedLanguageModel.backward called before forward (or after a forward "
                          "of its bert alone)")
-    if np.shape(dlogits) != shape:
-        raise ValueError(f"dlogits must have the shape of the last forward's logits "
-                         f"{shape}, got {np.shape(dlogits)}")
-    check_finite("dlogits", dlogits)
-    return np.asarray(dlogits)
+    return dlogits
 
 
 def _check_sentence_args(model, texts, batch_size, max_len):

@@ -824,7 +824,7 @@ class DecoderOnlyTransformer(Module):
 
     def backward(self, dlogits):
         """(B, T, vocab_size) -> None; adds into every parameter's grad."""
-        dlogits = _check_dlogits(self, dlogits)
+        dlogits = check_output_gradient("dlogits", dlogits, self)
         dx = self.norm.backward(self.unembed.backward(dlogits))
         for block in reversed(self.blocks):
             dx, _ = block.backward(dx)
@@ -934,7 +934,7 @@ class Transformer(Module):
     def backward(self, dlogits):
         """Backward through the decoder, collecting the gradient of the encoder output from every
         cross-attention, then through the encoder."""
-        dlogits = _check_dlogits(self, dlogits)
+        dlogits = check_output_gradient("dlogits", dlogits, self)
         dx = self.decoder_norm.backward(self.unembed.backward(dlogits))
         dmemory = 0
         for block in reversed(self.decoder):
@@ -1983,15 +1983,17 @@ def _check_attention_inputs(x, memory, d):
                              f"size of x, got shape {np.shape(a)}")
 
 
-def _check_dlogits(model, dlogits):
-    """A model's backward takes the gradient of the logits of its last forward, same shape.
-    (Decoding is not a forward: the layers keep the forward before it, see _keeps_forward.)"""
+def check_output_gradient(name, grad, model, output="logits"):
+    """A model's backward takes the gradient of its last forward's output (the logits, say), of
+    the shape that forward kept in model.saved; finite. (Decoding is not a forward: the layers
+    keep the forward before it, see _keeps_forward.)"""
+    check_plain_array(name, grad)
     shape = model._saved()
-    if np.shape(dlogits) != shape:
-        raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
-                         f"got {np.shape(dlogits)}")
-    check_finite("dlogits", dlogits)
-    return np.asarray(dlogits)
+    if np.shape(grad) != shape:
+        raise ValueError(f"{name} must have the shape of the last forward's {output} {shape}, "
+                         f"got {np.shape(grad)}")
+    check_finite(name, grad)
+    return np.asarray(grad)
 
 
 MIN_TEMPERATURE = 1e-3
