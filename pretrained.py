@@ -691,8 +691,8 @@ def _check_dlogits(model, dlogits):
     dlogits = check_output_gradient("dlogits", dlogits, model)
     under = model.bert.saved
     if under is None or under[:2] != model.saved[:2]:
-        raise ValueError("MaskedLanguageModel.backward called before forward (or after a forward "
-                         "of its bert alone)")
+        raise ValueError("MaskedLanguageModel.backward called after a forward of its bert alone: "
+                         "the bert's last forward is not the one under these logits")
     return dlogits
 
 
