@@ -505,14 +505,14 @@ def skip_trigrams(model, top_k=10):
 # (say, "the second half repeats the first") position alone would tell a head where to look,
 # and a model can solve it with positional attention instead of an induction circuit.
 
-def repeated_segment_batch(rng, batch, length, vocab_size, min_len, max_len):
+def repeated_segment_batch(rng, batch, length, vocab_size, min_segment, max_segment):
     """Uniform random tokens (batch, length) in which a segment of random length L in
-    [min_len, max_len] starting at s1 is copied to a random later start s2 >= s1 + L.
+    [min_segment, max_segment] starting at s1 is copied to a random later start s2 >= s1 + L.
     Returns (tokens, inside): inside (batch, length - 1) is True at input positions t whose
     target t + 1 continues the copy (s2 <= t < s2 + L - 1), i.e. predictable by induction."""
-    batch, length, vocab_size, min_len, max_len = _check_segments(rng, batch, length, vocab_size,
-                                                                  min_len, max_len)
-    L = rng.integers(min_len, max_len + 1, batch)[:, None]
+    batch, length, vocab_size, min_segment, max_segment = _check_segments(
+        rng, batch, length, vocab_size, min_segment, max_segment)
+    L = rng.integers(min_segment, max_segment + 1, batch)[:, None]
     s1 = rng.integers(0, length - 2 * L + 1)
     s2 = rng.integers(s1 + L, length - L + 1)
     t = np.arange(length)[None, :]
@@ -1263,16 +1263,18 @@ def _check_skip_trigrams(model, top_k):
     return top_k
 
 
-def _check_segments(rng, batch, length, vocab_size, min_len, max_len):
+def _check_segments(rng, batch, length, vocab_size, min_segment, max_segment):
     transformer.check_rng(rng)
     batch, length = transformer.check_count("batch", batch), transformer.check_count("length", length)
     transformer.check_numbers(f"a batch of batch·length = {batch}·{length}", batch * length)
     vocab_size = transformer.check_count("vocab_size", vocab_size)
-    min_len, max_len = transformer.check_count("min_len", min_len, 2), transformer.check_count("max_len", max_len, 2)
-    if not min_len <= max_len <= length // 2:
-        raise ValueError(f"min_len and max_len must be ints with 2 <= min_len <= max_len <= "
-                         f"length // 2 = {length // 2}, got min_len={min_len!r}, max_len={max_len!r}")
-    return batch, length, vocab_size, min_len, max_len
+    min_segment = transformer.check_count("min_segment", min_segment, 2)
+    max_segment = transformer.check_count("max_segment", max_segment, 2)
+    if not min_segment <= max_segment <= length // 2:
+        raise ValueError(f"min_segment and max_segment must be ints with 2 <= min_segment <= "
+                         f"max_segment <= length // 2 = {length // 2}, got min_segment="
+                         f"{min_segment!r}, max_segment={max_segment!r}")
+    return batch, length, vocab_size, min_segment, max_segment
 
 
 def _check_split(losses, inside):

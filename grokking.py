@@ -115,9 +115,9 @@ def logits_at_last(model, tokens):
     x = model.embed.forward(tokens) * model.embed_scale                   # (N, T, d)
     x += model.pos_embed.forward(np.arange(tokens.shape[1]))
     last = x[:, -1:]                                                       # (N, 1, d)
-    h = last + block.self_attn.forward(last, context=x)                    # one query, T keys
+    h = last + block.self_attn.forward(last, memory=x)                    # one query, T keys
     h = h + block.ffn.forward(h)
-    model.logits_shape = (tokens.shape[0], 1, model.vocab_size)
+    model.saved = (tokens.shape[0], 1, model.vocab_size)                 # the logits' shape
     return model.unembed.forward(h)[:, 0]
 
 
@@ -590,7 +590,7 @@ def _check_model(model):
 
 def _check_dlogits(model, dlogits):
     """The gradient of logits_at_last's last output: (N, p + 1), finite."""
-    shape = getattr(model, "logits_shape", None)
+    shape = getattr(model, "saved", None)
     if shape is None or len(shape) != 3 or shape[1] != 1:
         raise ValueError("backward_at_last called before logits_at_last")
     if np.shape(dlogits) != (shape[0], shape[2]):

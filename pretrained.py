@@ -35,8 +35,9 @@ import numpy as np
 
 from transformer import (MAX_LAYERS, MAX_NUMBERS, Adam, Block, Embedding, GELU, LayerNorm, Linear,
                          Module, TiedUnembedding, check_count, check_finite, check_float_dtype,
-                         check_id_array, check_plain_array, check_positive, check_rng, check_text,
-                         check_tokens, parse_json, read_regular_file, run_with_hooks, train_step)
+                         check_id_array, check_output_gradient, check_plain_array, check_positive,
+                         check_rng, check_text, check_tokens, parse_json, read_regular_file,
+                         run_with_hooks, train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ class Bert(Module):
         self.encoder = [Block(d_model, n_heads, d_ff, rng, dtype, norm_first=False,
                               activation="gelu", norm_eps=norm_eps) for _ in range(n_layers)]
         self.tokenizer = tokenizer
-        self.output_shape = None
+        self.saved = None                        # the output's shape, once there was a forward
 
     hook_points = ("embed.hook_embed", "embed.hook_pos_embed", "embed.hook_token_type_embed",
                    "embed.ln.hook_normalized")          # transformer.py's section 9b
@@ -99,12 +100,12 @@ class Bert(Module):
         mask = attention_mask[:, None, None, :]                      # (B, 1, 1, T): keys only
         for block in self.encoder:
             x = block.forward(x, mask)
-        self.output_shape = x.shape
+        self.saved = x.shape
         return x
 
     def backward(self, dh):
         """dh (B, T, d_model), the gradient of the last forward's output -> None."""
-        dx = _check_dh(self, dh)
+        dx = check_output_gradient("dh", dh, self, "output")
         for block in reversed(self.encoder):
             dx, _ = block.backward(dx)
         dx = self.embed_norm.backward(dx)
@@ -584,11 +585,11 @@ class MaskedLanguageModel(Module):
         self.bert, self.vocab_size = bert, bert.vocab_size
         self.head = MaskedLMHead(bert.word_embed, np.random.default_rng(check_count("seed", seed, 0)),
                                  bert.embed_norm.eps)
-        self.logits_shape = None
+        self.saved = None                        # the logits' shape, once there was a forward
 
     def forward(self, tokens, attention_mask=None):
         logits = self.head.forward(self.bert.forward(tokens, attention_mask))
-        self.logits_shape = logits.shape
+        self.saved = logits.shape
         return logits
 
     def backward(self, dlogits):
@@ -962,30 +963,15 @@ def _parameter_shape(ours, config):
         ours.split(".", 2)[-1], (d, d) if ours.endswith(".W") else (d,))
 
 
-def _check_dh(model, dh):
-    check_plain_array("dh", dh)
-    if model.output_shape is None:
-        raise ValueError("Bert.backward called before forward")
-    if np.shape(dh) != model.output_shape:
-        raise ValueError(f"dh must have the shape of the last forward's output {model.output_shape}, "
-                         f"got {np.shape(dh)}")
-    check_finite("dh", dh)
-    return np.asarray(dh)
-
-
 def _check_dlogits(model, dlogits):
     """MaskedLanguageModel.backward: the gradient of its last forward's logits, and the Bert's
     last forward the one under them; checked before the head adds into any gradient."""
-    check_plain_array("dlogits", dlogits)
-    under = model.bert.output_shape
-    if model.logits_shape is None or under is None or under[:2] != model.logits_shape[:2]:
-        raise ValueError("MaskedLanguageModel.backward called before forward (or after a forward "
-                         "of its bert alone)")
-    if np.shape(dlogits) != model.logits_shape:
-        raise ValueError(f"dlogits must have the shape of the last forward's logits "
-                         f"{model.logits_shape}, got {np.shape(dlogits)}")
-    check_finite("dlogits", dlogits)
-    return np.asarray(dlogits)
+    dlogits = check_output_gradient("dlogits", dlogits, model)
+    under = model.bert.saved
+    if under is None or under[:2] != model.saved[:2]:
+        raise ValueError("MaskedLanguageModel.backward called after a forward of its bert alone: "
+                         "the bert's last forward is not the one under these logits")
+    return dlogits
 
 
 def _check_sentence_args(model, texts, batch_size, max_len):

@@ -689,7 +689,7 @@ class SparseAutoencoder(transformer.Module):
         p["W_dec"][dead] = direction
         p["W_enc"][:, dead] = direction.T * scale
         p["b_enc"][dead] = 0
-        for (name, _, _), m, v in zip(optimizer.params, optimizer.m, optimizer.v):
+        for (name, _, _), m, v in zip(optimizer.triples, optimizer.m, optimizer.v):
             if name in LATENT_AXIS:
                 index = (slice(None),) * LATENT_AXIS[name] + (dead,)
                 m[index] = 0
@@ -1058,8 +1058,8 @@ def _check_resample(sae, h, dead, optimizer):
     if dead.ndim != 1 or dead.dtype.kind not in "iu" or not np.all((dead >= 0) & (dead < n_latents)):
         raise ValueError(f"dead must be a 1-D array of latent indices in [0, {n_latents}), "
                          f"got {dead!r}")
-    if not (isinstance(optimizer, transformer.Adam) and len(optimizer.params) == len(sae.params) and all(
-            p is q for (_, p, _), (_, q, _) in zip(optimizer.params, sae.parameters()))):
+    if not (isinstance(optimizer, transformer.Adam) and len(optimizer.triples) == len(sae.params) and all(
+            p is q for (_, p, _), (_, q, _) in zip(optimizer.triples, sae.parameters()))):
         raise TypeError(f"optimizer must be the transformer.Adam that trains this SAE, "
                         f"got {type(optimizer).__name__}")
     return h, dead

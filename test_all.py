@@ -555,7 +555,7 @@ def test_gradients_are_made_when_first_needed_and_a_forward_makes_none():
     names = [name for name, _ in lm.weights()]
     assert not any(m.grads for m in _modules(lm))             # nor does weights()
     optimizer = transformer.Adam(lm.parameters())             # parameters() makes them: zeros
-    held = {name: grad for name, _, grad in optimizer.params}
+    held = {name: grad for name, _, grad in optimizer.triples}
     assert list(held) == names
     assert all(not grad.any() and grad.shape == value.shape and grad.dtype == value.dtype
                for name, value, grad in lm.parameters())
@@ -2427,7 +2427,7 @@ BAD_INPUT = [
     (lambda o: o["mt"].beam_search(np.zeros((1, 3), int), 1, 2, 5, beam_size=0), ValueError, "beam_size"),
     (lambda o: o["mt"].beam_search(np.zeros((1, 3), int), 1, 2, 5, beam_size=10 ** 7), ValueError, r"beam_size.*\[1, 12\]"),
     (lambda o: o["mt"].beam_search(np.zeros((1, 3), int), 1, 2, 5, beam_size=True), ValueError, "beam_size"),
-    (lambda o: o["mt"].greedy_decode(np.zeros((1, 3), int), 1, 2, 10), ValueError, "max_len"),
+    (lambda o: o["mt"].greedy_decode(np.zeros((1, 3), int), 1, 2, 10), ValueError, "max_new_tokens"),
     *[(lambda o, v=v: o["mt"].greedy_decode(np.ones((1, 3), int), v, 2, 4), ValueError, "bos_id") for v in BAD_COUNTS + [12]],
     (lambda o: o["mt"].beam_search(np.ones((1, 3), int), 1, 12, 4, 2), ValueError, "eos_id"),
     # model constructors: every size, the flags, eps, activation, pad_id, dtype, seed
@@ -2473,8 +2473,8 @@ BAD_INPUT = [
     (lambda o: o["ln"].forward(np.zeros((2, 5))), ValueError, "LayerNorm expects x with 4"),
     (lambda o: o["ln"].backward(np.ones((1, 4))), ValueError, "LayerNorm.backward expects dout"),
     (lambda o: transformer.LayerNorm(4).backward(np.zeros((1, 4))), ValueError, "before forward"),
-    (lambda o: o["mha"].forward(np.ones((1, 3, 8)), np.ones((1, 3, 5))), ValueError, "context"),
-    (lambda o: o["mha"].forward(np.ones((1, 3, 8)), np.ones((2, 3, 8))), ValueError, "context"),
+    (lambda o: o["mha"].forward(np.ones((1, 3, 8)), np.ones((1, 3, 5))), ValueError, "memory"),
+    (lambda o: o["mha"].forward(np.ones((1, 3, 8)), np.ones((2, 3, 8))), ValueError, "memory"),
     (lambda o: o["mha"].forward(np.ones((3, 8))), ValueError, r"x of shape \(B, T, 8\)"),
     (lambda o: transformer.Linear(0, 3, _rng()), ValueError, "d_in must be an int >= 1"),
     (lambda o: transformer.Linear(3, 2, _rng(), dtype=np.int64), ValueError, "dtype"),
@@ -2634,16 +2634,16 @@ def test_a_bad_lr_set_by_a_schedule_is_refused_before_anything_changes(update, l
 
 
 def _last_parameter_read_only(o, optimizer):
-    o[optimizer].params[-1][1].setflags(write=False)
+    o[optimizer].triples[-1][1].setflags(write=False)
 
 
 def _a_foreign_parameter_appended(o, optimizer):
-    o[optimizer].params.append(("foreign", np.ones(3), np.zeros(3)))
+    o[optimizer].triples.append(("foreign", np.ones(3), np.zeros(3)))
 
 
 def _a_parameter_replaced(o, optimizer):
-    name, value, grad = o[optimizer].params[0]
-    o[optimizer].params[0] = (name, np.ones(value.size), np.zeros(value.size))
+    name, value, grad = o[optimizer].triples[0]
+    o[optimizer].triples[0] = (name, np.ones(value.size), np.zeros(value.size))
 
 
 @pytest.mark.parametrize("spoil,words", [
@@ -3011,7 +3011,7 @@ _PENTAGON_ARROWS = S.regular_polygon(5)
     (lambda: C.induction_scores(_simplified_model(2), np.arange(9)[None]), ValueError, "no destination"),
     (lambda: C.induction_scores(_simplified_model(2), np.zeros((1, 9), int), np.ones((1, 8), bool)),
      ValueError, "where must be"),
-    (lambda: C.repeated_segment_batch(np.random.default_rng(0), 2, 10, 5, 3, 6), ValueError, "min_len"),
+    (lambda: C.repeated_segment_batch(np.random.default_rng(0), 2, 10, 5, 3, 6), ValueError, "min_segment"),
     (lambda: C.composition_score(np.ones((2, 3)), np.ones((2, 2))), ValueError,
      "A has 3 columns but B has 2 rows"),
     (lambda: C.copying_score(np.ones((2, 3))), ValueError, "M must be square"),
@@ -3094,7 +3094,7 @@ _PENTAGON_ARROWS = S.regular_polygon(5)
     # circuits.py, section 7: induction heads
     (lambda: C.repeated_segment_batch(0, 2, 10, 5, 2, 3), TypeError, "rng"),
     (lambda: C.repeated_segment_batch(_rng(), 0, 10, 5, 2, 3), ValueError, "batch"),
-    (lambda: C.repeated_segment_batch(_rng(), 2, 10, 5, 2.5, 3), ValueError, "min_len must be an int >= 2, got 2.5"),
+    (lambda: C.repeated_segment_batch(_rng(), 2, 10, 5, 2.5, 3), ValueError, "min_segment must be an int >= 2, got 2.5"),
     (lambda: C.train_induction_model(length=4), ValueError, "length must be an int >= 8, got 4"),
     (lambda: C.train_induction_model(steps=1, every=1), TypeError, "monitor"),
     (lambda: C.split_losses(np.ones((2, 3)), np.ones((2, 4), bool)), ValueError,
@@ -3503,9 +3503,9 @@ FUZZ = [   # (name, function, {argument: kind}, the argument whose state is watc
     ("markov_corpus", C.markov_corpus, dict(rng="rng", vocab_size="count", n_seqs="count", length="count"),
      "rng", dict(rng=lambda: np.random.default_rng(0), vocab_size=lambda: 5, n_seqs=lambda: 3,
                  length=lambda: 4)),
-    ("repeated_segment_batch", C.repeated_segment_batch, dict(batch="count", min_len="count"), "rng",
+    ("repeated_segment_batch", C.repeated_segment_batch, dict(batch="count", min_segment="count"), "rng",
      dict(rng=lambda: np.random.default_rng(0), batch=lambda: 3, length=lambda: 10, vocab_size=lambda: 5,
-          min_len=lambda: 2, max_len=lambda: 4)),
+          min_segment=lambda: 2, max_segment=lambda: 4)),
     ("split_losses", C.split_losses, dict(losses="array"), None,
      dict(losses=lambda: np.ones((2, 3)), inside=lambda: np.eye(2, 3, dtype=bool))),
     ("score_previous_token", C.score_previous_token, dict(patterns="array"), None,

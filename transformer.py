@@ -348,16 +348,16 @@ class GELU(Module):
 
     def forward(self, x):
         if x.size > BLOCK:          # the same numbers, a cache-sized block at a time (Appendix A)
-            phi = blockwise(normal_cdf, x)
+            cdf = blockwise(normal_cdf, x)
         else:
-            phi = normal_cdf(x)                   # Φ(x), kept for backward
-        self.saved = (x, phi)
-        return x * phi
+            cdf = normal_cdf(x)                   # Φ(x), kept for backward
+        self.saved = (x, cdf)
+        return x * cdf
 
     def backward(self, dout):
-        x, phi = self._saved()
+        x, cdf = self._saved()
         density = np.exp(-0.5 * (x * x)) * (1 / math.sqrt(2 * math.pi))
-        return dout * (phi + x * density)
+        return dout * (cdf + x * density)
 
 
 class TanhGELU(Module):
@@ -533,9 +533,9 @@ class MultiHeadAttention(Module):
     H heads attend independently in d_k = d_model / H dimensions. Their outputs are concatenated
     and mixed by W_O.
 
-    Self-attention: forward(x). Cross-attention: forward(x, context), queries from x (the
-    decoder), keys and values from context (the encoder output). backward returns (dx, dcontext);
-    for self-attention dcontext is None and both paths are already summed into dx.
+    Self-attention: forward(x). Cross-attention: forward(x, memory), queries from x (the
+    decoder), keys and values from memory (the encoder output). backward returns (dx, dmemory);
+    for self-attention dmemory is None and both paths are already summed into dx.
 
     The key projection has no bias: q·(k + b) = q·k + q·b adds the same number to every score
     of a query's row, and softmax ignores such a shift, so a key bias could never be learned.
@@ -553,7 +553,7 @@ class MultiHeadAttention(Module):
         self.value = Linear(d_model, d_model, rng, dtype, bias)
         self.out = Linear(d_model, d_model, rng, dtype, bias)
         self.attention = ScaledDotProductAttention()
-        self.cross = None
+        self.saved = None
 
     def split_heads(self, x):
         """(B, T, d_model) -> (B, H, T, d_k)"""
@@ -566,11 +566,11 @@ class MultiHeadAttention(Module):
         B, H, T, dk = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, T, H * dk)
 
-    def forward(self, x, context=None, mask=None, kv_cache=None):
-        """x (B, T, d) queries; context (B, S, d) or None -> (B, T, d)"""
-        _check_attention_inputs(x, context, self.query.params["W"].shape[0])
-        self.cross = context is not None
-        source = context if self.cross else x
+    def forward(self, x, memory=None, mask=None, kv_cache=None):
+        """x (B, T, d) queries; memory (B, S, d) or None -> (B, T, d)"""
+        _check_attention_inputs(x, memory, self.query.params["W"].shape[0])
+        self.saved = cross = memory is not None        # backward: is there a dmemory to return?
+        source = memory if cross else x
         q = self.hook("hook_q", self.split_heads(self.query.forward(x)))        # (B, H, T, d_k)
         k = self.hook("hook_k", self.split_heads(self.key.forward(source)))     # (B, H, S, d_k)
         v = self.hook("hook_v", self.split_heads(self.value.forward(source)))
@@ -588,12 +588,11 @@ class MultiHeadAttention(Module):
         return {**sites, "hook_pattern": (self.attention, "hook_pattern")}
 
     def backward(self, dout):
-        if self.cross is None:
-            raise ValueError("MultiHeadAttention.backward called before forward")
+        cross = self._saved()
         dq, dk, dv = self.attention.backward(self.split_heads(self.out.backward(dout)))
         dx = self.query.backward(self.merge_heads(dq))
         dsource = self.key.backward(self.merge_heads(dk)) + self.value.backward(self.merge_heads(dv))
-        return (dx, dsource) if self.cross else (dx + dsource, None)
+        return (dx, dsource) if cross else (dx + dsource, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -799,7 +798,7 @@ class DecoderOnlyTransformer(Module):
                        for _ in range(n_layers)]
         self.norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first and layer_norm)
         self.unembed = TiedUnembedding(self.embed) if tie_weights else Linear(d_model, vocab_size, rng, dtype, bias)
-        self.logits_shape = None
+        self.saved = None                        # the logits' shape, once there was a forward
 
     def _run(self, tokens, start=0, kv_caches=None):
         """Forward pass without checks; start is the position of tokens[:, 0] (nonzero only
@@ -815,7 +814,7 @@ class DecoderOnlyTransformer(Module):
         for i, block in enumerate(self.blocks):
             x = block.forward(x, mask, kv_cache=None if kv_caches is None else kv_caches[i])
         logits = self.unembed.forward(self.hook("ln_final.hook_normalized", self.norm.forward(x)))
-        self.logits_shape = logits.shape
+        self.saved = logits.shape
         return logits
 
     def forward(self, tokens):
@@ -825,7 +824,7 @@ class DecoderOnlyTransformer(Module):
 
     def backward(self, dlogits):
         """(B, T, vocab_size) -> None; adds into every parameter's grad."""
-        dlogits = _check_dlogits(self, dlogits)
+        dlogits = check_output_gradient("dlogits", dlogits, self)
         dx = self.norm.backward(self.unembed.backward(dlogits))
         for block in reversed(self.blocks):
             dx, _ = block.backward(dx)
@@ -898,7 +897,7 @@ class Transformer(Module):
                               cross_attention=True, norm_eps=norm_eps) for _ in range(n_layers)]
         self.decoder_norm = layer_norm_or_identity(d_model, dtype, norm_eps, norm_first)
         self.unembed = TiedUnembedding(self.tgt_embed) if tie_weights else Linear(d_model, tgt_vocab_size, rng, dtype)
-        self.logits_shape = None
+        self.saved = None                        # the logits' shape, once there was a forward
 
     def _key_mask(self, tokens):
         return None if self.pad_id is None else padding_mask(tokens, self.pad_id)
@@ -929,13 +928,13 @@ class Transformer(Module):
         """src (B, S), tgt_in (B, T) int -> (B, T, tgt_vocab_size) logits."""
         src, tgt_in = _check_pair(self, src, tgt_in)
         logits = self.decode(tgt_in, *self.encode(src))
-        self.logits_shape = logits.shape
+        self.saved = logits.shape
         return logits
 
     def backward(self, dlogits):
         """Backward through the decoder, collecting the gradient of the encoder output from every
         cross-attention, then through the encoder."""
-        dlogits = _check_dlogits(self, dlogits)
+        dlogits = check_output_gradient("dlogits", dlogits, self)
         dx = self.decoder_norm.backward(self.unembed.backward(dlogits))
         dmemory = 0
         for block in reversed(self.decoder):
@@ -948,14 +947,16 @@ class Transformer(Module):
         self.src_embed.backward(dx * self.embed_scale)
 
     @_keeps_forward
-    def greedy_decode(self, src, bos_id, eos_id, max_len):
-        """(B, S) -> (B, L) int, L <= max_len: the most likely token at every step. The encoder
-        runs once. A sequence that has emitted eos_id is padded with eos_id afterwards."""
-        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
+    def greedy_decode(self, src, bos_id, eos_id, max_new_tokens):
+        """(B, S) -> (B, L) int, L <= max_new_tokens: the most likely token at every step. The
+        decoder starts from <bos>, which is not counted and not returned. The encoder runs once.
+        A sequence that has emitted eos_id is padded with eos_id afterwards."""
+        src, bos_id, eos_id, max_new_tokens = _check_decode_args(self, src, bos_id, eos_id,
+                                                                max_new_tokens)
         memory, src_mask = self.encode(src)
         out = np.full((src.shape[0], 1), bos_id)
         done = np.zeros(src.shape[0], bool)
-        for _ in range(max_len):
+        for _ in range(max_new_tokens):
             logits = self.decode(out, memory, src_mask)[:, -1]
             check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
             nxt = np.argmax(logits, axis=-1)
@@ -967,12 +968,14 @@ class Transformer(Module):
         return out[:, 1:]
 
     @_keeps_forward
-    def beam_search(self, src, bos_id, eos_id, max_len, beam_size):
-        """(B, S) -> (B, L) int: keep the beam_size most likely partial targets (sum of
-        log-probabilities) at every step, and return the best. Finished beams are extended by
-        eos_id at no cost, so they keep their score. Vectorised over batch and beams: row
-        b·K + j of the decoder batch is beam j of example b. beam_size=1 is greedy decoding."""
-        src, bos_id, eos_id, max_len = _check_decode_args(self, src, bos_id, eos_id, max_len)
+    def beam_search(self, src, bos_id, eos_id, max_new_tokens, beam_size):
+        """(B, S) -> (B, L) int, L <= max_new_tokens (<bos> not counted, not returned): keep the
+        beam_size most likely partial targets (sum of log-probabilities) at every step, and
+        return the best. Finished beams are extended by eos_id at no cost, so they keep their
+        score. Vectorised over batch and beams: row b·K + j of the decoder batch is beam j of
+        example b. beam_size=1 is greedy decoding."""
+        src, bos_id, eos_id, max_new_tokens = _check_decode_args(self, src, bos_id, eos_id,
+                                                                max_new_tokens)
         beam_size = check_count("beam_size", beam_size, 1, self.tgt_vocab_size)   # more: idle beams
         B, K, V = src.shape[0], beam_size, self.tgt_vocab_size
         memory, src_mask = self.encode(src)
@@ -983,7 +986,7 @@ class Transformer(Module):
         scores[:, 0] = 0                       # all beams start equal: only one is alive
         done = np.zeros((B, K), bool)
         rows = np.arange(B)[:, None]
-        for _ in range(max_len):
+        for _ in range(max_new_tokens):
             logits = self.decode(seqs.reshape(B * K, -1), memory, src_mask)[:, -1]
             check_finite("logits", logits)      # NaN logits: the model's weights hold NaN or inf
             logp = log_softmax(logits).reshape(B, K, V)
@@ -1066,7 +1069,7 @@ def run_with_hooks(model, *inputs, hooks):
     zero it). -> the forward's output. inputs as forward takes them: (tokens,) for the GPT,
     (src, tgt_in) for the encoder-decoder, (tokens, attention_mask[, token_type_ids]) for BERT."""
     sites = _check_hooks(model, hooks)
-    with state_kept(model):          # saved, cross, hidden, logits_shape and the hooks go back
+    with state_kept(model):          # saved, hidden and the hooks go back
         for name, fn in hooks.items():
             module, local = sites[name]
             if module._hooks is None:
@@ -1188,8 +1191,9 @@ def _softmax_cross_entropy(logits, targets, keep, label_smoothing):
 # ----------------------------------------------------------------------------------------------
 # 12. Optimizers and the training step
 # ----------------------------------------------------------------------------------------------
-# An optimizer holds the (name, value, grad) triples of parameters() and updates the values in
-# place. lr is a plain attribute, so a schedule just sets it before each step.
+# An optimizer holds the (name, value, grad) triples of parameters() in self.triples (a Module's
+# params is its own {name: value}) and updates the values in place. lr is a plain attribute, so
+# a schedule just sets it before each step.
 
 class SGD:
     """v = μ v + g;  w -= lr (v + λ w)."""
@@ -1198,13 +1202,13 @@ class SGD:
         lr = check_positive("lr", lr, or_zero=True)
         momentum = _check_decay_rate("momentum", momentum)
         weight_decay = check_positive("weight_decay", weight_decay, or_zero=True)
-        self.params = _check_parameters(parameters)
+        self.triples = _check_parameters(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.velocity = [np.zeros_like(p) for _, p, _ in self.params]
+        self.velocity = [np.zeros_like(p) for _, p, _ in self.triples]
 
     def step(self):
         _check_step(self, self.velocity)
-        for (_, p, g), v in zip(self.params, self.velocity):
+        for (_, p, g), v in zip(self.triples, self.velocity):
             v *= self.momentum
             v += g
             p -= self.lr * (v + self.weight_decay * p)
@@ -1219,10 +1223,10 @@ class Adam:
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         lr, betas, eps, weight_decay = _check_adam(lr, betas, eps, weight_decay)
-        self.params = _check_parameters(parameters)
+        self.triples = _check_parameters(parameters)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self.m = [np.zeros_like(p) for _, p, _ in self.params]
-        self.v = [np.zeros_like(p) for _, p, _ in self.params]
+        self.m = [np.zeros_like(p) for _, p, _ in self.triples]
+        self.v = [np.zeros_like(p) for _, p, _ in self.triples]
         self.t = 0
 
     def step(self):
@@ -1230,7 +1234,7 @@ class Adam:
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for (_, p, g), m, v in zip(self.params, self.m, self.v):
+        for (_, p, g), m, v in zip(self.triples, self.m, self.v):
             m *= b1
             m += (1 - b1) * g
             v *= b2
@@ -1274,12 +1278,12 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     if not isinstance(model, Module) or vocab_size is None:
         raise TypeError(f"model must be a model that gives logits, such as a "
                         f"DecoderOnlyTransformer, got {type(model).__name__}")
-    params = getattr(optimizer, "params", None)
-    if not callable(getattr(optimizer, "step", None)) or not isinstance(params, list):
+    triples = getattr(optimizer, "triples", None)
+    if not callable(getattr(optimizer, "step", None)) or not isinstance(triples, list):
         raise TypeError(f"optimizer must be an optimizer such as Adam(model.parameters()), got "
                         f"{type(optimizer).__name__}")
     ours = {id(value) for _, value in model.weights()}
-    if not all(isinstance(p, tuple) and len(p) == 3 and id(p[1]) in ours for p in params):
+    if not all(isinstance(t, tuple) and len(t) == 3 and id(t[1]) in ours for t in triples):
         raise ValueError("optimizer must update this model's parameters (Adam(model.parameters())), "
                          "but it holds arrays that are not this model's")
     if isinstance(optimizer, (SGD, Adam)):
@@ -1295,7 +1299,7 @@ def train_step(model, optimizer, inputs, targets, ignore_index=None, label_smoot
     model.zero_grad()
     model.backward(dlogits)
     if max_grad_norm is not None:
-        clip_grad_norm(optimizer.params, max_grad_norm)
+        clip_grad_norm(optimizer.triples, max_grad_norm)
     optimizer.step()
     return loss
 
@@ -1970,27 +1974,26 @@ def check_activation(activation):
     return activation
 
 
-def _check_attention_inputs(x, context, d):
-    """x (B, T, d) and context None or (B, S, d), before a layer records anything."""
-    for name, a in [("x", x)] + ([] if context is None else [("context", context)]):
+def _check_attention_inputs(x, memory, d):
+    """x (B, T, d) and memory None or (B, S, d), before a layer records anything."""
+    for name, a in [("x", x)] + ([] if memory is None else [("memory", memory)]):
         check_plain_array(name, a)
         if np.ndim(a) != 3 or np.shape(a)[2] != d or np.shape(a)[0] != np.shape(x)[0]:
             raise ValueError(f"MultiHeadAttention expects {name} of shape (B, T, {d}) with the batch "
                              f"size of x, got shape {np.shape(a)}")
 
 
-def _check_dlogits(model, dlogits):
-    """A model's backward takes the gradient of the logits of its last forward, same shape.
-    (Decoding is not a forward: the layers keep the forward before it, see _keeps_forward.)"""
-    if model.logits_shape is None:
-        raise ValueError(f"{type(model).__name__}.backward called before forward (decoding does "
-                         f"not count)")
-    shape = model.logits_shape
-    if np.shape(dlogits) != shape:
-        raise ValueError(f"dlogits must have the shape of the last forward's logits {shape}, "
-                         f"got {np.shape(dlogits)}")
-    check_finite("dlogits", dlogits)
-    return np.asarray(dlogits)
+def check_output_gradient(name, grad, model, output="logits"):
+    """A model's backward takes the gradient of its last forward's output (the logits, say), of
+    the shape that forward kept in model.saved; finite. (Decoding is not a forward: the layers
+    keep the forward before it, see _keeps_forward.)"""
+    check_plain_array(name, grad)
+    shape = model._saved()
+    if np.shape(grad) != shape:
+        raise ValueError(f"{name} must have the shape of the last forward's {output} {shape}, "
+                         f"got {np.shape(grad)}")
+    check_finite(name, grad)
+    return np.asarray(grad)
 
 
 MIN_TEMPERATURE = 1e-3
@@ -2142,14 +2145,14 @@ def _check_update(optimizer, moments):
     schedule sets) and each parameter still writeable and the one the optimizer was built
     for, of the shape and float type of its moments."""
     check_positive("lr", optimizer.lr, or_zero=True)
-    params = optimizer.params
-    if isinstance(params, list) and len(params) == len(moments) and all(
+    triples = optimizer.triples
+    if isinstance(triples, list) and len(triples) == len(moments) and all(
             isinstance(t, tuple) and len(t) == 3 and type(t[1]) is np.ndarray and type(t[2]) is np.ndarray
             and t[1].shape == t[2].shape == m.shape and t[1].dtype == m.dtype
-            and t[1].flags.writeable and t[2].flags.writeable for t, m in zip(params, moments)):
+            and t[1].flags.writeable and t[2].flags.writeable for t, m in zip(triples, moments)):
         return
-    _check_parameters(params)                     # says what is wrong with them, if it can
-    raise ValueError(f"{type(optimizer).__name__}.params must be the parameters it was built "
+    _check_parameters(triples)                    # says what is wrong with them, if it can
+    raise ValueError(f"{type(optimizer).__name__}.triples must be the parameters it was built "
                      f"with: they changed after it was built")
 
 
@@ -2157,7 +2160,7 @@ def _check_step(optimizer, *moments):
     """_check_update, then every gradient finite: one inf gradient would make every weight it
     touches NaN."""
     _check_update(optimizer, moments[0])
-    for name, _, grad in optimizer.params:
+    for name, _, grad in optimizer.triples:
         check_finite(f"the gradient of {name}", grad)
 
 
@@ -2185,13 +2188,14 @@ def _check_pair(model, src, tgt_in):
     return src, tgt_in
 
 
-def _check_decode_args(model, src, bos_id, eos_id, max_len):
-    """-> src as an array, bos_id, eos_id and max_len as Python ints."""
+def _check_decode_args(model, src, bos_id, eos_id, max_new_tokens):
+    """-> src as an array, bos_id, eos_id and max_new_tokens as Python ints."""
     src = check_tokens("src", src, model.src_vocab_size, model.max_len)
     bos_id, eos_id = (check_count(name, value, 0, model.tgt_vocab_size - 1)
                       for name, value in (("bos_id", bos_id), ("eos_id", eos_id)))
-    max_len = check_count("max_len", max_len, 1, model.max_len - 1)   # the model's, minus <bos>
-    return src, bos_id, eos_id, max_len
+    max_new_tokens = check_count("max_new_tokens", max_new_tokens, 1,
+                                 model.max_len - 1)                # the model's, minus <bos>
+    return src, bos_id, eos_id, max_new_tokens
 
 
 def _check_sample_next(logits, temperature, top_k, top_p):
