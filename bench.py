@@ -359,9 +359,10 @@ def bench_bert(args, peak):
     weights = sum(value.nbytes for _, value in bert.weights())
     B, T, rng = 32, 64, np.random.default_rng(0)
     lengths = rng.integers(T // 2, T + 1, B)
-    tokens, real = pretrained.pad_batch([[101] + rng.integers(1000, 30000, n - 2).tolist() + [102]
-                                for n in lengths], bert.tokenizer.pad_id)
-    times = step_times(lambda: bert.forward(tokens, real), max(3, args.steps // 2), warmup=2)
+    sentences = [[101] + rng.integers(1000, 30000, n - 2).tolist() + [102] for n in lengths]
+    tokens, attention_mask = pretrained.pad_batch(sentences, bert.tokenizer.pad_id)
+    times = step_times(lambda: bert.forward(tokens, attention_mask), max(3, args.steps // 2),
+                       warmup=2)
     d, d_ff, H = 384, 1536, bert.encoder[0].self_attn.n_heads
     x, hidden = rng.standard_normal((B * T, d), np.float32), rng.standard_normal((B * T, d_ff), np.float32)
     q = rng.standard_normal((B, H, T, d // H), np.float32)
@@ -581,9 +582,10 @@ def transformers_collection(folder, texts, layer, n_tokens):
         activations = np.empty((n_rows, model.config.intermediate_size), np.float32)
         with torch.no_grad():
             for batch in pretrained.length_batches(ids):
-                tokens, real = pretrained.pad_batch([ids[i] for i in batch], 0)
-                model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(real.astype(np.int64)))
-                b, t = np.nonzero(real)
+                tokens, attention_mask = pretrained.pad_batch([ids[i] for i in batch], 0)
+                model(input_ids=torch.tensor(tokens),
+                      attention_mask=torch.tensor(attention_mask.astype(np.int64)))
+                b, t = np.nonzero(attention_mask)
                 rows = starts[np.asarray(batch)[b]] + t
                 keep = rows < n_rows
                 activations[rows[keep]] = kept["hidden"].numpy()[b[keep], t[keep]]

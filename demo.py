@@ -1236,12 +1236,12 @@ def _bert_padding(bert):
     """The same with the padding of a batch: one category's four sentences padded together.
     -> the measurements, and padding (tokens,) bool: which flat positions are padding."""
     tok = bert.tokenizer
-    tokens, real = pretrained.pad_batch(
+    tokens, attention_mask = pretrained.pad_batch(
         [tok.encode(s) for s in BOROVOY_SENTENCES["miscellaneous"]], tok.pad_id)
-    bert.forward(tokens, real)
+    bert.forward(tokens, attention_mask)
     hidden = bert.encoder[0].ffn.hidden                             # (4, T, 1536)
     padded_hidden = hidden.reshape(-1, hidden.shape[-1])
-    padding = ~real.reshape(-1)
+    padding = ~attention_mask.reshape(-1)
     unit = padded_hidden / np.linalg.norm(padded_hidden, axis=1, keepdims=True)
     pad_cos, real_cos = unit[padding] @ unit[padding].T, unit[~padding] @ unit[~padding].T
     padded_labels = [tok.itos[i] for i in tokens.reshape(-1)]

@@ -122,8 +122,8 @@ class Bert(Module):
         for start in range(0, len(texts), batch_size):
             ids = [self.tokenizer.encode(t, max_len=min(max_len, self.max_len))
                    for t in texts[start:start + batch_size]]
-            tokens, real = pad_batch(ids, self.tokenizer.pad_id)
-            rows.append(mean_pool(self.forward(tokens, real), real))
+            tokens, attention_mask = pad_batch(ids, self.tokenizer.pad_id)
+            rows.append(mean_pool(self.forward(tokens, attention_mask), attention_mask))
             check_finite("the sentence embeddings (are the weights finite?)", rows[-1])
         return np.concatenate(rows)
 
@@ -250,21 +250,22 @@ class WordPieceTokenizer:
 # sentences is then the dot product of their vectors.
 
 def pad_batch(ids, pad_id):
-    """A list of B id lists -> tokens (B, T) padded with pad_id, real (B, T) bool."""
+    """A list of B id lists -> tokens (B, T) padded with pad_id, attention_mask (B, T) bool."""
     pad_id = _check_id_lists(ids, pad_id)
     T = max(len(row) for row in ids)
     tokens = np.full((len(ids), T), pad_id, np.intp)
-    real = np.zeros((len(ids), T), bool)
+    attention_mask = np.zeros((len(ids), T), bool)
     for i, row in enumerate(ids):
         tokens[i, :len(row)] = row
-        real[i, :len(row)] = True
-    return tokens, real
+        attention_mask[i, :len(row)] = True
+    return tokens, attention_mask
 
 
-def mean_pool(h, real):
-    """h (B, T, d), real (B, T) bool -> (B, d): the mean over real tokens, unit length."""
-    _check_pooling(h, real)
-    pooled = (h * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True).astype(h.dtype)
+def mean_pool(h, attention_mask):
+    """h (B, T, d), attention_mask (B, T) bool -> (B, d): the mean over real tokens, unit length."""
+    _check_pooling(h, attention_mask)
+    counts = attention_mask.sum(axis=1, keepdims=True).astype(h.dtype)          # (B, 1)
+    pooled = (h * attention_mask[..., None]).sum(axis=1) / counts
     norms = _check_norms(np.linalg.norm(pooled, axis=1, keepdims=True))
     return pooled / norms
 
@@ -363,13 +364,13 @@ def hidden_rows(bert, ids, layers, n_rows, progress=None):
     starts = np.cumsum([0] + [len(row) for row in ids])              # first row of each paragraph
     done = 0
     for batch in length_batches(ids):
-        tokens, real = pad_batch([ids[i] for i in batch], bert.tokenizer.pad_id)
-        bert.forward(tokens, real)
-        b, t = np.nonzero(real)                                      # real tokens, in batch order
+        tokens, attention_mask = pad_batch([ids[i] for i in batch], bert.tokenizer.pad_id)
+        bert.forward(tokens, attention_mask)
+        b, t = np.nonzero(attention_mask)                           # real tokens, in batch order
         rows = starts[np.asarray(batch)[b]] + t
         keep = rows < n_rows
         yield rows[keep], {l: bert.encoder[l].ffn.hidden[b[keep], t[keep]] for l in layers}
-        done += int(real.sum())
+        done += int(attention_mask.sum())
         if progress is not None:
             progress(min(done, n_rows), n_rows)
 
@@ -422,15 +423,15 @@ def splice_fidelity(bert, texts, layer, replacements, max_tokens):
     ids = paragraph_ids(bert, texts, max_tokens)
     cosines = {name: ([], []) for name in replacements}
     for batch in length_batches(ids):
-        tokens, real = pad_batch([ids[i] for i in batch], bert.tokenizer.pad_id)
-        h = bert.forward(tokens, real)
-        embeddings = mean_pool(h, real)
+        tokens, attention_mask = pad_batch([ids[i] for i in batch], bert.tokenizer.pad_id)
+        h = bert.forward(tokens, attention_mask)
+        embeddings = mean_pool(h, attention_mask)
         for name, replace in replacements.items():
-            spliced = run_with_feed_forward_replaced(bert, tokens, real, layer, replace)
+            spliced = run_with_feed_forward_replaced(bert, tokens, attention_mask, layer, replace)
             check_finite(f"the model spliced with replacements[{name!r}]", spliced)
             sentences, states = cosines[name]
-            sentences.append(np.sum(embeddings * mean_pool(spliced, real), axis=1))
-            states.append(row_cosines(h[real], spliced[real]))
+            sentences.append(np.sum(embeddings * mean_pool(spliced, attention_mask), axis=1))
+            states.append(row_cosines(h[attention_mask], spliced[attention_mask]))
     return {name: tuple(np.concatenate(parts) for parts in pair) for name, pair in cosines.items()}
 
 
@@ -1033,15 +1034,16 @@ def _check_norms(norms):
     return norms
 
 
-def _check_pooling(h, real):
+def _check_pooling(h, attention_mask):
     check_plain_array("h", h)
-    check_plain_array("real", real)
-    if np.ndim(h) != 3 or np.shape(real) != np.shape(h)[:2] or np.asarray(real).dtype != bool:
-        raise ValueError(f"h must be (B, T, d) and real a (B, T) bool array, got shapes "
-                         f"{np.shape(h)} and {np.shape(real)}")
-    if not np.asarray(real).any(axis=1).all():
-        raise ValueError("real must mark at least one real token in each row: a sentence of "
-                         "padding alone has no mean")
+    check_plain_array("attention_mask", attention_mask)
+    if (np.ndim(h) != 3 or np.shape(attention_mask) != np.shape(h)[:2]
+            or np.asarray(attention_mask).dtype != bool):
+        raise ValueError(f"h must be (B, T, d) and attention_mask a (B, T) bool array, got shapes "
+                         f"{np.shape(h)} and {np.shape(attention_mask)}")
+    if not np.asarray(attention_mask).any(axis=1).all():
+        raise ValueError("attention_mask must mark at least one real token in each row: a "
+                         "sentence of padding alone has no mean")
 
 
 def _check_pair_sentences(rng, n, k, triples):

@@ -1786,16 +1786,16 @@ def _small_bert(seed=0, **kwargs):
 def test_bert_gradients_with_padding_and_two_segments():
     bert = _small_bert()
     tokens = _rng(1).integers(5, 23, (3, 7))
-    real = np.ones((3, 7), bool)
-    real[1, 4:] = real[2, 2:] = False                 # two padded sentences
+    attention_mask = np.ones((3, 7), bool)
+    attention_mask[1, 4:] = attention_mask[2, 2:] = False                 # two padded sentences
     types = (np.arange(7) >= 3).astype(int) * np.ones((3, 1), int)
     R = _rng(2).standard_normal((3, 7, 8))
 
     def loss():
-        return float(np.sum(bert.forward(tokens, real, types) * R))
+        return float(np.sum(bert.forward(tokens, attention_mask, types) * R))
 
     bert.zero_grad()
-    bert.forward(tokens, real, types)
+    bert.forward(tokens, attention_mask, types)
     bert.backward(R)
     errors = transformer.gradient_check(loss, bert.parameters(), num_checks=8)
     _assert_gradients_within(MODEL_GRADIENT_TOL, errors)
@@ -1823,8 +1823,8 @@ def test_masked_lm_head_gradients_with_tied_embedding():
 def test_padding_changes_nothing_for_the_real_tokens():
     bert = _small_bert()
     a, b = [1, 7, 8, 9, 2], [1, 10, 2]
-    tokens, real = pretrained.pad_batch([a, b], pad_id=0)
-    together = bert.forward(tokens, real)
+    tokens, attention_mask = pretrained.pad_batch([a, b], pad_id=0)
+    together = bert.forward(tokens, attention_mask)
     alone = [bert.forward(np.array([row]))[0] for row in (a, b)]
     assert np.allclose(together[0], alone[0], rtol=0, atol=IDENTITY_TOL)
     assert np.allclose(together[1, :3], alone[1], rtol=0, atol=IDENTITY_TOL)
@@ -2007,11 +2007,11 @@ def test_minilm_padded_batch_and_sentence_embeddings_equal_the_reference():
     E = bert.sentence_embeddings(sentences, batch_size=5)              # padded batches of 5
     assert np.abs(np.linalg.norm(E, axis=1) - 1).max() <= 4 * np.finfo(np.float64).eps    # unit rows, to the last bits
     assert np.max(np.abs(E - ref["embeddings"])) < REFERENCE_TOL
-    tokens, real = pretrained.pad_batch([bert.tokenizer.encode(s) for s in sentences[:4]], 0)
-    batched = bert.forward(tokens, real)
+    tokens, attention_mask = pretrained.pad_batch([bert.tokenizer.encode(s) for s in sentences[:4]], 0)
+    batched = bert.forward(tokens, attention_mask)
     for i in range(4):
-        alone = bert.forward(tokens[i:i + 1, :real[i].sum()])[0]
-        assert _relative_difference(batched[i, :real[i].sum()], alone) < REFERENCE_TOL
+        alone = bert.forward(tokens[i:i + 1, :attention_mask[i].sum()])[0]
+        assert _relative_difference(batched[i, :attention_mask[i].sum()], alone) < REFERENCE_TOL
 
 
 @needs_weights
@@ -2033,8 +2033,8 @@ def test_minilm_backward_reaches_every_parameter():
     # so that every one of them weighs in. Σ ⟨grad, D⟩ must equal the central difference of the
     # loss Σ h ⊙ R along D, in float64; a parameter left without its gradient moves it by ~1%.
     bert = _minilm(np.float64)
-    tokens, real = pretrained.pad_batch([[101, 1996, 4937, 102], [101, 102]], 0)
-    R = _rng(1).standard_normal(bert.forward(tokens, real).shape)
+    tokens, attention_mask = pretrained.pad_batch([[101, 1996, 4937, 102], [101, 102]], 0)
+    R = _rng(1).standard_normal(bert.forward(tokens, attention_mask).shape)
     bert.zero_grad()
     bert.backward(R)
     read = {"word_embed.W": np.unique(tokens), "pos_embed.W": np.arange(tokens.shape[1]),
@@ -2050,7 +2050,7 @@ def test_minilm_backward_reaches_every_parameter():
     def loss_at(t):
         for value, rows, kept, D in steps:
             value[rows] = kept + t * D
-        return float(np.sum(bert.forward(tokens, real) * R))
+        return float(np.sum(bert.forward(tokens, attention_mask) * R))
     numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
     for value, rows, kept, _ in steps:
         value[rows] = kept
@@ -2103,13 +2103,13 @@ def test_mlp_activations_are_the_real_tokens_in_text_order_as_if_run_alone():
 
 def test_splice_of_the_identity_is_the_model_and_of_zero_is_a_silenced_layer():
     bert = _small_bert_that_reads()
-    tokens, real = pretrained.pad_batch([bert.tokenizer.encode(t, max_len=10) for t in FFN_TEXTS], 0)
-    own = bert.forward(tokens, real)
-    same = pretrained.run_with_feed_forward_replaced(bert, tokens, real, 1, lambda h: h)
+    tokens, attention_mask = pretrained.pad_batch([bert.tokenizer.encode(t, max_len=10) for t in FFN_TEXTS], 0)
+    own = bert.forward(tokens, attention_mask)
+    same = pretrained.run_with_feed_forward_replaced(bert, tokens, attention_mask, 1, lambda h: h)
     assert np.max(np.abs(same - own)) < 1e-12
-    zeroed = pretrained.run_with_feed_forward_replaced(bert, tokens, real, 1, np.zeros_like)
+    zeroed = pretrained.run_with_feed_forward_replaced(bert, tokens, attention_mask, 1, np.zeros_like)
     bert.encoder[1].ffn.fc1.params["b"][...] = -1e9           # GELU(-1e9) = 0: the same layer, silenced
-    silenced = bert.forward(tokens, real)
+    silenced = bert.forward(tokens, attention_mask)
     assert np.max(np.abs(zeroed - silenced)) < 1e-12 and np.max(np.abs(zeroed - own)) > 0.1
     cosines = pretrained.splice_fidelity(_small_bert_that_reads(), FFN_TEXTS, 1,
                                          {"identity": lambda h: h, "zero": np.zeros_like}, 10 ** 4)
@@ -3846,8 +3846,8 @@ def test_masked_lm_backward_refuses_before_any_gradient_changes(call, error, wor
 def test_pooling_a_zero_row_is_refused_and_padding_keeps_ids_whatever_the_pad_type():
     with pytest.raises(ValueError, match=r"rows \[1\] have a zero mean"):
         pretrained.mean_pool(np.stack([np.ones((2, 3)), np.zeros((2, 3))]), np.ones((2, 2), bool))
-    tokens, real = pretrained.pad_batch([[300, 7], [np.uint8(5)]], np.uint8(0))
-    assert tokens.dtype == np.intp and tokens.tolist() == [[300, 7], [5, 0]] and real.tolist() == [[1, 1], [1, 0]]
+    tokens, attention_mask = pretrained.pad_batch([[300, 7], [np.uint8(5)]], np.uint8(0))
+    assert tokens.dtype == np.intp and tokens.tolist() == [[300, 7], [5, 0]] and attention_mask.tolist() == [[1, 1], [1, 0]]
     for bad in (10 ** 400, 2 ** 63, -1):
         with pytest.raises(ValueError, match="each id of ids"):
             pretrained.pad_batch([[1, bad]], 0)
@@ -3909,8 +3909,8 @@ def test_load_bert_says_how_to_install_the_weights_when_they_are_missing(monkeyp
     (lambda b: pretrained.pad_batch([[1, 2], []], 0), TypeError, "ids"),
     (lambda b: pretrained.pad_batch([[1.0, 2.0]], 0), TypeError, "ids"),
     (lambda b: pretrained.pad_batch([[1, 2]], -1), ValueError, "pad_id"),
-    (lambda b: pretrained.mean_pool(np.ones((1, 2, 3)), np.zeros((1, 2), bool)), ValueError, "real"),
-    (lambda b: pretrained.mean_pool(np.ones((1, 2, 3)), np.ones((1, 3), bool)), ValueError, "real"),
+    (lambda b: pretrained.mean_pool(np.ones((1, 2, 3)), np.zeros((1, 2), bool)), ValueError, "attention_mask"),
+    (lambda b: pretrained.mean_pool(np.ones((1, 2, 3)), np.ones((1, 3), bool)), ValueError, "attention_mask"),
     (lambda b: pretrained.train_masked_lm(steps=0), ValueError, "steps"),
     (lambda b: pretrained.fill_in_accuracy(None, _rng(), 3), ValueError, "where"),
     # section 4: inside the feed-forward layers
