@@ -349,22 +349,52 @@ def exact_matches(decoded, tgt_out, lengths):
                      for d, t, n in zip(decoded, tgt_out, lengths)])
 
 
-def chapter_translate(ctx):
-    """Encoder-decoder: reverse a digit string, decode greedily and with a beam"""
-    run = ctx.settings(held_out=(200, 500), steps=(300, 600))      # (quick, full)
-    tok = transformer.CharTokenizer(DIGITS)
-    rng = np.random.default_rng(ctx.seed)
-    held_out = reversal_batch(rng, run.held_out, tok)
-    # Strings are numbered in base vocab_size (padding included), so a training batch can drop
-    # any held-out string it draws by accident: the test set stays unseen.
+def reversal_task(rng, tok, held_out, batch_size):
+    """A held-out set of `held_out` strings, and next_batch() for training: batch_size fresh
+    strings each call, minus any that are held out. -> (src, tgt_in, tgt_out, lengths), next_batch.
+    Strings are numbered in base vocab_size (padding included), so a training batch can drop
+    any held-out string it draws by accident: the test set stays unseen."""
+    test = reversal_batch(rng, held_out, tok)
     base = tok.vocab_size ** np.arange(MAX_DIGITS)
-    held_out_keys = held_out[0] @ base
+    held_out_keys = test[0] @ base
 
     def next_batch():
-        src, tgt_in, tgt_out, _ = reversal_batch(rng, 64, tok)
+        src, tgt_in, tgt_out, _ = reversal_batch(rng, batch_size, tok)
         fresh = ~np.isin(src @ base, held_out_keys)
         return (src[fresh], tgt_in[fresh]), tgt_out[fresh]
+    return test, next_batch
 
+
+def smoothed_floor(vocab_size, smoothing):
+    """The least loss label smoothing allows: the entropy of its target q = (1 - ε) one-hot
+    + ε / V. A model sure of every digit still pays for the ε spread over the others."""
+    q = np.full(vocab_size, smoothing / vocab_size)
+    q[0] += 1 - smoothing
+    return -np.sum(q * np.log(q))
+
+
+def mirror_attention(model, src, tgt_in, lengths):
+    """Output digit i copies source digit len - 1 - i: how much cross-attention goes there?
+    -> the last decoder block's cross-attention, mean of the heads (B, 9, 8); the mean weight on
+    the mirror digit over the real outputs; the same if attention were spread evenly. (Past the
+    end of a string the index wraps around; those outputs are left out.)"""
+    model.forward(src, tgt_in)
+    heads_mean = model.decoder[-1].cross_attn.attention.pattern.mean(axis=1)   # (B, 9, 8)
+    output = np.arange(MAX_DIGITS)
+    inside = output < lengths[:, None]                                      # (B, 8) real digits
+    source = (lengths[:, None] - 1 - output) % MAX_DIGITS                   # (B, 8) its mirror
+    mirror = np.take_along_axis(heads_mean[:, :MAX_DIGITS], source[..., None], axis=2)[..., 0]
+    even = np.broadcast_to(1 / lengths[:, None], inside.shape)[inside]
+    return heads_mean, mirror[inside].mean(), np.mean(even)
+
+
+def chapter_translate(ctx):
+    """Encoder-decoder: reverse a digit string, decode greedily and with a beam"""
+    run = ctx.settings(held_out=(200, 500), steps=(300, 600),      # (quick, full)
+                       batch_size=(64, 64), peak_lr=(1e-2, 1e-2), smoothing=(0.1, 0.1))
+    tok = transformer.CharTokenizer(DIGITS)
+    (src, tgt_in, tgt_out, lengths), next_batch = reversal_task(
+        np.random.default_rng(ctx.seed), tok, run.held_out, run.batch_size)
     # The paper's recipe (Vaswani et al. 3.4, 5.3, 5.4): the output layer shares the target
     # embedding's table (logits = h Eᵀ), the targets are smoothed, and the learning rate follows
     # noam_lr's warm-up and 1/√step decay.
@@ -372,7 +402,7 @@ def chapter_translate(ctx):
                  pad_id=tok.pad_id, dtype=np.float32, seed=ctx.seed)
     model = transformer.Transformer(tok.vocab_size, tok.vocab_size, tie_weights=True, **sizes)
     untied = n_parameters(transformer.Transformer(tok.vocab_size, tok.vocab_size, **sizes))
-    steps, peak_lr, smoothing = run.steps, 1e-2, 0.1
+    steps, peak_lr, smoothing = run.steps, run.peak_lr, run.smoothing
     print(f"  {MIN_DIGITS}-{MAX_DIGITS} digits, one encoder and one decoder block, "
           f"{n_parameters(model)} parameters")
     print(f"  the paper's recipe: output layer tied to the target embedding ({untied} parameters "
@@ -382,15 +412,10 @@ def chapter_translate(ctx):
     losses = train(model, next_batch, steps=steps, peak_lr=peak_lr, label="translate",
                    schedule="noam", ignore_index=tok.pad_id, label_smoothing=smoothing,
                    max_grad_norm=1.0)
-    # With smoothing the target is q = (1 - ε) one-hot + ε / V, and the loss cannot fall below
-    # its entropy: a model sure of every digit still pays for the ε spread over the others.
-    V = tok.vocab_size
-    q = np.array([1 - smoothing + smoothing / V] + [smoothing / V] * (V - 1))
-    floor = -np.sum(q * np.log(q))
+    floor = smoothed_floor(tok.vocab_size, smoothing)
     print(f"  loss over the last 20 steps {losses[-20:].mean():.3f}; with label smoothing the "
           f"floor is the entropy of q, {floor:.3f}, not 0")
 
-    src, tgt_in, tgt_out, lengths = held_out
     greedy = model.greedy_decode(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1)
     beam = model.beam_search(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1, beam_size=4)
     for name, decoded in (("greedy", greedy), ("beam 4", beam)):
@@ -399,17 +424,10 @@ def chapter_translate(ctx):
     for i in range(3):
         print(f"    {tok.decode(src[i]):>8} -> greedy {tok.decode(greedy[i]):<8} "
               f"beam {tok.decode(beam[i])}")
-    # Output digit i copies source digit len - 1 - i: how much cross-attention goes there?
-    # (Past the end of a string the index wraps around; those outputs are left out.)
-    model.forward(src, tgt_in)
-    heads_mean = model.decoder[-1].cross_attn.attention.pattern.mean(axis=1)   # (B, 9, 8)
-    output = np.arange(MAX_DIGITS)
-    inside = output < lengths[:, None]                                      # (B, 8) real digits
-    source = (lengths[:, None] - 1 - output) % MAX_DIGITS                   # (B, 8) its mirror
-    mirror = np.take_along_axis(heads_mean[:, :MAX_DIGITS], source[..., None], axis=2)[..., 0]
+    heads_mean, on_mirror, even = mirror_attention(model, src, tgt_in, lengths)
     print(f"  cross-attention (mean of the heads) on the mirror digit len - 1 - i: "
-          f"{mirror[inside].mean():.2f} on average over the held-out outputs (spread evenly it "
-          f"would be {np.mean(np.broadcast_to(1 / lengths[:, None], inside.shape)[inside]):.2f})")
+          f"{on_mirror:.2f} on average over the held-out outputs (spread evenly it "
+          f"would be {even:.2f})")
     if ctx.plots:
         longest = int(np.argmax(lengths))                           # a full-length example
         n = lengths[longest]
