@@ -711,7 +711,11 @@ def chapter_circuits(ctx):
     # Full: a larger vocabulary and a lower learning rate, so the plateau before the induction
     # head's jump shows. Quick: circuits.py's defaults, the fastest that reliably grows the head.
     run = ctx.settings(induction=(dict(vocab_size=16, length=16, lr=1e-2, steps=600),  # quick
-                                  dict(vocab_size=24, length=24, lr=3e-3, steps=1200)))  # full
+                                  dict(vocab_size=24, length=24, lr=3e-3, steps=1200)),  # full
+                       test_sequences=(256, 256), monitored=(128, 128), every=(50, 50),
+                       path_sequences=(64, 64), patching_prompts=(128, 128),
+                       position_sequences=(256, 256), skip_path_batch=((8, 8), (8, 8)),
+                       skip_table_rows=(8, 8))
     print("  Kronecker identities, largest |left side - right side| on random matrices:")
     for name, err in C.kronecker_identity_errors(ctx.seed).items():
         print(f"    {name:<48} {err:.1e}")
@@ -726,16 +730,17 @@ def chapter_circuits(ctx):
     print(f"    log softmax W_U W_E against the corpus's log p(next | current) over the {seen} "
           f"bigrams seen: r = {corr:.3f}")
 
-    skip_model, table = _circuits_skip_trigrams(ctx)
-    models = _circuits_induction(ctx, run.induction)
-    head_patching = _circuits_read_induction(ctx, models)
+    skip_model, table = _circuits_skip_trigrams(ctx, run)
+    models = _circuits_induction(ctx, run)
+    head_patching = _circuits_read_induction(ctx, run, models)
     if ctx.plots:
-        tour_figures.circuits(ctx.save, **_circuits_drawn(ctx, skip_model, table, models),
+        tour_figures.circuits(ctx.save, **_circuits_drawn(ctx, run, skip_model, table, models),
                               head_patching=head_patching)
 
 
-def _circuits_skip_trigrams(ctx):
-    """One layer: the path expansion on a trained model, then the skip-trigram table."""
+def _circuits_skip_trigrams(ctx, run):
+    """One layer: the path expansion on a trained model (on run.skip_path_batch (sequences,
+    tokens)), then the skip-trigram table's top run.skip_table_rows rows."""
     model, losses = C.train_skip_trigram_model(seed=ctx.seed)
     planted, heads = set(C.PLANTED_TRIPLES), model.config["n_heads"]
     names = ", ".join(f"{LETTERS[a]}…{LETTERS[b]}→{LETTERS[c]}" for a, b, c in C.PLANTED_TRIPLES)
@@ -743,14 +748,14 @@ def _circuits_skip_trigrams(ctx):
           f"({len(losses)} steps, loss {losses[-50:].mean():.3f})")
     exact = C.to_float64(model)
     tokens = C.skip_trigram_corpus(np.random.default_rng(ctx.seed), C.PLANTED_TRIPLES,
-                                   model.vocab_size, 8, 8)        # 8 sequences of 8 tokens
+                                   model.vocab_size, *run.skip_path_batch)
     terms = C.path_expansion(exact, tokens)
     error = np.max(np.abs(sum(terms.values()) - exact.forward(tokens)))
     print(f"  path expansion: {len(terms)} terms (direct path and {heads} heads, each from tokens and "
           f"from positions) sum to the logits within {error:.1e}")
     print("  skip-trigram table read from the QK and OV circuits (the paper's Table 1):")
     print("    source … destination → out   gain in p(out)   head")
-    table = C.skip_trigrams(model, top_k=8)
+    table = C.skip_trigrams(model, top_k=run.skip_table_rows)
     for score, head, a, b, c in table:
         mark = "planted" if (a, b, c) in planted else ""
         print(f"    {LETTERS[a]:>6} … {LETTERS[b]:<11} → {LETTERS[c]:<3} {score:>+13.3f}   "
@@ -758,18 +763,19 @@ def _circuits_skip_trigrams(ctx):
     return model, table
 
 
-def _circuits_induction(ctx, config):
-    """Two layers against one, trained identically (config: vocab_size, length, lr, steps) on
-    random tokens with a repeated segment."""
-    every = 50                                   # monitor the held-out batch every 50 steps
+def _circuits_induction(ctx, run):
+    """Two layers against one, trained identically (run.induction: vocab_size, length, lr,
+    steps) on random tokens with a repeated segment, monitored every run.every steps on
+    run.monitored of run.test_sequences held-out sequences."""
+    config, every = run.induction, run.every
     V, n = config["vocab_size"], config["length"]
-    tokens, inside = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 1), 256, n + 1, V,
-                                              n // 4, n // 2)
+    tokens, inside = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 1),
+                                              run.test_sequences, n + 1, V, n // 4, n // 2)
 
     def monitor(step, model):
         """(step, loss inside repeats, loss elsewhere, best induction score in the last layer,
-        best previous-token score in layer 0), from one forward pass on 128 held-out sequences"""
-        seen, where = tokens[:128], inside[:128]
+        best previous-token score in layer 0), from one forward pass on the monitored sequences"""
+        seen, where = tokens[:run.monitored], inside[:run.monitored]
         logits, patterns = C.run_with_patterns(model, seen[:, :-1])
         patterns = np.asarray(patterns)
         induction = C.score_induction(patterns, seen[:, :-1], where)
@@ -800,7 +806,7 @@ def _circuits_induction(ctx, config):
                            two_in=two_in)
 
 
-def _circuits_read_induction(ctx, models):
+def _circuits_read_induction(ctx, run, models):
     """Read the two-layer model: which heads do what, what breaks without them, how they
     compose, and which paths carry the prediction inside repeats. -> head patching's grid
     (2, H), for the figure."""
@@ -813,8 +819,11 @@ def _circuits_read_induction(ctx, models):
     ablation = C.ablation_losses(two, tokens, inside, layer=0)
     print("    ablate one layer-0 head -> loss inside / elsewhere: " + ", ".join(
         f"L0H{h} {i:.2f} / {o:.2f}" for h, (i, o) in enumerate(ablation)))
-    patched = _circuits_head_patching(ctx, two, previous, induction, ablation)
-    baseline = C.random_composition_baseline(32, 16, np.random.default_rng(ctx.seed))
+    patched = _circuits_head_patching(ctx, run.patching_prompts, two, previous, induction,
+                                      ablation)
+    d_model = two.config["d_model"]
+    baseline = C.random_composition_baseline(d_model, d_model // two.config["n_heads"],
+                                             np.random.default_rng(ctx.seed))
     print(f"    composition scores, layer-1 head (rows) with layer-0 head (columns); random "
           f"matrices give {baseline:.3f}:")
     composition = C.composition_scores(two)
@@ -825,9 +834,10 @@ def _circuits_read_induction(ctx, models):
         f"L{layer}H{h} {C.copying_score(C.ov_circuit(two, layer, h)):+.2f}"
         for layer in range(2) for h in range(2)))
     exact = C.to_float64(two)
-    paths = C.path_expansion(exact, tokens[:64, :-1])
-    error = np.max(np.abs(sum(paths.values()) - exact.forward(tokens[:64, :-1])))
-    gain = {name: _circuits_target_logit(term, tokens[:64, 1:], inside[:64])
+    shown, where = tokens[:run.path_sequences], inside[:run.path_sequences]
+    paths = C.path_expansion(exact, shown[:, :-1])
+    error = np.max(np.abs(sum(paths.values()) - exact.forward(shown[:, :-1])))
+    gain = {name: _circuits_target_logit(term, shown[:, 1:], where)
             for name, term in paths.items()}
     top = sorted(gain, key=gain.get, reverse=True)[:3]
     print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} "
@@ -862,17 +872,18 @@ def induction_prompts(rng, batch, n, vocab_size):
     return clean, corrupt, clean[rows, start + L - 1]
 
 
-def _circuits_head_patching(ctx, two, previous, induction, ablation):
-    """Activation patching of each head's output (circuits.py section 9) on prompts that end
-    inside a repeat: which heads carry the induction, and does it agree with the ablation?"""
+def _circuits_head_patching(ctx, n_prompts, two, previous, induction, ablation):
+    """Activation patching of each head's output (circuits.py section 9) on n_prompts prompts
+    that end inside a repeat: which heads carry the induction, and does it agree with the
+    ablation?"""
     n, V = two.max_len, two.vocab_size
-    clean, corrupt, answer = induction_prompts(np.random.default_rng(ctx.seed + 4), 128, n, V)
+    clean, corrupt, answer = induction_prompts(np.random.default_rng(ctx.seed + 4), n_prompts, n, V)
     outputs = [transformer.run_with_hooks(two, x, hooks={}) for x in (clean, corrupt)]
     metric = C.logit_difference(answer, outputs[1][:, -1].argmax(-1))
     m_clean, m_corrupt = (metric(out) for out in outputs)
     grid = restored(C.head_patching(two, clean, corrupt, metric), m_clean, m_corrupt)   # (2, H)
-    print(f"    head patching: 128 sequences ending inside a repeat; the corrupt copy changes the "
-          f"earlier occurrence of the last token.\n      Logit difference (answer - the corrupt "
+    print(f"    head patching: {n_prompts} sequences ending inside a repeat; the corrupt copy "
+          f"changes the earlier occurrence of the last token.\n      Logit difference (answer - the corrupt "
           f"run's top token) clean {m_clean:+.2f}, corrupt {m_corrupt:+.2f}; one head's output "
           f"(hook_z) from the clean run restores:\n      " + ", ".join(
               f"L{layer}H{h} {grid[layer, h]:.2f}" for layer in range(2) for h in range(grid.shape[1])))
@@ -888,11 +899,11 @@ def _circuits_head_patching(ctx, two, previous, induction, ablation):
     return grid
 
 
-def _circuits_drawn(ctx, skip_model, table, models):
+def _circuits_drawn(ctx, run, skip_model, table, models):
     """The figures' data that the printout does not need: the QK and OV circuits of the (at
     most two) heads that carry the top rows of the skip-trigram table; both layers' attention
     on one sequence whose second half repeats its first half (the induction stripe); the mean
-    loss at every position of such sequences, two layers against one."""
+    loss at every position of run.position_sequences such sequences, two layers against one."""
     heads = list(dict.fromkeys(head for _, head, *_ in table[:len(C.PLANTED_TRIPLES)]))[:2]
     two, one = models.two, models.one
     V, n = two.vocab_size, two.max_len
@@ -901,8 +912,8 @@ def _circuits_drawn(ctx, skip_model, table, models):
     probe = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 2), 1, n, V,
                                      n // 2, n // 2)[0]
     patterns = C.run_with_patterns(two, probe)[1]
-    repeats = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 3), 256, n, V,
-                                       n // 2, n // 2)[0]
+    repeats = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 3),
+                                       run.position_sequences, n, V, n // 2, n // 2)[0]
     return dict(
         letters=LETTERS[:skip_model.vocab_size],
         qk_ov={h: (C.qk_circuit(skip_model, 0, h), C.ov_circuit(skip_model, 0, h)) for h in heads},
@@ -938,9 +949,13 @@ def _circuits_target_logit(term, targets, inside):
 def chapter_superposition(ctx):
     """Superposition: toy models, the pentagon, Johnson-Lindenstrauss, a sparse autoencoder"""
     run = ctx.settings(                                             # (quick, full)
-        sweep_steps=(600, 1500), sweep_lr=(3e-2, 1.5e-2),
+        sweep_steps=(600, 1500), sweep_lr=(3e-2, 1.5e-2), sticky_steps=(10_000, 10_000),
+        pentagon_probabilities=(8, 8), pentagon_seeds=(4, 4),
         pentagon_steps=(800, 1500), pentagon_batch=(256, 512), pentagon_lr=(3e-2, 2e-2),
-        phase_grid=(6, 10), phase_steps=(500, 800), phase_batch=(128, 256),
+        phase_grid=(6, 10), phase_seeds=(2, 2), phase_steps=(500, 800), phase_batch=(128, 256),
+        phase_lr=(3e-2, 3e-2),
+        jl_points=(100, 100), jl_point_dims=(1000, 1000),
+        jl_projections=([200, 400, 800], [200, 400, 800]), jl_eps=(0.3, 0.3),
         jl_dims=([5, 10, 20, 30, 40], [5, 10, 20, 30, 40, 50, 60]), jl_tries=(1500, 4000),
         sae_toy_steps=(800, 2000), sae_steps=(800, 3000))
     sweep, dimensions = _superposition_sweep(run, ctx.seed, ctx.long)
@@ -971,9 +986,8 @@ def _superposition_sweep(run, seed, long):
     sticky = None
     if long:
         print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
-        long_steps = 10_000
-        sticky = S.sticky_half(steps=long_steps, seed=seed,
-                               progress=progress_line("long run", long_steps))
+        sticky = S.sticky_half(steps=run.sticky_steps, seed=seed,
+                               progress=progress_line("long run", run.sticky_steps))
         print("    1/(1-S) -> dimensions per feature: " + ", ".join(
             f"{x:.1f}: {y:.3f}" for x, y in zip(*sticky)))
     models = [linear.W[0]] + list(relu.W)
@@ -987,8 +1001,8 @@ def _superposition_sweep(run, seed, long):
 
 def _superposition_five_in_two(run, seed):
     """(b) Five features in two dimensions, several seeds per probability."""
-    probabilities = S.pentagon_probabilities(8)
-    n_seeds = 4
+    probabilities = S.pentagon_probabilities(run.pentagon_probabilities)
+    n_seeds = run.pentagon_seeds
     model, best = S.five_in_two(probabilities, n_seeds=n_seeds, steps=run.pentagon_steps,
                                 batch_size=run.pentagon_batch, lr=run.pentagon_lr, seed=seed)
     W5, b5 = model.W[best], model.b[best]                          # (8, 2, 5), (8, 5)
@@ -1017,8 +1031,9 @@ def _superposition_phases(run, seed):
     """(c) The n = 2, m = 1 phase diagram."""
     grid = run.phase_grid
     densities, importances = np.logspace(-2, 0, grid), np.logspace(-1, 1, grid)
-    phases, _ = S.phase_diagram(densities, importances, n_seeds=2, steps=run.phase_steps,
-                                batch_size=run.phase_batch, lr=3e-2, seed=seed)
+    phases, _ = S.phase_diagram(densities, importances, n_seeds=run.phase_seeds,
+                                steps=run.phase_steps, batch_size=run.phase_batch,
+                                lr=run.phase_lr, seed=seed)
     counts = {name: int(np.sum(phases == i)) for i, name in enumerate(S.PHASES)}
     print(f"  phase diagram n=2, m=1 ({grid}x{grid} cells): {counts}, "
           f"other: {int(np.sum(phases < 0))}")
@@ -1041,14 +1056,13 @@ def _superposition_pentagon_network():
 def _superposition_johnson_lindenstrauss(run, seed):
     """(e) Johnson-Lindenstrauss: random projections, and nearly orthogonal directions."""
     rng = np.random.default_rng(seed)
-    points = rng.standard_normal((100, 1000))
-    ms = np.array([200, 400, 800])
+    points = rng.standard_normal((run.jl_points, run.jl_point_dims))
+    ms = np.array(run.jl_projections)
     distortion = [S.jl_distortion(points, m, rng) for m in ms]
-    bound = S.jl_epsilon(100, ms)
-    eps = 0.3
-    dims = np.array(run.jl_dims)
+    bound = S.jl_epsilon(run.jl_points, ms)
+    eps, dims = run.jl_eps, np.array(run.jl_dims)
     counts = [len(S.nearly_orthogonal_directions(m, eps, run.jl_tries, rng)) for m in dims]
-    print("  Johnson-Lindenstrauss, N=100 points:")
+    print(f"  Johnson-Lindenstrauss, N={run.jl_points} points:")
     for m, d, e in zip(ms, distortion, bound):
         print(f"    m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
     print(f"    directions with |cos| < {eps} (greedy, random): "
