@@ -222,7 +222,7 @@ def forward_shapes(model, tokens, logits):
 
 def chapter_rohrer(ctx):
     """A decoder-only transformer learns Rohrer's two sentences"""
-    run = ctx.settings(steps=(200, 300))                            # (quick, full)
+    run = ctx.settings(steps=(200, 300), peak_lr=(1e-2, 1e-2))      # (quick, full)
     tok = transformer.WordTokenizer(" ".join(ROHRER_SENTENCES))
     batch = padded_batch([tok.encode(s, bos=True, eos=True) for s in ROHRER_SENTENCES], tok.pad_id)
     inputs, targets = batch[:, :-1], batch[:, 1:]                   # (2, 14): predict the next id
@@ -231,7 +231,7 @@ def chapter_rohrer(ctx):
                                                seed=ctx.seed)
     print(f"  {tok.vocab_size} tokens (13 words, '.', 4 specials); one layer, 4 heads, "
           f"{n_parameters(model)} parameters")
-    losses = train(model, lambda: ((inputs,), targets), steps=run.steps, peak_lr=1e-2,
+    losses = train(model, lambda: ((inputs,), targets), steps=run.steps, peak_lr=run.peak_lr,
                    label="rohrer", ignore_index=tok.pad_id)
     # After "Check the" either word may follow: a coin toss the model cannot beat, ln 2 each time.
     floor = 2 * np.log(2) / np.sum(targets != tok.pad_id)
@@ -487,30 +487,33 @@ CONTEXT = 128        # characters per training window, and the model's max_len
 # without chapter 4. 1000 steps of 8 windows of 128 show the model every character of TEXT about
 # 500 times, enough to learn it by heart; the cache is timed up to a full window after a
 # 4-character prompt.
-CHARLM_SETTINGS = dict(train_steps=(60, 1000),                          # (quick, full)
-                       cache_lengths=([16, 32, 64], [16, 32, 64, 96, CONTEXT - 4]))
+CHARLM_SETTINGS = dict(                                                  # (quick, full)
+    train_steps=(60, 1000), batch_size=(8, 8), peak_lr=(1e-2, 1e-2),
+    sizes=(dict(d_model=64, n_heads=4, n_layers=2, d_ff=256),
+           dict(d_model=64, n_heads=4, n_layers=2, d_ff=256)),
+    bpe_vocab_size=(512, 512), cache_lengths=([16, 32, 64], [16, 32, 64, 96, CONTEXT - 4]))
 
 
 def charlm(ctx):
     """The chapter-4 model, trained on first use and kept on ctx (chapter 7 reuses it).
     -> namespace with model, tokenizer, data (N,) ids of TEXT, losses."""
     if ctx.charlm is None:
+        run = ctx.settings(**CHARLM_SETTINGS)
         tok = transformer.CharTokenizer(TEXT)
         data = np.array(tok.encode(TEXT))
-        model = transformer.DecoderOnlyTransformer(tok.vocab_size, d_model=64, n_heads=4,
-                                                   n_layers=2, d_ff=256, max_len=CONTEXT,
+        model = transformer.DecoderOnlyTransformer(tok.vocab_size, **run.sizes, max_len=CONTEXT,
                                                    dtype=np.float32, seed=ctx.seed)
         rng = np.random.default_rng(ctx.seed)
 
         def next_batch():
-            starts = rng.integers(0, len(data) - CONTEXT, 8)
-            windows = data[starts[:, None] + np.arange(CONTEXT + 1)]   # (8, CONTEXT + 1)
+            starts = rng.integers(0, len(data) - CONTEXT, run.batch_size)
+            windows = data[starts[:, None] + np.arange(CONTEXT + 1)]   # (B, CONTEXT + 1)
             return (windows[:, :-1],), windows[:, 1:]
 
-        print(f"  {len(TEXT)} characters, {tok.vocab_size} tokens; d_model 64, 2 layers, "
-              f"{n_parameters(model)} parameters")
-        losses = train(model, next_batch, steps=ctx.settings(**CHARLM_SETTINGS).train_steps,
-                       peak_lr=1e-2, label="charlm")
+        print(f"  {len(TEXT)} characters, {tok.vocab_size} tokens; d_model {run.sizes['d_model']}, "
+              f"{run.sizes['n_layers']} layers, {n_parameters(model)} parameters")
+        losses = train(model, next_batch, steps=run.train_steps, peak_lr=run.peak_lr,
+                       label="charlm")
         ctx.charlm = SimpleNamespace(model=model, tokenizer=tok, data=data, losses=losses)
     return ctx.charlm
 
@@ -525,9 +528,9 @@ def charlm_activations(ctx):
     return hidden.reshape(n, -1), list(TEXT[:n])
 
 
-def bpe_tour(text):
+def bpe_tour(text, vocab_size):
     """Byte-pair encoding on TEXT: the first merges, words cut into pieces, a round trip."""
-    bpe = transformer.BPETokenizer(text, vocab_size=512)
+    bpe = transformer.BPETokenizer(text, vocab_size=vocab_size)
 
     def shown(ids):
         return "+".join(repr(bpe.decode([i])) for i in ids)
@@ -561,7 +564,7 @@ def longest_copy(generated, text):
 def chapter_charlm(ctx):
     """A character-level language model: tokens, sampling and the key/value cache"""
     run = ctx.settings(**CHARLM_SETTINGS)
-    bpe_tour(TEXT)
+    bpe_tour(TEXT, run.bpe_vocab_size)
     lm = charlm(ctx)
     model, tok = lm.model, lm.tokenizer
     print(f"  final loss {lm.losses[-1]:.3f} nats per character "
@@ -1369,7 +1372,8 @@ def ioi_prompts(rng, batch, ids):
 
 def chapter_patching(ctx):
     """Activation patching finds the heads of a toy indirect-object task"""
-    run = ctx.settings(steps=(40, 200), held_out=(64, 256))           # (quick, full)
+    run = ctx.settings(steps=(40, 200), held_out=(64, 256),           # (quick, full)
+                       batch_size=(32, 32), peak_lr=(1e-2, 1e-2))
     vocab = ioi_vocabulary()
     ids = {w: i for i, w in enumerate(vocab)}
     model = transformer.DecoderOnlyTransformer(len(vocab), d_model=32, n_heads=4, n_layers=2,
@@ -1379,7 +1383,7 @@ def chapter_patching(ctx):
     rng = np.random.default_rng(ctx.seed)
 
     def next_batch():
-        tokens, io, _, _ = ioi_prompts(rng, 32, ids)
+        tokens, io, _, _ = ioi_prompts(rng, run.batch_size, ids)
         targets = np.zeros_like(tokens)                               # <pad>: no loss there
         targets[:, -1] = io
         return (tokens,), targets
@@ -1387,7 +1391,8 @@ def chapter_patching(ctx):
           f"{len(IOI_GIFTS)} gifts, prompts of {IOI_LENGTH - 6}-{IOI_LENGTH} words; two layers of "
           f"attention only,\n  d_model 32, 4 heads, {n_parameters(model)} parameters, trained on "
           f"the last word only")
-    losses = train(model, next_batch, steps=run.steps, peak_lr=1e-2, label="ioi", ignore_index=0)
+    losses = train(model, next_batch, steps=run.steps, peak_lr=run.peak_lr, label="ioi",
+                   ignore_index=0)
     clean, io, s, (io_at, s1_at, s2_at) = ioi_prompts(np.random.default_rng(ctx.seed + 1), run.held_out, ids)
     logits = transformer.run_with_hooks(model, clean, hooks={})
     metric = C.logit_difference(io, s)
@@ -1492,13 +1497,14 @@ GROKKING_QUICK = dict(G.DEFAULT, weight_decay=2.0, steps=900)
 
 def chapter_grokking(ctx):
     """Grokking: a transformer memorises modular addition, then finds a Fourier algorithm"""
-    run = ctx.settings(config=(GROKKING_QUICK, G.DEFAULT), controls=(False, True))  # (quick, full)
+    run = ctx.settings(config=(GROKKING_QUICK, G.DEFAULT), controls=(False, True),  # (quick, full)
+                       explained=(0.85, 0.85), larger_fraction=(0.7, 0.7))
     config = dict(run.config, seed=ctx.seed)
     grok = _grokking_train(config, "grokking")
     phases = _grokking_report(grok)
-    neuron = _grokking_neurons(grok)
+    neuron = _grokking_neurons(grok, run.explained)
     if run.controls:
-        _grokking_controls(config, grok, larger_fraction=0.7)
+        _grokking_controls(config, grok, run.larger_fraction)
     else:
         print("    (the controls, without weight decay and with more training pairs, run without --quick)")
     if ctx.long:
@@ -1506,7 +1512,7 @@ def chapter_grokking(ctx):
               f"d_mlp 512, lr 1e-3, weight decay 1) for {G.LONG['steps']:,} of its 40,000 steps")
         long_run = _grokking_train(dict(G.LONG, seed=ctx.seed), "long run")
         _grokking_report(long_run)
-        _grokking_neurons(long_run)
+        _grokking_neurons(long_run, run.explained)
     if ctx.plots:
         tour_figures.grokking(ctx.save, grok.history, phases, grok.key_frequencies, neuron)
 
@@ -1576,7 +1582,7 @@ def _grokking_report(grok):
     return found
 
 
-def _grokking_neurons(grok, explained=0.85):
+def _grokking_neurons(grok, explained):
     """How the MLP's neurons cluster by frequency at the end. -> (grid (p, p), index, frequency,
     fve) of the neuron drawn: the one a single key frequency explains best."""
     frequency, fve = grok.history["neuron_frequency"][-1], grok.history["neuron_fve"][-1]
