@@ -961,49 +961,83 @@ def chapter_superposition(ctx):
         jl_projections=([200, 400, 800], [200, 400, 800]), jl_eps=(0.3, 0.3),
         jl_dims=([5, 10, 20, 30, 40], [5, 10, 20, 30, 40, 50, 60]), jl_tries=(1500, 4000),
         sae_toy_steps=(800, 2000), sae_steps=(800, 3000))
-    sweep, dimensions = _superposition_sweep(run, ctx.seed, ctx.long)
-    pentagons = _superposition_five_in_two(run, ctx.seed)
+    sweep, dimensions, (lin, relu) = _superposition_sweep(run, ctx.seed)
+    print(f"  n=20, m=5, {run.sweep_steps} Adam steps per model, all sparsities trained at once")
+    print(f"    linear      : {lin['represented'][0]} features represented, "
+          f"max superposition {lin['max_superposition'][0]:.3f}")
+    for s, k, sp, d in zip(S.SWEEP_SPARSITIES, relu["represented"], relu["max_superposition"],
+                           relu["dimensions_per_feature"]):
+        print(f"    ReLU S={s:<6}: {k:2d} features represented, max superposition {sp:5.2f}, "
+              f"dims/feature {d:.3f}")
+    if ctx.long:
+        print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
+        dimensions["sticky"] = S.sticky_half(steps=run.sticky_steps, seed=ctx.seed,
+                                             progress=progress_line("long run", run.sticky_steps))
+        print("    1/(1-S) -> dimensions per feature: " + ", ".join(
+            f"{x:.1f}: {y:.3f}" for x, y in zip(*dimensions["sticky"])))
+
+    pentagons, found = _superposition_five_in_two(run, ctx.seed)
+    print(f"  5 features in 2 dimensions (best of {run.pentagon_seeds} seeds per probability):")
+    for p, description, count in zip(pentagons["probabilities"], pentagons["descriptions"],
+                                     found.pentagon_seeds):
+        print(f"    p={p:.3f}: {description:22s} seeds forming a pentagon: "
+              f"{count}/{run.pentagon_seeds}")
+    print(f"    at p={pentagons['probabilities'][-1]:.3f}: neighbour angles "
+          f"{_rounded(S.polygon_angles(pentagons['W'][-1]), 1)} deg, norms "
+          f"{_rounded(S.feature_norms(pentagons['W'][-1]), 2)}, biases {_rounded(found.b[-1], 2)}")
+    for p, others in found.missed.items():           # some seeds found the pentagon, these not
+        print(f"    at p={p:.3f} the seeds that missed the pentagon stopped at: "
+              + ", ".join(others))
+
     phases = _superposition_phases(run, ctx.seed)
-    _superposition_pentagon_network()
+    counts = {name: int(np.sum(phases["phases"] == i)) for i, name in enumerate(S.PHASES)}
+    print(f"  phase diagram n=2, m=1 ({run.phase_grid}x{run.phase_grid} cells): {counts}, "
+          f"other: {int(np.sum(phases['phases'] < 0))}")
+
+    b1, exact, interference, both = _superposition_pentagon_network()
+    print("  pentagon network (Example 26): b1 =", np.round(b1, 3).tolist())
+    print(f"    single features come back exactly: {exact}; "
+          f"largest interference pre-activation {interference:.4f}")
+    print(f"    e1 + e3: feature 1 pre-activation {both:.4f} -> output {max(both, 0):.1f} "
+          f"(erased)")
+
     jl = _superposition_johnson_lindenstrauss(run, ctx.seed)
-    sae = _superposition_sae(run, ctx.seed)
+    print(f"  Johnson-Lindenstrauss, N={run.jl_points} points:")
+    for m, d, e in zip(jl["ms"], jl["distortion"], jl["bound"]):
+        print(f"    m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
+    print(f"    directions with |cos| < {jl['eps']} (greedy, random): "
+          + ", ".join(f"m={m}: {c}" for m, c in zip(jl["dims"], jl["counts"])))
+
+    sae, represented, dead = _superposition_sae(run, ctx.seed)
+    print(f"  sparse autoencoder on n=64 features in m=32 dims ({represented} "
+          f"represented): MMCS {sae['mmcs']:.3f} vs random dictionary "
+          f"{sae['random_mmcs']:.3f}, dead latents {dead}")
     if ctx.plots:
         tour_figures.superposition(ctx.save, sweep, dimensions, pentagons, phases, jl, sae)
 
 
-def _superposition_sweep(run, seed, long):
-    """(a) The three results on n = 20, m = 5, I_i = 0.9^i, and with long the n = 200, m = 20
-    run behind the 'sticky' 1/2."""
+def _superposition_sweep(run, seed):
+    """(a) The three results on n = 20, m = 5, I_i = 0.9^i. -> what the figures draw (the
+    sweep, and the dimensions per feature, with no long run yet), and the summaries
+    (superposition.summarize) of the linear model and of the ReLU models."""
     relu, _ = S.sparsity_sweep(steps=run.sweep_steps, lr=run.sweep_lr, seed=seed)
     linear, _ = S.sparsity_sweep(sparsities=(0.0,), activation="linear", steps=run.sweep_steps,
                                  lr=run.sweep_lr, seed=seed)
-    summary, lin = S.summarize(relu.W), S.summarize(linear.W)
-    print(f"  n=20, m=5, {run.sweep_steps} Adam steps per model, all sparsities trained at once")
-    print(f"    linear      : {lin['represented'][0]} features represented, "
-          f"max superposition {lin['max_superposition'][0]:.3f}")
-    for s, k, sp, d in zip(S.SWEEP_SPARSITIES, summary["represented"],
-                           summary["max_superposition"], summary["dimensions_per_feature"]):
-        print(f"    ReLU S={s:<6}: {k:2d} features represented, max superposition {sp:5.2f}, "
-              f"dims/feature {d:.3f}")
-
-    sticky = None
-    if long:
-        print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
-        sticky = S.sticky_half(steps=run.sticky_steps, seed=seed,
-                               progress=progress_line("long run", run.sticky_steps))
-        print("    1/(1-S) -> dimensions per feature: " + ", ".join(
-            f"{x:.1f}: {y:.3f}" for x, y in zip(*sticky)))
+    summary = S.summarize(relu.W)
     models = [linear.W[0]] + list(relu.W)
     sweep = dict(grams=[W.T @ W for W in models], norms=[S.feature_norms(W) for W in models],
                  interference=[S.superposition(W) for W in models],
                  titles=["linear\nS = 0"] + [f"ReLU\nS = {s:g}" for s in S.SWEEP_SPARSITIES])
     dimensions = dict(inverse_density=1 / (1 - np.array(S.SWEEP_SPARSITIES)),
-                      dims=summary["dimensions_per_feature"], sticky=sticky)
-    return sweep, dimensions
+                      dims=summary["dimensions_per_feature"], sticky=None)
+    return sweep, dimensions, (S.summarize(linear.W), summary)
 
 
 def _superposition_five_in_two(run, seed):
-    """(b) Five features in two dimensions, several seeds per probability."""
+    """(b) Five features in two dimensions, several seeds per probability. -> what the figure
+    draws (the best seed's W per probability), and a namespace: pentagon_seeds (how many seeds
+    per probability formed the pentagon), b (the best seeds' biases), missed {p: what the
+    seeds that missed settled into, where some seeds found it and others did not}."""
     probabilities = S.pentagon_probabilities(run.pentagon_probabilities)
     n_seeds = run.pentagon_seeds
     model, best = S.five_in_two(probabilities, n_seeds=n_seeds, steps=run.pentagon_steps,
@@ -1011,23 +1045,12 @@ def _superposition_five_in_two(run, seed):
     W5, b5 = model.W[best], model.b[best]                          # (8, 2, 5), (8, 5)
     regular = [S.is_regular_pentagon(w, b) for w, b in zip(model.W, model.b)]
     pentagon_seeds = np.reshape(regular, (-1, n_seeds)).sum(axis=1)   # instances: seed fastest
-    descriptions = [_describe(w, bias) for w, bias in zip(W5, b5)]
-    print(f"  5 features in 2 dimensions (best of {n_seeds} seeds per probability):")
-    for p, description, count in zip(probabilities, descriptions, pentagon_seeds):
-        print(f"    p={p:.3f}: {description:22s} seeds forming a pentagon: "
-              f"{count}/{n_seeds}")
-    sparsest = W5[-1]                                              # (2, 5)
-    print(f"    at p={probabilities[-1]:.3f}: neighbour angles "
-          f"{_rounded(S.polygon_angles(sparsest), 1)} deg, norms "
-          f"{_rounded(S.feature_norms(sparsest), 2)}, biases {_rounded(b5[-1], 2)}")
-    # Where some seeds found the pentagon and others did not, say what the others settled into.
-    for i, p in enumerate(probabilities):
-        if 0 < pentagon_seeds[i] < n_seeds:
-            others = [_describe(model.W[j], model.b[j])
-                      for j in range(i * n_seeds, (i + 1) * n_seeds) if not regular[j]]
-            print(f"    at p={p:.3f} the seeds that missed the pentagon stopped at: "
-                  + ", ".join(others))
-    return dict(probabilities=probabilities, W=W5, descriptions=descriptions)
+    missed = {p: [_describe(model.W[j], model.b[j])
+                  for j in range(i * n_seeds, (i + 1) * n_seeds) if not regular[j]]
+              for i, p in enumerate(probabilities) if 0 < pentagon_seeds[i] < n_seeds}
+    drawn = dict(probabilities=probabilities, W=W5,
+                 descriptions=[_describe(w, bias) for w, bias in zip(W5, b5)])
+    return drawn, SimpleNamespace(pentagon_seeds=pentagon_seeds, b=b5, missed=missed)
 
 
 def _superposition_phases(run, seed):
@@ -1037,23 +1060,18 @@ def _superposition_phases(run, seed):
     phases, _ = S.phase_diagram(densities, importances, n_seeds=run.phase_seeds,
                                 steps=run.phase_steps, batch_size=run.phase_batch,
                                 lr=run.phase_lr, seed=seed)
-    counts = {name: int(np.sum(phases == i)) for i, name in enumerate(S.PHASES)}
-    print(f"  phase diagram n=2, m=1 ({grid}x{grid} cells): {counts}, "
-          f"other: {int(np.sum(phases < 0))}")
     return dict(densities=densities, importances=importances, phases=phases)
 
 
 def _superposition_pentagon_network():
-    """(d) The hand-built pentagon network (Example 26)."""
+    """(d) The hand-built pentagon network (Example 26). -> its first bias b1, whether single
+    features come back exactly, the largest pre-activation a single feature causes elsewhere,
+    and feature 1's pre-activation when features 1 and 3 are on together."""
     net = S.pentagon_network()
     eye = np.eye(5)
     z = net.preactivation(eye)
     both = net.preactivation((eye[0] + eye[2])[None])[0]
-    print("  pentagon network (Example 26): b1 =", np.round(net.b1, 3).tolist())
-    print(f"    single features come back exactly: {np.allclose(net(eye), eye)}; "
-          f"largest interference pre-activation {z[~np.eye(5, dtype=bool)].max():.4f}")
-    print(f"    e1 + e3: feature 1 pre-activation {both[0]:.4f} -> output {max(both[0], 0):.1f} "
-          f"(erased)")
+    return net.b1, np.allclose(net(eye), eye), z[~np.eye(5, dtype=bool)].max(), both[0]
 
 
 def _superposition_johnson_lindenstrauss(run, seed):
@@ -1065,24 +1083,18 @@ def _superposition_johnson_lindenstrauss(run, seed):
     bound = S.jl_epsilon(run.jl_points, ms)
     eps, dims = run.jl_eps, np.array(run.jl_dims)
     counts = [len(S.nearly_orthogonal_directions(m, eps, run.jl_tries, rng)) for m in dims]
-    print(f"  Johnson-Lindenstrauss, N={run.jl_points} points:")
-    for m, d, e in zip(ms, distortion, bound):
-        print(f"    m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
-    print(f"    directions with |cos| < {eps} (greedy, random): "
-          + ", ".join(f"m={m}: {c}" for m, c in zip(dims, counts)))
     return dict(ms=ms, distortion=distortion, bound=bound, dims=dims, counts=counts, eps=eps)
 
 
 def _superposition_sae(run, seed):
-    """(f) A sparse autoencoder on a toy model in superposition."""
+    """(f) A sparse autoencoder on a toy model in superposition. -> what the figure draws, how
+    many features the toy model represents, how many latents never fire."""
     sae_run = S.sae_experiment(toy_steps=run.sae_toy_steps, sae_steps=run.sae_steps, seed=seed)
-    print(f"  sparse autoencoder on n=64 features in m=32 dims ({sae_run['represented']} "
-          f"represented): MMCS {sae_run['mmcs']:.3f} vs random dictionary "
-          f"{sae_run['random_mmcs']:.3f}, dead latents {sae_run['dead_latents']}")
     true = sae_run["true_directions"]
-    return dict(sae_cos=S.max_cosine_similarity(sae_run["sae"].params["W_dec"], true),
-                random_cos=S.max_cosine_similarity(sae_run["random_dictionary"], true),
-                mmcs=sae_run["mmcs"], random_mmcs=sae_run["random_mmcs"])
+    drawn = dict(sae_cos=S.max_cosine_similarity(sae_run["sae"].params["W_dec"], true),
+                 random_cos=S.max_cosine_similarity(sae_run["random_dictionary"], true),
+                 mmcs=sae_run["mmcs"], random_mmcs=sae_run["random_mmcs"])
+    return drawn, sae_run["represented"], sae_run["dead_latents"]
 
 
 def _describe(w, bias):
