@@ -1196,7 +1196,7 @@ def layer0_activations(bert, sentences):
 
 def chapter_bert(ctx):
     """A real pretrained BERT run by our own layers: WordPiece, sentence similarity, polysemantic neurons"""
-    run = ctx.settings(masked_lm_steps=(250, 400))                  # (quick, full)
+    run = ctx.settings(masked_lm_steps=(250, 400), neurons_shown=(3, 3))   # (quick, full)
     try:
         bert = pretrained.load_bert()
     except ValueError as err:
@@ -1212,43 +1212,19 @@ def chapter_bert(ctx):
           f"    {tok.vocab_size:,} WordPiece pieces")
     for sentence in (sentences[2], sentences[11]):
         print(f"    {sentence!r}\n      -> {' '.join(tok.tokenize(sentence))}")
-    similarity = _bert_similarity(bert, sentences)
-    trained = _bert_neurons(bert, sentences, ctx.seed)
-    padded, padding = _bert_padding(bert)
-    _bert_baselines(bert, sentences, trained, ctx.seed)
-    head_weights, pieces, layer, head = _bert_previous_token_head(bert, sentences[11])
-    _bert_masked_lm(run.masked_lm_steps, ctx.seed)
-    if ctx.plots:
-        tour_figures.bert(ctx.save, similarity, sentences, head_weights, pieces, layer, head,
-                          (trained.a, trained.labels, trained.distance),
-                          (padded.a, padded.labels, padding), ctx.seed)
 
-
-def _bert_similarity(bert, sentences):
-    """Sentence similarity: -> the cosines (12, 12) of the unit-length mean-pooled vectors."""
-    E = bert.sentence_embeddings(sentences)
-    cos = E @ E.T
-    group = np.repeat(np.arange(len(BOROVOY_SENTENCES)), 4)
-    same, other = group[:, None] == group[None], ~np.eye(len(sentences), dtype=bool)
-    within = [cos[(group == g)[:, None] & (group == g)[None] & other].mean()
-              for g in range(len(BOROVOY_SENTENCES))]
-    across = cos[~same].mean()
-    nearest = np.where(other, cos, -np.inf).argmax(axis=1)
-    print(f"  sentence similarity (cosine of the embeddings): English and German cat {cos[0, 2]:.2f}"
-          + (" (far apart: the model was trained on English)" if cos[0, 2] < 0.5 else ""))
+    similarity, within, across, own = _bert_similarity(bert, sentences)
+    print(f"  sentence similarity (cosine of the embeddings): English and German cat "
+          f"{similarity[0, 2]:.2f}"
+          + (" (far apart: the model was trained on English)" if similarity[0, 2] < 0.5 else ""))
     print("    within each category " + ", ".join(f"{name} {w:.2f}" for name, w in
                                               zip(BOROVOY_SENTENCES, within))
           + f"; across categories {across:.2f}")
-    print(f"    the nearest neighbour of a sentence is in its own category for "
-          f"{np.sum(group[nearest] == group)} of the 12: the categories are "
-          + ("visible, if faintly" if min(within) > across else "not all visible"))
-    return cos
+    print(f"    the nearest neighbour of a sentence is in its own category for {own} of the 12: "
+          f"the categories are " + ("visible, if faintly" if min(within) > across
+                                    else "not all visible"))
 
-
-def _bert_neurons(bert, sentences, seed):
-    """Borovoy's four measurements on layer 0's feed-forward neurons, each sentence on its own."""
-    hidden, labels = layer0_activations(bert, sentences)
-    trained = polysemanticity(hidden, labels)
+    trained, fires_most = _bert_neurons(bert, sentences, run.neurons_shown, ctx.seed)
     print("  layer 0's feed-forward neurons over the twelve sentences (no padding):")
     print_polysemanticity(trained)
     median = np.median(trained.pairs)
@@ -1258,15 +1234,68 @@ def _bert_neurons(bert, sentences, seed):
           + f") and the sums\n    centre on {trained.sums.mean():.1f}. The cosine is uncentred: two "
           f"neurons that are both often positive get a small\n    distance whatever they respond "
           f"to, and one mostly negative beside one mostly positive gets a distance near 2")
-    for j in np.random.default_rng(seed).choice(hidden.shape[1], 3, replace=False):
-        top = np.argsort(-hidden[:, j])[:6]
-        print(f"    neuron {j:4d} fires most on: {', '.join(labels[i] for i in top)}")
-    return trained
+    for j, top in fires_most.items():
+        print(f"    neuron {j:4d} fires most on: {', '.join(top)}")
+
+    padded, padding, shape, cosines, unpadded = _bert_padding(bert)
+    print(f"  the miscellaneous sentences as one padded batch {shape}: padding at flat "
+          f"positions {np.flatnonzero(padding).tolist()}")
+    print(f"    padding is masked only as a key, so padded positions still get hidden states; they "
+          f"differ only by\n    position, so their activations agree (mean cosine "
+          f"{cosines[0]:.2f} between padding tokens, {cosines[1]:.2f} between real ones)\n"
+          f"    mean neuron distance {padded.pairs.mean():.3f} with the padding in, "
+          f"{unpadded.pairs.mean():.3f} without it")
+
+    mlp, random = _bert_baselines(bert, sentences, ctx.seed)
+    print(f"  {mlp:.1%} of the non-embedding parameters sit in the feed-forward layers")
+    print(f"  the same layer with random weights: mean neuron distance {random.pairs.mean():.3f} "
+          f"(trained {trained.pairs.mean():.3f}), {np.mean(random.pairs < 0.5):.1%} of pairs "
+          f"below 0.5 (trained {np.mean(trained.pairs < 0.5):.1%})")
+
+    head_weights, pieces, layer, head, share = _bert_previous_token_head(bert, sentences[11])
+    print(f"  layer {layer} head {head} is a previous-token head: each token puts "
+          f"{share:.2f} of its attention on the token before it")
+
+    losses, fill = _bert_masked_lm(run.masked_lm_steps, ctx.seed)
+    print(f"  masked-LM pretraining of a 2-layer BERT, {run.masked_lm_steps} steps: loss "
+          f"{losses[0]:.2f} -> {losses[-1]:.2f}")
+    print(f"    blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} (it needs both "
+          f"neighbours; one side alone gives 25%), right word {fill[2]:.0%}")
+    if ctx.plots:
+        tour_figures.bert(ctx.save, similarity, sentences, head_weights, pieces, layer, head,
+                          (trained.a, trained.labels, trained.distance),
+                          (padded.a, padded.labels, padding), ctx.seed)
+
+
+def _bert_similarity(bert, sentences):
+    """Sentence similarity. -> the cosines (12, 12) of the unit-length mean-pooled vectors, the
+    mean cosine within each category and across categories, and for how many sentences the
+    nearest other sentence is in the same category."""
+    E = bert.sentence_embeddings(sentences)
+    cos = E @ E.T
+    group = np.repeat(np.arange(len(BOROVOY_SENTENCES)), 4)
+    same, other = group[:, None] == group[None], ~np.eye(len(sentences), dtype=bool)
+    within = [cos[(group == g)[:, None] & (group == g)[None] & other].mean()
+              for g in range(len(BOROVOY_SENTENCES))]
+    nearest = np.where(other, cos, -np.inf).argmax(axis=1)
+    return cos, within, cos[~same].mean(), int(np.sum(group[nearest] == group))
+
+
+def _bert_neurons(bert, sentences, n_shown, seed):
+    """Borovoy's four measurements on layer 0's feed-forward neurons, each sentence on its own.
+    -> the measurements, and {neuron: its six strongest tokens} for n_shown random neurons."""
+    hidden, labels = layer0_activations(bert, sentences)
+    fires_most = {j: [labels[i] for i in np.argsort(-hidden[:, j])[:6]]
+                  for j in np.random.default_rng(seed).choice(hidden.shape[1], n_shown,
+                                                              replace=False)}
+    return polysemanticity(hidden, labels), fires_most
 
 
 def _bert_padding(bert):
     """The same with the padding of a batch: one category's four sentences padded together.
-    -> the measurements, and padding (tokens,) bool: which flat positions are padding."""
+    -> the measurements; padding (tokens,) bool: which flat positions are padding; the batch's
+    shape; the mean cosine between padding tokens' activations and between real ones'; the
+    measurements of the real tokens alone."""
     tok = bert.tokenizer
     tokens, real = pretrained.pad_batch(
         [tok.encode(s) for s in BOROVOY_SENTENCES["miscellaneous"]], tok.pad_id)
@@ -1276,39 +1305,31 @@ def _bert_padding(bert):
     padding = ~real.reshape(-1)
     unit = padded_hidden / np.linalg.norm(padded_hidden, axis=1, keepdims=True)
     pad_cos, real_cos = unit[padding] @ unit[padding].T, unit[~padding] @ unit[~padding].T
+    cosines = (pad_cos[np.triu_indices(padding.sum(), 1)].mean(),
+               real_cos[np.triu_indices((~padding).sum(), 1)].mean())
     padded_labels = [tok.itos[i] for i in tokens.reshape(-1)]
     padded = polysemanticity(padded_hidden, padded_labels)
     unpadded = polysemanticity(padded_hidden[~padding],
                                [padded_labels[i] for i in np.flatnonzero(~padding)])
-    print(f"  the miscellaneous sentences as one padded batch {tokens.shape}: padding at flat "
-          f"positions {np.flatnonzero(padding).tolist()}")
-    print(f"    padding is masked only as a key, so padded positions still get hidden states; they "
-          f"differ only by\n    position, so their activations agree (mean cosine "
-          f"{pad_cos[np.triu_indices(padding.sum(), 1)].mean():.2f} between padding tokens, "
-          f"{real_cos[np.triu_indices((~padding).sum(), 1)].mean():.2f} between real ones)\n"
-          f"    mean neuron distance {padded.pairs.mean():.3f} with the padding in, "
-          f"{unpadded.pairs.mean():.3f} without it")
-    return padded, padding
+    return padded, padding, tokens.shape, cosines, unpadded
 
 
-def _bert_baselines(bert, sentences, trained, seed):
-    """The share of parameters in the MLPs, and the same measurement with random weights."""
+def _bert_baselines(bert, sentences, seed):
+    """-> the share of the non-embedding parameters in the MLPs, and the measurements of the
+    same layer with random weights."""
     tok = bert.tokenizer
     names = [name for name, _ in bert.weights() if name.startswith("encoder.")]
     sizes = {name: value.size for name, value in bert.weights()}
     mlp = sum(sizes[n] for n in names if ".ffn." in n) / sum(sizes[n] for n in names)
-    print(f"  {mlp:.1%} of the non-embedding parameters sit in the feed-forward layers")
     random_bert = pretrained.Bert(tok.vocab_size, 384, 12, 1, 1536, 512, dtype=np.float32,
                                   seed=seed, tokenizer=tok)
-    random = polysemanticity(*layer0_activations(random_bert, sentences))
-    print(f"  the same layer with random weights: mean neuron distance {random.pairs.mean():.3f} "
-          f"(trained {trained.pairs.mean():.3f}), {np.mean(random.pairs < 0.5):.1%} of pairs "
-          f"below 0.5 (trained {np.mean(trained.pairs < 0.5):.1%})")
+    return mlp, polysemanticity(*layer0_activations(random_bert, sentences))
 
 
 def _bert_previous_token_head(bert, sentence):
     """One head, read: the previous-token head of layer 0 on one sentence. -> its attention
-    weights (T, T), the T word pieces, its layer and head."""
+    weights (T, T), the T word pieces, its layer and head, and the mean share of attention a
+    token puts on the one before it."""
     tok = bert.tokenizer
     ids = tok.encode(sentence)
     bert.forward(np.array([ids]))
@@ -1316,20 +1337,15 @@ def _bert_previous_token_head(bert, sentence):
     previous = np.array([[p[h, np.arange(1, len(ids)), np.arange(len(ids) - 1)].mean()
                           for h in range(p.shape[0])] for p in patterns])         # (layers, H)
     layer, head = np.unravel_index(previous.argmax(), previous.shape)
-    print(f"  layer {layer} head {head} is a previous-token head: each token puts "
-          f"{previous[layer, head]:.2f} of its attention on the token before it")
-    return patterns[layer][head], [tok.itos[i] for i in ids], layer, head
+    return patterns[layer][head], [tok.itos[i] for i in ids], layer, head, previous[layer, head]
 
 
 def _bert_masked_lm(steps, seed):
-    """BERT's own training objective, at toy size (pretrained.train_masked_lm)."""
+    """BERT's own training objective, at toy size (pretrained.train_masked_lm). -> the losses,
+    and the share of blanks filled at the left, middle and right word."""
     mlm, losses = pretrained.train_masked_lm(steps=steps, seed=seed)
     rng = np.random.default_rng(seed + 1)
-    fill = [pretrained.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
-    print(f"  masked-LM pretraining of a 2-layer BERT, {steps} steps: loss {losses[0]:.2f} -> "
-          f"{losses[-1]:.2f}")
-    print(f"    blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} (it needs both "
-          f"neighbours; one side alone gives 25%), right word {fill[2]:.0%}")
+    return losses, [pretrained.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
 
 
 # ----------------------------------------------------------------------------------------------
