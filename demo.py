@@ -1434,9 +1434,18 @@ def chapter_patching(ctx):
     corrupt = {"S2 -> another name": clean.copy(), "IO -> another name": clean.copy()}
     corrupt["S2 -> another name"][rows, s2_at] = third
     corrupt["IO -> another name"][rows, io_at] = third
-    table = _patching_heads(model, clean, corrupt, io, s, (io_at, s1_at, s2_at), metric)
+    table, m_clean, m_corrupt = _patching_heads(model, clean, corrupt, io, s,
+                                                (io_at, s1_at, s2_at), metric)
+    for label, value in m_corrupt.items():
+        print(f"    corruption {label}: IO - S {m_clean:+.2f} clean, {value:+.2f} corrupt")
+    heads = [f"L{l}H{h}" for l in range(len(model.blocks)) for h in range(model.config["n_heads"])]
+    print("    each head (share of IO - S restored by its clean output; its mean attention; its "
+          "direct effect on the logits):")
+    print(f"      {'':<38}" + "".join(f"{h:>7}" for h in heads))
+    for label, values in table.items():
+        print(f"      {label:<38}" + "".join(f"{v:>7.2f}" for v in values.ravel()))
     if accuracy >= 0.9:
-        _patching_reading(table, [f"L{l}H{h}" for l in range(2) for h in range(4)])
+        _patching_reading(table, heads)
     if ctx.plots:
         tour_figures.patching(ctx.save, table)
 
@@ -1444,15 +1453,15 @@ def chapter_patching(ctx):
 def _patching_heads(model, clean, corrupt, io, s, where, metric):
     """Every head measured seven ways on the held-out prompts: patching under each corruption
     {label: prompts} (and under the S2 one at S2 only), its attention from S2 and from the end,
-    its direct effect on IO - S. -> {measurement: (L, H)}."""
+    its direct effect on IO - S. -> {measurement: (L, H)}, the metric on the clean prompts,
+    {label: the metric on the corrupt prompts}."""
     io_at, s1_at, s2_at = where
     rows, end = np.arange(len(clean)), clean.shape[1] - 1
     _, cache = transformer.run_with_cache(model, clean)
     m_clean = metric(transformer.run_with_hooks(model, clean, hooks={}))
-    table = {}
+    table, m_corrupts = {}, {}
     for label, prompts in corrupt.items():
-        m_corrupt = metric(transformer.run_with_hooks(model, prompts, hooks={}))
-        print(f"    corruption {label}: IO - S {m_clean:+.2f} clean, {m_corrupt:+.2f} corrupt")
+        m_corrupts[label] = m_corrupt = metric(transformer.run_with_hooks(model, prompts, hooks={}))
         table[f"patch, {label}"] = restored(C.head_patching(model, clean, prompts, metric), m_clean, m_corrupt)
         if label.startswith("S2"):                    # the same patch at S2 only: read there?
             at_s2 = [[metric(C.patch(model, prompts, cache, f"blocks.{l}.attn.hook_z", (rows, h, s2_at)))
@@ -1466,14 +1475,7 @@ def _patching_heads(model, clean, corrupt, io, s, where, metric):
     table["direct effect on IO - S"] = np.array([[parts[labels.index(f"L{l}H{h}")].mean()
                                                   for h in range(model.config["n_heads"])]
                                                  for l in range(len(model.blocks))])
-    H = model.config["n_heads"]
-    heads = [f"L{l}H{h}" for l in range(len(model.blocks)) for h in range(H)]
-    print("    each head (share of IO - S restored by its clean output; its mean attention; its "
-          "direct effect on the logits):")
-    print(f"      {'':<38}" + "".join(f"{h:>7}" for h in heads))
-    for label, values in table.items():
-        print(f"      {label:<38}" + "".join(f"{v:>7.2f}" for v in values.ravel()))
-    return table
+    return table, m_clean, m_corrupts
 
 
 def ioi_third_names(rng, io, s, first):
