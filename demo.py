@@ -256,7 +256,29 @@ def chapter_rohrer(ctx):
           f"{looks[1, head]:.2f}" + (" (it looks back in one sentence only: seeing one of the two "
                                      "words is enough to tell them apart)" if one_sided else ""))
 
-    patching = _rohrer_patching(model, tok, inputs, ran[0], keyword, head)
+    # Activation patching between the two sentences, cut after "ran": which vector of the
+    # residual stream, and which head, carries the choice of the next word?
+    p = _rohrer_patching(model, tok, inputs, ran[0])
+    print(f"  activation patching: the logit difference '{p.right}' - '{p.wrong}' at 'ran' is "
+          f"{p.m_clean:+.2f} after '{p.words[keyword]}' (clean),\n    {p.m_corrupt:+.2f} after "
+          f"'{tok.itos[inputs[1, keyword]]}' (corrupt). One vector of the clean run's residual stream put into "
+          f"the corrupt run restores this share of it:")
+    for row, name, values in zip(p.rows, p.names, p.grid):
+        best = int(np.argmax(values))
+        print(f"    {row} ({name.split('.')[-1]}): {values[best]:.2f} at '{p.words[best]}' "
+              f"(position {best}), at most {np.delete(values, best).max():.2f} elsewhere")
+    moved = next((l for l, values in enumerate(p.grid) if np.argmax(values) == ran[0]), None)
+    if moved is not None and moved > 0 and np.argmax(p.grid[0]) == keyword:
+        print(f"    the choice sits at '{p.words[keyword]}' entering block 1 and at 'ran' from the "
+              f"stream {p.rows[moved]} on: block {moved}'s attention moved it" + (
+                  f"\n    (with one block these rows are forced: only '{p.words[keyword]}' differs "
+                  f"going in, only 'ran' is read coming out; what patching adds is which head did "
+                  f"the moving)" if len(p.names) == 2 else ""))
+    print("    one head's output (hook_z) from the clean run: " + ", ".join(
+        f"head {h} {v:.2f}" for h, v in enumerate(p.heads)) + (
+        f"\n      (head {head}, the one whose attention looks from 'ran' to the keyword)"
+        if np.argmax(p.heads) == head
+        else f"\n      (not head {head}, whose attention was read above)"))
 
     # The table of uplatz's "Deconstructing the Transformer": every tensor of that forward
     # pass, from token ids to logits, with its shape.
@@ -269,7 +291,8 @@ def chapter_rohrer(ctx):
     if ctx.plots:
         sentences = [[tok.itos[i] for i in row if i != tok.pad_id] for row in inputs]
         tour_figures.rohrer(ctx.save, head, pattern[:, head], sentences, keyword, ran,
-                            looks[:, head], one_sided, losses, floor, patching)
+                            looks[:, head], one_sided, losses, floor,
+                            (p.grid, p.rows, p.words, p.heads))
 
 
 def restored(values, clean, corrupt):
@@ -277,40 +300,26 @@ def restored(values, clean, corrupt):
     return (np.asarray(values) - corrupt) / (clean - corrupt)
 
 
-def _rohrer_patching(model, tok, inputs, ran, keyword, head):
-    """Activation patching (circuits.py section 9) between the two sentences, cut after "ran":
-    which vector of the residual stream, and which head, carries the choice of the next word?
-    -> what the figure draws: (grid (2, T) restored, row labels, words, heads (H,) restored)."""
+def _rohrer_patching(model, tok, inputs, ran):
+    """Activation patching (circuits.py section 9) between the two sentences, cut after "ran"
+    (position ran): the first sentence is the clean run, the second the corrupt one, the metric
+    the logit difference between the clean and the corrupt run's next words. -> namespace:
+    right, wrong (those words), m_clean, m_corrupt (the metric on each run), words (the clean
+    run's), grid (n_layers + 1, T) and heads (H,) the shares restored by patching one residual
+    vector or one head's output, names (the residual hook points) and rows (what each row of
+    the grid is, for printing)."""
     clean, corrupt = inputs[:1, :ran + 1], inputs[1:, :ran + 1]     # "...program...ran", "...battery...ran"
     answers = [transformer.run_with_hooks(model, x, hooks={})[0, -1] for x in (clean, corrupt)]
     right, wrong = (int(np.argmax(a)) for a in answers)              # "please" and "down"
     metric = C.logit_difference(right, wrong)
     m_clean, m_corrupt = (metric(a[None, None]) for a in answers)
     grid, names = C.residual_patching(model, clean, corrupt, metric)
-    grid = restored(grid, m_clean, m_corrupt)                       # (n_layers + 1, T)
     heads = restored(C.head_patching(model, clean, corrupt, metric)[0], m_clean, m_corrupt)
-    words = [tok.itos[i] for i in clean[0]]
-    print(f"  activation patching: the logit difference '{tok.itos[right]}' - '{tok.itos[wrong]}' "
-          f"at 'ran' is {m_clean:+.2f} after '{words[keyword]}' (clean),\n"
-          f"    {m_corrupt:+.2f} after '{tok.itos[corrupt[0, keyword]]}' (corrupt). One vector of "
-          f"the clean run's residual stream put into the corrupt run restores this share of it:")
     rows = [f"entering block {l + 1}" for l in range(len(names) - 1)] + [f"leaving block {len(names) - 1}"]
-    for row, name, values in zip(rows, names, grid):
-        best = int(np.argmax(values))
-        print(f"    {row} ({name.split('.')[-1]}): {values[best]:.2f} at '{words[best]}' "
-              f"(position {best}), at most {np.delete(values, best).max():.2f} elsewhere")
-    moved = next((l for l, values in enumerate(grid) if np.argmax(values) == ran), None)
-    if moved is not None and moved > 0 and np.argmax(grid[0]) == keyword:
-        print(f"    the choice sits at '{words[keyword]}' entering block 1 and at 'ran' from the "
-              f"stream {rows[moved]} on: block {moved}'s attention moved it" + (
-                  f"\n    (with one block these rows are forced: only '{words[keyword]}' differs "
-                  f"going in, only 'ran' is read coming out; what patching adds is which head did "
-                  f"the moving)" if len(names) == 2 else ""))
-    print("    one head's output (hook_z) from the clean run: " + ", ".join(
-        f"head {h} {v:.2f}" for h, v in enumerate(heads)) + (
-        f"\n      (head {head}, the one whose attention looks from 'ran' to the keyword)"
-        if np.argmax(heads) == head else f"\n      (not head {head}, whose attention was read above)"))
-    return grid, rows, words, heads
+    return SimpleNamespace(right=tok.itos[right], wrong=tok.itos[wrong], m_clean=m_clean,
+                           m_corrupt=m_corrupt, words=[tok.itos[i] for i in clean[0]],
+                           grid=restored(grid, m_clean, m_corrupt), heads=heads, names=names,
+                           rows=rows)
 
 
 # ----------------------------------------------------------------------------------------------
