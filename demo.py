@@ -537,24 +537,6 @@ def charlm_activations(ctx):
     return hidden.reshape(n, -1), list(TEXT[:n])
 
 
-def bpe_tour(text, vocab_size):
-    """Byte-pair encoding on TEXT: the first merges, words cut into pieces, a round trip."""
-    bpe = transformer.BPETokenizer(text, vocab_size=vocab_size)
-
-    def shown(ids):
-        return "+".join(repr(bpe.decode([i])) for i in ids)
-    print(f"  byte-pair encoding, trained on TEXT: 256 bytes + {bpe.vocab_size - 256} merges; "
-          f"TEXT's {len(text.encode('utf-8'))} bytes become {len(bpe.encode(text))} tokens")
-    print("    first merges (the most frequent pair, then the next): " + ", ".join(
-        f"{shown(pair)} -> {bpe.decode([new])!r}" for pair, new in list(bpe.merges.items())[:6]))
-    for word in (" attention", " embeddings", " empowers"):
-        print(f"    {word!r:<14} -> {shown(bpe.encode(word))}")
-    other = "naïve café → 東京"
-    ids = bpe.encode(other)
-    print(f"    {other!r}: {len(other)} characters, {len(other.encode('utf-8'))} UTF-8 bytes, "
-          f"{len(ids)} tokens; decoded back unchanged: {bpe.decode(ids) == other}")
-
-
 def correct_characters(generated, expected):
     """How many characters of generated agree with expected before the first difference."""
     return next((i for i, (a, b) in enumerate(zip(generated, expected)) if a != b),
@@ -573,16 +555,63 @@ def longest_copy(generated, text):
 def chapter_charlm(ctx):
     """A character-level language model: tokens, sampling and the key/value cache"""
     run = ctx.settings(**CHARLM_SETTINGS)
-    bpe_tour(TEXT, run.bpe_vocab_size)
+    bpe = transformer.BPETokenizer(TEXT, vocab_size=run.bpe_vocab_size)
+    print(f"  byte-pair encoding, trained on TEXT: 256 bytes + {bpe.vocab_size - 256} merges; "
+          f"TEXT's {len(TEXT.encode('utf-8'))} bytes become {len(bpe.encode(TEXT))} tokens")
+    print("    first merges (the most frequent pair, then the next): " + ", ".join(
+        f"{pieces(bpe, pair)} -> {bpe.decode([new])!r}"
+        for pair, new in list(bpe.merges.items())[:6]))
+    for word in (" attention", " embeddings", " empowers"):
+        print(f"    {word!r:<14} -> {pieces(bpe, bpe.encode(word))}")
+    other = "naïve café → 東京"
+    ids = bpe.encode(other)
+    print(f"    {other!r}: {len(other)} characters, {len(other.encode('utf-8'))} UTF-8 bytes, "
+          f"{len(ids)} tokens; decoded back unchanged: {bpe.decode(ids) == other}")
+
     lm = charlm(ctx)
     model, tok = lm.model, lm.tokenizer
     print(f"  final loss {lm.losses[-1]:.3f} nats per character "
           f"({lm.losses[-1] / np.log(2):.2f} bits; a uniform guess is "
           f"{np.log2(tok.vocab_size):.2f} bits)")
-    _charlm_memorised(lm)
+
+    # What it memorised: greedy continuations of prompts from TEXT, as long as the context allows.
+    print("  greedy decoding from three prompts taken from TEXT:")
+    for opening, out, correct in _charlm_greedy(lm, ("Each token ", "Then comes attention",
+                                                     "To write new text")):
+        print(f"    {opening!r:<22} {correct:3d} of {CONTEXT - len(opening)} new characters "
+              f"as in TEXT: {out[:60]!r}...")
+    right, n = _charlm_next_right(lm)
+    print(f"    the most likely next character is TEXT's at {right.mean():.1%} of {n} positions: "
+          f"{right[:, 15:].mean():.1%} with 16 or more characters before it, "
+          f"{right[:, :7].mean():.1%} with fewer than 8")
+    # What it may not have learned: English. After an opening that is not in TEXT, how much of
+    # what it writes is a stretch of TEXT?
+    opening = "The cat sat on the mat"
+    out = tok.decode(model.generate(np.array(tok.encode(opening)), 60))[len(opening):]
+    print(f"    a prompt not in TEXT, {opening!r} -> {out!r}: its longest stretch copied from "
+          f"TEXT is {longest_copy(out, TEXT)} of 60 characters")
+
     prompt = np.array(tok.encode("Each token "))
-    _charlm_sampling(lm, prompt, ctx.seed)
-    seconds = _charlm_kv_cache(lm, prompt[:4], run.cache_lengths)
+    print(f"  sampling {CONTEXT - len(prompt)} characters after 'Each token ':")
+    for setting, known, n_words, sample in _charlm_sampling(lm, prompt, ctx.seed):
+        print(f"    {setting + ':':<28} {known:2d} of {n_words} words from TEXT: "
+              f"{sample[:64]!r}...")
+
+    short, lengths = prompt[:4], run.cache_lengths
+    seconds, same, largest = _charlm_kv_cache(lm, short, lengths)
+    fast, slow = seconds[True][-1], seconds[False][-1]
+    print(f"  key/value cache: {lengths[-1]} tokens in {fast * 1000:.0f} ms with the cache, "
+          f"{slow * 1000:.0f} ms recomputing everything: {slow / fast:.1f}x faster "
+          f"({lengths[0]} tokens: {seconds[False][0] / seconds[True][0]:.1f}x)")
+    print(f"    same tokens: {same}; largest logit difference {largest:.1e} (float32 rounding)")
+    steps_t = np.arange(len(short), len(short) + lengths[-1])          # positions run at each step
+    print(f"    work per layer for those {lengths[-1]} tokens: recomputing, step t sends t rows "
+          f"through the projections and the feed-forward layer")
+    print(f"      and computes t² attention scores per head, {steps_t.sum():,} rows and "
+          f"{np.sum(steps_t ** 2):,} scores in all; with the cache, one row and t scores: "
+          f"{len(short) + len(steps_t) - 1:,} rows and {len(short) ** 2 + steps_t[1:].sum():,} "
+          f"scores")
+
     lens = _charlm_lens(lm)
     hidden, _ = charlm_activations(ctx)
     print(f"  feed-forward layer {len(model.blocks)}: on average "
@@ -591,6 +620,11 @@ def chapter_charlm(ctx):
     if ctx.plots:
         tour_figures.charlm(ctx.save, lm.losses, tok.vocab_size, run.cache_lengths,
                             seconds[True], seconds[False], lens)
+
+
+def pieces(bpe, ids):
+    """Byte-pair tokens shown as the text each stands for, joined by '+'."""
+    return "+".join(repr(bpe.decode([i])) for i in ids)
 
 
 def _charlm_lens(lm, shown=40):
@@ -631,39 +665,36 @@ def _charlm_lens(lm, shown=40):
                 title=f"Direct logit attribution: 'n' against {tok.itos[wrong]!r} after {opening!r}")
 
 
-def _charlm_memorised(lm):
-    """What the model learned of TEXT, and what it did not learn: English."""
+def _charlm_greedy(lm, openings):
+    """Greedy continuations of each opening (taken from TEXT) up to a full window. -> per
+    opening (opening, the new characters, how many of them agree with TEXT before the first
+    difference)."""
     model, tok = lm.model, lm.tokenizer
-    # What it memorised: greedy continuations of prompts from TEXT, as long as the context allows.
-    print("  greedy decoding from three prompts taken from TEXT:")
-    for opening in ("Each token ", "Then comes attention", "To write new text"):
-        new = CONTEXT - len(opening)
-        out = tok.decode(model.generate(np.array(tok.encode(opening)), new))[len(opening):]
+    continued = []
+    for opening in openings:
+        out = tok.decode(model.generate(np.array(tok.encode(opening)),
+                                        CONTEXT - len(opening)))[len(opening):]
         expected = TEXT[TEXT.index(opening) + len(opening):]
-        print(f"    {opening!r:<22} {correct_characters(out, expected):3d} of {new} new characters "
-              f"as in TEXT: {out[:60]!r}...")
-    # The next character at every position of TEXT, given the characters before it in a window:
-    # the prediction at window position j has seen j + 1 characters.
+        continued.append((opening, out, correct_characters(out, expected)))
+    return continued
+
+
+def _charlm_next_right(lm):
+    """The next character at every position of TEXT, given the characters before it in a window
+    (the prediction at window position j has seen j + 1 characters). -> (windows, CONTEXT) bool:
+    the most likely next character is TEXT's; and how many positions that covers."""
     n = (len(lm.data) - 1) // CONTEXT * CONTEXT
-    right = (np.argmax(model.forward(lm.data[:n].reshape(-1, CONTEXT)), axis=-1)
-             == lm.data[1:n + 1].reshape(-1, CONTEXT))                       # (windows, CONTEXT)
-    print(f"    the most likely next character is TEXT's at {right.mean():.1%} of {n} positions: "
-          f"{right[:, 15:].mean():.1%} with 16 or more characters before it, "
-          f"{right[:, :7].mean():.1%} with fewer than 8")
-    # What it may not have learned: English. After an opening that is not in TEXT, how much of
-    # what it writes is a stretch of TEXT?
-    opening = "The cat sat on the mat"
-    out = tok.decode(model.generate(np.array(tok.encode(opening)), 60))[len(opening):]
-    print(f"    a prompt not in TEXT, {opening!r} -> {out!r}: its longest stretch copied from "
-          f"TEXT is {longest_copy(out, TEXT)} of 60 characters")
+    right = (np.argmax(lm.model.forward(lm.data[:n].reshape(-1, CONTEXT)), axis=-1)
+             == lm.data[1:n + 1].reshape(-1, CONTEXT))
+    return right, n
 
 
 def _charlm_sampling(lm, prompt, seed):
-    """Samples after prompt at several temperatures, with top-k and top-p, and how many of
-    their words occur in TEXT."""
+    """Samples after prompt at several temperatures, with top-k and top-p. -> per sample (the
+    setting in words, how many of its words occur in TEXT, how many words, the sample)."""
     model, tok = lm.model, lm.tokenizer
     vocabulary = set(re.findall(r"[A-Za-z]+", TEXT))
-    print(f"  sampling {CONTEXT - len(prompt)} characters after 'Each token ':")
+    samples = []
     for temperature, top_k, top_p in ((0.5, None, None), (1.0, None, None), (2.0, None, None),
                                       (2.0, 5, None), (2.0, None, 0.9)):
         sample = tok.decode(model.generate(prompt, CONTEXT - len(prompt), temperature=temperature,
@@ -671,40 +702,26 @@ def _charlm_sampling(lm, prompt, seed):
         setting = f"temperature {temperature:.1f}" + (f", top-{top_k}" if top_k else "") + (
             f", top-p {top_p}" if top_p else "")
         sampled = re.findall(r"[A-Za-z]+", sample)[:-1]              # the last may be cut off
-        known = sum(w in vocabulary for w in sampled)
-        print(f"    {setting + ':':<28} {known:2d} of {len(sampled)} words from TEXT: "
-              f"{sample[:64]!r}...")
+        samples.append((setting, sum(w in vocabulary for w in sampled), len(sampled), sample))
+    return samples
 
 
 def _charlm_kv_cache(lm, short, lengths):
-    """Generate lengths[i] tokens after the prompt short, with the key/value cache and without;
-    print the speed-up and the work each way. -> seconds {use_cache: [one time per length]}."""
-    model = lm.model
-    # The cache's speed-up, measured: the same tokens generated both ways, for longer and longer
-    # runs (the work each way is counted in the comment at the top of this section).
+    """The cache's speed-up, measured: generate lengths[i] tokens after the prompt short, with
+    the key/value cache and without (the work each way is counted in the comment at the top of
+    this section). -> seconds {use_cache: [one time per length]}, whether the longest run gave
+    the same tokens both ways, and its largest logit difference."""
     seconds = {True: [], False: []}
     for n_new in lengths:
         generated = {}
         for use_cache in (True, False):
             start = time.perf_counter()
-            generated[use_cache] = model.generate(short, n_new, use_cache=use_cache,
-                                                  return_logits=True)
+            generated[use_cache] = lm.model.generate(short, n_new, use_cache=use_cache,
+                                                     return_logits=True)
             seconds[use_cache].append(time.perf_counter() - start)
     (cached_tokens, cached_logits), (tokens, logits) = generated[True], generated[False]
-    fast, slow = seconds[True][-1], seconds[False][-1]
-    print(f"  key/value cache: {lengths[-1]} tokens in {fast * 1000:.0f} ms with the cache, "
-          f"{slow * 1000:.0f} ms recomputing everything: {slow / fast:.1f}x faster "
-          f"({lengths[0]} tokens: {seconds[False][0] / seconds[True][0]:.1f}x)")
-    print(f"    same tokens: {np.array_equal(tokens, cached_tokens)}; largest logit difference "
-          f"{np.max(np.abs(logits - cached_logits)):.1e} (float32 rounding)")
-    steps_t = np.arange(len(short), len(short) + lengths[-1])          # positions run at each step
-    print(f"    work per layer for those {lengths[-1]} tokens: recomputing, step t sends t rows "
-          f"through the projections and the feed-forward layer")
-    print(f"      and computes t² attention scores per head, {steps_t.sum():,} rows and "
-          f"{np.sum(steps_t ** 2):,} scores in all; with the cache, one row and t scores: "
-          f"{len(short) + len(steps_t) - 1:,} rows and {len(short) ** 2 + steps_t[1:].sum():,} "
-          f"scores")
-    return seconds
+    return (seconds, np.array_equal(tokens, cached_tokens),
+            np.max(np.abs(logits - cached_logits)))
 
 
 # ----------------------------------------------------------------------------------------------
