@@ -759,8 +759,35 @@ def chapter_circuits(ctx):
     print(f"    log softmax W_U W_E against the corpus's log p(next | current) over the {seen} "
           f"bigrams seen: r = {corr:.3f}")
 
-    skip_model, table = _circuits_skip_trigrams(ctx, run)
+    # one layer: the path expansion on a trained model, then the skip-trigram table
+    skip_model, losses, terms, error, table = _circuits_skip_trigrams(ctx, run)
+    heads, planted = skip_model.config["n_heads"], set(C.PLANTED_TRIPLES)
+    names = ", ".join(f"{LETTERS[a]}…{LETTERS[b]}→{LETTERS[c]}" for a, b, c in C.PLANTED_TRIPLES)
+    print(f"  one layer, {heads} heads, planted skip-trigrams {names} "
+          f"({len(losses)} steps, loss {losses[-50:].mean():.3f})")
+    print(f"  path expansion: {len(terms)} terms (direct path and {heads} heads, each from tokens and "
+          f"from positions) sum to the logits within {error:.1e}")
+    print("  skip-trigram table read from the QK and OV circuits (the paper's Table 1):")
+    print("    source … destination → out   gain in p(out)   head")
+    for score, head, a, b, c in table:
+        mark = "planted" if (a, b, c) in planted else ""
+        print(f"    {LETTERS[a]:>6} … {LETTERS[b]:<11} → {LETTERS[c]:<3} {score:>+13.3f}   "
+              f"{head:>4}   {mark}")
+
+    # two layers against one: the induction head
+    config = run.induction
+    V, n = config["vocab_size"], config["length"]
+    print(f"  induction: vocabulary {V}, {n} tokens, a segment of {n // 4}-{n // 2} tokens "
+          f"repeated at a random later offset; d_model 32, 2 heads, Adam lr {config['lr']}, "
+          f"batch 32, {config['steps']} steps")
     models = _circuits_induction(ctx, run)
+    log, jump = models.two_log, models.jump
+    print(f"    loss inside repeats / elsewhere (ln V = {np.log(V):.2f}): two layers "
+          f"{models.two_in:.2f} / {models.two_out:.2f}, one layer {models.one_in:.2f} / "
+          f"{models.one_out:.2f}")
+    print(f"    the best induction score rose fastest between steps {log[jump, 0]:.0f} and "
+          f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside "
+          f"repeats then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
     head_patching = _circuits_read_induction(ctx, run, models)
     if ctx.plots:
         tour_figures.circuits(ctx.save, **_circuits_drawn(ctx, run, skip_model, table, models),
@@ -768,34 +795,25 @@ def chapter_circuits(ctx):
 
 
 def _circuits_skip_trigrams(ctx, run):
-    """One layer: the path expansion on a trained model (on run.skip_path_batch (sequences,
-    tokens)), then the skip-trigram table's top run.skip_table_rows rows."""
+    """One layer, trained on planted skip-trigrams. -> the model, its losses, its path
+    expansion (on run.skip_path_batch (sequences, tokens) of the corpus) and how far the terms'
+    sum is from the logits, and the skip-trigram table's top run.skip_table_rows rows."""
     model, losses = C.train_skip_trigram_model(seed=ctx.seed)
-    planted, heads = set(C.PLANTED_TRIPLES), model.config["n_heads"]
-    names = ", ".join(f"{LETTERS[a]}…{LETTERS[b]}→{LETTERS[c]}" for a, b, c in C.PLANTED_TRIPLES)
-    print(f"  one layer, {heads} heads, planted skip-trigrams {names} "
-          f"({len(losses)} steps, loss {losses[-50:].mean():.3f})")
     exact = C.to_float64(model)
     tokens = C.skip_trigram_corpus(np.random.default_rng(ctx.seed), C.PLANTED_TRIPLES,
                                    model.vocab_size, *run.skip_path_batch)
     terms = C.path_expansion(exact, tokens)
     error = np.max(np.abs(sum(terms.values()) - exact.forward(tokens)))
-    print(f"  path expansion: {len(terms)} terms (direct path and {heads} heads, each from tokens and "
-          f"from positions) sum to the logits within {error:.1e}")
-    print("  skip-trigram table read from the QK and OV circuits (the paper's Table 1):")
-    print("    source … destination → out   gain in p(out)   head")
-    table = C.skip_trigrams(model, top_k=run.skip_table_rows)
-    for score, head, a, b, c in table:
-        mark = "planted" if (a, b, c) in planted else ""
-        print(f"    {LETTERS[a]:>6} … {LETTERS[b]:<11} → {LETTERS[c]:<3} {score:>+13.3f}   "
-              f"{head:>4}   {mark}")
-    return model, table
+    return model, losses, terms, error, C.skip_trigrams(model, top_k=run.skip_table_rows)
 
 
 def _circuits_induction(ctx, run):
     """Two layers against one, trained identically (run.induction: vocab_size, length, lr,
     steps) on random tokens with a repeated segment, monitored every run.every steps on
-    run.monitored of run.test_sequences held-out sequences."""
+    run.monitored of run.test_sequences held-out sequences. -> namespace: both models, their
+    monitor logs, the held-out tokens and where repeats are, the heads' induction and
+    previous-token scores, the losses inside and outside repeats, and the record after which
+    the best induction score rose fastest (jump)."""
     config, every = run.induction, run.every
     V, n = config["vocab_size"], config["length"]
     tokens, inside = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 1),
@@ -811,9 +829,6 @@ def _circuits_induction(ctx, run):
         return (step, *C.split_losses(C.next_token_losses(logits, seen[:, 1:]), where),
                 induction[-1].max(), C.score_previous_token(patterns)[0].max())
 
-    print(f"  induction: vocabulary {V}, {n} tokens, a segment of {n // 4}-{n // 2} tokens "
-          f"repeated at a random later offset; d_model 32, 2 heads, Adam lr {config['lr']}, "
-          f"batch 32, {config['steps']} steps")
     two, _, two_log = C.train_induction_model(n_layers=2, seed=ctx.seed, every=every,
                                               monitor=monitor, **config)
     one, _, one_log = C.train_induction_model(n_layers=1, seed=ctx.seed, every=every,
@@ -823,16 +838,11 @@ def _circuits_induction(ctx, run):
     previous = C.previous_token_scores(two, tokens[:, :-1])
     two_in, two_out = C.repeat_losses(two, tokens, inside)
     one_in, one_out = C.repeat_losses(one, tokens, inside)
-    print(f"    loss inside repeats / elsewhere (ln V = {np.log(V):.2f}): two layers "
-          f"{two_in:.2f} / {two_out:.2f}, one layer {one_in:.2f} / {one_out:.2f}")
     log = np.array(two_log)                    # (records, 5): the monitor's tuples, in order
-    jump = int(np.argmax(np.diff(log[:, 3])))
-    print(f"    the best induction score rose fastest between steps {log[jump, 0]:.0f} and "
-          f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside "
-          f"repeats then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
     return SimpleNamespace(two=two, one=one, two_log=log, one_log=np.array(one_log),
                            tokens=tokens, inside=inside, induction=induction, previous=previous,
-                           two_in=two_in)
+                           two_in=two_in, two_out=two_out, one_in=one_in, one_out=one_out,
+                           jump=int(np.argmax(np.diff(log[:, 3]))))
 
 
 def _circuits_read_induction(ctx, run, models):
