@@ -1570,7 +1570,18 @@ def chapter_grokking(ctx):
     phases = _grokking_report(grok)
     neuron = _grokking_neurons(grok, run.explained)
     if run.controls:
-        _grokking_controls(config, grok, run.larger_fraction)
+        without, larger, larger_steps = _grokking_controls(config, grok, run.larger_fraction)
+        grokked, grokked_without = (_grokking_first(h, "test_accuracy", 0.99)
+                                    for h in (grok.history, without))
+        print(f"    control, weight decay 0, {config['steps']:,} steps: train accuracy 100% at "
+              f"step {_grokking_first(without, 'train_accuracy', 1)}, test accuracy "
+              + (f"99% at step {grokked_without}" if grokked_without is not None else "never 99%")
+              + f", {without['test_accuracy'][-1]:.1%} at the end; total squared weight "
+              f"{without['total_squared_weight'][-1]:.0f} (with weight decay "
+              f"{grok.history['total_squared_weight'][-1]:.0f})")
+        print(f"    control, {run.larger_fraction:.0%} of the pairs train, {larger_steps:,} steps: "
+              f"test accuracy 99% at step {_grokking_first(larger, 'test_accuracy', 0.99)} (with "
+              f"{config['train_fraction']:.0%}: {grokked})")
     else:
         print("    (the controls, without weight decay and with more training pairs, run without --quick)")
     if ctx.long:
@@ -1667,24 +1678,13 @@ def _grokking_neurons(grok, explained):
 
 
 def _grokking_controls(config, grok, larger_fraction):
-    """The same run without weight decay, and with a larger share of the pairs for training."""
-    steps = config["steps"]
+    """The same run without weight decay, and with a larger share of the pairs for training.
+    The second runs only as long as the main run took to grok (all its steps if it never did),
+    which is enough to see whether it groks sooner. -> the two histories, and that length."""
     without = G.train(**dict(config, weight_decay=0.0))
-    h = without.history
-    grokked_without = _grokking_first(h, "test_accuracy", 0.99)
-    print(f"    control, weight decay 0, {steps:,} steps: train accuracy 100% at step "
-          f"{_grokking_first(h, 'train_accuracy', 1)}, test accuracy "
-          + (f"99% at step {grokked_without}" if grokked_without is not None else "never 99%")
-          + f", {h['test_accuracy'][-1]:.1%} at the end; total squared weight "
-          f"{h['total_squared_weight'][-1]:.0f} (with weight decay "
-          f"{grok.history['total_squared_weight'][-1]:.0f})")
-    # more training pairs: run only as long as the main run took to grok (all its steps if it
-    # never did), which is enough to see whether it groks sooner
-    grokked = _grokking_first(grok.history, "test_accuracy", 0.99)
-    larger = G.train(**dict(config, train_fraction=larger_fraction, steps=grokked or steps))
-    grokked_larger = _grokking_first(larger.history, "test_accuracy", 0.99)
-    print(f"    control, {larger_fraction:.0%} of the pairs train, {grokked or steps:,} steps: test "
-          f"accuracy 99% at step {grokked_larger} (with {config['train_fraction']:.0%}: {grokked})")
+    steps = _grokking_first(grok.history, "test_accuracy", 0.99) or config["steps"]
+    larger = G.train(**dict(config, train_fraction=larger_fraction, steps=steps))
+    return without.history, larger.history, steps
 
 
 # ----------------------------------------------------------------------------------------------
