@@ -788,10 +788,56 @@ def chapter_circuits(ctx):
     print(f"    the best induction score rose fastest between steps {log[jump, 0]:.0f} and "
           f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside "
           f"repeats then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
-    head_patching = _circuits_read_induction(ctx, run, models)
+    # reading the two-layer model: which heads do what, what breaks without them, how they
+    # compose, and which paths carry the prediction inside repeats
+    r = _circuits_read_induction(ctx, run, models)
+    induction, previous, two_in = models.induction, models.previous, models.two_in
+    print("    induction score of each layer-1 head:   " + _circuits_row(induction[1]))
+    print("    previous-token score of each layer-0 head: " + _circuits_row(previous[0]))
+    print("    one layer, its heads' induction scores: " + _circuits_row(r.one_induction))
+    print("    ablate one layer-0 head -> loss inside / elsewhere: " + ", ".join(
+        f"L0H{h} {i:.2f} / {o:.2f}" for h, (i, o) in enumerate(r.ablation)))
+    grid = r.patched
+    print(f"    head patching: {run.patching_prompts} sequences ending inside a repeat; the "
+          f"corrupt copy changes the earlier occurrence of the last token.\n      Logit difference "
+          f"(answer - the corrupt run's top token) clean {r.m_clean:+.2f}, corrupt "
+          f"{r.m_corrupt:+.2f}; one head's output (hook_z) from the clean run restores:\n      "
+          + ", ".join(f"L{layer}H{h} {grid[layer, h]:.2f}"
+                      for layer in range(2) for h in range(grid.shape[1])))
+    first, second = int(np.argmax(grid[0])), int(np.argmax(grid[1]))
+    damaged = int(np.argmax(r.ablation[:, 0]))
+    sharing = [h for h in range(grid.shape[1]) if h != second and grid[1, h] > 0.25]
+    print(f"      layer 0: patching singles out L0H{first} (previous-token score "
+          f"{previous[0, first]:.2f}), " + ("the head whose ablation hurts most" if first == damaged
+                                              else f"but the ablation hurts L0H{damaged} most")
+          + f";\n      layer 1: L1H{second} (induction score {induction[1, second]:.2f})" + "".join(
+              f" and L1H{h} ({induction[1, h]:.2f}, restoring {grid[1, h]:.2f})" for h in sharing)
+          + (": the induction heads share the copy" if sharing else ""))
+    print(f"    composition scores, layer-1 head (rows) with layer-0 head (columns); random "
+          f"matrices give {r.baseline:.3f}:")
+    for kind, scores in r.composition.items():
+        print(f"      {kind}: " + "  ".join(f"L1H{i} [{_circuits_row(row)}]"
+                                          for i, row in enumerate(scores)))
+    print("    OV copying score Σλ/Σ|λ|: " + ", ".join(
+        f"L{layer}H{h} {score:+.2f}" for (layer, h), score in r.copying.items()))
+    print(f"    path expansion of the two-layer model: {r.n_paths} terms, sum within "
+          f"{r.error:.1e} of the logits")
+    print("      the paths that raise the right token's logit most inside repeats: "
+          + ", ".join(f"{name} {gain:+.1f}" for name, gain in r.top_paths))
+    prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
+    k_scores = r.composition["K"][best]
+    partner = int(np.argmax(k_scores))
+    ratio, damage = k_scores[partner] / r.baseline, r.ablation[prev_head, 0] - two_in
+    print(f"    reading: L0H{prev_head} has the highest previous-token score "
+          f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
+          f"{two_in:.2f} to {r.ablation[prev_head, 0]:.2f}.")
+    print(f"      The induction head L1H{best} K-composes most with L0H{partner} "
+          f"({k_scores[partner]:.2f}, {ratio:.1f}x the random value" +
+          ("; here the composition score is a weak signal, the ablation a clear one)."
+           if ratio < 1.5 and damage > 0.5 else ")."))
     if ctx.plots:
         tour_figures.circuits(ctx.save, **_circuits_drawn(ctx, run, skip_model, table, models),
-                              head_patching=head_patching)
+                              head_patching=grid)
 
 
 def _circuits_skip_trigrams(ctx, run):
@@ -846,55 +892,32 @@ def _circuits_induction(ctx, run):
 
 
 def _circuits_read_induction(ctx, run, models):
-    """Read the two-layer model: which heads do what, what breaks without them, how they
-    compose, and which paths carry the prediction inside repeats. -> head patching's grid
-    (2, H), for the figure."""
+    """Read the two-layer model. -> namespace: the one-layer model's induction scores; the
+    losses inside / outside repeats with each layer-0 head ablated (H, 2); head patching on
+    prompts ending inside a repeat (patched (2, H) shares restored, m_clean, m_corrupt); the
+    composition scores {Q, K, V: (H, H)} and their random baseline; each head's OV copying
+    score; the path expansion's number of terms, its error, and the three paths that raise
+    the right token's logit most inside repeats."""
     two, one, tokens, inside = models.two, models.one, models.tokens, models.inside
-    induction, previous, two_in = models.induction, models.previous, models.two_in
-    print("    induction score of each layer-1 head:   " + _circuits_row(induction[1]))
-    print("    previous-token score of each layer-0 head: " + _circuits_row(previous[0]))
-    print("    one layer, its heads' induction scores: "
-          + _circuits_row(C.induction_scores(one, tokens[:, :-1], inside)[0]))
-    ablation = C.ablation_losses(two, tokens, inside, layer=0)
-    print("    ablate one layer-0 head -> loss inside / elsewhere: " + ", ".join(
-        f"L0H{h} {i:.2f} / {o:.2f}" for h, (i, o) in enumerate(ablation)))
-    patched = _circuits_head_patching(ctx, run.patching_prompts, two, previous, induction,
-                                      ablation)
+    patched, m_clean, m_corrupt = _circuits_head_patching(ctx, run.patching_prompts, two)
     d_model = two.config["d_model"]
     baseline = C.random_composition_baseline(d_model, d_model // two.config["n_heads"],
                                              np.random.default_rng(ctx.seed))
-    print(f"    composition scores, layer-1 head (rows) with layer-0 head (columns); random "
-          f"matrices give {baseline:.3f}:")
-    composition = C.composition_scores(two)
-    for kind, scores in composition.items():
-        print(f"      {kind}: " + "  ".join(f"L1H{i} [{_circuits_row(row)}]"
-                                          for i, row in enumerate(scores)))
-    print("    OV copying score Σλ/Σ|λ|: " + ", ".join(
-        f"L{layer}H{h} {C.copying_score(C.ov_circuit(two, layer, h)):+.2f}"
-        for layer in range(2) for h in range(2)))
     exact = C.to_float64(two)
     shown, where = tokens[:run.path_sequences], inside[:run.path_sequences]
     paths = C.path_expansion(exact, shown[:, :-1])
     error = np.max(np.abs(sum(paths.values()) - exact.forward(shown[:, :-1])))
     gain = {name: _circuits_target_logit(term, shown[:, 1:], where)
             for name, term in paths.items()}
-    top = sorted(gain, key=gain.get, reverse=True)[:3]
-    print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} "
-          f"of the logits")
-    print("      the paths that raise the right token's logit most inside repeats: "
-          + ", ".join(f"{name} {gain[name]:+.1f}" for name in top))
-    prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
-    k_scores = composition["K"][best]
-    partner = int(np.argmax(k_scores))
-    ratio, damage = k_scores[partner] / baseline, ablation[prev_head, 0] - two_in
-    print(f"    reading: L0H{prev_head} has the highest previous-token score "
-          f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
-          f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}.")
-    print(f"      The induction head L1H{best} K-composes most with L0H{partner} "
-          f"({k_scores[partner]:.2f}, {ratio:.1f}x the random value" +
-          ("; here the composition score is a weak signal, the ablation a clear one)."
-           if ratio < 1.5 and damage > 0.5 else ")."))
-    return patched
+    return SimpleNamespace(
+        one_induction=C.induction_scores(one, tokens[:, :-1], inside)[0],
+        ablation=C.ablation_losses(two, tokens, inside, layer=0),
+        patched=patched, m_clean=m_clean, m_corrupt=m_corrupt, baseline=baseline,
+        composition=C.composition_scores(two),
+        copying={(layer, h): C.copying_score(C.ov_circuit(two, layer, h))
+                 for layer in range(2) for h in range(2)},
+        n_paths=len(paths), error=error,
+        top_paths=[(name, gain[name]) for name in sorted(gain, key=gain.get, reverse=True)[:3]])
 
 
 def induction_prompts(rng, batch, n, vocab_size):
@@ -911,31 +934,17 @@ def induction_prompts(rng, batch, n, vocab_size):
     return clean, corrupt, clean[rows, start + L - 1]
 
 
-def _circuits_head_patching(ctx, n_prompts, two, previous, induction, ablation):
+def _circuits_head_patching(ctx, n_prompts, two):
     """Activation patching of each head's output (circuits.py section 9) on n_prompts prompts
-    that end inside a repeat: which heads carry the induction, and does it agree with the
-    ablation?"""
+    that end inside a repeat: which heads carry the induction? -> the shares restored (2, H),
+    and the metric (the answer's logit minus the corrupt run's top token's) clean and corrupt."""
     n, V = two.max_len, two.vocab_size
     clean, corrupt, answer = induction_prompts(np.random.default_rng(ctx.seed + 4), n_prompts, n, V)
     outputs = [transformer.run_with_hooks(two, x, hooks={}) for x in (clean, corrupt)]
     metric = C.logit_difference(answer, outputs[1][:, -1].argmax(-1))
     m_clean, m_corrupt = (metric(out) for out in outputs)
     grid = restored(C.head_patching(two, clean, corrupt, metric), m_clean, m_corrupt)   # (2, H)
-    print(f"    head patching: {n_prompts} sequences ending inside a repeat; the corrupt copy "
-          f"changes the earlier occurrence of the last token.\n      Logit difference (answer - the corrupt "
-          f"run's top token) clean {m_clean:+.2f}, corrupt {m_corrupt:+.2f}; one head's output "
-          f"(hook_z) from the clean run restores:\n      " + ", ".join(
-              f"L{layer}H{h} {grid[layer, h]:.2f}" for layer in range(2) for h in range(grid.shape[1])))
-    first, second = int(np.argmax(grid[0])), int(np.argmax(grid[1]))
-    damaged = int(np.argmax(ablation[:, 0]))
-    sharing = [h for h in range(grid.shape[1]) if h != second and grid[1, h] > 0.25]
-    print(f"      layer 0: patching singles out L0H{first} (previous-token score "
-          f"{previous[0, first]:.2f}), " + (f"the head whose ablation hurts most" if first == damaged
-                                              else f"but the ablation hurts L0H{damaged} most")
-          + f";\n      layer 1: L1H{second} (induction score {induction[1, second]:.2f})" + "".join(
-              f" and L1H{h} ({induction[1, h]:.2f}, restoring {grid[1, h]:.2f})" for h in sharing)
-          + (": the induction heads share the copy" if sharing else ""))
-    return grid
+    return grid, m_clean, m_corrupt
 
 
 def _circuits_drawn(ctx, run, skip_model, table, models):
