@@ -563,10 +563,10 @@ def chapter_charlm(ctx):
     print(f"  byte-pair encoding, trained on TEXT: 256 bytes + {bpe.vocab_size - 256} merges; "
           f"TEXT's {len(TEXT.encode('utf-8'))} bytes become {len(bpe.encode(TEXT))} tokens")
     print("    first merges (the most frequent pair, then the next): " + ", ".join(
-        f"{pieces(bpe, pair)} -> {bpe.decode([new])!r}"
+        f"{bpe_pieces(bpe, pair)} -> {bpe.decode([new])!r}"
         for pair, new in list(bpe.merges.items())[:6]))
     for word in (" attention", " embeddings", " empowers"):
-        print(f"    {word!r:<14} -> {pieces(bpe, bpe.encode(word))}")
+        print(f"    {word!r:<14} -> {bpe_pieces(bpe, bpe.encode(word))}")
     other = "naïve café → 東京"
     ids = bpe.encode(other)
     print(f"    {other!r}: {len(other)} characters, {len(other.encode('utf-8'))} UTF-8 bytes, "
@@ -626,7 +626,7 @@ def chapter_charlm(ctx):
                             seconds[True], seconds[False], lens)
 
 
-def pieces(bpe, ids):
+def bpe_pieces(bpe, ids):
     """Byte-pair tokens shown as the text each stands for, joined by '+'."""
     return "+".join(repr(bpe.decode([i])) for i in ids)
 
