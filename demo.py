@@ -230,7 +230,7 @@ def forward_shapes(model, tokens, logits):
 
 def chapter_rohrer(ctx):
     """A decoder-only transformer learns Rohrer's two sentences"""
-    run = ctx.settings(steps=(200, 300))                            # (quick, full)
+    run = ctx.settings(steps=(200, 300), peak_lr=(1e-2, 1e-2))      # (quick, full)
     tok = transformer.WordTokenizer(" ".join(ROHRER_SENTENCES))
     batch = padded_batch([tok.encode(s, bos=True, eos=True) for s in ROHRER_SENTENCES], tok.pad_id)
     inputs, targets = batch[:, :-1], batch[:, 1:]                   # (2, 14): predict the next id
@@ -239,7 +239,7 @@ def chapter_rohrer(ctx):
                                                seed=ctx.seed)
     print(f"  {tok.vocab_size} tokens (13 words, '.', 4 specials); one layer, 4 heads, "
           f"{n_parameters(model)} parameters")
-    losses = train(model, lambda: ((inputs,), targets), steps=run.steps, peak_lr=1e-2,
+    losses = train(model, lambda: ((inputs,), targets), steps=run.steps, peak_lr=run.peak_lr,
                    label="rohrer", ignore_index=tok.pad_id)
     # After "Check the" either word may follow: a coin toss the model cannot beat, ln 2 each time.
     floor = 2 * np.log(2) / np.sum(targets != tok.pad_id)
@@ -264,7 +264,29 @@ def chapter_rohrer(ctx):
           f"{looks[1, head]:.2f}" + (" (it looks back in one sentence only: seeing one of the two "
                                      "words is enough to tell them apart)" if one_sided else ""))
 
-    patching = _rohrer_patching(model, tok, inputs, ran[0], keyword, head)
+    # Activation patching between the two sentences, cut after "ran": which vector of the
+    # residual stream, and which head, carries the choice of the next word?
+    p = _rohrer_patching(model, tok, inputs, ran[0])
+    print(f"  activation patching: the logit difference '{p.right}' - '{p.wrong}' at 'ran' is "
+          f"{p.m_clean:+.2f} after '{p.words[keyword]}' (clean),\n    {p.m_corrupt:+.2f} after "
+          f"'{tok.itos[inputs[1, keyword]]}' (corrupt). One vector of the clean run's residual stream put into "
+          f"the corrupt run restores this share of it:")
+    for row, name, values in zip(p.rows, p.names, p.grid):
+        best = int(np.argmax(values))
+        print(f"    {row} ({name.split('.')[-1]}): {values[best]:.2f} at '{p.words[best]}' "
+              f"(position {best}), at most {np.delete(values, best).max():.2f} elsewhere")
+    moved = next((l for l, values in enumerate(p.grid) if np.argmax(values) == ran[0]), None)
+    if moved is not None and moved > 0 and np.argmax(p.grid[0]) == keyword:
+        print(f"    the choice sits at '{p.words[keyword]}' entering block 1 and at 'ran' from the "
+              f"stream {p.rows[moved]} on: block {moved}'s attention moved it" + (
+                  f"\n    (with one block these rows are forced: only '{p.words[keyword]}' differs "
+                  f"going in, only 'ran' is read coming out; what patching adds is which head did "
+                  f"the moving)" if len(p.names) == 2 else ""))
+    print("    one head's output (hook_z) from the clean run: " + ", ".join(
+        f"head {h} {v:.2f}" for h, v in enumerate(p.heads)) + (
+        f"\n      (head {head}, the one whose attention looks from 'ran' to the keyword)"
+        if np.argmax(p.heads) == head
+        else f"\n      (not head {head}, whose attention was read above)"))
 
     # The table of uplatz's "Deconstructing the Transformer": every tensor of that forward
     # pass, from token ids to logits, with its shape.
@@ -277,7 +299,8 @@ def chapter_rohrer(ctx):
     if ctx.plots:
         sentences = [[tok.itos[i] for i in row if i != tok.pad_id] for row in inputs]
         tour_figures.rohrer(ctx.save, head, pattern[:, head], sentences, keyword, ran,
-                            looks[:, head], one_sided, losses, floor, patching)
+                            looks[:, head], one_sided, losses, floor,
+                            (p.grid, p.rows, p.words, p.heads))
 
 
 def restored(values, clean, corrupt):
@@ -285,40 +308,26 @@ def restored(values, clean, corrupt):
     return (np.asarray(values) - corrupt) / (clean - corrupt)
 
 
-def _rohrer_patching(model, tok, inputs, ran, keyword, head):
-    """Activation patching (circuits.py section 9) between the two sentences, cut after "ran":
-    which vector of the residual stream, and which head, carries the choice of the next word?
-    -> what the figure draws: (grid (2, T) restored, row labels, words, heads (H,) restored)."""
+def _rohrer_patching(model, tok, inputs, ran):
+    """Activation patching (circuits.py section 9) between the two sentences, cut after "ran"
+    (position ran): the first sentence is the clean run, the second the corrupt one, the metric
+    the logit difference between the clean and the corrupt run's next words. -> namespace:
+    right, wrong (those words), m_clean, m_corrupt (the metric on each run), words (the clean
+    run's), grid (n_layers + 1, T) and heads (H,) the shares restored by patching one residual
+    vector or one head's output, names (the residual hook points) and rows (what each row of
+    the grid is, for printing)."""
     clean, corrupt = inputs[:1, :ran + 1], inputs[1:, :ran + 1]     # "...program...ran", "...battery...ran"
     answers = [transformer.run_with_hooks(model, x, hooks={})[0, -1] for x in (clean, corrupt)]
     right, wrong = (int(np.argmax(a)) for a in answers)              # "please" and "down"
     metric = C.logit_difference(right, wrong)
     m_clean, m_corrupt = (metric(a[None, None]) for a in answers)
     grid, names = C.residual_patching(model, clean, corrupt, metric)
-    grid = restored(grid, m_clean, m_corrupt)                       # (n_layers + 1, T)
     heads = restored(C.head_patching(model, clean, corrupt, metric)[0], m_clean, m_corrupt)
-    words = [tok.itos[i] for i in clean[0]]
-    print(f"  activation patching: the logit difference '{tok.itos[right]}' - '{tok.itos[wrong]}' "
-          f"at 'ran' is {m_clean:+.2f} after '{words[keyword]}' (clean),\n"
-          f"    {m_corrupt:+.2f} after '{tok.itos[corrupt[0, keyword]]}' (corrupt). One vector of "
-          f"the clean run's residual stream put into the corrupt run restores this share of it:")
     rows = [f"entering block {l + 1}" for l in range(len(names) - 1)] + [f"leaving block {len(names) - 1}"]
-    for row, name, values in zip(rows, names, grid):
-        best = int(np.argmax(values))
-        print(f"    {row} ({name.split('.')[-1]}): {values[best]:.2f} at '{words[best]}' "
-              f"(position {best}), at most {np.delete(values, best).max():.2f} elsewhere")
-    moved = next((l for l, values in enumerate(grid) if np.argmax(values) == ran), None)
-    if moved is not None and moved > 0 and np.argmax(grid[0]) == keyword:
-        print(f"    the choice sits at '{words[keyword]}' entering block 1 and at 'ran' from the "
-              f"stream {rows[moved]} on: block {moved}'s attention moved it" + (
-                  f"\n    (with one block these rows are forced: only '{words[keyword]}' differs "
-                  f"going in, only 'ran' is read coming out; what patching adds is which head did "
-                  f"the moving)" if len(names) == 2 else ""))
-    print("    one head's output (hook_z) from the clean run: " + ", ".join(
-        f"head {h} {v:.2f}" for h, v in enumerate(heads)) + (
-        f"\n      (head {head}, the one whose attention looks from 'ran' to the keyword)"
-        if np.argmax(heads) == head else f"\n      (not head {head}, whose attention was read above)"))
-    return grid, rows, words, heads
+    return SimpleNamespace(right=tok.itos[right], wrong=tok.itos[wrong], m_clean=m_clean,
+                           m_corrupt=m_corrupt, words=[tok.itos[i] for i in clean[0]],
+                           grid=restored(grid, m_clean, m_corrupt), heads=heads, names=names,
+                           rows=rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,22 +366,52 @@ def exact_matches(decoded, tgt_out, lengths):
                      for d, t, n in zip(decoded, tgt_out, lengths)])
 
 
-def chapter_translate(ctx):
-    """Encoder-decoder: reverse a digit string, decode greedily and with a beam"""
-    run = ctx.settings(held_out=(200, 500), steps=(300, 600))      # (quick, full)
-    tok = transformer.CharTokenizer(DIGITS)
-    rng = np.random.default_rng(ctx.seed)
-    held_out = reversal_batch(rng, run.held_out, tok)
-    # Strings are numbered in base vocab_size (padding included), so a training batch can drop
-    # any held-out string it draws by accident: the test set stays unseen.
+def reversal_task(rng, tok, held_out, batch_size):
+    """A held-out set of `held_out` strings, and next_batch() for training: batch_size fresh
+    strings each call, minus any that are held out. -> (src, tgt_in, tgt_out, lengths), next_batch.
+    Strings are numbered in base vocab_size (padding included), so a training batch can drop
+    any held-out string it draws by accident: the test set stays unseen."""
+    test = reversal_batch(rng, held_out, tok)
     base = tok.vocab_size ** np.arange(MAX_DIGITS)
-    held_out_keys = held_out[0] @ base
+    held_out_keys = test[0] @ base
 
     def next_batch():
-        src, tgt_in, tgt_out, _ = reversal_batch(rng, 64, tok)
+        src, tgt_in, tgt_out, _ = reversal_batch(rng, batch_size, tok)
         fresh = ~np.isin(src @ base, held_out_keys)
         return (src[fresh], tgt_in[fresh]), tgt_out[fresh]
+    return test, next_batch
 
+
+def smoothed_floor(vocab_size, smoothing):
+    """The least loss label smoothing allows: the entropy of its target q = (1 - ε) one-hot
+    + ε / V. A model sure of every digit still pays for the ε spread over the others."""
+    q = np.full(vocab_size, smoothing / vocab_size)
+    q[0] += 1 - smoothing
+    return -np.sum(q * np.log(q))
+
+
+def mirror_attention(model, src, tgt_in, lengths):
+    """Output digit i copies source digit len - 1 - i: how much cross-attention goes there?
+    -> the last decoder block's cross-attention, mean of the heads (B, 9, 8); the mean weight on
+    the mirror digit over the real outputs; the same if attention were spread evenly. (Past the
+    end of a string the index wraps around; those outputs are left out.)"""
+    model.forward(src, tgt_in)
+    heads_mean = model.decoder[-1].cross_attn.attention.pattern.mean(axis=1)   # (B, 9, 8)
+    output = np.arange(MAX_DIGITS)
+    inside = output < lengths[:, None]                                      # (B, 8) real digits
+    source = (lengths[:, None] - 1 - output) % MAX_DIGITS                   # (B, 8) its mirror
+    mirror = np.take_along_axis(heads_mean[:, :MAX_DIGITS], source[..., None], axis=2)[..., 0]
+    even = np.broadcast_to(1 / lengths[:, None], inside.shape)[inside]
+    return heads_mean, mirror[inside].mean(), np.mean(even)
+
+
+def chapter_translate(ctx):
+    """Encoder-decoder: reverse a digit string, decode greedily and with a beam"""
+    run = ctx.settings(held_out=(200, 500), steps=(300, 600),      # (quick, full)
+                       batch_size=(64, 64), peak_lr=(1e-2, 1e-2), smoothing=(0.1, 0.1))
+    tok = transformer.CharTokenizer(DIGITS)
+    (src, tgt_in, tgt_out, lengths), next_batch = reversal_task(
+        np.random.default_rng(ctx.seed), tok, run.held_out, run.batch_size)
     # The paper's recipe (Vaswani et al. 3.4, 5.3, 5.4): the output layer shares the target
     # embedding's table (logits = h Eᵀ), the targets are smoothed, and the learning rate follows
     # noam_lr's warm-up and 1/√step decay.
@@ -380,7 +419,7 @@ def chapter_translate(ctx):
                  pad_id=tok.pad_id, dtype=np.float32, seed=ctx.seed)
     model = transformer.Transformer(tok.vocab_size, tok.vocab_size, tie_weights=True, **sizes)
     untied = n_parameters(transformer.Transformer(tok.vocab_size, tok.vocab_size, **sizes))
-    steps, peak_lr, smoothing = run.steps, 1e-2, 0.1
+    steps, peak_lr, smoothing = run.steps, run.peak_lr, run.smoothing
     print(f"  {MIN_DIGITS}-{MAX_DIGITS} digits, one encoder and one decoder block, "
           f"{n_parameters(model)} parameters")
     print(f"  the paper's recipe: output layer tied to the target embedding ({untied} parameters "
@@ -390,15 +429,10 @@ def chapter_translate(ctx):
     losses = train(model, next_batch, steps=steps, peak_lr=peak_lr, label="translate",
                    schedule="noam", ignore_index=tok.pad_id, label_smoothing=smoothing,
                    max_grad_norm=1.0)
-    # With smoothing the target is q = (1 - ε) one-hot + ε / V, and the loss cannot fall below
-    # its entropy: a model sure of every digit still pays for the ε spread over the others.
-    V = tok.vocab_size
-    q = np.array([1 - smoothing + smoothing / V] + [smoothing / V] * (V - 1))
-    floor = -np.sum(q * np.log(q))
+    floor = smoothed_floor(tok.vocab_size, smoothing)
     print(f"  loss over the last 20 steps {losses[-20:].mean():.3f}; with label smoothing the "
           f"floor is the entropy of q, {floor:.3f}, not 0")
 
-    src, tgt_in, tgt_out, lengths = held_out
     greedy = model.greedy_decode(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1)
     beam = model.beam_search(src, tok.bos_id, tok.eos_id, MAX_DIGITS + 1, beam_size=4)
     for name, decoded in (("greedy", greedy), ("beam 4", beam)):
@@ -407,17 +441,10 @@ def chapter_translate(ctx):
     for i in range(3):
         print(f"    {tok.decode(src[i]):>8} -> greedy {tok.decode(greedy[i]):<8} "
               f"beam {tok.decode(beam[i])}")
-    # Output digit i copies source digit len - 1 - i: how much cross-attention goes there?
-    # (Past the end of a string the index wraps around; those outputs are left out.)
-    model.forward(src, tgt_in)
-    heads_mean = model.decoder[-1].cross_attn.attention.pattern.mean(axis=1)   # (B, 9, 8)
-    output = np.arange(MAX_DIGITS)
-    inside = output < lengths[:, None]                                      # (B, 8) real digits
-    source = (lengths[:, None] - 1 - output) % MAX_DIGITS                   # (B, 8) its mirror
-    mirror = np.take_along_axis(heads_mean[:, :MAX_DIGITS], source[..., None], axis=2)[..., 0]
+    heads_mean, on_mirror, even = mirror_attention(model, src, tgt_in, lengths)
     print(f"  cross-attention (mean of the heads) on the mirror digit len - 1 - i: "
-          f"{mirror[inside].mean():.2f} on average over the held-out outputs (spread evenly it "
-          f"would be {np.mean(np.broadcast_to(1 / lengths[:, None], inside.shape)[inside]):.2f})")
+          f"{on_mirror:.2f} on average over the held-out outputs (spread evenly it "
+          f"would be {even:.2f})")
     if ctx.plots:
         longest = int(np.argmax(lengths))                           # a full-length example
         n = lengths[longest]
@@ -477,30 +504,33 @@ CONTEXT = 128        # characters per training window, and the model's max_len
 # without chapter 4. 1000 steps of 8 windows of 128 show the model every character of TEXT about
 # 500 times, enough to learn it by heart; the cache is timed up to a full window after a
 # 4-character prompt.
-CHARLM_SETTINGS = dict(train_steps=(60, 1000),                          # (quick, full)
-                       cache_lengths=([16, 32, 64], [16, 32, 64, 96, CONTEXT - 4]))
+CHARLM_SETTINGS = dict(                                                  # (quick, full)
+    train_steps=(60, 1000), batch_size=(8, 8), peak_lr=(1e-2, 1e-2),
+    sizes=(dict(d_model=64, n_heads=4, n_layers=2, d_ff=256),
+           dict(d_model=64, n_heads=4, n_layers=2, d_ff=256)),
+    bpe_vocab_size=(512, 512), cache_lengths=([16, 32, 64], [16, 32, 64, 96, CONTEXT - 4]))
 
 
 def charlm(ctx):
     """The chapter-4 model, trained on first use and kept on ctx (chapter 7 reuses it).
     -> namespace with model, tokenizer, data (N,) ids of TEXT, losses."""
     if ctx.charlm is None:
+        run = ctx.settings(**CHARLM_SETTINGS)
         tok = transformer.CharTokenizer(TEXT)
         data = np.array(tok.encode(TEXT))
-        model = transformer.DecoderOnlyTransformer(tok.vocab_size, d_model=64, n_heads=4,
-                                                   n_layers=2, d_ff=256, max_len=CONTEXT,
+        model = transformer.DecoderOnlyTransformer(tok.vocab_size, **run.sizes, max_len=CONTEXT,
                                                    dtype=np.float32, seed=ctx.seed)
         rng = np.random.default_rng(ctx.seed)
 
         def next_batch():
-            starts = rng.integers(0, len(data) - CONTEXT, 8)
-            windows = data[starts[:, None] + np.arange(CONTEXT + 1)]   # (8, CONTEXT + 1)
+            starts = rng.integers(0, len(data) - CONTEXT, run.batch_size)
+            windows = data[starts[:, None] + np.arange(CONTEXT + 1)]   # (B, CONTEXT + 1)
             return (windows[:, :-1],), windows[:, 1:]
 
-        print(f"  {len(TEXT)} characters, {tok.vocab_size} tokens; d_model 64, 2 layers, "
-              f"{n_parameters(model)} parameters")
-        losses = train(model, next_batch, steps=ctx.settings(**CHARLM_SETTINGS).train_steps,
-                       peak_lr=1e-2, label="charlm")
+        print(f"  {len(TEXT)} characters, {tok.vocab_size} tokens; d_model {run.sizes['d_model']}, "
+              f"{run.sizes['n_layers']} layers, {n_parameters(model)} parameters")
+        losses = train(model, next_batch, steps=run.train_steps, peak_lr=run.peak_lr,
+                       label="charlm")
         ctx.charlm = SimpleNamespace(model=model, tokenizer=tok, data=data, losses=losses)
     return ctx.charlm
 
@@ -513,24 +543,6 @@ def charlm_activations(ctx):
     lm.model.forward(lm.data[:n].reshape(-1, CONTEXT))
     hidden = lm.model.blocks[-1].ffn.hidden                           # (windows, CONTEXT, d_ff)
     return hidden.reshape(n, -1), list(TEXT[:n])
-
-
-def bpe_tour(text):
-    """Byte-pair encoding on TEXT: the first merges, words cut into pieces, a round trip."""
-    bpe = transformer.BPETokenizer(text, vocab_size=512)
-
-    def shown(ids):
-        return "+".join(repr(bpe.decode([i])) for i in ids)
-    print(f"  byte-pair encoding, trained on TEXT: 256 bytes + {bpe.vocab_size - 256} merges; "
-          f"TEXT's {len(text.encode('utf-8'))} bytes become {len(bpe.encode(text))} tokens")
-    print("    first merges (the most frequent pair, then the next): " + ", ".join(
-        f"{shown(pair)} -> {bpe.decode([new])!r}" for pair, new in list(bpe.merges.items())[:6]))
-    for word in (" attention", " embeddings", " empowers"):
-        print(f"    {word!r:<14} -> {shown(bpe.encode(word))}")
-    other = "naïve café → 東京"
-    ids = bpe.encode(other)
-    print(f"    {other!r}: {len(other)} characters, {len(other.encode('utf-8'))} UTF-8 bytes, "
-          f"{len(ids)} tokens; decoded back unchanged: {bpe.decode(ids) == other}")
 
 
 def correct_characters(generated, expected):
@@ -551,16 +563,63 @@ def longest_copy(generated, text):
 def chapter_charlm(ctx):
     """A character-level language model: tokens, sampling and the key/value cache"""
     run = ctx.settings(**CHARLM_SETTINGS)
-    bpe_tour(TEXT)
+    bpe = transformer.BPETokenizer(TEXT, vocab_size=run.bpe_vocab_size)
+    print(f"  byte-pair encoding, trained on TEXT: 256 bytes + {bpe.vocab_size - 256} merges; "
+          f"TEXT's {len(TEXT.encode('utf-8'))} bytes become {len(bpe.encode(TEXT))} tokens")
+    print("    first merges (the most frequent pair, then the next): " + ", ".join(
+        f"{bpe_pieces(bpe, pair)} -> {bpe.decode([new])!r}"
+        for pair, new in list(bpe.merges.items())[:6]))
+    for word in (" attention", " embeddings", " empowers"):
+        print(f"    {word!r:<14} -> {bpe_pieces(bpe, bpe.encode(word))}")
+    other = "naïve café → 東京"
+    ids = bpe.encode(other)
+    print(f"    {other!r}: {len(other)} characters, {len(other.encode('utf-8'))} UTF-8 bytes, "
+          f"{len(ids)} tokens; decoded back unchanged: {bpe.decode(ids) == other}")
+
     lm = charlm(ctx)
     model, tok = lm.model, lm.tokenizer
     print(f"  final loss {lm.losses[-1]:.3f} nats per character "
           f"({lm.losses[-1] / np.log(2):.2f} bits; a uniform guess is "
           f"{np.log2(tok.vocab_size):.2f} bits)")
-    _charlm_memorised(lm)
+
+    # What it memorised: greedy continuations of prompts from TEXT, as long as the context allows.
+    print("  greedy decoding from three prompts taken from TEXT:")
+    for opening, out, correct in _charlm_greedy(lm, ("Each token ", "Then comes attention",
+                                                     "To write new text")):
+        print(f"    {opening!r:<22} {correct:3d} of {CONTEXT - len(opening)} new characters "
+              f"as in TEXT: {out[:60]!r}...")
+    right, n = _charlm_next_right(lm)
+    print(f"    the most likely next character is TEXT's at {right.mean():.1%} of {n} positions: "
+          f"{right[:, 15:].mean():.1%} with 16 or more characters before it, "
+          f"{right[:, :7].mean():.1%} with fewer than 8")
+    # What it may not have learned: English. After an opening that is not in TEXT, how much of
+    # what it writes is a stretch of TEXT?
+    opening = "The cat sat on the mat"
+    out = tok.decode(model.generate(np.array(tok.encode(opening)), 60))[len(opening):]
+    print(f"    a prompt not in TEXT, {opening!r} -> {out!r}: its longest stretch copied from "
+          f"TEXT is {longest_copy(out, TEXT)} of 60 characters")
+
     prompt = np.array(tok.encode("Each token "))
-    _charlm_sampling(lm, prompt, ctx.seed)
-    seconds = _charlm_kv_cache(lm, prompt[:4], run.cache_lengths)
+    print(f"  sampling {CONTEXT - len(prompt)} characters after 'Each token ':")
+    for setting, known, n_words, sample in _charlm_sampling(lm, prompt, ctx.seed):
+        print(f"    {setting + ':':<28} {known:2d} of {n_words} words from TEXT: "
+              f"{sample[:64]!r}...")
+
+    short, lengths = prompt[:4], run.cache_lengths
+    seconds, same, largest = _charlm_kv_cache(lm, short, lengths)
+    fast, slow = seconds[True][-1], seconds[False][-1]
+    print(f"  key/value cache: {lengths[-1]} tokens in {fast * 1000:.0f} ms with the cache, "
+          f"{slow * 1000:.0f} ms recomputing everything: {slow / fast:.1f}x faster "
+          f"({lengths[0]} tokens: {seconds[False][0] / seconds[True][0]:.1f}x)")
+    print(f"    same tokens: {same}; largest logit difference {largest:.1e} (float32 rounding)")
+    steps_t = np.arange(len(short), len(short) + lengths[-1])          # positions run at each step
+    print(f"    work per layer for those {lengths[-1]} tokens: recomputing, step t sends t rows "
+          f"through the projections and the feed-forward layer")
+    print(f"      and computes t² attention scores per head, {steps_t.sum():,} rows and "
+          f"{np.sum(steps_t ** 2):,} scores in all; with the cache, one row and t scores: "
+          f"{len(short) + len(steps_t) - 1:,} rows and {len(short) ** 2 + steps_t[1:].sum():,} "
+          f"scores")
+
     lens = _charlm_lens(lm)
     hidden, _ = charlm_activations(ctx)
     print(f"  feed-forward layer {len(model.blocks)}: on average "
@@ -569,6 +628,11 @@ def chapter_charlm(ctx):
     if ctx.plots:
         tour_figures.charlm(ctx.save, lm.losses, tok.vocab_size, run.cache_lengths,
                             seconds[True], seconds[False], lens)
+
+
+def bpe_pieces(bpe, ids):
+    """Byte-pair tokens shown as the text each stands for, joined by '+'."""
+    return "+".join(repr(bpe.decode([i])) for i in ids)
 
 
 def _charlm_lens(lm, shown=40):
@@ -609,39 +673,36 @@ def _charlm_lens(lm, shown=40):
                 title=f"Direct logit attribution: 'n' against {tok.itos[wrong]!r} after {opening!r}")
 
 
-def _charlm_memorised(lm):
-    """What the model learned of TEXT, and what it did not learn: English."""
+def _charlm_greedy(lm, openings):
+    """Greedy continuations of each opening (taken from TEXT) up to a full window. -> per
+    opening (opening, the new characters, how many of them agree with TEXT before the first
+    difference)."""
     model, tok = lm.model, lm.tokenizer
-    # What it memorised: greedy continuations of prompts from TEXT, as long as the context allows.
-    print("  greedy decoding from three prompts taken from TEXT:")
-    for opening in ("Each token ", "Then comes attention", "To write new text"):
-        new = CONTEXT - len(opening)
-        out = tok.decode(model.generate(np.array(tok.encode(opening)), new))[len(opening):]
+    continued = []
+    for opening in openings:
+        out = tok.decode(model.generate(np.array(tok.encode(opening)),
+                                        CONTEXT - len(opening)))[len(opening):]
         expected = TEXT[TEXT.index(opening) + len(opening):]
-        print(f"    {opening!r:<22} {correct_characters(out, expected):3d} of {new} new characters "
-              f"as in TEXT: {out[:60]!r}...")
-    # The next character at every position of TEXT, given the characters before it in a window:
-    # the prediction at window position j has seen j + 1 characters.
+        continued.append((opening, out, correct_characters(out, expected)))
+    return continued
+
+
+def _charlm_next_right(lm):
+    """The next character at every position of TEXT, given the characters before it in a window
+    (the prediction at window position j has seen j + 1 characters). -> (windows, CONTEXT) bool:
+    the most likely next character is TEXT's; and how many positions that covers."""
     n = (len(lm.data) - 1) // CONTEXT * CONTEXT
-    right = (np.argmax(model.forward(lm.data[:n].reshape(-1, CONTEXT)), axis=-1)
-             == lm.data[1:n + 1].reshape(-1, CONTEXT))                       # (windows, CONTEXT)
-    print(f"    the most likely next character is TEXT's at {right.mean():.1%} of {n} positions: "
-          f"{right[:, 15:].mean():.1%} with 16 or more characters before it, "
-          f"{right[:, :7].mean():.1%} with fewer than 8")
-    # What it may not have learned: English. After an opening that is not in TEXT, how much of
-    # what it writes is a stretch of TEXT?
-    opening = "The cat sat on the mat"
-    out = tok.decode(model.generate(np.array(tok.encode(opening)), 60))[len(opening):]
-    print(f"    a prompt not in TEXT, {opening!r} -> {out!r}: its longest stretch copied from "
-          f"TEXT is {longest_copy(out, TEXT)} of 60 characters")
+    right = (np.argmax(lm.model.forward(lm.data[:n].reshape(-1, CONTEXT)), axis=-1)
+             == lm.data[1:n + 1].reshape(-1, CONTEXT))
+    return right, n
 
 
 def _charlm_sampling(lm, prompt, seed):
-    """Samples after prompt at several temperatures, with top-k and top-p, and how many of
-    their words occur in TEXT."""
+    """Samples after prompt at several temperatures, with top-k and top-p. -> per sample (the
+    setting in words, how many of its words occur in TEXT, how many words, the sample)."""
     model, tok = lm.model, lm.tokenizer
     vocabulary = set(re.findall(r"[A-Za-z]+", TEXT))
-    print(f"  sampling {CONTEXT - len(prompt)} characters after 'Each token ':")
+    samples = []
     for temperature, top_k, top_p in ((0.5, None, None), (1.0, None, None), (2.0, None, None),
                                       (2.0, 5, None), (2.0, None, 0.9)):
         sample = tok.decode(model.generate(prompt, CONTEXT - len(prompt), temperature=temperature,
@@ -649,40 +710,26 @@ def _charlm_sampling(lm, prompt, seed):
         setting = f"temperature {temperature:.1f}" + (f", top-{top_k}" if top_k else "") + (
             f", top-p {top_p}" if top_p else "")
         sampled = re.findall(r"[A-Za-z]+", sample)[:-1]              # the last may be cut off
-        known = sum(w in vocabulary for w in sampled)
-        print(f"    {setting + ':':<28} {known:2d} of {len(sampled)} words from TEXT: "
-              f"{sample[:64]!r}...")
+        samples.append((setting, sum(w in vocabulary for w in sampled), len(sampled), sample))
+    return samples
 
 
 def _charlm_kv_cache(lm, short, lengths):
-    """Generate lengths[i] tokens after the prompt short, with the key/value cache and without;
-    print the speed-up and the work each way. -> seconds {use_cache: [one time per length]}."""
-    model = lm.model
-    # The cache's speed-up, measured: the same tokens generated both ways, for longer and longer
-    # runs (the work each way is counted in the comment at the top of this section).
+    """The cache's speed-up, measured: generate lengths[i] tokens after the prompt short, with
+    the key/value cache and without (the work each way is counted in the comment at the top of
+    this section). -> seconds {use_cache: [one time per length]}, whether the longest run gave
+    the same tokens both ways, and its largest logit difference."""
     seconds = {True: [], False: []}
     for n_new in lengths:
         generated = {}
         for use_cache in (True, False):
             start = time.perf_counter()
-            generated[use_cache] = model.generate(short, n_new, use_cache=use_cache,
-                                                  return_logits=True)
+            generated[use_cache] = lm.model.generate(short, n_new, use_cache=use_cache,
+                                                     return_logits=True)
             seconds[use_cache].append(time.perf_counter() - start)
     (cached_tokens, cached_logits), (tokens, logits) = generated[True], generated[False]
-    fast, slow = seconds[True][-1], seconds[False][-1]
-    print(f"  key/value cache: {lengths[-1]} tokens in {fast * 1000:.0f} ms with the cache, "
-          f"{slow * 1000:.0f} ms recomputing everything: {slow / fast:.1f}x faster "
-          f"({lengths[0]} tokens: {seconds[False][0] / seconds[True][0]:.1f}x)")
-    print(f"    same tokens: {np.array_equal(tokens, cached_tokens)}; largest logit difference "
-          f"{np.max(np.abs(logits - cached_logits)):.1e} (float32 rounding)")
-    steps_t = np.arange(len(short), len(short) + lengths[-1])          # positions run at each step
-    print(f"    work per layer for those {lengths[-1]} tokens: recomputing, step t sends t rows "
-          f"through the projections and the feed-forward layer")
-    print(f"      and computes t² attention scores per head, {steps_t.sum():,} rows and "
-          f"{np.sum(steps_t ** 2):,} scores in all; with the cache, one row and t scores: "
-          f"{len(short) + len(steps_t) - 1:,} rows and {len(short) ** 2 + steps_t[1:].sum():,} "
-          f"scores")
-    return seconds
+    return (seconds, np.array_equal(tokens, cached_tokens),
+            np.max(np.abs(logits - cached_logits)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -701,7 +748,11 @@ def chapter_circuits(ctx):
     # Full: a larger vocabulary and a lower learning rate, so the plateau before the induction
     # head's jump shows. Quick: circuits.py's defaults, the fastest that reliably grows the head.
     run = ctx.settings(induction=(dict(vocab_size=16, length=16, lr=1e-2, steps=600),  # quick
-                                  dict(vocab_size=24, length=24, lr=3e-3, steps=1200)))  # full
+                                  dict(vocab_size=24, length=24, lr=3e-3, steps=1200)),  # full
+                       test_sequences=(256, 256), monitored=(128, 128), every=(50, 50),
+                       path_sequences=(64, 64), patching_prompts=(128, 128),
+                       position_sequences=(256, 256), skip_path_batch=((8, 8), (8, 8)),
+                       skip_table_rows=(8, 8))
     print("  Kronecker identities, largest |left side - right side| on random matrices:")
     for name, err in C.kronecker_identity_errors(ctx.seed).items():
         print(f"    {name:<48} {err:.1e}")
@@ -716,59 +767,122 @@ def chapter_circuits(ctx):
     print(f"    log softmax W_U W_E against the corpus's log p(next | current) over the {seen} "
           f"bigrams seen: r = {corr:.3f}")
 
-    skip_model, table = _circuits_skip_trigrams(ctx)
-    models = _circuits_induction(ctx, run.induction)
-    head_patching = _circuits_read_induction(ctx, models)
-    if ctx.plots:
-        tour_figures.circuits(ctx.save, **_circuits_drawn(ctx, skip_model, table, models),
-                              head_patching=head_patching)
-
-
-def _circuits_skip_trigrams(ctx):
-    """One layer: the path expansion on a trained model, then the skip-trigram table."""
-    model, losses = C.train_skip_trigram_model(seed=ctx.seed)
-    planted, heads = set(C.PLANTED_TRIPLES), model.config["n_heads"]
+    # one layer: the path expansion on a trained model, then the skip-trigram table
+    skip_model, losses, terms, error, table = _circuits_skip_trigrams(ctx, run)
+    heads, planted = skip_model.config["n_heads"], set(C.PLANTED_TRIPLES)
     names = ", ".join(f"{LETTERS[a]}…{LETTERS[b]}→{LETTERS[c]}" for a, b, c in C.PLANTED_TRIPLES)
     print(f"  one layer, {heads} heads, planted skip-trigrams {names} "
           f"({len(losses)} steps, loss {losses[-50:].mean():.3f})")
-    exact = C.to_float64(model)
-    tokens = C.skip_trigram_corpus(np.random.default_rng(ctx.seed), C.PLANTED_TRIPLES,
-                                   model.vocab_size, 8, 8)        # 8 sequences of 8 tokens
-    terms = C.path_expansion(exact, tokens)
-    error = np.max(np.abs(sum(terms.values()) - exact.forward(tokens)))
     print(f"  path expansion: {len(terms)} terms (direct path and {heads} heads, each from tokens and "
           f"from positions) sum to the logits within {error:.1e}")
     print("  skip-trigram table read from the QK and OV circuits (the paper's Table 1):")
     print("    source … destination → out   gain in p(out)   head")
-    table = C.skip_trigrams(model, top_k=8)
     for score, head, a, b, c in table:
         mark = "planted" if (a, b, c) in planted else ""
         print(f"    {LETTERS[a]:>6} … {LETTERS[b]:<11} → {LETTERS[c]:<3} {score:>+13.3f}   "
               f"{head:>4}   {mark}")
-    return model, table
 
-
-def _circuits_induction(ctx, config):
-    """Two layers against one, trained identically (config: vocab_size, length, lr, steps) on
-    random tokens with a repeated segment."""
-    every = 50                                   # monitor the held-out batch every 50 steps
+    # two layers against one: the induction head
+    config = run.induction
     V, n = config["vocab_size"], config["length"]
-    tokens, inside = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 1), 256, n + 1, V,
-                                              n // 4, n // 2)
+    print(f"  induction: vocabulary {V}, {n} tokens, a segment of {n // 4}-{n // 2} tokens "
+          f"repeated at a random later offset; d_model 32, 2 heads, Adam lr {config['lr']}, "
+          f"batch 32, {config['steps']} steps")
+    models = _circuits_induction(ctx, run)
+    log, jump = models.two_log, models.jump
+    print(f"    loss inside repeats / elsewhere (ln V = {np.log(V):.2f}): two layers "
+          f"{models.two_in:.2f} / {models.two_out:.2f}, one layer {models.one_in:.2f} / "
+          f"{models.one_out:.2f}")
+    print(f"    the best induction score rose fastest between steps {log[jump, 0]:.0f} and "
+          f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside "
+          f"repeats then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
+    # reading the two-layer model: which heads do what, what breaks without them, how they
+    # compose, and which paths carry the prediction inside repeats
+    r = _circuits_read_induction(ctx, run, models)
+    induction, previous, two_in = models.induction, models.previous, models.two_in
+    print("    induction score of each layer-1 head:   " + _circuits_row(induction[1]))
+    print("    previous-token score of each layer-0 head: " + _circuits_row(previous[0]))
+    print("    one layer, its heads' induction scores: " + _circuits_row(r.one_induction))
+    print("    ablate one layer-0 head -> loss inside / elsewhere: " + ", ".join(
+        f"L0H{h} {i:.2f} / {o:.2f}" for h, (i, o) in enumerate(r.ablation)))
+    grid = r.patched
+    print(f"    head patching: {run.patching_prompts} sequences ending inside a repeat; the "
+          f"corrupt copy changes the earlier occurrence of the last token.\n      Logit difference "
+          f"(answer - the corrupt run's top token) clean {r.m_clean:+.2f}, corrupt "
+          f"{r.m_corrupt:+.2f}; one head's output (hook_z) from the clean run restores:\n      "
+          + ", ".join(f"L{layer}H{h} {grid[layer, h]:.2f}"
+                      for layer in range(2) for h in range(grid.shape[1])))
+    first, second = int(np.argmax(grid[0])), int(np.argmax(grid[1]))
+    damaged = int(np.argmax(r.ablation[:, 0]))
+    sharing = [h for h in range(grid.shape[1]) if h != second and grid[1, h] > 0.25]
+    print(f"      layer 0: patching singles out L0H{first} (previous-token score "
+          f"{previous[0, first]:.2f}), " + ("the head whose ablation hurts most" if first == damaged
+                                              else f"but the ablation hurts L0H{damaged} most")
+          + f";\n      layer 1: L1H{second} (induction score {induction[1, second]:.2f})" + "".join(
+              f" and L1H{h} ({induction[1, h]:.2f}, restoring {grid[1, h]:.2f})" for h in sharing)
+          + (": the induction heads share the copy" if sharing else ""))
+    print(f"    composition scores, layer-1 head (rows) with layer-0 head (columns); random "
+          f"matrices give {r.baseline:.3f}:")
+    for kind, scores in r.composition.items():
+        print(f"      {kind}: " + "  ".join(f"L1H{i} [{_circuits_row(row)}]"
+                                          for i, row in enumerate(scores)))
+    print("    OV copying score Σλ/Σ|λ|: " + ", ".join(
+        f"L{layer}H{h} {score:+.2f}" for (layer, h), score in r.copying.items()))
+    print(f"    path expansion of the two-layer model: {r.n_paths} terms, sum within "
+          f"{r.error:.1e} of the logits")
+    print("      the paths that raise the right token's logit most inside repeats: "
+          + ", ".join(f"{name} {gain:+.1f}" for name, gain in r.top_paths))
+    prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
+    k_scores = r.composition["K"][best]
+    partner = int(np.argmax(k_scores))
+    ratio, damage = k_scores[partner] / r.baseline, r.ablation[prev_head, 0] - two_in
+    print(f"    reading: L0H{prev_head} has the highest previous-token score "
+          f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
+          f"{two_in:.2f} to {r.ablation[prev_head, 0]:.2f}.")
+    print(f"      The induction head L1H{best} K-composes most with L0H{partner} "
+          f"({k_scores[partner]:.2f}, {ratio:.1f}x the random value" +
+          ("; here the composition score is a weak signal, the ablation a clear one)."
+           if ratio < 1.5 and damage > 0.5 else ")."))
+    if ctx.plots:
+        tour_figures.circuits(ctx.save, **_circuits_drawn(ctx, run, skip_model, table, models),
+                              head_patching=grid)
+
+
+def _circuits_skip_trigrams(ctx, run):
+    """One layer, trained on planted skip-trigrams. -> the model, its losses, its path
+    expansion (on run.skip_path_batch (sequences, tokens) of the corpus) and how far the terms'
+    sum is from the logits, and the skip-trigram table's top run.skip_table_rows rows."""
+    model, losses = C.train_skip_trigram_model(seed=ctx.seed)
+    exact = C.to_float64(model)
+    tokens = C.skip_trigram_corpus(np.random.default_rng(ctx.seed), C.PLANTED_TRIPLES,
+                                   model.vocab_size, *run.skip_path_batch)
+    terms = C.path_expansion(exact, tokens)
+    error = np.max(np.abs(sum(terms.values()) - exact.forward(tokens)))
+    return model, losses, terms, error, C.skip_trigrams(model, top_k=run.skip_table_rows)
+
+
+def _circuits_induction(ctx, run):
+    """Two layers against one, trained identically (run.induction: vocab_size, length, lr,
+    steps) on random tokens with a repeated segment, monitored every run.every steps on
+    run.monitored of run.test_sequences held-out sequences. -> namespace: both models, their
+    monitor logs, the held-out tokens and where repeats are, the heads' induction and
+    previous-token scores, the losses inside and outside repeats, and the record after which
+    the best induction score rose fastest (jump)."""
+    config, every = run.induction, run.every
+    V, n = config["vocab_size"], config["length"]
+    tokens, inside = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 1),
+                                              run.test_sequences, n + 1, V, n // 4, n // 2)
 
     def monitor(step, model):
         """(step, loss inside repeats, loss elsewhere, best induction score in the last layer,
-        best previous-token score in layer 0), from one forward pass on 128 held-out sequences"""
-        seen, where = tokens[:128], inside[:128]
+        best previous-token score in layer 0), from one forward pass on the monitored sequences"""
+        seen, where = tokens[:run.monitored], inside[:run.monitored]
         logits, patterns = C.run_with_patterns(model, seen[:, :-1])
         patterns = np.asarray(patterns)
         induction = C.score_induction(patterns, seen[:, :-1], where)
         return (step, *C.split_losses(C.next_token_losses(logits, seen[:, 1:]), where),
                 induction[-1].max(), C.score_previous_token(patterns)[0].max())
 
-    print(f"  induction: vocabulary {V}, {n} tokens, a segment of {n // 4}-{n // 2} tokens "
-          f"repeated at a random later offset; d_model 32, 2 heads, Adam lr {config['lr']}, "
-          f"batch 32, {config['steps']} steps")
     two, _, two_log = C.train_induction_model(n_layers=2, seed=ctx.seed, every=every,
                                               monitor=monitor, **config)
     one, _, one_log = C.train_induction_model(n_layers=1, seed=ctx.seed, every=every,
@@ -778,64 +892,40 @@ def _circuits_induction(ctx, config):
     previous = C.previous_token_scores(two, tokens[:, :-1])
     two_in, two_out = C.repeat_losses(two, tokens, inside)
     one_in, one_out = C.repeat_losses(one, tokens, inside)
-    print(f"    loss inside repeats / elsewhere (ln V = {np.log(V):.2f}): two layers "
-          f"{two_in:.2f} / {two_out:.2f}, one layer {one_in:.2f} / {one_out:.2f}")
     log = np.array(two_log)                    # (records, 5): the monitor's tuples, in order
-    jump = int(np.argmax(np.diff(log[:, 3])))
-    print(f"    the best induction score rose fastest between steps {log[jump, 0]:.0f} and "
-          f"{log[jump + 1, 0]:.0f} ({log[jump, 3]:.2f} -> {log[jump + 1, 3]:.2f}); loss inside "
-          f"repeats then {log[jump, 1]:.2f} -> {log[jump + 1, 1]:.2f}")
     return SimpleNamespace(two=two, one=one, two_log=log, one_log=np.array(one_log),
                            tokens=tokens, inside=inside, induction=induction, previous=previous,
-                           two_in=two_in)
+                           two_in=two_in, two_out=two_out, one_in=one_in, one_out=one_out,
+                           jump=int(np.argmax(np.diff(log[:, 3]))))
 
 
-def _circuits_read_induction(ctx, models):
-    """Read the two-layer model: which heads do what, what breaks without them, how they
-    compose, and which paths carry the prediction inside repeats. -> head patching's grid
-    (2, H), for the figure."""
+def _circuits_read_induction(ctx, run, models):
+    """Read the two-layer model. -> namespace: the one-layer model's induction scores; the
+    losses inside / outside repeats with each layer-0 head ablated (H, 2); head patching on
+    prompts ending inside a repeat (patched (2, H) shares restored, m_clean, m_corrupt); the
+    composition scores {Q, K, V: (H, H)} and their random baseline; each head's OV copying
+    score; the path expansion's number of terms, its error, and the three paths that raise
+    the right token's logit most inside repeats."""
     two, one, tokens, inside = models.two, models.one, models.tokens, models.inside
-    induction, previous, two_in = models.induction, models.previous, models.two_in
-    print("    induction score of each layer-1 head:   " + _circuits_row(induction[1]))
-    print("    previous-token score of each layer-0 head: " + _circuits_row(previous[0]))
-    print("    one layer, its heads' induction scores: "
-          + _circuits_row(C.induction_scores(one, tokens[:, :-1], inside)[0]))
-    ablation = C.ablation_losses(two, tokens, inside, layer=0)
-    print("    ablate one layer-0 head -> loss inside / elsewhere: " + ", ".join(
-        f"L0H{h} {i:.2f} / {o:.2f}" for h, (i, o) in enumerate(ablation)))
-    patched = _circuits_head_patching(ctx, two, previous, induction, ablation)
-    baseline = C.random_composition_baseline(32, 16, np.random.default_rng(ctx.seed))
-    print(f"    composition scores, layer-1 head (rows) with layer-0 head (columns); random "
-          f"matrices give {baseline:.3f}:")
-    composition = C.composition_scores(two)
-    for kind, scores in composition.items():
-        print(f"      {kind}: " + "  ".join(f"L1H{i} [{_circuits_row(row)}]"
-                                          for i, row in enumerate(scores)))
-    print("    OV copying score Σλ/Σ|λ|: " + ", ".join(
-        f"L{layer}H{h} {C.copying_score(C.ov_circuit(two, layer, h)):+.2f}"
-        for layer in range(2) for h in range(2)))
+    patched, m_clean, m_corrupt = _circuits_head_patching(ctx, run.patching_prompts, two)
+    d_model = two.config["d_model"]
+    baseline = C.random_composition_baseline(d_model, d_model // two.config["n_heads"],
+                                             np.random.default_rng(ctx.seed))
     exact = C.to_float64(two)
-    paths = C.path_expansion(exact, tokens[:64, :-1])
-    error = np.max(np.abs(sum(paths.values()) - exact.forward(tokens[:64, :-1])))
-    gain = {name: _circuits_target_logit(term, tokens[:64, 1:], inside[:64])
+    shown, where = tokens[:run.path_sequences], inside[:run.path_sequences]
+    paths = C.path_expansion(exact, shown[:, :-1])
+    error = np.max(np.abs(sum(paths.values()) - exact.forward(shown[:, :-1])))
+    gain = {name: _circuits_target_logit(term, shown[:, 1:], where)
             for name, term in paths.items()}
-    top = sorted(gain, key=gain.get, reverse=True)[:3]
-    print(f"    path expansion of the two-layer model: {len(paths)} terms, sum within {error:.1e} "
-          f"of the logits")
-    print("      the paths that raise the right token's logit most inside repeats: "
-          + ", ".join(f"{name} {gain[name]:+.1f}" for name in top))
-    prev_head, best = int(np.argmax(previous[0])), int(np.argmax(induction[1]))
-    k_scores = composition["K"][best]
-    partner = int(np.argmax(k_scores))
-    ratio, damage = k_scores[partner] / baseline, ablation[prev_head, 0] - two_in
-    print(f"    reading: L0H{prev_head} has the highest previous-token score "
-          f"({previous[0, prev_head]:.2f}); without it the loss inside repeats goes from "
-          f"{two_in:.2f} to {ablation[prev_head, 0]:.2f}.")
-    print(f"      The induction head L1H{best} K-composes most with L0H{partner} "
-          f"({k_scores[partner]:.2f}, {ratio:.1f}x the random value" +
-          ("; here the composition score is a weak signal, the ablation a clear one)."
-           if ratio < 1.5 and damage > 0.5 else ")."))
-    return patched
+    return SimpleNamespace(
+        one_induction=C.induction_scores(one, tokens[:, :-1], inside)[0],
+        ablation=C.ablation_losses(two, tokens, inside, layer=0),
+        patched=patched, m_clean=m_clean, m_corrupt=m_corrupt, baseline=baseline,
+        composition=C.composition_scores(two),
+        copying={(layer, h): C.copying_score(C.ov_circuit(two, layer, h))
+                 for layer in range(2) for h in range(2)},
+        n_paths=len(paths), error=error,
+        top_paths=[(name, gain[name]) for name in sorted(gain, key=gain.get, reverse=True)[:3]])
 
 
 def induction_prompts(rng, batch, n, vocab_size):
@@ -852,37 +942,24 @@ def induction_prompts(rng, batch, n, vocab_size):
     return clean, corrupt, clean[rows, start + L - 1]
 
 
-def _circuits_head_patching(ctx, two, previous, induction, ablation):
-    """Activation patching of each head's output (circuits.py section 9) on prompts that end
-    inside a repeat: which heads carry the induction, and does it agree with the ablation?"""
+def _circuits_head_patching(ctx, n_prompts, two):
+    """Activation patching of each head's output (circuits.py section 9) on n_prompts prompts
+    that end inside a repeat: which heads carry the induction? -> the shares restored (2, H),
+    and the metric (the answer's logit minus the corrupt run's top token's) clean and corrupt."""
     n, V = two.max_len, two.vocab_size
-    clean, corrupt, answer = induction_prompts(np.random.default_rng(ctx.seed + 4), 128, n, V)
+    clean, corrupt, answer = induction_prompts(np.random.default_rng(ctx.seed + 4), n_prompts, n, V)
     outputs = [transformer.run_with_hooks(two, x, hooks={}) for x in (clean, corrupt)]
     metric = C.logit_difference(answer, outputs[1][:, -1].argmax(-1))
     m_clean, m_corrupt = (metric(out) for out in outputs)
     grid = restored(C.head_patching(two, clean, corrupt, metric), m_clean, m_corrupt)   # (2, H)
-    print(f"    head patching: 128 sequences ending inside a repeat; the corrupt copy changes the "
-          f"earlier occurrence of the last token.\n      Logit difference (answer - the corrupt "
-          f"run's top token) clean {m_clean:+.2f}, corrupt {m_corrupt:+.2f}; one head's output "
-          f"(hook_z) from the clean run restores:\n      " + ", ".join(
-              f"L{layer}H{h} {grid[layer, h]:.2f}" for layer in range(2) for h in range(grid.shape[1])))
-    first, second = int(np.argmax(grid[0])), int(np.argmax(grid[1]))
-    damaged = int(np.argmax(ablation[:, 0]))
-    sharing = [h for h in range(grid.shape[1]) if h != second and grid[1, h] > 0.25]
-    print(f"      layer 0: patching singles out L0H{first} (previous-token score "
-          f"{previous[0, first]:.2f}), " + (f"the head whose ablation hurts most" if first == damaged
-                                              else f"but the ablation hurts L0H{damaged} most")
-          + f";\n      layer 1: L1H{second} (induction score {induction[1, second]:.2f})" + "".join(
-              f" and L1H{h} ({induction[1, h]:.2f}, restoring {grid[1, h]:.2f})" for h in sharing)
-          + (": the induction heads share the copy" if sharing else ""))
-    return grid
+    return grid, m_clean, m_corrupt
 
 
-def _circuits_drawn(ctx, skip_model, table, models):
+def _circuits_drawn(ctx, run, skip_model, table, models):
     """The figures' data that the printout does not need: the QK and OV circuits of the (at
     most two) heads that carry the top rows of the skip-trigram table; both layers' attention
     on one sequence whose second half repeats its first half (the induction stripe); the mean
-    loss at every position of such sequences, two layers against one."""
+    loss at every position of run.position_sequences such sequences, two layers against one."""
     heads = list(dict.fromkeys(head for _, head, *_ in table[:len(C.PLANTED_TRIPLES)]))[:2]
     two, one = models.two, models.one
     V, n = two.vocab_size, two.max_len
@@ -891,8 +968,8 @@ def _circuits_drawn(ctx, skip_model, table, models):
     probe = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 2), 1, n, V,
                                      n // 2, n // 2)[0]
     patterns = C.run_with_patterns(two, probe)[1]
-    repeats = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 3), 256, n, V,
-                                       n // 2, n // 2)[0]
+    repeats = C.repeated_segment_batch(np.random.default_rng(ctx.seed + 3),
+                                       run.position_sequences, n, V, n // 2, n // 2)[0]
     return dict(
         letters=LETTERS[:skip_model.vocab_size],
         qk_ov={h: (C.qk_circuit(skip_model, 0, h), C.ov_circuit(skip_model, 0, h)) for h in heads},
@@ -928,134 +1005,149 @@ def _circuits_target_logit(term, targets, inside):
 def chapter_superposition(ctx):
     """Superposition: toy models, the pentagon, Johnson-Lindenstrauss, a sparse autoencoder"""
     run = ctx.settings(                                             # (quick, full)
-        sweep_steps=(600, 1500), sweep_lr=(3e-2, 1.5e-2),
+        sweep_steps=(600, 1500), sweep_lr=(3e-2, 1.5e-2), sticky_steps=(10_000, 10_000),
+        pentagon_probabilities=(8, 8), pentagon_seeds=(4, 4),
         pentagon_steps=(800, 1500), pentagon_batch=(256, 512), pentagon_lr=(3e-2, 2e-2),
-        phase_grid=(6, 10), phase_steps=(500, 800), phase_batch=(128, 256),
+        phase_grid=(6, 10), phase_seeds=(2, 2), phase_steps=(500, 800), phase_batch=(128, 256),
+        phase_lr=(3e-2, 3e-2),
+        jl_points=(100, 100), jl_point_dims=(1000, 1000),
+        jl_projections=([200, 400, 800], [200, 400, 800]), jl_eps=(0.3, 0.3),
         jl_dims=([5, 10, 20, 30, 40], [5, 10, 20, 30, 40, 50, 60]), jl_tries=(1500, 4000),
         sae_toy_steps=(800, 2000), sae_steps=(800, 3000))
-    sweep, dimensions = _superposition_sweep(run, ctx.seed, ctx.long)
-    pentagons = _superposition_five_in_two(run, ctx.seed)
+    sweep, dimensions, (lin, relu) = _superposition_sweep(run, ctx.seed)
+    print(f"  n=20, m=5, {run.sweep_steps} Adam steps per model, all sparsities trained at once")
+    print(f"    linear      : {lin['represented'][0]} features represented, "
+          f"max superposition {lin['max_superposition'][0]:.3f}")
+    for s, k, sp, d in zip(S.SWEEP_SPARSITIES, relu["represented"], relu["max_superposition"],
+                           relu["dimensions_per_feature"]):
+        print(f"    ReLU S={s:<6}: {k:2d} features represented, max superposition {sp:5.2f}, "
+              f"dims/feature {d:.3f}")
+    if ctx.long:
+        print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
+        dimensions["sticky"] = S.sticky_half(steps=run.sticky_steps, seed=ctx.seed,
+                                             progress=progress_line("long run", run.sticky_steps))
+        print("    1/(1-S) -> dimensions per feature: " + ", ".join(
+            f"{x:.1f}: {y:.3f}" for x, y in zip(*dimensions["sticky"])))
+
+    pentagons, found = _superposition_five_in_two(run, ctx.seed)
+    print(f"  5 features in 2 dimensions (best of {run.pentagon_seeds} seeds per probability):")
+    for p, description, count in zip(pentagons["probabilities"], pentagons["descriptions"],
+                                     found.pentagon_seeds):
+        print(f"    p={p:.3f}: {description:22s} seeds forming a pentagon: "
+              f"{count}/{run.pentagon_seeds}")
+    print(f"    at p={pentagons['probabilities'][-1]:.3f}: neighbour angles "
+          f"{_rounded(S.polygon_angles(pentagons['W'][-1]), 1)} deg, norms "
+          f"{_rounded(S.feature_norms(pentagons['W'][-1]), 2)}, biases {_rounded(found.b[-1], 2)}")
+    for p, others in found.missed.items():           # some seeds found the pentagon, these not
+        print(f"    at p={p:.3f} the seeds that missed the pentagon stopped at: "
+              + ", ".join(others))
+
     phases = _superposition_phases(run, ctx.seed)
-    _superposition_pentagon_network()
+    counts = {name: int(np.sum(phases["phases"] == i)) for i, name in enumerate(S.PHASES)}
+    print(f"  phase diagram n=2, m=1 ({run.phase_grid}x{run.phase_grid} cells): {counts}, "
+          f"other: {int(np.sum(phases['phases'] < 0))}")
+
+    b1, exact, interference, both = _superposition_pentagon_network()
+    print("  pentagon network (Example 26): b1 =", np.round(b1, 3).tolist())
+    print(f"    single features come back exactly: {exact}; "
+          f"largest interference pre-activation {interference:.4f}")
+    print(f"    e1 + e3: feature 1 pre-activation {both:.4f} -> output {max(both, 0):.1f} "
+          f"(erased)")
+
     jl = _superposition_johnson_lindenstrauss(run, ctx.seed)
-    sae = _superposition_sae(run, ctx.seed)
+    print(f"  Johnson-Lindenstrauss, N={run.jl_points} points:")
+    for m, d, e in zip(jl["ms"], jl["distortion"], jl["bound"]):
+        print(f"    m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
+    print(f"    directions with |cos| < {jl['eps']} (greedy, random): "
+          + ", ".join(f"m={m}: {c}" for m, c in zip(jl["dims"], jl["counts"])))
+
+    sae, represented, dead = _superposition_sae(run, ctx.seed)
+    print(f"  sparse autoencoder on n=64 features in m=32 dims ({represented} "
+          f"represented): MMCS {sae['mmcs']:.3f} vs random dictionary "
+          f"{sae['random_mmcs']:.3f}, dead latents {dead}")
     if ctx.plots:
         tour_figures.superposition(ctx.save, sweep, dimensions, pentagons, phases, jl, sae)
 
 
-def _superposition_sweep(run, seed, long):
-    """(a) The three results on n = 20, m = 5, I_i = 0.9^i, and with long the n = 200, m = 20
-    run behind the 'sticky' 1/2."""
+def _superposition_sweep(run, seed):
+    """(a) The three results on n = 20, m = 5, I_i = 0.9^i. -> what the figures draw (the
+    sweep, and the dimensions per feature, with no long run yet), and the summaries
+    (superposition.summarize) of the linear model and of the ReLU models."""
     relu, _ = S.sparsity_sweep(steps=run.sweep_steps, lr=run.sweep_lr, seed=seed)
     linear, _ = S.sparsity_sweep(sparsities=(0.0,), activation="linear", steps=run.sweep_steps,
                                  lr=run.sweep_lr, seed=seed)
-    summary, lin = S.summarize(relu.W), S.summarize(linear.W)
-    print(f"  n=20, m=5, {run.sweep_steps} Adam steps per model, all sparsities trained at once")
-    print(f"    linear      : {lin['represented'][0]} features represented, "
-          f"max superposition {lin['max_superposition'][0]:.3f}")
-    for s, k, sp, d in zip(S.SWEEP_SPARSITIES, summary["represented"],
-                           summary["max_superposition"], summary["dimensions_per_feature"]):
-        print(f"    ReLU S={s:<6}: {k:2d} features represented, max superposition {sp:5.2f}, "
-              f"dims/feature {d:.3f}")
-
-    sticky = None
-    if long:
-        print("  long run: n=200, m=20, 20 sparsities (a few minutes) ...")
-        long_steps = 10_000
-        sticky = S.sticky_half(steps=long_steps, seed=seed,
-                               progress=progress_line("long run", long_steps))
-        print("    1/(1-S) -> dimensions per feature: " + ", ".join(
-            f"{x:.1f}: {y:.3f}" for x, y in zip(*sticky)))
+    summary = S.summarize(relu.W)
     models = [linear.W[0]] + list(relu.W)
     sweep = dict(grams=[W.T @ W for W in models], norms=[S.feature_norms(W) for W in models],
                  interference=[S.superposition(W) for W in models],
                  titles=["linear\nS = 0"] + [f"ReLU\nS = {s:g}" for s in S.SWEEP_SPARSITIES])
     dimensions = dict(inverse_density=1 / (1 - np.array(S.SWEEP_SPARSITIES)),
-                      dims=summary["dimensions_per_feature"], sticky=sticky)
-    return sweep, dimensions
+                      dims=summary["dimensions_per_feature"], sticky=None)
+    return sweep, dimensions, (S.summarize(linear.W), summary)
 
 
 def _superposition_five_in_two(run, seed):
-    """(b) Five features in two dimensions, several seeds per probability."""
-    probabilities = S.pentagon_probabilities(8)
-    n_seeds = 4
+    """(b) Five features in two dimensions, several seeds per probability. -> what the figure
+    draws (the best seed's W per probability), and a namespace: pentagon_seeds (how many seeds
+    per probability formed the pentagon), b (the best seeds' biases), missed {p: what the
+    seeds that missed settled into, where some seeds found it and others did not}."""
+    probabilities = S.pentagon_probabilities(run.pentagon_probabilities)
+    n_seeds = run.pentagon_seeds
     model, best = S.five_in_two(probabilities, n_seeds=n_seeds, steps=run.pentagon_steps,
                                 batch_size=run.pentagon_batch, lr=run.pentagon_lr, seed=seed)
     W5, b5 = model.W[best], model.b[best]                          # (8, 2, 5), (8, 5)
     regular = [S.is_regular_pentagon(w, b) for w, b in zip(model.W, model.b)]
     pentagon_seeds = np.reshape(regular, (-1, n_seeds)).sum(axis=1)   # instances: seed fastest
-    descriptions = [_describe(w, bias) for w, bias in zip(W5, b5)]
-    print(f"  5 features in 2 dimensions (best of {n_seeds} seeds per probability):")
-    for p, description, count in zip(probabilities, descriptions, pentagon_seeds):
-        print(f"    p={p:.3f}: {description:22s} seeds forming a pentagon: "
-              f"{count}/{n_seeds}")
-    sparsest = W5[-1]                                              # (2, 5)
-    print(f"    at p={probabilities[-1]:.3f}: neighbour angles "
-          f"{_rounded(S.polygon_angles(sparsest), 1)} deg, norms "
-          f"{_rounded(S.feature_norms(sparsest), 2)}, biases {_rounded(b5[-1], 2)}")
-    # Where some seeds found the pentagon and others did not, say what the others settled into.
-    for i, p in enumerate(probabilities):
-        if 0 < pentagon_seeds[i] < n_seeds:
-            others = [_describe(model.W[j], model.b[j])
-                      for j in range(i * n_seeds, (i + 1) * n_seeds) if not regular[j]]
-            print(f"    at p={p:.3f} the seeds that missed the pentagon stopped at: "
-                  + ", ".join(others))
-    return dict(probabilities=probabilities, W=W5, descriptions=descriptions)
+    missed = {p: [_describe(model.W[j], model.b[j])
+                  for j in range(i * n_seeds, (i + 1) * n_seeds) if not regular[j]]
+              for i, p in enumerate(probabilities) if 0 < pentagon_seeds[i] < n_seeds}
+    drawn = dict(probabilities=probabilities, W=W5,
+                 descriptions=[_describe(w, bias) for w, bias in zip(W5, b5)])
+    return drawn, SimpleNamespace(pentagon_seeds=pentagon_seeds, b=b5, missed=missed)
 
 
 def _superposition_phases(run, seed):
     """(c) The n = 2, m = 1 phase diagram."""
     grid = run.phase_grid
     densities, importances = np.logspace(-2, 0, grid), np.logspace(-1, 1, grid)
-    phases, _ = S.phase_diagram(densities, importances, n_seeds=2, steps=run.phase_steps,
-                                batch_size=run.phase_batch, lr=3e-2, seed=seed)
-    counts = {name: int(np.sum(phases == i)) for i, name in enumerate(S.PHASES)}
-    print(f"  phase diagram n=2, m=1 ({grid}x{grid} cells): {counts}, "
-          f"other: {int(np.sum(phases < 0))}")
+    phases, _ = S.phase_diagram(densities, importances, n_seeds=run.phase_seeds,
+                                steps=run.phase_steps, batch_size=run.phase_batch,
+                                lr=run.phase_lr, seed=seed)
     return dict(densities=densities, importances=importances, phases=phases)
 
 
 def _superposition_pentagon_network():
-    """(d) The hand-built pentagon network (Example 26)."""
+    """(d) The hand-built pentagon network (Example 26). -> its first bias b1, whether single
+    features come back exactly, the largest pre-activation a single feature causes elsewhere,
+    and feature 1's pre-activation when features 1 and 3 are on together."""
     net = S.pentagon_network()
     eye = np.eye(5)
     z = net.preactivation(eye)
     both = net.preactivation((eye[0] + eye[2])[None])[0]
-    print("  pentagon network (Example 26): b1 =", np.round(net.b1, 3).tolist())
-    print(f"    single features come back exactly: {np.allclose(net(eye), eye)}; "
-          f"largest interference pre-activation {z[~np.eye(5, dtype=bool)].max():.4f}")
-    print(f"    e1 + e3: feature 1 pre-activation {both[0]:.4f} -> output {max(both[0], 0):.1f} "
-          f"(erased)")
+    return net.b1, np.allclose(net(eye), eye), z[~np.eye(5, dtype=bool)].max(), both[0]
 
 
 def _superposition_johnson_lindenstrauss(run, seed):
     """(e) Johnson-Lindenstrauss: random projections, and nearly orthogonal directions."""
     rng = np.random.default_rng(seed)
-    points = rng.standard_normal((100, 1000))
-    ms = np.array([200, 400, 800])
+    points = rng.standard_normal((run.jl_points, run.jl_point_dims))
+    ms = np.array(run.jl_projections)
     distortion = [S.jl_distortion(points, m, rng) for m in ms]
-    bound = S.jl_epsilon(100, ms)
-    eps = 0.3
-    dims = np.array(run.jl_dims)
+    bound = S.jl_epsilon(run.jl_points, ms)
+    eps, dims = run.jl_eps, np.array(run.jl_dims)
     counts = [len(S.nearly_orthogonal_directions(m, eps, run.jl_tries, rng)) for m in dims]
-    print("  Johnson-Lindenstrauss, N=100 points:")
-    for m, d, e in zip(ms, distortion, bound):
-        print(f"    m={m:4d}: worst distortion {d:.3f}, bound {e:.3f}")
-    print(f"    directions with |cos| < {eps} (greedy, random): "
-          + ", ".join(f"m={m}: {c}" for m, c in zip(dims, counts)))
     return dict(ms=ms, distortion=distortion, bound=bound, dims=dims, counts=counts, eps=eps)
 
 
 def _superposition_sae(run, seed):
-    """(f) A sparse autoencoder on a toy model in superposition."""
+    """(f) A sparse autoencoder on a toy model in superposition. -> what the figure draws, how
+    many features the toy model represents, how many latents never fire."""
     sae_run = S.sae_experiment(toy_steps=run.sae_toy_steps, sae_steps=run.sae_steps, seed=seed)
-    print(f"  sparse autoencoder on n=64 features in m=32 dims ({sae_run['represented']} "
-          f"represented): MMCS {sae_run['mmcs']:.3f} vs random dictionary "
-          f"{sae_run['random_mmcs']:.3f}, dead latents {sae_run['dead_latents']}")
     true = sae_run["true_directions"]
-    return dict(sae_cos=S.max_cosine_similarity(sae_run["sae"].params["W_dec"], true),
-                random_cos=S.max_cosine_similarity(sae_run["random_dictionary"], true),
-                mmcs=sae_run["mmcs"], random_mmcs=sae_run["random_mmcs"])
+    drawn = dict(sae_cos=S.max_cosine_similarity(sae_run["sae"].params["W_dec"], true),
+                 random_cos=S.max_cosine_similarity(sae_run["random_dictionary"], true),
+                 mmcs=sae_run["mmcs"], random_mmcs=sae_run["random_mmcs"])
+    return drawn, sae_run["represented"], sae_run["dead_latents"]
 
 
 def _describe(w, bias):
@@ -1169,7 +1261,7 @@ def installed_bert():
 
 def chapter_bert(ctx):
     """A real pretrained BERT run by our own layers: WordPiece, sentence similarity, polysemantic neurons"""
-    run = ctx.settings(masked_lm_steps=(250, 400))                  # (quick, full)
+    run = ctx.settings(masked_lm_steps=(250, 400), neurons_shown=(3, 3))   # (quick, full)
     bert = installed_bert()
     if bert is None:
         return
@@ -1180,43 +1272,19 @@ def chapter_bert(ctx):
           f"    {tok.vocab_size:,} WordPiece pieces")
     for sentence in (sentences[2], sentences[11]):
         print(f"    {sentence!r}\n      -> {' '.join(tok.tokenize(sentence))}")
-    similarity = _bert_similarity(bert, sentences)
-    trained = _bert_neurons(bert, sentences, ctx.seed)
-    padded, padding = _bert_padding(bert)
-    _bert_baselines(bert, sentences, trained, ctx.seed)
-    head_weights, pieces, layer, head = _bert_previous_token_head(bert, sentences[11])
-    _bert_masked_lm(run.masked_lm_steps, ctx.seed)
-    if ctx.plots:
-        tour_figures.bert(ctx.save, similarity, sentences, head_weights, pieces, layer, head,
-                          (trained.a, trained.labels, trained.distance),
-                          (padded.a, padded.labels, padding), ctx.seed)
 
-
-def _bert_similarity(bert, sentences):
-    """Sentence similarity: -> the cosines (12, 12) of the unit-length mean-pooled vectors."""
-    E = bert.sentence_embeddings(sentences)
-    cos = E @ E.T
-    group = np.repeat(np.arange(len(BOROVOY_SENTENCES)), 4)
-    same, other = group[:, None] == group[None], ~np.eye(len(sentences), dtype=bool)
-    within = [cos[(group == g)[:, None] & (group == g)[None] & other].mean()
-              for g in range(len(BOROVOY_SENTENCES))]
-    across = cos[~same].mean()
-    nearest = np.where(other, cos, -np.inf).argmax(axis=1)
-    print(f"  sentence similarity (cosine of the embeddings): English and German cat {cos[0, 2]:.2f}"
-          + (" (far apart: the model was trained on English)" if cos[0, 2] < 0.5 else ""))
+    similarity, within, across, own = _bert_similarity(bert, sentences)
+    print(f"  sentence similarity (cosine of the embeddings): English and German cat "
+          f"{similarity[0, 2]:.2f}"
+          + (" (far apart: the model was trained on English)" if similarity[0, 2] < 0.5 else ""))
     print("    within each category " + ", ".join(f"{name} {w:.2f}" for name, w in
                                               zip(BOROVOY_SENTENCES, within))
           + f"; across categories {across:.2f}")
-    print(f"    the nearest neighbour of a sentence is in its own category for "
-          f"{np.sum(group[nearest] == group)} of the 12: the categories are "
-          + ("visible, if faintly" if min(within) > across else "not all visible"))
-    return cos
+    print(f"    the nearest neighbour of a sentence is in its own category for {own} of the 12: "
+          f"the categories are " + ("visible, if faintly" if min(within) > across
+                                    else "not all visible"))
 
-
-def _bert_neurons(bert, sentences, seed):
-    """Borovoy's four measurements on layer 0's feed-forward neurons, each sentence on its own."""
-    hidden, labels = layer0_activations(bert, sentences)
-    trained = polysemanticity(hidden, labels)
+    trained, fires_most = _bert_neurons(bert, sentences, run.neurons_shown, ctx.seed)
     print("  layer 0's feed-forward neurons over the twelve sentences (no padding):")
     print_polysemanticity(trained)
     median = np.median(trained.pairs)
@@ -1226,15 +1294,68 @@ def _bert_neurons(bert, sentences, seed):
           + f") and the sums\n    centre on {trained.sums.mean():.1f}. The cosine is uncentred: two "
           f"neurons that are both often positive get a small\n    distance whatever they respond "
           f"to, and one mostly negative beside one mostly positive gets a distance near 2")
-    for j in np.random.default_rng(seed).choice(hidden.shape[1], 3, replace=False):
-        top = np.argsort(-hidden[:, j])[:6]
-        print(f"    neuron {j:4d} fires most on: {', '.join(labels[i] for i in top)}")
-    return trained
+    for j, top in fires_most.items():
+        print(f"    neuron {j:4d} fires most on: {', '.join(top)}")
+
+    padded, padding, shape, cosines, unpadded = _bert_padding(bert)
+    print(f"  the miscellaneous sentences as one padded batch {shape}: padding at flat "
+          f"positions {np.flatnonzero(padding).tolist()}")
+    print(f"    padding is masked only as a key, so padded positions still get hidden states; they "
+          f"differ only by\n    position, so their activations agree (mean cosine "
+          f"{cosines[0]:.2f} between padding tokens, {cosines[1]:.2f} between real ones)\n"
+          f"    mean neuron distance {padded.pairs.mean():.3f} with the padding in, "
+          f"{unpadded.pairs.mean():.3f} without it")
+
+    mlp, random = _bert_baselines(bert, sentences, ctx.seed)
+    print(f"  {mlp:.1%} of the non-embedding parameters sit in the feed-forward layers")
+    print(f"  the same layer with random weights: mean neuron distance {random.pairs.mean():.3f} "
+          f"(trained {trained.pairs.mean():.3f}), {np.mean(random.pairs < 0.5):.1%} of pairs "
+          f"below 0.5 (trained {np.mean(trained.pairs < 0.5):.1%})")
+
+    head_weights, pieces, layer, head, share = _bert_previous_token_head(bert, sentences[11])
+    print(f"  layer {layer} head {head} is a previous-token head: each token puts "
+          f"{share:.2f} of its attention on the token before it")
+
+    losses, fill = _bert_masked_lm(run.masked_lm_steps, ctx.seed)
+    print(f"  masked-LM pretraining of a 2-layer BERT, {run.masked_lm_steps} steps: loss "
+          f"{losses[0]:.2f} -> {losses[-1]:.2f}")
+    print(f"    blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} (it needs both "
+          f"neighbours; one side alone gives 25%), right word {fill[2]:.0%}")
+    if ctx.plots:
+        tour_figures.bert(ctx.save, similarity, sentences, head_weights, pieces, layer, head,
+                          (trained.a, trained.labels, trained.distance),
+                          (padded.a, padded.labels, padding), ctx.seed)
+
+
+def _bert_similarity(bert, sentences):
+    """Sentence similarity. -> the cosines (12, 12) of the unit-length mean-pooled vectors, the
+    mean cosine within each category and across categories, and for how many sentences the
+    nearest other sentence is in the same category."""
+    E = bert.sentence_embeddings(sentences)
+    cos = E @ E.T
+    group = np.repeat(np.arange(len(BOROVOY_SENTENCES)), 4)
+    same, other = group[:, None] == group[None], ~np.eye(len(sentences), dtype=bool)
+    within = [cos[(group == g)[:, None] & (group == g)[None] & other].mean()
+              for g in range(len(BOROVOY_SENTENCES))]
+    nearest = np.where(other, cos, -np.inf).argmax(axis=1)
+    return cos, within, cos[~same].mean(), int(np.sum(group[nearest] == group))
+
+
+def _bert_neurons(bert, sentences, n_shown, seed):
+    """Borovoy's four measurements on layer 0's feed-forward neurons, each sentence on its own.
+    -> the measurements, and {neuron: its six strongest tokens} for n_shown random neurons."""
+    hidden, labels = layer0_activations(bert, sentences)
+    fires_most = {j: [labels[i] for i in np.argsort(-hidden[:, j])[:6]]
+                  for j in np.random.default_rng(seed).choice(hidden.shape[1], n_shown,
+                                                              replace=False)}
+    return polysemanticity(hidden, labels), fires_most
 
 
 def _bert_padding(bert):
     """The same with the padding of a batch: one category's four sentences padded together.
-    -> the measurements, and padding (tokens,) bool: which flat positions are padding."""
+    -> the measurements; padding (tokens,) bool: which flat positions are padding; the batch's
+    shape; the mean cosine between padding tokens' activations and between real ones'; the
+    measurements of the real tokens alone."""
     tok = bert.tokenizer
     tokens, attention_mask = pretrained.pad_batch(
         [tok.encode(s) for s in BOROVOY_SENTENCES["miscellaneous"]], tok.pad_id)
@@ -1244,39 +1365,31 @@ def _bert_padding(bert):
     padding = ~attention_mask.reshape(-1)
     unit = padded_hidden / np.linalg.norm(padded_hidden, axis=1, keepdims=True)
     pad_cos, real_cos = unit[padding] @ unit[padding].T, unit[~padding] @ unit[~padding].T
+    cosines = (pad_cos[np.triu_indices(padding.sum(), 1)].mean(),
+               real_cos[np.triu_indices((~padding).sum(), 1)].mean())
     padded_labels = [tok.itos[i] for i in tokens.reshape(-1)]
     padded = polysemanticity(padded_hidden, padded_labels)
     unpadded = polysemanticity(padded_hidden[~padding],
                                [padded_labels[i] for i in np.flatnonzero(~padding)])
-    print(f"  the miscellaneous sentences as one padded batch {tokens.shape}: padding at flat "
-          f"positions {np.flatnonzero(padding).tolist()}")
-    print(f"    padding is masked only as a key, so padded positions still get hidden states; they "
-          f"differ only by\n    position, so their activations agree (mean cosine "
-          f"{pad_cos[np.triu_indices(padding.sum(), 1)].mean():.2f} between padding tokens, "
-          f"{real_cos[np.triu_indices((~padding).sum(), 1)].mean():.2f} between real ones)\n"
-          f"    mean neuron distance {padded.pairs.mean():.3f} with the padding in, "
-          f"{unpadded.pairs.mean():.3f} without it")
-    return padded, padding
+    return padded, padding, tokens.shape, cosines, unpadded
 
 
-def _bert_baselines(bert, sentences, trained, seed):
-    """The share of parameters in the MLPs, and the same measurement with random weights."""
+def _bert_baselines(bert, sentences, seed):
+    """-> the share of the non-embedding parameters in the MLPs, and the measurements of the
+    same layer with random weights."""
     tok = bert.tokenizer
     names = [name for name, _ in bert.weights() if name.startswith("encoder.")]
     sizes = {name: value.size for name, value in bert.weights()}
     mlp = sum(sizes[n] for n in names if ".ffn." in n) / sum(sizes[n] for n in names)
-    print(f"  {mlp:.1%} of the non-embedding parameters sit in the feed-forward layers")
     random_bert = pretrained.Bert(tok.vocab_size, 384, 12, 1, 1536, 512, dtype=np.float32,
                                   seed=seed, tokenizer=tok)
-    random = polysemanticity(*layer0_activations(random_bert, sentences))
-    print(f"  the same layer with random weights: mean neuron distance {random.pairs.mean():.3f} "
-          f"(trained {trained.pairs.mean():.3f}), {np.mean(random.pairs < 0.5):.1%} of pairs "
-          f"below 0.5 (trained {np.mean(trained.pairs < 0.5):.1%})")
+    return mlp, polysemanticity(*layer0_activations(random_bert, sentences))
 
 
 def _bert_previous_token_head(bert, sentence):
     """One head, read: the previous-token head of layer 0 on one sentence. -> its attention
-    weights (T, T), the T word pieces, its layer and head."""
+    weights (T, T), the T word pieces, its layer and head, and the mean share of attention a
+    token puts on the one before it."""
     tok = bert.tokenizer
     ids = tok.encode(sentence)
     bert.forward(np.array([ids]))
@@ -1284,20 +1397,15 @@ def _bert_previous_token_head(bert, sentence):
     previous = np.array([[p[h, np.arange(1, len(ids)), np.arange(len(ids) - 1)].mean()
                           for h in range(p.shape[0])] for p in patterns])         # (layers, H)
     layer, head = np.unravel_index(previous.argmax(), previous.shape)
-    print(f"  layer {layer} head {head} is a previous-token head: each token puts "
-          f"{previous[layer, head]:.2f} of its attention on the token before it")
-    return patterns[layer][head], [tok.itos[i] for i in ids], layer, head
+    return patterns[layer][head], [tok.itos[i] for i in ids], layer, head, previous[layer, head]
 
 
 def _bert_masked_lm(steps, seed):
-    """BERT's own training objective, at toy size (pretrained.train_masked_lm)."""
+    """BERT's own training objective, at toy size (pretrained.train_masked_lm). -> the losses,
+    and the share of blanks filled at the left, middle and right word."""
     mlm, losses = pretrained.train_masked_lm(steps=steps, seed=seed)
     rng = np.random.default_rng(seed + 1)
-    fill = [pretrained.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
-    print(f"  masked-LM pretraining of a 2-layer BERT, {steps} steps: loss {losses[0]:.2f} -> "
-          f"{losses[-1]:.2f}")
-    print(f"    blanks filled: left word {fill[0]:.0%}, middle word {fill[1]:.0%} (it needs both "
-          f"neighbours; one side alone gives 25%), right word {fill[2]:.0%}")
+    return losses, [pretrained.fill_in_accuracy(mlm, rng, where) for where in (0, 1, 2)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1511,7 +1619,8 @@ def ioi_prompts(rng, batch, ids):
 
 def chapter_patching(ctx):
     """Activation patching finds the heads of a toy indirect-object task"""
-    run = ctx.settings(steps=(40, 200), held_out=(64, 256))           # (quick, full)
+    run = ctx.settings(steps=(40, 200), held_out=(64, 256),           # (quick, full)
+                       batch_size=(32, 32), peak_lr=(1e-2, 1e-2))
     vocab = ioi_vocabulary()
     ids = {w: i for i, w in enumerate(vocab)}
     model = transformer.DecoderOnlyTransformer(len(vocab), d_model=32, n_heads=4, n_layers=2,
@@ -1521,7 +1630,7 @@ def chapter_patching(ctx):
     rng = np.random.default_rng(ctx.seed)
 
     def next_batch():
-        tokens, io, _, _ = ioi_prompts(rng, 32, ids)
+        tokens, io, _, _ = ioi_prompts(rng, run.batch_size, ids)
         targets = np.zeros_like(tokens)                               # <pad>: no loss there
         targets[:, -1] = io
         return (tokens,), targets
@@ -1529,7 +1638,8 @@ def chapter_patching(ctx):
           f"{len(IOI_GIFTS)} gifts, prompts of {IOI_LENGTH - 6}-{IOI_LENGTH} words; two layers of "
           f"attention only,\n  d_model 32, 4 heads, {n_parameters(model)} parameters, trained on "
           f"the last word only")
-    losses = train(model, next_batch, steps=run.steps, peak_lr=1e-2, label="ioi", ignore_index=0)
+    losses = train(model, next_batch, steps=run.steps, peak_lr=run.peak_lr, label="ioi",
+                   ignore_index=0)
     clean, io, s, (io_at, s1_at, s2_at) = ioi_prompts(np.random.default_rng(ctx.seed + 1), run.held_out, ids)
     logits = transformer.run_with_hooks(model, clean, hooks={})
     metric = C.logit_difference(io, s)
@@ -1543,9 +1653,18 @@ def chapter_patching(ctx):
     corrupt = {"S2 -> another name": clean.copy(), "IO -> another name": clean.copy()}
     corrupt["S2 -> another name"][rows, s2_at] = third
     corrupt["IO -> another name"][rows, io_at] = third
-    table = _patching_heads(model, clean, corrupt, io, s, (io_at, s1_at, s2_at), metric)
+    table, m_clean, m_corrupt = _patching_heads(model, clean, corrupt, io, s,
+                                                (io_at, s1_at, s2_at), metric)
+    for label, value in m_corrupt.items():
+        print(f"    corruption {label}: IO - S {m_clean:+.2f} clean, {value:+.2f} corrupt")
+    heads = [f"L{l}H{h}" for l in range(len(model.blocks)) for h in range(model.config["n_heads"])]
+    print("    each head (share of IO - S restored by its clean output; its mean attention; its "
+          "direct effect on the logits):")
+    print(f"      {'':<38}" + "".join(f"{h:>7}" for h in heads))
+    for label, values in table.items():
+        print(f"      {label:<38}" + "".join(f"{v:>7.2f}" for v in values.ravel()))
     if accuracy >= 0.9:
-        _patching_reading(table, [f"L{l}H{h}" for l in range(2) for h in range(4)])
+        _patching_reading(table, heads)
     if ctx.plots:
         tour_figures.patching(ctx.save, table)
 
@@ -1553,15 +1672,15 @@ def chapter_patching(ctx):
 def _patching_heads(model, clean, corrupt, io, s, where, metric):
     """Every head measured seven ways on the held-out prompts: patching under each corruption
     {label: prompts} (and under the S2 one at S2 only), its attention from S2 and from the end,
-    its direct effect on IO - S. -> {measurement: (L, H)}."""
+    its direct effect on IO - S. -> {measurement: (L, H)}, the metric on the clean prompts,
+    {label: the metric on the corrupt prompts}."""
     io_at, s1_at, s2_at = where
     rows, end = np.arange(len(clean)), clean.shape[1] - 1
     _, cache = transformer.run_with_cache(model, clean)
     m_clean = metric(transformer.run_with_hooks(model, clean, hooks={}))
-    table = {}
+    table, m_corrupts = {}, {}
     for label, prompts in corrupt.items():
-        m_corrupt = metric(transformer.run_with_hooks(model, prompts, hooks={}))
-        print(f"    corruption {label}: IO - S {m_clean:+.2f} clean, {m_corrupt:+.2f} corrupt")
+        m_corrupts[label] = m_corrupt = metric(transformer.run_with_hooks(model, prompts, hooks={}))
         table[f"patch, {label}"] = restored(C.head_patching(model, clean, prompts, metric), m_clean, m_corrupt)
         if label.startswith("S2"):                    # the same patch at S2 only: read there?
             at_s2 = [[metric(C.patch(model, prompts, cache, f"blocks.{l}.attn.hook_z", (rows, h, s2_at)))
@@ -1575,14 +1694,7 @@ def _patching_heads(model, clean, corrupt, io, s, where, metric):
     table["direct effect on IO - S"] = np.array([[parts[labels.index(f"L{l}H{h}")].mean()
                                                   for h in range(model.config["n_heads"])]
                                                  for l in range(len(model.blocks))])
-    H = model.config["n_heads"]
-    heads = [f"L{l}H{h}" for l in range(len(model.blocks)) for h in range(H)]
-    print("    each head (share of IO - S restored by its clean output; its mean attention; its "
-          "direct effect on the logits):")
-    print(f"      {'':<38}" + "".join(f"{h:>7}" for h in heads))
-    for label, values in table.items():
-        print(f"      {label:<38}" + "".join(f"{v:>7.2f}" for v in values.ravel()))
-    return table
+    return table, m_clean, m_corrupts
 
 
 def ioi_third_names(rng, io, s, first):
@@ -1637,13 +1749,25 @@ GROKKING_QUICK = dict(G.DEFAULT, weight_decay=2.0, steps=900)
 
 def chapter_grokking(ctx):
     """Grokking: a transformer memorises modular addition, then finds a Fourier algorithm"""
-    run = ctx.settings(config=(GROKKING_QUICK, G.DEFAULT), controls=(False, True))  # (quick, full)
+    run = ctx.settings(config=(GROKKING_QUICK, G.DEFAULT), controls=(False, True),  # (quick, full)
+                       explained=(0.85, 0.85), larger_fraction=(0.7, 0.7))
     config = dict(run.config, seed=ctx.seed)
     grok = _grokking_train(config, "grokking")
     phases = _grokking_report(grok)
-    neuron = _grokking_neurons(grok)
+    neuron = _grokking_neurons(grok, run.explained)
     if run.controls:
-        _grokking_controls(config, grok, larger_fraction=0.7)
+        without, larger, larger_steps = _grokking_controls(config, grok, run.larger_fraction)
+        grokked, grokked_without = (_grokking_first(h, "test_accuracy", 0.99)
+                                    for h in (grok.history, without))
+        print(f"    control, weight decay 0, {config['steps']:,} steps: train accuracy 100% at "
+              f"step {_grokking_first(without, 'train_accuracy', 1)}, test accuracy "
+              + (f"99% at step {grokked_without}" if grokked_without is not None else "never 99%")
+              + f", {without['test_accuracy'][-1]:.1%} at the end; total squared weight "
+              f"{without['total_squared_weight'][-1]:.0f} (with weight decay "
+              f"{grok.history['total_squared_weight'][-1]:.0f})")
+        print(f"    control, {run.larger_fraction:.0%} of the pairs train, {larger_steps:,} steps: "
+              f"test accuracy 99% at step {_grokking_first(larger, 'test_accuracy', 0.99)} (with "
+              f"{config['train_fraction']:.0%}: {grokked})")
     else:
         print("    (the controls, without weight decay and with more training pairs, run without --quick)")
     if ctx.long:
@@ -1651,7 +1775,7 @@ def chapter_grokking(ctx):
               f"d_mlp 512, lr 1e-3, weight decay 1) for {G.LONG['steps']:,} of its 40,000 steps")
         long_run = _grokking_train(dict(G.LONG, seed=ctx.seed), "long run")
         _grokking_report(long_run)
-        _grokking_neurons(long_run)
+        _grokking_neurons(long_run, run.explained)
     if ctx.plots:
         tour_figures.grokking(ctx.save, grok.history, phases, grok.key_frequencies, neuron)
 
@@ -1721,7 +1845,7 @@ def _grokking_report(grok):
     return found
 
 
-def _grokking_neurons(grok, explained=0.85):
+def _grokking_neurons(grok, explained):
     """How the MLP's neurons cluster by frequency at the end. -> (grid (p, p), index, frequency,
     fve) of the neuron drawn: the one a single key frequency explains best."""
     frequency, fve = grok.history["neuron_frequency"][-1], grok.history["neuron_fve"][-1]
@@ -1740,24 +1864,13 @@ def _grokking_neurons(grok, explained=0.85):
 
 
 def _grokking_controls(config, grok, larger_fraction):
-    """The same run without weight decay, and with a larger share of the pairs for training."""
-    steps = config["steps"]
+    """The same run without weight decay, and with a larger share of the pairs for training.
+    The second runs only as long as the main run took to grok (all its steps if it never did),
+    which is enough to see whether it groks sooner. -> the two histories, and that length."""
     without = G.train(**dict(config, weight_decay=0.0))
-    h = without.history
-    grokked_without = _grokking_first(h, "test_accuracy", 0.99)
-    print(f"    control, weight decay 0, {steps:,} steps: train accuracy 100% at step "
-          f"{_grokking_first(h, 'train_accuracy', 1)}, test accuracy "
-          + (f"99% at step {grokked_without}" if grokked_without is not None else "never 99%")
-          + f", {h['test_accuracy'][-1]:.1%} at the end; total squared weight "
-          f"{h['total_squared_weight'][-1]:.0f} (with weight decay "
-          f"{grok.history['total_squared_weight'][-1]:.0f})")
-    # more training pairs: run only as long as the main run took to grok (all its steps if it
-    # never did), which is enough to see whether it groks sooner
-    grokked = _grokking_first(grok.history, "test_accuracy", 0.99)
-    larger = G.train(**dict(config, train_fraction=larger_fraction, steps=grokked or steps))
-    grokked_larger = _grokking_first(larger.history, "test_accuracy", 0.99)
-    print(f"    control, {larger_fraction:.0%} of the pairs train, {grokked or steps:,} steps: test "
-          f"accuracy 99% at step {grokked_larger} (with {config['train_fraction']:.0%}: {grokked})")
+    steps = _grokking_first(grok.history, "test_accuracy", 0.99) or config["steps"]
+    larger = G.train(**dict(config, train_fraction=larger_fraction, steps=steps))
+    return without.history, larger.history, steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1997,7 +2110,6 @@ def main(argv=None):
         start = time.perf_counter()
         CHAPTERS[name](ctx)
         times[name] = time.perf_counter() - start
-    # one line (the tests read it), under 200 characters with eleven chapters
     items = [f"{name} {seconds:.1f} s" for name, seconds in times.items()]
     lines = [", ".join(items[start:start + 7]) for start in range(0, len(items), 7)]  # short lines
     lines[-1] += f" | total {sum(times.values()):.1f} s"
