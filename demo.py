@@ -40,8 +40,8 @@
    13. The tour's machinery: the Context every chapter receives, the training loop with its
        progress line, the command line
 
-    python demo.py                        every chapter, under a minute on two cores
-    python demo.py --quick                the same chapters with smaller runs, about 15 seconds
+    python demo.py                        every chapter, about 80 seconds on two cores
+    python demo.py --quick                the same chapters with smaller runs, about 26 seconds
     python demo.py --chapter rohrer       one chapter (repeat the flag for more)
     python demo.py --list                 the chapters and what each shows
     python demo.py --no-plots             text only; matplotlib is never imported
@@ -2066,7 +2066,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="A guided tour of the transformer, from one-hot vectors to superposition.")
     parser.add_argument("--quick", action="store_true",
-                        help="smaller training runs, same chapters (about 15 s)")
+                        help="smaller training runs, same chapters (about 26 s)")
     parser.add_argument("--chapter", action="append", metavar="NAME", choices=list(CHAPTERS),
                         help=f"run only this chapter; repeatable; one of: {', '.join(CHAPTERS)}")
     parser.add_argument("--list", action="store_true", help="list the chapters and exit")
