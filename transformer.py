@@ -3,7 +3,8 @@
 Read this file top to bottom: each idea comes before the ones built on it, and the plumbing
 (faster forms of two operations, argument checks) waits in two appendices at the end.
 
-    1. Modules             the small base class: parameters, gradients, zero_grad
+    1. Modules             the small base class: parameters, gradients (made on first use),
+                           zero_grad; state_kept, which puts a model back as it was
     2. Embedding           one-hot times a matrix is a table lookup; backward scatters
     3. Positions           sinusoidal encoding (Vaswani et al. 2017, section 3.5)
     4. Elementwise layers  Linear, ReLU, GELU (exact, with a vectorised erf, and the tanh
