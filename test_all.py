@@ -4054,6 +4054,7 @@ GROKKING_BAD_INPUT = [
     (lambda: G.backward_at_last(G.grokking_model(7, 8, 2, 16), np.zeros((1, 8))), ValueError, "before logits_at_last"),
     (lambda: G.backward_at_last(_grokking_model_after_forward(), np.zeros((2, 8))), ValueError, "dlogits"),
     (lambda: G.backward_at_last(_grokking_model_after_forward(), np.full((1, 8), np.nan)), ValueError, "dlogits"),
+    (lambda: G.backward_at_last(_grokking_model_after_forward(), np.ma.zeros((1, 8))), TypeError, "dlogits"),
 ]
 
 
